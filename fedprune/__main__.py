@@ -1,0 +1,3 @@
+from fedprune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``fedprune``; each module exposes ``register(subparsers)``."""

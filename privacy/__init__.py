@@ -1,0 +1,1 @@
+"""Privacy layers: randomized response, calibration-statistics noise, secure aggregation, accounting."""

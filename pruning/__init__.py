@@ -1,0 +1,1 @@
+"""Model-side pruning: architecture adapters, block-wise calibration, scores, masks, perplexity."""
