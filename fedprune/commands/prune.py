@@ -1,0 +1,96 @@
+"""``fedprune prune``: prune a local model with local calibration data (the single-site baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+from fedprune.commands.common import add_device_argument, positive_int
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "prune",
+        help="prune a local model with local calibration data",
+        description="Prune the decoder-block linear layers of a local causal LM and save the pruned checkpoint.",
+    )
+    parser.add_argument("--model", required=True, help="local model directory (Hugging Face checkpoint)")
+    parser.add_argument("--data", help="calibration data: .txt, or .jsonl with 'text' or 'input_ids' per line")
+    parser.add_argument("--sparsity", type=float, help="fraction of weights to prune, in (0, 1)")
+    parser.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt [wanda]")
+    parser.add_argument("--pattern", default="unstructured", help="unstructured, or N:M such as 2:4 [unstructured]")
+    parser.add_argument("--nsamples", type=positive_int, default=128, help="calibration samples [128]")
+    parser.add_argument(
+        "--seqlen", type=positive_int, help="tokens per sample [2048, capped at the model's context length]"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for drawing calibration windows [0]")
+    add_device_argument(parser)
+    parser.add_argument("--out", required=True, help="output directory for the pruned checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output directory")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(handler=run)
+
+
+def default_seqlen(model: Any, requested: int | None) -> int:
+    """Return ``requested``, or 2048 capped at the model's context length."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if requested is not None:
+        if limit is not None and requested > limit:
+            from pruning.errors import PruningInputError
+
+            raise PruningInputError(f"--seqlen {requested} exceeds the model's context length {limit}")
+        return requested
+    return min(2048, int(limit)) if limit else 2048
+
+
+def run(args: argparse.Namespace) -> int:
+    from pruning.calibration import resolve_device
+    from pruning.data import calibration_samples
+    from pruning.errors import PruningInputError
+    from pruning.local import check_pattern_fits, prune_model
+    from pruning.masks import parse_pattern
+    from pruning.methods import Method
+    from pruning.model_io import (
+        check_model_dir,
+        load_model,
+        load_tokenizer,
+        prepare_output_dir,
+        save_model,
+        vocabulary_size,
+    )
+    from pruning.sparsity import format_sparsity_table, sparsity_table, write_sparsity_json
+
+    method = Method.parse(args.method)
+    pattern = parse_pattern(args.pattern, args.sparsity)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    check_model_dir(args.model)
+    if method is not Method.MAGNITUDE and not args.data:
+        raise PruningInputError(f"--method {method.value} needs calibration data (--data FILE)")
+    device = resolve_device(args.device)
+    model = load_model(args.model)
+    check_pattern_fits(model, pattern)
+    tokenizer = load_tokenizer(args.model)
+    samples = None
+    if method is not Method.MAGNITUDE:
+        samples = calibration_samples(
+            args.data,
+            tokenizer,
+            nsamples=args.nsamples,
+            seqlen=default_seqlen(model, args.seqlen),
+            seed=args.seed,
+            vocab_size=vocabulary_size(model),
+        )
+        logger.info("calibration: %d samples of %d tokens from %s", samples.shape[0], samples.shape[1], args.data)
+    started = time.perf_counter()
+    prune_model(model, samples, method=method, pattern=pattern, device=device, progress=not args.no_progress)
+    elapsed = time.perf_counter() - started
+    save_model(model, tokenizer, out)
+    table = sparsity_table(model)
+    write_sparsity_json(table, out / "sparsity.json")
+    print(format_sparsity_table(table))
+    print(f"pruned with {method.value} ({pattern}) in {elapsed:.1f} s on {device}; saved to {out}")
+    return 0
