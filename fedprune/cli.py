@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "prune",
     "eval",
+    "demo_model",
 )
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,83 @@
+"""``fedprune demo-model``: build or locate the embedded demo model and say where it is."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fedprune.errors import CommandError
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo-model`` parser to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "demo-model",
+        help="build (first time, minutes on CPU) or locate the embedded demo model",
+        description=(
+            "Build or locate the demo model: a small Llama trained on the docstrings of the Python "
+            "standard library, with non-IID participant shards and a held-out evaluation text. "
+            "Prints its cache directory, its files and its dense and unigram perplexity."
+        ),
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache directory (default: $FEDPRUNE_CACHE, $XDG_CACHE_HOME/fedprune or ~/.cache/fedprune)",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="train again even when a build is cached")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for training (default: all available cores)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build or locate the demo model, print where it is; return the exit code."""
+    from fedprune.demo import DEFAULT, build_demo_model, locate_or_build
+
+    cache_dir: Path | None = args.cache_dir
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise CommandError(f"--cache-dir {cache_dir} exists and is not a directory")
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be at least 1, got {args.threads}")
+    progress = not args.json
+    try:
+        if args.rebuild:
+            demo = build_demo_model(DEFAULT, cache_dir, progress, num_threads=args.threads)
+        else:
+            demo = locate_or_build(DEFAULT, cache_dir=cache_dir, progress=progress, num_threads=args.threads)
+    except PermissionError as error:
+        raise CommandError(f"cannot write the cache: {error}") from error
+    summary = {
+        "directory": str(demo.directory),
+        "model": str(demo.model_dir),
+        "shards": [str(path) for path in demo.shard_files],
+        "heldout": [str(path) for path in demo.heldout_files],
+        "eval": str(demo.eval_file),
+        "centralized": str(demo.centralized_file),
+        "seq_len": demo.seq_len,
+        "dense_perplexity": demo.manifest["eval"]["dense_perplexity"],
+        "unigram_perplexity": demo.manifest["eval"]["unigram_perplexity"],
+        "training_seconds": demo.manifest["training"]["seconds"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    shards = demo.manifest["shards"]
+    print(demo.directory)
+    print(f"  model        {demo.model_dir}  (Hugging Face checkpoint with tokenizer)")
+    print(f"  shards       {len(shards)} files in {demo.directory / 'shards'}  (calibration text)")
+    for shard in shards:
+        topics = ", ".join(list(shard["topic_chars"])[:2])
+        print(f"    {shard['file']}  {shard['train_tokens']:>7} tokens  {topics}")
+    print(f"  eval         {demo.eval_file}  ({demo.manifest['eval']['tokens']} tokens, held-out tails)")
+    print(f"  centralized  {demo.centralized_file}")
+    print(
+        f"  perplexity on eval: dense model {summary['dense_perplexity']:.2f}, "
+        f"unigram {summary['unigram_perplexity']:.2f}"
+    )
+    return 0
