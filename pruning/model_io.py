@@ -59,10 +59,27 @@ def load_tokenizer(path: str | Path) -> Any | None:
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         return None
     try:
+        if _declares_plain_fast_tokenizer(path):
+            # AutoTokenizer substitutes the model family's own tokenizer class for some families (Qwen2),
+            # which silently mis-tokenizes a custom tokenizer.json; honour what the checkpoint declares.
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as error:
         logger.warning("tokenizer in %s could not be loaded: %s", path, error)
         return None
+
+
+def _declares_plain_fast_tokenizer(path: Path) -> bool:
+    config_file = path / "tokenizer_config.json"
+    if not (path / "tokenizer.json").is_file() or not config_file.is_file():
+        return False
+    try:
+        declared = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
+    except json.JSONDecodeError:
+        return False
+    return declared in ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def vocabulary_size(model: nn.Module) -> int:

@@ -48,7 +48,7 @@ def sparsegpt_prune(
     weight: torch.Tensor, hessian: torch.Tensor, pattern: SparsityPattern, *, name: str = "layer"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (pruned mask, reconstructed weight) for an ``[out, in]`` weight and its ``[in, in]`` Hessian."""
-    weight = weight.detach().to(torch.float32).clone()
+    weight = weight.detach().to(torch.float32).clone(memory_format=torch.contiguous_format)
     hessian = hessian.detach().to(device=weight.device, dtype=torch.float32).clone()
     out_features, in_features = weight.shape
     dead = torch.diag(hessian) == 0

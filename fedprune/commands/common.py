@@ -23,3 +23,11 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {number}")
     return number
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and info logs; the commands report progress themselves."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()

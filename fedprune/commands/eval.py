@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedprune.commands.common import add_device_argument, positive_int
+from fedprune.commands.common import add_device_argument, positive_int, quiet_transformers
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_transformers()
     from fedprune.commands.prune import default_seqlen
     from pruning.calibration import resolve_device
     from pruning.data import evaluation_stream

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from fedprune.commands.common import add_device_argument, positive_int
+from fedprune.commands.common import add_device_argument, positive_int, quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def default_seqlen(model: Any, requested: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_transformers()
     from pruning.calibration import resolve_device
     from pruning.data import calibration_samples
     from pruning.errors import PruningInputError
