@@ -57,7 +57,9 @@ def read_data(path: str | Path, tokenizer: Tokenizer | None) -> LoadedData:
                 raise PruningInputError(f"{path}:{number}: each line needs a 'text' or an 'input_ids' field")
             if "input_ids" in record:
                 ids = record["input_ids"]
-                if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                if not isinstance(ids, list) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in ids
+                ):
                     raise PruningInputError(f"{path}:{number}: 'input_ids' must be a list of integers")
                 id_lines.append(ids)
             else:
@@ -140,8 +142,10 @@ def evaluation_stream(path: str | Path, tokenizer: Tokenizer | None, *, vocab_si
     """Return the whole data file as one 1-D stream of token ids (``input_ids`` lines concatenated)."""
     path = Path(path)
     data = read_data(path, tokenizer)
-    stream = data.stream if data.stream is not None else torch.tensor(
-        [token for line in data.samples or [] for token in line], dtype=torch.long
+    stream = (
+        data.stream
+        if data.stream is not None
+        else torch.tensor([token for line in data.samples or [] for token in line], dtype=torch.long)
     )
     _check_vocabulary(path, stream, vocab_size)
     return stream

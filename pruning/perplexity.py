@@ -55,5 +55,9 @@ def perplexity(
     predicted = windows * (seqlen - 1)
     mean_nll = total_nll / predicted
     return PerplexityResult(
-        perplexity=math.exp(mean_nll), mean_nll=mean_nll, windows=windows, predicted_tokens=predicted, seqlen=seqlen
+        perplexity=math.exp(mean_nll),
+        mean_nll=mean_nll,
+        windows=windows,
+        predicted_tokens=predicted,
+        seqlen=seqlen,
     )

@@ -56,7 +56,9 @@ def sparsegpt_prune(
     weight[:, dead] = 0
     hinv = _inverse_hessian_factor(hessian, name)
     mask = torch.zeros_like(weight, dtype=torch.bool)
-    block_counts = None if pattern.is_n_m else _block_prune_counts(out_features, in_features, pattern.sparsity)
+    block_counts = (
+        None if pattern.is_n_m else _block_prune_counts(out_features, in_features, pattern.sparsity)
+    )
 
     for block_number, start in enumerate(range(0, in_features, BLOCK_COLUMNS)):
         end = min(start + BLOCK_COLUMNS, in_features)

@@ -35,8 +35,12 @@ def test_saved_checkpoint_loads_with_plain_transformers_and_is_zero_where_masked
     model = load_model(source)
     masks: dict[str, torch.Tensor] = {}
     prune_model(
-        model, random_ids(4, 16), method=Method.WANDA, pattern=parse_pattern("unstructured", 0.5),
-        device=torch.device("cpu"), progress=False,
+        model,
+        random_ids(4, 16),
+        method=Method.WANDA,
+        pattern=parse_pattern("unstructured", 0.5),
+        device=torch.device("cpu"),
+        progress=False,
         on_decision=lambda name, decision: masks.__setitem__(name, decision.pruned.clone()),
     )
     out = save_model(model, build_word_tokenizer(), tmp_path / "pruned")
@@ -56,8 +60,26 @@ def test_prune_cli_writes_checkpoint_table_and_tokenizer(model_dir, tmp_path: Pa
     data = tmp_path / "calibration.txt"
     data.write_text(random_text(2000), encoding="utf-8")
     out = tmp_path / "out"
-    code = main(["prune", "--model", str(source), "--data", str(data), "--sparsity", "0.5", "--nsamples", "4",
-                 "--seqlen", "32", "--out", str(out), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(source),
+            "--data",
+            str(data),
+            "--sparsity",
+            "0.5",
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "blocks.0.self_attn.q_proj" in printed and "total" in printed
@@ -67,8 +89,24 @@ def test_prune_cli_writes_checkpoint_table_and_tokenizer(model_dir, tmp_path: Pa
     assert (out / "tokenizer.json").is_file()
     # The pruned model evaluates, and its perplexity is written as JSON.
     result = tmp_path / "ppl.json"
-    assert main(["eval", "--model", str(out), "--data", str(data), "--seqlen", "32", "--json", str(result),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--data",
+                str(data),
+                "--seqlen",
+                "32",
+                "--json",
+                str(result),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     record = json.loads(result.read_text())
     assert record["perplexity"] > 1 and record["windows"] == 2000 // 32 or record["windows"] > 0
 
@@ -79,8 +117,26 @@ def test_same_seed_same_model_other_seed_other_model(model_dir, tmp_path: Path) 
     data.write_text(random_text(3000), encoding="utf-8")
 
     def run(seed: int, name: str) -> dict:
-        main(["prune", "--model", str(source), "--data", str(data), "--sparsity", "0.6", "--nsamples", "2",
-              "--seqlen", "16", "--seed", str(seed), "--out", str(tmp_path / name), "--no-progress"])
+        main(
+            [
+                "prune",
+                "--model",
+                str(source),
+                "--data",
+                str(data),
+                "--sparsity",
+                "0.6",
+                "--nsamples",
+                "2",
+                "--seqlen",
+                "16",
+                "--seed",
+                str(seed),
+                "--out",
+                str(tmp_path / name),
+                "--no-progress",
+            ]
+        )
         return load_model(tmp_path / name).state_dict()
 
     first, again, other = run(0, "a"), run(0, "b"), run(5, "c")
@@ -106,7 +162,9 @@ def test_eval_perplexity_is_exp_mean_token_nll(model_dir, tmp_path: Path) -> Non
     windows = stream[:90].reshape(3, 30)
     with torch.no_grad():
         logits = model(input_ids=windows).logits
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)
+    )
     assert result.windows == 3 and result.predicted_tokens == 87
     assert result.perplexity == pytest.approx(float(nll.exp()), rel=1e-5)
 
@@ -127,22 +185,30 @@ def test_bad_inputs_get_one_line_errors(model_dir, tmp_path: Path, capsys) -> No
     def out(name: str) -> list[str]:
         return ["--out", str(tmp_path / name)]
 
-    assert "does not exist" in _error_of(["prune", "--model", str(tmp_path / "nope"), "--sparsity", "0.5",
-                                          "--data", str(good)] + out("o1"), capsys)
+    assert "does not exist" in _error_of(
+        ["prune", "--model", str(tmp_path / "nope"), "--sparsity", "0.5", "--data", str(good)] + out("o1"),
+        capsys,
+    )
     (tmp_path / "notmodel").mkdir()
-    assert "not a model directory" in _error_of(["prune", "--model", str(tmp_path / "notmodel"), "--sparsity",
-                                                 "0.5", "--data", str(good)] + out("o2"), capsys)
+    assert "not a model directory" in _error_of(
+        ["prune", "--model", str(tmp_path / "notmodel"), "--sparsity", "0.5", "--data", str(good)]
+        + out("o2"),
+        capsys,
+    )
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (bert / "model.safetensors").write_bytes(b"")
     assert "unsupported architecture 'bert'" in _error_of(
-        ["prune", "--model", str(bert), "--sparsity", "0.5", "--data", str(good)] + out("o3"), capsys)
+        ["prune", "--model", str(bert), "--sparsity", "0.5", "--data", str(good)] + out("o3"), capsys
+    )
     short = tmp_path / "short.txt"
     short.write_text("w1 w2 w3", encoding="utf-8")
     assert "fewer than one window" in _error_of(
-        ["prune", "--model", str(source), "--data", str(short), "--sparsity", "0.5", "--seqlen", "16"] + out("o4"),
-        capsys)
+        ["prune", "--model", str(source), "--data", str(short), "--sparsity", "0.5", "--seqlen", "16"]
+        + out("o4"),
+        capsys,
+    )
     ragged = tmp_path / "ragged.jsonl"
     ragged.write_text('{"input_ids": [1, 2, 3]}\n{"input_ids": [1, 2]}\n', encoding="utf-8")
     assert "different lengths" in _error_of(base[:4] + [str(ragged)] + base[5:] + out("o5"), capsys)
@@ -157,7 +223,13 @@ def test_bad_inputs_get_one_line_errors(model_dir, tmp_path: Path, capsys) -> No
     assert "not empty" in _error_of(base + ["--out", str(busy)], capsys)
     assert main(base + ["--out", str(busy), "--overwrite"]) == 0
     assert "needs calibration data" in _error_of(
-        ["prune", "--model", str(source), "--sparsity", "0.5"] + out("o9"), capsys)
+        ["prune", "--model", str(source), "--sparsity", "0.5"] + out("o9"), capsys
+    )
     assert "unknown method" in _error_of(base + ["--method", "random"] + out("o10"), capsys)
-    assert main(["prune", "--model", str(source), "--sparsity", "0.5", "--method", "magnitude",
-                 "--no-progress"] + out("o11")) == 0
+    assert (
+        main(
+            ["prune", "--model", str(source), "--sparsity", "0.5", "--method", "magnitude", "--no-progress"]
+            + out("o11")
+        )
+        == 0
+    )

@@ -19,10 +19,14 @@ def register(subparsers: Any) -> None:
         description="Prune the decoder-block linear layers of a local causal LM and save the pruned checkpoint.",
     )
     parser.add_argument("--model", required=True, help="local model directory (Hugging Face checkpoint)")
-    parser.add_argument("--data", help="calibration data: .txt, or .jsonl with 'text' or 'input_ids' per line")
+    parser.add_argument(
+        "--data", help="calibration data: .txt, or .jsonl with 'text' or 'input_ids' per line"
+    )
     parser.add_argument("--sparsity", type=float, help="fraction of weights to prune, in (0, 1)")
     parser.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt [wanda]")
-    parser.add_argument("--pattern", default="unstructured", help="unstructured, or N:M such as 2:4 [unstructured]")
+    parser.add_argument(
+        "--pattern", default="unstructured", help="unstructured, or N:M such as 2:4 [unstructured]"
+    )
     parser.add_argument("--nsamples", type=positive_int, default=128, help="calibration samples [128]")
     parser.add_argument(
         "--seqlen", type=positive_int, help="tokens per sample [2048, capped at the model's context length]"
@@ -37,7 +41,9 @@ def register(subparsers: Any) -> None:
 
 def default_seqlen(model: Any, requested: int | None) -> int:
     """Return ``requested``, or 2048 capped at the model's context length."""
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
     if requested is not None:
         if limit is not None and requested > limit:
             from pruning.errors import PruningInputError
@@ -85,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             vocab_size=vocabulary_size(model),
         )
-        logger.info("calibration: %d samples of %d tokens from %s", samples.shape[0], samples.shape[1], args.data)
+        logger.info(
+            "calibration: %d samples of %d tokens from %s", samples.shape[0], samples.shape[1], args.data
+        )
     started = time.perf_counter()
     prune_model(model, samples, method=method, pattern=pattern, device=device, progress=not args.no_progress)
     elapsed = time.perf_counter() - started

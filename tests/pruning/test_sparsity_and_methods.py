@@ -15,11 +15,15 @@ from tests.tiny import ARCHITECTURES, build_tiny_model, random_ids
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("method", list(Method))
-@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.75), ("2:4", None), ("4:8", None)])
+@pytest.mark.parametrize(
+    "pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.75), ("2:4", None), ("4:8", None)]
+)
 def test_each_matrix_has_exactly_the_requested_sparsity(architecture, method, pattern, sparsity) -> None:
     model = build_tiny_model(architecture)
     parsed = parse_pattern(pattern, sparsity)
-    prune_model(model, random_ids(4, 16), method=method, pattern=parsed, device=torch.device("cpu"), progress=False)
+    prune_model(
+        model, random_ids(4, 16), method=method, pattern=parsed, device=torch.device("cpu"), progress=False
+    )
     for _, name, sublayer in iter_prunable(model):
         weight = sublayer.weight()
         zeros = weight == 0
@@ -27,7 +31,9 @@ def test_each_matrix_has_exactly_the_requested_sparsity(architecture, method, pa
         assert zeros.float().mean().item() == pytest.approx(expected, abs=1e-12), name
         if parsed.is_n_m:
             groups = zeros.reshape(weight.shape[0], -1, parsed.m).sum(dim=-1)
-            assert torch.all(groups == parsed.n), f"{name}: a group of {parsed.m} does not prune exactly {parsed.n}"
+            assert torch.all(groups == parsed.n), (
+                f"{name}: a group of {parsed.m} does not prune exactly {parsed.n}"
+            )
         elif method is not Method.SPARSEGPT:
             # Local selection is per output row: every row prunes int(in * s).
             assert torch.all(zeros.sum(dim=1) == int(weight.shape[1] * expected)), name
@@ -81,13 +87,21 @@ def test_sparsegpt_beats_magnitude_on_a_model_block() -> None:
         dense = build_tiny_model("llama", layers=1)
         captured = []
         block = dense.model.layers[0]
-        handle = block.mlp.down_proj.register_forward_hook(lambda m, i, o: captured.append(i[0].reshape(-1, i[0].shape[-1])))
+        handle = block.mlp.down_proj.register_forward_hook(
+            lambda m, i, o, captured=captured: captured.append(i[0].reshape(-1, i[0].shape[-1]))
+        )
         with torch.no_grad():
             dense(input_ids=samples, use_cache=False)
         handle.remove()
         inputs = torch.cat(captured)
-        prune_model(model, samples, method=method, pattern=parse_pattern("unstructured", 0.6),
-                    device=torch.device("cpu"), progress=False)
+        prune_model(
+            model,
+            samples,
+            method=method,
+            pattern=parse_pattern("unstructured", 0.6),
+            device=torch.device("cpu"),
+            progress=False,
+        )
         pruned = linear_sublayers(model.model.layers[0])["mlp.down_proj"].weight()
         original = linear_sublayers(block)["mlp.down_proj"].weight()
         errors[method] = _reconstruction_error(original, pruned, inputs)
@@ -101,5 +115,6 @@ def test_wanda_ignores_constant_scaling_of_statistics() -> None:
     stats = torch.rand(16) + 0.1
     pattern = parse_pattern("unstructured", 0.5)
     assert torch.equal(
-        select_per_row(wanda_scores(weight, stats), pattern), select_per_row(wanda_scores(weight, stats * 7.0), pattern)
+        select_per_row(wanda_scores(weight, stats), pattern),
+        select_per_row(wanda_scores(weight, stats * 7.0), pattern),
     )

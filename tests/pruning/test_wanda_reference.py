@@ -42,7 +42,7 @@ def reference_wanda_masks(model: nn.Module, samples: torch.Tensor, sparsity: flo
         handles = []
         for name, module in linears.items():
 
-            def hook(mod, inputs, output, name=name):
+            def hook(mod, inputs, output, name=name, sums=sums):
                 x = inputs[0].detach().to(torch.float64)
                 sums[name] = sums[name] + (x.reshape(-1, x.shape[-1]) ** 2).sum(dim=0)
 
@@ -73,7 +73,9 @@ def reference_wanda_masks(model: nn.Module, samples: torch.Tensor, sparsity: flo
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None), ("4:8", None)])
+@pytest.mark.parametrize(
+    "pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None), ("4:8", None)]
+)
 def test_wanda_masks_equal_plain_reference(architecture: str, pattern: str, sparsity: float | None) -> None:
     samples = random_ids(6, 24)
     ours_model = build_tiny_model(architecture, dtype=torch.float64, layers=3)
@@ -93,9 +95,11 @@ def test_wanda_masks_equal_plain_reference(architecture: str, pattern: str, spar
     assert len(ours) == len(reference) > 0
     for (block_index, name), expected in reference.items():
         got = ours[f"blocks.{block_index}.{name}"]
-        assert torch.equal(got, expected), f"block {block_index} {name}: {(got != expected).sum()} mask bits differ"
+        assert torch.equal(got, expected), (
+            f"block {block_index} {name}: {(got != expected).sum()} mask bits differ"
+        )
     # The pruned models agree too, so the inputs propagated to later blocks matched.
-    for (a, b) in zip(ours_model.parameters(), reference_model.parameters(), strict=True):
+    for a, b in zip(ours_model.parameters(), reference_model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -105,8 +109,12 @@ def test_later_blocks_see_pruned_inputs() -> None:
     pruned_model = build_tiny_model("llama", dtype=torch.float64)
     masks: dict[str, torch.Tensor] = {}
     prune_model(
-        pruned_model, samples, method=Method.WANDA, pattern=parse_pattern("unstructured", 0.6),
-        device=torch.device("cpu"), progress=False,
+        pruned_model,
+        samples,
+        method=Method.WANDA,
+        pattern=parse_pattern("unstructured", 0.6),
+        device=torch.device("cpu"),
+        progress=False,
         on_decision=lambda name, decision: masks.__setitem__(name, decision.pruned.clone()),
     )
     # Scoring block 1 from dense inputs gives a different mask somewhere.
