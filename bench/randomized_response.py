@@ -34,7 +34,9 @@ def main() -> None:
         best = min(best, time.perf_counter() - start)
     flipped = np.count_nonzero(noisy != bits) / bits.size
     print(f"randomized response, eps0={rr.epsilon0:.6f} (p={rr.flip_probability:.6f}), one core")
-    print(f"bits: {args.bits:,}  best of {args.repeats}: {best:.3f} s  -> {args.bits / best / 1e6:,.0f} Mbit/s")
+    print(
+        f"bits: {args.bits:,}  best of {args.repeats}: {best:.3f} s  -> {args.bits / best / 1e6:,.0f} Mbit/s"
+    )
     print(f"observed flip rate of last run: {flipped:.6f}")
 
 

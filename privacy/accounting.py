@@ -454,4 +454,6 @@ def create_accountant(mechanism: str) -> PrivacyAccountant:
     try:
         return ACCOUNTANTS[mechanism]()
     except KeyError:
-        raise PrivacyError(f"no accountant for {mechanism!r}; known: {', '.join(sorted(ACCOUNTANTS))}") from None
+        raise PrivacyError(
+            f"no accountant for {mechanism!r}; known: {', '.join(sorted(ACCOUNTANTS))}"
+        ) from None

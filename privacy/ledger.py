@@ -1,0 +1,154 @@
+"""The privacy ledger: every mechanism event of a run, in a SHA-256 hash chain.
+
+Public API::
+
+    ledger = PrivacyLedger()
+    ledger.record(MechanismEvent(mechanism=Mechanism.GAUSSIAN, participant="site-a", block=3,
+                                 statistic="column_squares:mlp.down_proj", count=1,
+                                 parameters={"noise_multiplier": 2.1, ...}))
+    ledger.entries            # tuple[LedgerEntry, ...]
+    ledger.head               # entry_hash of the last entry (GENESIS_HASH when empty)
+    verify_chain(entries)     # raises ChainError naming the first broken field
+
+Each :class:`LedgerEntry` holds its index, the ``prev_hash`` of the entry before it (``GENESIS_HASH`` for
+the first), the event, and ``entry_hash`` = SHA-256 of the canonical JSON (sorted keys, no whitespace) of
+the entry without ``entry_hash``. Changing, removing, inserting or reordering entries breaks the chain.
+The ledger never holds data, keys or masks: only mechanism parameters and counts.
+
+Parameters each mechanism writes (the report's recomputation reads exactly these):
+
+* ``gaussian`` (calibration statistics, one event per (block, statistic)): ``noise_multiplier`` (std of
+  the noise over this statistic's per-record clip norm), ``block_noise_multiplier`` (the joint release's),
+  ``clip_share`` (this statistic's share of the record's unit norm), ``clip_norm``, ``sample_rate``,
+  ``dimension``, ``release`` (events with the same release id were one joint Gaussian release on one
+  Poisson sample), ``sublayers``, ``shrinkage``.
+* ``randomized_response``: ``epsilon0`` (effective), ``requested_epsilon0``, ``threshold``,
+  ``threshold_bits``, ``flip_probability``; ``count`` = coordinates randomized.
+* ``secure_aggregation``: ``participants``, ``threshold``, ``survivors``; ``count`` = coordinates summed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from privacy.errors import PrivacyError
+
+logger = logging.getLogger(__name__)
+
+GENESIS_HASH = hashlib.sha256(b"fedprune privacy ledger v1").hexdigest()
+
+ParameterValue = bool | int | float | str
+
+
+class Mechanism(str, enum.Enum):
+    """A privacy mechanism whose uses the ledger records."""
+
+    GAUSSIAN = "gaussian"
+    RANDOMIZED_RESPONSE = "randomized_response"
+    SECURE_AGGREGATION = "secure_aggregation"
+
+
+class MechanismEvent(BaseModel):
+    """One use of a mechanism: what, by whom, where in the run, with which parameters, how many times."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mechanism: Mechanism
+    participant: str = Field(min_length=1)
+    round: int = Field(default=0, ge=0)
+    block: int | None = Field(default=None, ge=0)
+    statistic: str | None = None
+    count: int = Field(ge=1, description="releases (gaussian) or coordinates (randomized response, sums)")
+    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
+
+
+class LedgerEntry(BaseModel):
+    """A ledger event in the hash chain."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0)
+    prev_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    event: MechanismEvent
+    entry_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ChainError(PrivacyError):
+    """The hash chain is broken; ``field`` names the first field that does not match."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def canonical_json(value: Any) -> bytes:
+    """Return the canonical encoding: JSON with sorted keys, no whitespace, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def entry_hash(index: int, prev_hash: str, event: MechanismEvent) -> str:
+    """Return the SHA-256 (hex) of the canonical encoding of an entry without its own hash."""
+    body = {"index": index, "prev_hash": prev_hash, "event": event.model_dump(mode="json")}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def verify_chain(entries: Iterable[LedgerEntry], *, prefix: str = "ledger") -> str:
+    """Return the head hash after checking indices and hashes; raise ChainError naming the first bad field."""
+    previous = GENESIS_HASH
+    for position, entry in enumerate(entries):
+        where = f"{prefix}[{position}]"
+        if entry.index != position:
+            raise ChainError(f"{where}.index", f"expected {position}, found {entry.index}")
+        if entry.prev_hash != previous:
+            raise ChainError(f"{where}.prev_hash", "does not match the previous entry's hash")
+        if entry_hash(entry.index, entry.prev_hash, entry.event) != entry.entry_hash:
+            raise ChainError(f"{where}.event", "the entry's contents do not match its entry_hash")
+        previous = entry.entry_hash
+    return previous
+
+
+class PrivacyLedger:
+    """An append-only, hash-chained list of mechanism events."""
+
+    def __init__(self, entries: Iterable[LedgerEntry] = ()) -> None:
+        self._entries: list[LedgerEntry] = list(entries)
+        verify_chain(self._entries)
+
+    def record(self, event: MechanismEvent) -> LedgerEntry:
+        """Return the new entry after appending ``event`` to the chain."""
+        index = len(self._entries)
+        previous = self.head
+        entry = LedgerEntry(
+            index=index, prev_hash=previous, event=event, entry_hash=entry_hash(index, previous, event)
+        )
+        self._entries.append(entry)
+        logger.debug(
+            "ledger[%d]: %s %s block=%s", index, event.mechanism.value, event.participant, event.block
+        )
+        return entry
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        """Return the entries in order."""
+        return tuple(self._entries)
+
+    @property
+    def head(self) -> str:
+        """Return the hash of the last entry (the genesis hash when empty)."""
+        return self._entries[-1].entry_hash if self._entries else GENESIS_HASH
+
+    def events(self, mechanism: Mechanism | None = None) -> list[MechanismEvent]:
+        """Return the recorded events, optionally only those of one mechanism."""
+        return [e.event for e in self._entries if mechanism is None or e.event.mechanism is mechanism]
+
+    def __len__(self) -> int:
+        return len(self._entries)
