@@ -1,0 +1,47 @@
+"""Secure aggregation of keep-vote counts (Bonawitz et al. 2017) with dropout recovery.
+
+Transport-independent: `SecAggClient` and `SecAggServer` are state machines that exchange the plain
+message objects of `privacy.secagg.messages`; `aggregate_in_process` runs a whole session in one
+process. See docs/SECURE_AGGREGATION.md.
+"""
+
+from privacy.secagg.client import ClientState, SecAggClient
+from privacy.secagg.driver import aggregate_in_process
+from privacy.secagg.errors import (
+    AuthenticationError,
+    InconsistentViewError,
+    InsufficientParticipantsError,
+    InvalidAggregateError,
+    InvalidMessageError,
+    ShamirError,
+    WrongStateError,
+)
+from privacy.secagg.parameters import (
+    DEFAULT_CHUNK_COORDINATES,
+    PROTOCOL_VERSION,
+    SessionParameters,
+    default_threshold,
+    ring_bit_width,
+)
+from privacy.secagg.server import AggregateResult, SecAggServer, ServerState
+
+__all__ = [
+    "DEFAULT_CHUNK_COORDINATES",
+    "PROTOCOL_VERSION",
+    "AggregateResult",
+    "AuthenticationError",
+    "ClientState",
+    "InconsistentViewError",
+    "InsufficientParticipantsError",
+    "InvalidAggregateError",
+    "InvalidMessageError",
+    "SecAggClient",
+    "SecAggServer",
+    "ServerState",
+    "SessionParameters",
+    "ShamirError",
+    "WrongStateError",
+    "aggregate_in_process",
+    "default_threshold",
+    "ring_bit_width",
+]

@@ -1,0 +1,378 @@
+"""The participant's side of secure aggregation, as an explicit state machine.
+
+    NEW --advertise_keys--> KEYS_ADVERTISED --share_keys--> KEYS_SHARED --receive_shares-->
+    READY_TO_MASK --masked_chunk*--> MASKING --finish_masked_input--> MASKED_INPUT_SENT
+    --unmask--> DONE;  any ProtocolAbort --> ABORTED
+
+Calling a method in another state raises WrongStateError. A participant answers at most one unmask
+request per session and, in it, reveals for each peer either a self-seed share or a mask-key share.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Concatenate, ParamSpec, TypeVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from privacy.errors import PrivacyError, ProtocolAbort
+from privacy.secagg import primitives, shamir
+from privacy.secagg.errors import (
+    InconsistentViewError,
+    InsufficientParticipantsError,
+    InvalidMessageError,
+    WrongStateError,
+)
+from privacy.secagg.messages import (
+    EncryptedShare,
+    KeyAdvertisement,
+    MaskedInputChunk,
+    MaskedInputDone,
+    RevealedShare,
+    Roster,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    chunk_hash,
+    decode_share_plaintext,
+    encode_share_plaintext,
+    stream_digest,
+)
+from privacy.secagg.packing import BitPacker
+from privacy.secagg.parameters import SessionParameters
+from privacy.secagg.prg import DEFAULT_BLOCK_BYTES, MaskApplier
+from privacy.secagg.session import check_advertisement, compute_session_id
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ClientState(enum.Enum):
+    """Where a participant stands in one session."""
+
+    NEW = "new"
+    KEYS_ADVERTISED = "keys_advertised"
+    KEYS_SHARED = "keys_shared"
+    READY_TO_MASK = "ready_to_mask"
+    MASKING = "masking"
+    MASKED_INPUT_SENT = "masked_input_sent"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+def _aborts_on_failure(
+    method: Callable[Concatenate[SecAggClient, P], R],
+) -> Callable[Concatenate[SecAggClient, P], R]:
+    """Return `method` wrapped so that a ProtocolAbort it raises also wipes secrets and moves to ABORTED."""
+
+    @functools.wraps(method)
+    def wrapper(self: SecAggClient, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except ProtocolAbort as exc:
+            self._abort(str(exc))
+            raise
+
+    return wrapper
+
+
+class SecAggClient:
+    """One participant of one session: holds its keys, shares and mask keys, emits plain messages."""
+
+    def __init__(self, *, participant: int, parameters: SessionParameters, identity_key: Ed25519PrivateKey,
+                 identity_keys: Mapping[int, Ed25519PublicKey],
+                 random_bytes: primitives.RandomBytes = os.urandom,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+        if participant not in parameters.participant_ids:
+            raise PrivacyError(f"participant {participant} is not in the session's participant_ids")
+        self.participant = participant
+        self.parameters = parameters
+        self._identity_key = identity_key
+        self._identity_keys = dict(identity_keys)
+        self._random_bytes = random_bytes
+        if random_bytes is not os.urandom:
+            logger.warning("participant %d uses an injected randomness source: known-answer tests only",
+                           participant)
+        self._block_bytes = block_bytes
+        self._state = ClientState.NEW
+        self._session_keys: primitives.SessionKeys | None = None
+        self._roster: dict[int, KeyAdvertisement] = {}
+        self._session_id: bytes | None = None
+        self._self_seed: bytes | None = None
+        self._held_shares: dict[int, tuple[shamir.Share, shamir.Share]] = {}
+        self._share_holders: tuple[int, ...] = ()
+        self._add_keys: list[bytes] = []
+        self._subtract_keys: list[bytes] = []
+        self._chunk_hashes: list[bytes | None] = []
+        self._applier: MaskApplier | None = None
+        self._packer: BitPacker | None = None
+        self._lanes: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- state
+    @property
+    def state(self) -> ClientState:
+        """Return the current state."""
+        return self._state
+
+    @property
+    def session_id(self) -> bytes:
+        """Return the session id (known once the roster was accepted)."""
+        if self._session_id is None:
+            raise WrongStateError("the session id is known only after the roster was accepted")
+        return self._session_id
+
+    @property
+    def share_holders(self) -> tuple[int, ...]:
+        """Return U2 as this participant saw it: who sent it shares, itself included."""
+        return self._share_holders
+
+    def _expect(self, *states: ClientState) -> None:
+        if self._state not in states:
+            expected = " or ".join(s.value for s in states)
+            raise WrongStateError(f"participant {self.participant} is {self._state.value}, expected {expected}")
+
+    def _abort(self, reason: str) -> None:
+        logger.warning("participant %d aborts the session: %s", self.participant, reason)
+        self._wipe()
+        self._state = ClientState.ABORTED
+
+    def _wipe(self) -> None:
+        # Drop every secret reference; Python cannot scrub memory, but nothing stays reachable.
+        self._session_keys = None
+        self._self_seed = None
+        self._held_shares = {}
+        self._add_keys = []
+        self._subtract_keys = []
+        self._lanes = None
+
+    def _check_session(self, session_id: bytes) -> None:
+        if session_id != self._session_id:
+            raise InvalidMessageError("message belongs to another session")
+
+    # --------------------------------------------------------- round 0: keys
+    def advertise_keys(self) -> KeyAdvertisement:
+        """Return this participant's signed advertisement of two fresh X25519 public keys."""
+        self._expect(ClientState.NEW)
+        keys = primitives.SessionKeys.generate(self._random_bytes)
+        cipher_public = primitives.raw_public(keys.cipher_key)
+        mask_public = primitives.raw_public(keys.mask_key)
+        message = primitives.advertisement_message(
+            parameters_digest=self.parameters.digest(), party=self.participant,
+            cipher_public_key=cipher_public, mask_public_key=mask_public)
+        self._session_keys = keys
+        self._state = ClientState.KEYS_ADVERTISED
+        return KeyAdvertisement(participant=self.participant, cipher_public_key=cipher_public,
+                                mask_public_key=mask_public,
+                                signature=primitives.sign(self._identity_key, message))
+
+    # ------------------------------------------------------ round 1: shares
+    @_aborts_on_failure
+    def share_keys(self, roster: Roster) -> ShareKeys:
+        """Return envelopes with Shamir shares of this participant's self seed and mask key for each peer.
+
+        Checks every advertisement's signature, that this participant's own advertisement is in the
+        roster unchanged, that all keys are distinct, and that at least `threshold` participants remain.
+        """
+        self._expect(ClientState.KEYS_ADVERTISED)
+        assert self._session_keys is not None
+        entries: dict[int, KeyAdvertisement] = {}
+        for adv in roster.advertisements:
+            if adv.participant in entries:
+                raise InconsistentViewError(f"roster lists participant {adv.participant} twice")
+            check_advertisement(adv, parameters=self.parameters, identity_keys=self._identity_keys)
+            entries[adv.participant] = adv
+        own = entries.get(self.participant)
+        if own is None or (own.cipher_public_key, own.mask_public_key) != (
+                primitives.raw_public(self._session_keys.cipher_key),
+                primitives.raw_public(self._session_keys.mask_key)):
+            raise InconsistentViewError("roster does not carry this participant's own keys")
+        all_keys = [k for adv in entries.values() for k in (adv.cipher_public_key, adv.mask_public_key)]
+        if len(set(all_keys)) != len(all_keys):
+            raise InconsistentViewError("two advertised public keys are equal")
+        if len(entries) < self.parameters.threshold:
+            raise InsufficientParticipantsError(
+                f"{len(entries)} participants advertised keys, threshold is {self.parameters.threshold}")
+        self._roster = dict(sorted(entries.items()))
+        session_id = compute_session_id(self.parameters, self._roster.values())
+        self._session_id = session_id
+
+        self._self_seed = self._random_bytes(primitives.SEED_BYTES)
+        mask_private = self._session_keys.mask_key.private_bytes_raw()
+        holders = tuple(self._roster)
+        t = self.parameters.threshold
+        seed_shares = shamir.split(self._self_seed, threshold=t, holders=holders,
+                                   random_bytes=self._random_bytes)
+        key_shares = shamir.split(mask_private, threshold=t, holders=holders, random_bytes=self._random_bytes)
+        self._held_shares = {self.participant: (seed_shares[self.participant], key_shares[self.participant])}
+        envelopes = []
+        for peer, adv in self._roster.items():
+            if peer == self.participant:
+                continue
+            key = primitives.seal_key(self._session_keys.cipher_key, adv.cipher_public_key,
+                                      session_id=session_id, sender=self.participant, recipient=peer)
+            plaintext = encode_share_plaintext(sender=self.participant, recipient=peer,
+                                               self_seed_share=seed_shares[peer], mask_key_share=key_shares[peer])
+            header = primitives.seal_header(session_id=session_id, sender=self.participant, recipient=peer)
+            nonce, ciphertext = primitives.Sealer(key).seal(plaintext, header)
+            envelopes.append(EncryptedShare(sender=self.participant, recipient=peer, nonce=nonce,
+                                            ciphertext=ciphertext))
+        self._state = ClientState.KEYS_SHARED
+        return ShareKeys(session_id=session_id, sender=self.participant, envelopes=tuple(envelopes))
+
+    @_aborts_on_failure
+    def receive_shares(self, delivery: ShareDelivery) -> None:
+        """Return None after opening every envelope addressed to this participant and deriving its masks.
+
+        The senders plus this participant form U2, the set every pairwise mask is computed against.
+        A tampered envelope aborts the session (AuthenticationError).
+        """
+        self._expect(ClientState.KEYS_SHARED)
+        assert self._session_keys is not None and self._self_seed is not None
+        self._check_session(delivery.session_id)
+        if delivery.recipient != self.participant:
+            raise InvalidMessageError("share delivery is addressed to another participant")
+        session_id = self.session_id
+        received = dict(self._held_shares)  # committed only if the whole delivery checks out
+        for envelope in delivery.envelopes:
+            sender = envelope.sender
+            if envelope.recipient != self.participant or sender == self.participant:
+                raise InvalidMessageError("envelope is not addressed to this participant")
+            if sender not in self._roster:
+                raise InconsistentViewError(f"envelope from participant {sender}, who is not in the roster")
+            if sender in received:
+                raise InconsistentViewError(f"two envelopes from participant {sender}")
+            key = primitives.seal_key(self._session_keys.cipher_key, self._roster[sender].cipher_public_key,
+                                      session_id=session_id, sender=sender, recipient=self.participant)
+            header = primitives.seal_header(session_id=session_id, sender=sender, recipient=self.participant)
+            plaintext = primitives.open_sealed(key, envelope.nonce, envelope.ciphertext, header)
+            received[sender] = decode_share_plaintext(plaintext, sender=sender, recipient=self.participant)
+        holders = tuple(sorted(received))
+        if len(holders) < self.parameters.threshold:
+            raise InsufficientParticipantsError(
+                f"{len(holders)} participants shared keys, threshold is {self.parameters.threshold}")
+        self._held_shares = received
+        self._share_holders = holders
+        self._add_keys = [primitives.self_mask_key(self._self_seed, session_id=session_id,
+                                                   party=self.participant)]
+        self._subtract_keys = []
+        for peer in holders:
+            if peer == self.participant:
+                continue
+            pairwise = primitives.pairwise_mask_key(self._session_keys.mask_key,
+                                                    self._roster[peer].mask_public_key,
+                                                    session_id=session_id, party=self.participant, peer=peer)
+            (self._add_keys if self.participant < peer else self._subtract_keys).append(pairwise)
+        # The cipher key has done its job; the mask key's shares are out, the key itself is no longer needed.
+        self._session_keys = None
+        params = self.parameters
+        self._chunk_hashes = [None] * params.chunk_count
+        self._applier = MaskApplier(params.lane_dtype, block_bytes=self._block_bytes)
+        self._packer = BitPacker(params.bit_width, params.chunk_coordinates)
+        self._lanes = np.zeros(params.chunk_coordinates, dtype=params.lane_dtype)
+        self._state = ClientState.READY_TO_MASK
+
+    # ----------------------------------------------------- round 2: masking
+    def masked_chunk(self, chunk_index: int, keep_votes: np.ndarray) -> MaskedInputChunk:
+        """Return chunk `chunk_index` of y = votes + self mask +/- pairwise masks (mod 2^b), packed.
+
+        `keep_votes` holds this chunk's coordinates only, integers in [0, max_input]. A chunk can be
+        regenerated (to resume a stream) without touching other chunks; regenerating it with other votes
+        raises.
+        """
+        self._expect(ClientState.READY_TO_MASK, ClientState.MASKING)
+        assert self._applier is not None and self._packer is not None and self._lanes is not None
+        params = self.parameters
+        count = params.chunk_length(chunk_index)
+        votes = np.asarray(keep_votes)
+        if votes.shape != (count,):
+            raise PrivacyError(f"chunk {chunk_index} has {count} coordinates, got shape {votes.shape}")
+        if votes.dtype != np.bool_:
+            if votes.dtype.kind not in "iu":
+                raise PrivacyError("keep_votes must be integers or booleans")
+            if count and (votes.max() > params.max_input or (votes.dtype.kind == "i" and votes.min() < 0)):
+                raise PrivacyError(f"keep_votes must lie in [0, {params.max_input}]")
+        padded = -(-count // 8) * 8
+        lanes = self._lanes[:padded]
+        np.copyto(lanes[:count], votes, casting="unsafe")
+        lanes[count:] = 0
+        self._applier.apply(lanes[:count], first_coordinate=chunk_index * params.chunk_coordinates,
+                            add_keys=self._add_keys, subtract_keys=self._subtract_keys)
+        payload = self._packer.pack(lanes).tobytes()
+        leaf = chunk_hash(chunk_index, payload)
+        previous = self._chunk_hashes[chunk_index]
+        if previous is not None and previous != leaf:
+            raise PrivacyError(f"chunk {chunk_index} was regenerated from different keep_votes")
+        self._chunk_hashes[chunk_index] = leaf
+        self._state = ClientState.MASKING
+        return MaskedInputChunk(session_id=self.session_id, participant=self.participant,
+                                chunk_index=chunk_index, payload=payload)
+
+    def finish_masked_input(self) -> MaskedInputDone:
+        """Return the message that closes the masked-input stream (every chunk must have been made)."""
+        self._expect(ClientState.MASKING)
+        missing = [i for i, leaf in enumerate(self._chunk_hashes) if leaf is None]
+        if missing:
+            raise WrongStateError(f"chunks {missing[:5]} of the masked input were never generated")
+        hashes = [leaf for leaf in self._chunk_hashes if leaf is not None]
+        self._state = ClientState.MASKED_INPUT_SENT
+        self._lanes = None
+        return MaskedInputDone(session_id=self.session_id, participant=self.participant,
+                               chunk_count=len(hashes),
+                               digest=stream_digest(session_id=self.session_id, participant=self.participant,
+                                                    chunk_hashes=hashes))
+
+    def masked_input(self, keep_votes: np.ndarray, *, start_chunk: int = 0,
+                     ) -> Iterator[MaskedInputChunk | MaskedInputDone]:
+        """Return an iterator over the whole masked-input stream of `keep_votes`, then its closing message.
+
+        `start_chunk` resumes a stream: chunks before it must have been generated earlier.
+        """
+        votes = np.asarray(keep_votes)
+        params = self.parameters
+        if votes.shape != (params.dimension,):
+            raise PrivacyError(f"keep_votes must have shape ({params.dimension},), got {votes.shape}")
+        step = params.chunk_coordinates
+        for index in range(start_chunk, params.chunk_count):
+            yield self.masked_chunk(index, votes[index * step:(index + 1) * step])
+        yield self.finish_masked_input()
+
+    # ------------------------------------------------------ round 3: unmask
+    @_aborts_on_failure
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Return, for every peer in U2, its self-seed share if it survived or its mask-key share if it dropped.
+
+        Aborts (and reveals nothing) unless survivors and dropouts are disjoint, together equal U2, include
+        this participant, and survivors number at least `threshold`. Answers once per session.
+        """
+        self._expect(ClientState.MASKED_INPUT_SENT)
+        self._check_session(request.session_id)
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
+            raise InconsistentViewError("unmask request lists a participant twice")
+        if survivors & dropped:
+            raise InconsistentViewError("unmask request names participants both survived and dropped: "
+                                        f"{sorted(survivors & dropped)}")
+        if survivors | dropped != set(self._share_holders):
+            raise InconsistentViewError("unmask request's survivors and dropouts are not the set of "
+                                        "participants that shared keys")
+        if self.participant not in survivors:
+            raise InconsistentViewError("unmask request says this participant dropped")
+        if len(survivors) < self.parameters.threshold:
+            raise InsufficientParticipantsError(
+                f"{len(survivors)} survivors, threshold is {self.parameters.threshold}")
+        seed_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][0].y_bytes())
+                            for v in sorted(survivors))
+        key_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][1].y_bytes())
+                           for v in sorted(dropped))
+        self._wipe()
+        self._state = ClientState.DONE
+        return UnmaskResponse(session_id=self.session_id, sender=self.participant,
+                              self_seed_shares=seed_shares, mask_key_shares=key_shares)

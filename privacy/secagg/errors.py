@@ -1,0 +1,38 @@
+"""Errors of the secure-aggregation protocol, refined from `privacy.errors`."""
+
+from __future__ import annotations
+
+from privacy.errors import PrivacyError, ProtocolAbort
+
+
+class WrongStateError(PrivacyError):
+    """A client or server method was called in a state where it is not allowed."""
+
+
+class InvalidMessageError(PrivacyError):
+    """A message was malformed, unexpected, duplicated or failed a check; it was rejected."""
+
+
+class AuthenticationError(ProtocolAbort):
+    """A signature or an authenticated ciphertext did not verify; the session is aborted."""
+
+
+class InsufficientParticipantsError(ProtocolAbort):
+    """Fewer than `threshold` participants remain; the session is aborted and nothing is revealed."""
+
+
+class InconsistentViewError(ProtocolAbort):
+    """Survivor and dropout sets contradict each other or the session's history; the session is aborted."""
+
+
+class ShamirError(PrivacyError):
+    """Shares that cannot reconstruct a secret: too few, duplicated, or not on one polynomial."""
+
+
+class InvalidAggregateError(PrivacyError):
+    """The unmasked sum has counts above what the contributors could have produced (invalid input)."""
+
+    def __init__(self, message: str, *, invalid_coordinates: int, first_invalid_index: int) -> None:
+        super().__init__(message)
+        self.invalid_coordinates = invalid_coordinates
+        self.first_invalid_index = first_invalid_index
