@@ -1,0 +1,390 @@
+"""The signed privacy report: a versioned pydantic model, its guarantees, Ed25519 signing, JSON Schema.
+
+Public API::
+
+    report = build_report(ledger=ledger, threat_model=ThreatModel(participants=4,
+                          secure_aggregation_threshold=3, minimum_honest_survivors=2),
+                          delta=1e-5, run_id="run-42", exclusions=["embeddings and LM head: not pruned"])
+    signed = sign_report(report, private_key)          # cryptography Ed25519PrivateKey
+    text = signed.to_json()                             # what is written to disk
+    PrivacyReport.from_json(text)
+    compute_guarantees(entries, inputs, threat_model)   # the figures, from the ledger and raw inputs only
+    report_json_schema()                                # == privacy/report_schema.json (a test checks it)
+
+Verification and rendering are in :mod:`privacy.report_verify` (``verify_report``, ``render_markdown``,
+``render_html``). Signature: Ed25519 over the canonical JSON (sorted keys, no whitespace, UTF-8) of the
+report's JSON form without its ``signature`` field.
+
+Guarantees (one per layer and participant, see docs/PRIVACY.md):
+
+* ``calibration_statistics``: unit one calibration record, add/remove-one; the releases of one
+  participant composed with Opacus RDP and PRV, the larger reported. Masks, votes and the pruned model are
+  post-processing, so this is the record-level guarantee of everything the participant sends.
+* ``mask_bits``: unit one participant's randomized mask; eps0 per coordinate (pure DP) and the exact
+  optimal composition over all k coordinates it randomized. Never summarised as "eps0-DP".
+* ``aggregation``: the shuffle-model bound for one coordinate's sum, only where valid, with assumptions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import platform
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from privacy import accounting
+from privacy.dp_random import GAUSSIAN_SAMPLER, RNG_SOURCE
+from privacy.errors import PrivacyError
+from privacy.ledger import LedgerEntry, Mechanism, PrivacyLedger, canonical_json, verify_chain
+from privacy.randomized_response import THRESHOLD_BITS
+
+logger = logging.getLogger(__name__)
+
+REPORT_VERSION = "1"
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+_LIBRARIES = ("fedprune", "torch", "opacus", "cryptography", "numpy", "pydantic", "transformers")
+
+Detail = bool | int | float | str | None
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ThreatModel(_Frozen):
+    """Who is trusted with what; the assumptions under which the guarantees hold."""
+
+    coordinator: Literal["honest-but-curious"] = "honest-but-curious"
+    participants: int = Field(ge=1)
+    secure_aggregation_threshold: int = Field(ge=1, description="t: shares needed to reconstruct")
+    minimum_honest_survivors: int = Field(ge=0, description="honest participants that finish a session")
+    max_colluding_participants: int | None = Field(default=None, description="t - 1 when not given")
+    input_validity_proof: bool = False
+    transport: str = "gRPC over mutual TLS"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_collusion(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("max_colluding_participants") is None:
+            threshold = data.get("secure_aggregation_threshold")
+            if isinstance(threshold, int):
+                data = {**data, "max_colluding_participants": threshold - 1}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ThreatModel:
+        if self.secure_aggregation_threshold > self.participants:
+            raise ValueError("secure_aggregation_threshold cannot exceed participants")
+        if self.minimum_honest_survivors > self.participants:
+            raise ValueError("minimum_honest_survivors cannot exceed participants")
+        return self
+
+
+class PrivacyUnit(_Frozen):
+    """What one guarantee protects, and which datasets count as neighbours."""
+
+    layer: str
+    unit: str
+    neighbouring_relation: str
+
+
+class RngSource(_Frozen):
+    """Where the noise came from."""
+
+    csprng: str = RNG_SOURCE
+    gaussian_sampler: str = GAUSSIAN_SAMPLER
+    rr_threshold_bits: int = THRESHOLD_BITS
+
+
+class AccountingInputs(_Frozen):
+    """The raw inputs, besides the ledger, from which every figure is recomputed."""
+
+    delta: float = Field(gt=0, lt=1)
+    extra_deltas: list[float] = Field(default_factory=list)
+    accountant_tolerance: float = Field(default=accounting.DEFAULT_ACCOUNTANT_TOLERANCE, gt=0)
+
+
+class Guarantee(_Frozen):
+    """One layer's guarantee for one participant (or for the aggregate view, participant '*')."""
+
+    layer: Literal["calibration_statistics", "mask_bits", "aggregation"]
+    participant: str
+    unit: str
+    composition: str
+    delta: float
+    epsilon: float | None
+    epsilon_at: dict[str, float | None] = Field(description="delta (repr) -> epsilon")
+    details: dict[str, Detail]
+    assumptions: list[str] = Field(default_factory=list)
+
+
+class Signature(_Frozen):
+    """Ed25519 signature over the canonical JSON of the report without this field."""
+
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="raw public key, hex")
+    value: str = Field(pattern=r"^[0-9a-f]{128}$", description="signature, hex")
+
+
+PRIVACY_UNITS = [
+    PrivacyUnit(
+        layer="calibration_statistics",
+        unit="one calibration record (sequence) of one participant",
+        neighbouring_relation="add or remove one record of the participant's local corpus",
+    ),
+    PrivacyUnit(
+        layer="mask_bits",
+        unit="one participant's randomized keep-vote mask (per coordinate: one weight's bit)",
+        neighbouring_relation="any change of the participant's mask bits (each coordinate may change)",
+    ),
+    PrivacyUnit(
+        layer="aggregation",
+        unit="one participant's bit at one coordinate, as seen by the coordinator through the sum",
+        neighbouring_relation="replace one honest participant's bit",
+    ),
+]
+
+
+class PrivacyReport(_Frozen):
+    """Everything an auditor needs to check a run's privacy claims, signed."""
+
+    report_version: Literal["1"] = REPORT_VERSION
+    run_id: str
+    created_at: str
+    library_versions: dict[str, str]
+    threat_model: ThreatModel
+    privacy_units: list[PrivacyUnit]
+    rng: RngSource
+    inputs: AccountingInputs
+    ledger: list[LedgerEntry]
+    ledger_head: str = Field(pattern=r"^[0-9a-f]{64}$")
+    guarantees: list[Guarantee]
+    exclusions: list[str] = Field(default_factory=list)
+    signature: Signature | None = None
+
+    def signed_payload(self) -> bytes:
+        """Return the bytes the signature covers: canonical JSON of the report without ``signature``."""
+        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
+
+    def to_json(self) -> str:
+        """Return the report as indented JSON (the file format)."""
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PrivacyReport:
+        """Return the report parsed and validated from its JSON form."""
+        return cls.model_validate_json(text)
+
+
+def library_versions() -> dict[str, str]:
+    """Return the versions of Python and the libraries the figures depend on."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _delta_key(delta: float) -> str:
+    return repr(float(delta))
+
+
+def gaussian_releases(entries: Iterable[LedgerEntry]) -> dict[str, list[accounting.GaussianRelease]]:
+    """Return each participant's joint Gaussian releases: per release id, (sum of sigma_i^-2)^-1/2 and q."""
+    grouped: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for entry in entries:
+        event = entry.event
+        if event.mechanism is Mechanism.GAUSSIAN:
+            release = str(event.parameters.get("release", f"ledger[{entry.index}]"))
+            for _ in range(event.count):
+                grouped[event.participant][release].append(
+                    (float(event.parameters["noise_multiplier"]), float(event.parameters["sample_rate"]))
+                )
+    result: dict[str, list[accounting.GaussianRelease]] = {}
+    for participant, releases in grouped.items():
+        result[participant] = []
+        for release, parts in releases.items():
+            rates = {rate for _, rate in parts}
+            if len(rates) != 1:
+                raise PrivacyError(f"release {release!r} mixes sample rates {sorted(rates)}")
+            sigma = sum(s**-2 for s, _ in parts) ** -0.5
+            result[participant].append(
+                accounting.GaussianRelease(noise_multiplier=sigma, sample_rate=rates.pop())
+            )
+    return result
+
+
+def _rr_usage(entries: Iterable[LedgerEntry]) -> dict[str, tuple[float, int]]:
+    usage: dict[str, tuple[float, int]] = {}
+    for entry in entries:
+        event = entry.event
+        if event.mechanism is Mechanism.RANDOMIZED_RESPONSE:
+            epsilon0, coordinates = usage.get(event.participant, (0.0, 0))
+            usage[event.participant] = (
+                max(epsilon0, float(event.parameters["epsilon0"])),
+                coordinates + event.count,
+            )
+    return usage
+
+
+def compute_guarantees(
+    entries: Sequence[LedgerEntry], inputs: AccountingInputs, threat_model: ThreatModel
+) -> list[Guarantee]:
+    """Return every guarantee, computed from the ledger entries and raw inputs only."""
+    deltas = [inputs.delta, *inputs.extra_deltas]
+    guarantees: list[Guarantee] = []
+    for participant, releases in sorted(gaussian_releases(entries).items()):
+        figures = [
+            accounting.gaussian_epsilon(releases, delta=d, tolerance=inputs.accountant_tolerance)
+            for d in deltas
+        ]
+        guarantees.append(
+            Guarantee(
+                layer="calibration_statistics",
+                participant=participant,
+                unit=PRIVACY_UNITS[0].unit,
+                composition=f"{figures[0].method}; one Poisson-subsampled Gaussian release per block",
+                delta=inputs.delta,
+                epsilon=figures[0].epsilon,
+                epsilon_at={_delta_key(f.delta): f.epsilon for f in figures},
+                details={"rdp": figures[0].rdp, "prv": figures[0].prv, "releases": len(releases)},
+                assumptions=[
+                    "noise from the CSPRNG as stated under rng",
+                    "records fed in the same order to every sublayer of a block (one Poisson sample per block)",
+                ],
+            )
+        )
+    rr_usage = _rr_usage(entries)
+    for participant, (epsilon0, coordinates) in sorted(rr_usage.items()):
+        composed = {
+            _delta_key(d): accounting.rr_epsilon(d, epsilon0=epsilon0, coordinates=coordinates)
+            for d in deltas
+        }
+        guarantees.append(
+            Guarantee(
+                layer="mask_bits",
+                participant=participant,
+                unit=PRIVACY_UNITS[1].unit,
+                composition=accounting.RRComposition.method,
+                delta=inputs.delta,
+                epsilon=composed[_delta_key(inputs.delta)],
+                epsilon_at=composed,
+                details={
+                    "epsilon0_per_coordinate": epsilon0,
+                    "coordinates": coordinates,
+                    "naive_epsilon_at_delta_0": epsilon0 * coordinates,
+                },
+                assumptions=["one noisy bit per weight per run; largest eps0 used when they differ"],
+            )
+        )
+    has_sums = any(e.event.mechanism is Mechanism.SECURE_AGGREGATION for e in entries)
+    if rr_usage and has_sums:
+        epsilon0 = max(e0 for e0, _ in rr_usage.values())
+        bounds = [
+            accounting.shuffle_amplification(
+                epsilon0=epsilon0, honest_voters=threat_model.minimum_honest_survivors, delta=d
+            )
+            for d in deltas
+        ]
+        guarantees.append(
+            Guarantee(
+                layer="aggregation",
+                participant="*",
+                unit=PRIVACY_UNITS[2].unit,
+                composition=bounds[0].method,
+                delta=inputs.delta,
+                epsilon=bounds[0].epsilon,
+                epsilon_at={_delta_key(b.delta): b.epsilon for b in bounds},
+                details={
+                    "valid": bounds[0].valid,
+                    "reason": bounds[0].reason,
+                    "epsilon0": epsilon0,
+                    "honest_voters": threat_model.minimum_honest_survivors,
+                },
+                assumptions=list(accounting.SHUFFLE_ASSUMPTIONS),
+            )
+        )
+    return guarantees
+
+
+def build_report(
+    *,
+    ledger: PrivacyLedger,
+    threat_model: ThreatModel,
+    delta: float,
+    run_id: str,
+    extra_deltas: Sequence[float] | None = None,
+    accountant_tolerance: float = accounting.DEFAULT_ACCOUNTANT_TOLERANCE,
+    exclusions: Sequence[str] = (),
+    created_at: str | None = None,
+) -> PrivacyReport:
+    """Return the unsigned report of a run: the ledger, the threat model and every guarantee."""
+    if extra_deltas is None:
+        extra_deltas = [float(f"{d:.6g}") for d in (delta * 10, delta / 10, delta / 100) if 0 < d < 1]
+    inputs = AccountingInputs(
+        delta=delta, extra_deltas=list(extra_deltas), accountant_tolerance=accountant_tolerance
+    )
+    entries = list(ledger.entries)
+    head = verify_chain(entries)
+    return PrivacyReport(
+        run_id=run_id,
+        created_at=created_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        library_versions=library_versions(),
+        threat_model=threat_model,
+        privacy_units=PRIVACY_UNITS,
+        rng=RngSource(),
+        inputs=inputs,
+        ledger=entries,
+        ledger_head=head,
+        guarantees=compute_guarantees(entries, inputs, threat_model),
+        exclusions=list(exclusions),
+    )
+
+
+def sign_report(report: PrivacyReport, private_key: Ed25519PrivateKey) -> PrivacyReport:
+    """Return a copy of ``report`` carrying an Ed25519 signature by ``private_key``."""
+    unsigned = report.model_copy(update={"signature": None})
+    public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    signature = private_key.sign(unsigned.signed_payload())
+    return unsigned.model_copy(
+        update={"signature": Signature(public_key=public.hex(), value=signature.hex())}
+    )
+
+
+def report_json_schema() -> dict[str, object]:
+    """Return the JSON Schema of :class:`PrivacyReport` (the content of privacy/report_schema.json)."""
+    return PrivacyReport.model_json_schema()
+
+
+def write_report_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Return ``path`` after writing the current JSON Schema of the report to it."""
+    import json
+
+    path.write_text(json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def is_close(
+    reported: float | None, recomputed: float | None, *, rel: float = 1e-4, abs_: float = 1e-9
+) -> bool:
+    """Return True when a reported figure matches its recomputation (both None counts as a match)."""
+    if reported is None or recomputed is None:
+        return reported is None and recomputed is None
+    if math.isinf(reported) or math.isinf(recomputed):
+        return reported == recomputed
+    return math.isclose(reported, recomputed, rel_tol=rel, abs_tol=abs_)
+
+
+if __name__ == "__main__":
+    print(write_report_schema())
