@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prune",
     "eval",
     "demo_model",
+    "privacy_cmd",
+    "audit",
 )
 
 EXIT_USER_ERROR = 2

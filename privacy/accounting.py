@@ -295,7 +295,8 @@ def gaussian_epsilon(
         raise PrivacyError(
             f"the RDP ({rdp:.4f}) and PRV ({prv:.4f}) accountants disagree by "
             f"{(larger - smaller) / larger:.1%}, more than the tolerance {tolerance:.0%}. RDP is loose under "
-            "strong subsampling; to accept the larger value knowingly, raise the accountant tolerance"
+            "strong subsampling; to accept the larger value knowingly, raise the accountant tolerance "
+            "(--accountant-tolerance, accountant_tolerance=)"
         )
     return GaussianEpsilon(delta=delta, rdp=rdp, prv=prv, epsilon=larger, tolerance=tolerance)
 
