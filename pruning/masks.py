@@ -61,9 +61,9 @@ def parse_pattern(pattern: str, sparsity: float | None) -> SparsityPattern:
     return SparsityPattern(sparsity=n / m, n=n, m=m)
 
 
-def pruned_per_row(in_features: int, sparsity: float) -> int:
-    """Return how many weights of a row of ``in_features`` are pruned: ``int(in * s)``, as Wanda does."""
-    return int(in_features * sparsity)
+def pruned_count(size: int, sparsity: float) -> int:
+    """Return how many of ``size`` competing weights are pruned: ``int(size * s)``, as Wanda counts."""
+    return int(size * sparsity)
 
 
 def select_per_row(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
@@ -75,7 +75,7 @@ def select_per_row(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tens
         mask = torch.zeros_like(groups, dtype=torch.bool)
         mask.scatter_(-1, order, True)
         return mask.reshape(out_features, in_features)
-    count = pruned_per_row(in_features, pattern.sparsity)
+    count = pruned_count(in_features, pattern.sparsity)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if count:
         order = torch.sort(scores, dim=-1, stable=True).indices[:, :count]

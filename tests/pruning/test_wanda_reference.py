@@ -11,65 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from pruning.local import prune_model
 from pruning.masks import parse_pattern
 from pruning.methods import Method
+from tests.reference import blocks_of, reference_wanda_masks
 from tests.tiny import ARCHITECTURES, build_tiny_model, random_ids
-
-
-def _blocks(model: nn.Module) -> nn.ModuleList:
-    for path in ("model.layers", "model.decoder.layers", "transformer.h"):
-        obj: object = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    raise AssertionError("no blocks")
-
-
-def _as_out_in(module: nn.Module) -> torch.Tensor:
-    return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
-
-
-def reference_wanda_masks(model: nn.Module, samples: torch.Tensor, sparsity: float, n: int = 0, m: int = 0):
-    """Return {(block, name): pruned mask} computed the plain way, pruning ``model`` in place."""
-    masks = {}
-    for block_index, block in enumerate(_blocks(model)):
-        linears = {name: mod for name, mod in block.named_modules() if isinstance(mod, (nn.Linear, Conv1D))}
-        sums = {name: 0.0 for name in linears}
-        handles = []
-        for name, module in linears.items():
-
-            def hook(mod, inputs, output, name=name, sums=sums):
-                x = inputs[0].detach().to(torch.float64)
-                sums[name] = sums[name] + (x.reshape(-1, x.shape[-1]) ** 2).sum(dim=0)
-
-            handles.append(module.register_forward_hook(hook))
-        with torch.no_grad():
-            model(input_ids=samples, use_cache=False)
-        for handle in handles:
-            handle.remove()
-        for name, module in linears.items():
-            weight = _as_out_in(module)
-            score = weight.abs().to(torch.float64) * sums[name].sqrt()
-            rows, cols = score.shape
-            mask = torch.zeros(rows, cols, dtype=torch.bool)
-            for r in range(rows):
-                if m:
-                    for g in range(0, cols, m):
-                        group = [(float(score[r, c]), c) for c in range(g, g + m)]
-                        for _, c in sorted(group)[:n]:
-                            mask[r, c] = True
-                else:
-                    ranked = sorted((float(score[r, c]), c) for c in range(cols))
-                    for _, c in ranked[: int(cols * sparsity)]:
-                        mask[r, c] = True
-            with torch.no_grad():
-                weight[mask] = 0
-            masks[(block_index, name)] = mask
-    return masks
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -120,7 +67,7 @@ def test_later_blocks_see_pruned_inputs() -> None:
     # Scoring block 1 from dense inputs gives a different mask somewhere.
     dense = build_tiny_model("llama", dtype=torch.float64)
     block1_from_dense = {}
-    block = _blocks(dense)[1]
+    block = blocks_of(dense)[1]
     sums = {}
     handles = [
         mod.register_forward_hook(

@@ -1,0 +1,116 @@
+"""From summed keep-votes to the global mask: pure functions over tensors, no transport.
+
+Each participant votes *keep* (1) or *prune* (0) for every weight; the coordinator learns only the sum of
+the votes per weight (``keep_votes``, between 0 and n). Within each comparison group it keeps the (1-s)
+fraction of weights with the most keep-votes and prunes ``int(size * s)`` of them. Ties are broken
+deterministically: first by the larger |W| of the public base weight (kept), then by the lower flat index
+(kept). N:M patterns select within each aligned group of M inputs of a row.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from pruning.masks import SparsityPattern, pruned_count
+
+VOTE_DTYPE = torch.int32
+"""Keep-vote counts: exact for any realistic number of participants (up to 2^31 - 1)."""
+
+
+class ComparisonGroup(enum.Enum):
+    """Which weights compete with each other for the kept places."""
+
+    LAYER = "layer"
+    """One weight matrix (the recipe the FedPrLLM study found best)."""
+    ROW = "row"
+    """One output row of a matrix."""
+    COLUMN = "column"
+    """One input column of a matrix."""
+
+
+class VoteTally:
+    """Sums keep-votes for one matrix, exactly, across any number of participants."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.keep_votes = torch.zeros(shape, dtype=VOTE_DTYPE)
+        self.participants = 0
+
+    def add(self, keep: torch.Tensor) -> None:
+        """Add one participant's keep-votes (bool or 0/1 ints shaped like the matrix)."""
+        if tuple(keep.shape) != tuple(self.keep_votes.shape):
+            raise ValueError(
+                f"votes of shape {tuple(keep.shape)} for a matrix of {tuple(self.keep_votes.shape)}"
+            )
+        self.keep_votes += keep.to(device="cpu", dtype=VOTE_DTYPE)
+        self.participants += 1
+
+
+def _keep_order(keep_votes: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Return, along the last dim, indices ordered from most to least deserving of being kept.
+
+    Two stable sorts give the lexicographic order (more votes, then larger |W|, then lower index).
+    """
+    by_magnitude = torch.sort(magnitude, dim=-1, descending=True, stable=True).indices
+    votes_in_that_order = torch.gather(keep_votes, -1, by_magnitude)
+    by_votes = torch.sort(votes_in_that_order, dim=-1, descending=True, stable=True).indices
+    return torch.gather(by_magnitude, -1, by_votes)
+
+
+def _prune_last_dim(keep_votes: torch.Tensor, magnitude: torch.Tensor, prune_count: int) -> torch.Tensor:
+    """Return a mask pruning, in every slice along the last dim, the ``prune_count`` least-deserving entries."""
+    mask = torch.zeros(keep_votes.shape, dtype=torch.bool)
+    if prune_count:
+        order = _keep_order(keep_votes, magnitude)
+        size = keep_votes.shape[-1]
+        mask.scatter_(-1, order[..., size - prune_count :], True)
+    return mask
+
+
+def global_mask(
+    keep_votes: torch.Tensor,
+    base_weight: torch.Tensor,
+    *,
+    pattern: SparsityPattern,
+    group: ComparisonGroup = ComparisonGroup.LAYER,
+) -> torch.Tensor:
+    """Return the global mask (True = pruned) of one ``[out, in]`` matrix from its summed keep-votes."""
+    if keep_votes.shape != base_weight.shape or keep_votes.ndim != 2:
+        raise ValueError(
+            f"keep_votes {tuple(keep_votes.shape)} and base weight {tuple(base_weight.shape)} must be one 2-D shape"
+        )
+    votes = keep_votes.to(device="cpu", dtype=torch.int64)
+    magnitude = base_weight.detach().to(device="cpu", dtype=torch.float32).abs()
+    out_features, in_features = votes.shape
+    if pattern.is_n_m:
+        if in_features % pattern.m:
+            raise ValueError(
+                f"{pattern.n}:{pattern.m} needs the input width ({in_features}) to be a multiple of {pattern.m}"
+            )
+        shape = (out_features, in_features // pattern.m, pattern.m)
+        return _prune_last_dim(votes.reshape(shape), magnitude.reshape(shape), pattern.n).reshape(votes.shape)
+    if group is ComparisonGroup.LAYER:
+        count = pruned_count(votes.numel(), pattern.sparsity)
+        return _prune_last_dim(votes.reshape(1, -1), magnitude.reshape(1, -1), count).reshape(votes.shape)
+    if group is ComparisonGroup.ROW:
+        return _prune_last_dim(votes, magnitude, pruned_count(in_features, pattern.sparsity))
+    count = pruned_count(out_features, pattern.sparsity)
+    return _prune_last_dim(votes.t(), magnitude.t(), count).t().contiguous()
+
+
+def scaled_weight(base_weight: torch.Tensor, keep_votes: torch.Tensor, participants: int) -> torch.Tensor:
+    """Return ``W * keep_votes / n``: the optional weight scaling of FedPrLLM (off by default)."""
+    if participants < 1:
+        raise ValueError("weight scaling needs at least one participant")
+    factor = keep_votes.to(device=base_weight.device, dtype=torch.float32) / participants
+    return (base_weight.to(torch.float32) * factor).to(base_weight.dtype)
+
+
+def check_counts(keep_votes: torch.Tensor, contributors: int, *, name: str) -> None:
+    """Raise if any count lies outside [0, contributors]: the sign of an invalid (malicious or corrupt) input."""
+    low, high = int(keep_votes.min()), int(keep_votes.max())
+    if low < 0 or high > contributors:
+        raise ValueError(
+            f"{name}: keep-vote counts span [{low}, {high}] but only {contributors} participants contributed"
+        )

@@ -1,0 +1,90 @@
+"""A participant's keep-votes, one-shot or block by block (iterative), from its own calibration data.
+
+One-shot: the participant prunes its own copy of the model block by block with its own masks (its inputs
+to block l come from its own pruned blocks 0..l-1) and votes on every block. Iterative: after voting on
+block l the participant receives the global mask of block l, applies it, and only then scores block l+1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+import torch
+from torch import nn
+
+from pruning.adapters import qualified_name
+from pruning.calibration import BlockRunner
+from pruning.local import check_pattern_fits, prune_model
+from pruning.masks import SparsityPattern
+from pruning.methods import Method, decide
+from pruning.statistics import ExactSum, StatisticAggregator
+
+KeepVotes = dict[str, torch.Tensor]
+"""Qualified matrix name -> bool tensor ``[out, in]``, True = keep."""
+
+
+def one_shot_votes(
+    model: nn.Module,
+    samples: torch.Tensor | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    aggregator: StatisticAggregator | None = None,
+    on_votes: Callable[[str, torch.Tensor], None],
+    progress: bool = False,
+) -> None:
+    """Prune ``model`` locally in place and hand each matrix's keep-votes (on the CPU) to ``on_votes``."""
+    prune_model(
+        model,
+        samples,
+        method=method,
+        pattern=pattern,
+        device=device,
+        aggregator=aggregator,
+        progress=progress,
+        on_decision=lambda name, decision: on_votes(name, decision.keep_votes.cpu()),
+    )
+
+
+def iterative_votes(
+    model: nn.Module,
+    samples: torch.Tensor | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    aggregator: StatisticAggregator | None = None,
+) -> Generator[KeepVotes, dict[str, torch.Tensor], None]:
+    """Yield one block's keep-votes at a time; ``send`` the block's global mask (True = pruned) back.
+
+    The global mask is applied to the participant's copy before its outputs feed the next block.
+    """
+    check_pattern_fits(model, pattern)
+    aggregator = aggregator or ExactSum()
+    if method is Method.MAGNITUDE:
+        from pruning.adapters import decoder_blocks, linear_sublayers
+
+        for index, block in enumerate(decoder_blocks(model)):
+            sublayers = linear_sublayers(block)
+            votes = {
+                qualified_name(index, n): decide(method, s, pattern, None).keep_votes
+                for n, s in sublayers.items()
+            }
+            global_masks = yield votes
+            for name, sublayer in sublayers.items():
+                sublayer.apply_pruned(global_masks[qualified_name(index, name)])
+        return
+    if samples is None:
+        raise ValueError(f"{method.value} needs calibration samples")
+    for step in BlockRunner(model, samples, device=device):
+        statistics = step.collect(method.statistic, aggregator)
+        votes = {
+            qualified_name(step.index, name): decide(
+                method, sublayer, pattern, statistics[name]
+            ).keep_votes.cpu()
+            for name, sublayer in step.sublayers.items()
+        }
+        global_masks = yield votes
+        for name, sublayer in step.sublayers.items():
+            sublayer.apply_pruned(global_masks[qualified_name(step.index, name)])
