@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ HELDOUT_DIR = "heldout"
 MODEL_DIR = "model"
 EVAL_FILE = "eval.txt"
 CENTRALIZED_FILE = "centralized.txt"
+PSF_LICENSE_FILE = "LICENSE-PSF.txt"
 
 
 def shard_file_name(index: int) -> str:
@@ -198,6 +200,10 @@ def _build_into(
         _write_text(staging / HELDOUT_DIR / shard_file_name(shard.index), heldout_text)
     _write_text(staging / EVAL_FILE, eval_text)
     _write_text(staging / CENTRALIZED_FILE, corpus.DOCUMENT_SEPARATOR.join(train_texts))
+    # The texts (and the model) derive from Python; the PSF License asks that its notice travel with them.
+    license_file = corpus.stdlib_root() / "LICENSE.txt"
+    if license_file.is_file():
+        shutil.copyfile(license_file, staging / PSF_LICENSE_FILE)
 
     tokenizer = train_tokenizer(train_texts, vocab_size=recipe.vocab_size)
     backend = tokenizer.backend_tokenizer
