@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "prune",
     "eval",
+    "simulate",
     "demo_model",
     "privacy_cmd",
     "audit",

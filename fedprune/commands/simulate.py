@@ -1,0 +1,312 @@
+"""``fedprune simulate``: every participant and the aggregation in one process, no network.
+
+With privacy on (the default) it runs the service's privacy pipeline: randomized response on each
+participant's keep-vote bits, secure aggregation of the votes, optional record-level DP on the calibration
+statistics, and a signed privacy report. ``--privacy off`` is the research baseline and says so loudly.
+With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
+participant's local-only model, evaluates them all on ``--eval-data`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedprune.commands.common import add_device_argument, positive_int, quiet_transformers
+
+logger = logging.getLogger(__name__)
+
+PRIVACY_OFF_BANNER = (
+    "WARNING: --privacy off: research baseline. Participants' raw keep-votes are summed in the clear, "
+    "no randomized response, no secure aggregation, no privacy report. Do not run this on real data."
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="federated pruning with every participant in one process",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--model", required=True, help="local base model directory")
+    parser.add_argument(
+        "--participant-data",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="one participant's calibration file (repeat once per participant)",
+    )
+    parser.add_argument("--sparsity", type=float, help="fraction of weights to prune, in (0, 1)")
+    parser.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt [wanda]")
+    parser.add_argument("--pattern", default="unstructured", help="unstructured or N:M [unstructured]")
+    parser.add_argument(
+        "--group",
+        default="layer",
+        choices=("layer", "row", "column"),
+        help="comparison group for the global selection [layer]",
+    )
+    parser.add_argument("--mode", default="one-shot", choices=("one-shot", "iterative"), help="[one-shot]")
+    parser.add_argument("--weight-scaling", action="store_true", help="scale kept weights by keep_votes/n")
+    parser.add_argument(
+        "--nsamples", type=positive_int, default=128, help="calibration samples per participant"
+    )
+    parser.add_argument("--seqlen", type=positive_int, help="tokens per sample [2048, capped at the context]")
+    parser.add_argument("--seed", type=int, default=0, help="seed for drawing calibration windows [0]")
+    add_device_argument(parser)
+    privacy = parser.add_argument_group("privacy")
+    privacy.add_argument("--privacy", choices=("on", "off"), default="on", help="privacy pipeline [on]")
+    privacy.add_argument(
+        "--epsilon0",
+        type=float,
+        default=4.0,
+        help="randomized response on mask bits, per coordinate; 'inf' disables it [4]",
+    )
+    privacy.add_argument(
+        "--sigma", type=float, help="record-level DP noise multiplier for calibration statistics"
+    )
+    privacy.add_argument(
+        "--target-epsilon",
+        type=float,
+        help="record-level epsilon at --delta; the noise multiplier is derived from it",
+    )
+    privacy.add_argument("--delta", type=float, default=1e-5, help="delta of the reported guarantees [1e-5]")
+    privacy.add_argument(
+        "--sample-rate",
+        type=float,
+        default=1.0,
+        help="Poisson sampling rate of records per block (with --sigma/--target-epsilon) [1]",
+    )
+    privacy.add_argument("--threshold", type=int, help="secure-aggregation threshold t [floor(2n/3)+1]")
+    evaluation = parser.add_argument_group("baselines")
+    evaluation.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also build dense/magnitude/centralized/local-only models and compare",
+    )
+    evaluation.add_argument("--eval-data", help="held-out evaluation file for --baselines")
+    parser.add_argument("--out", required=True, help="output directory for the global checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output directory")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(handler=run)
+
+
+def _privacy_settings(args: argparse.Namespace) -> Any:
+    from fedprune.private_votes import PrivacySettings
+
+    if args.privacy == "off":
+        if args.sigma is not None or args.target_epsilon is not None:
+            from fedprune.errors import CommandError
+
+            raise CommandError("--sigma/--target-epsilon need --privacy on")
+        return None
+    return PrivacySettings(
+        epsilon0=None if math.isinf(args.epsilon0) else args.epsilon0,
+        noise_multiplier=args.sigma,
+        target_epsilon=args.target_epsilon,
+        delta=args.delta,
+        sample_rate=args.sample_rate,
+        threshold=args.threshold,
+    )
+
+
+def _format_table(rows: list[tuple[str, float]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(
+        [f"{'model':<{width}}  perplexity"] + [f"{name:<{width}}  {ppl:10.3f}" for name, ppl in rows]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_transformers()
+    from coordinator.aggregation import ComparisonGroup
+    from fedprune.commands.prune import default_seqlen
+    from fedprune.errors import CommandError
+    from fedprune.simulate import (
+        Mode,
+        SimulationSettings,
+        centralized_model,
+        evaluate,
+        load_participant_samples,
+        magnitude_model,
+        simulate,
+    )
+    from pruning.adapters import decoder_blocks
+    from pruning.calibration import resolve_device
+    from pruning.data import evaluation_stream
+    from pruning.local import prune_model
+    from pruning.masks import parse_pattern
+    from pruning.methods import Method
+    from pruning.model_io import (
+        check_model_dir,
+        load_model,
+        load_tokenizer,
+        prepare_output_dir,
+        save_model,
+        vocabulary_size,
+    )
+    from pruning.sparsity import sparsity_table, write_sparsity_json
+
+    method = Method.parse(args.method)
+    pattern = parse_pattern(args.pattern, args.sparsity)
+    if args.baselines and not args.eval_data:
+        raise CommandError("--baselines needs --eval-data FILE (held-out text to evaluate on)")
+    privacy = _privacy_settings(args)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    check_model_dir(args.model)
+    device = resolve_device(args.device)
+    base = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
+    settings = SimulationSettings(
+        method=method,
+        pattern=pattern,
+        group=ComparisonGroup(args.group),
+        mode=Mode(args.mode),
+        weight_scaling=args.weight_scaling,
+        nsamples=args.nsamples,
+        seqlen=default_seqlen(base, args.seqlen),
+        seed=args.seed,
+    )
+    vocab = vocabulary_size(base)
+    samples = (
+        [None] * len(args.participant_data)
+        if method is Method.MAGNITUDE
+        else load_participant_samples(args.participant_data, tokenizer, settings=settings, vocab_size=vocab)
+    )
+    eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
+    n = len(samples)
+
+    vote_aggregator = statistic_aggregators = ledger = None
+    if privacy is None:
+        print(PRIVACY_OFF_BANNER, file=sys.stderr)
+    else:
+        from fedprune.private_votes import PrivateVoteAggregation, statistic_aggregator
+        from privacy.ledger import PrivacyLedger
+
+        ledger = PrivacyLedger()
+        vote_aggregator = PrivateVoteAggregation(privacy, ledger, participants=n)
+        if privacy.private_statistics and method is not Method.MAGNITUDE:
+            blocks = len(decoder_blocks(base))
+
+            def statistic_aggregators(i: int) -> Any:
+                return statistic_aggregator(privacy, ledger, participant=i, blocks=blocks)
+
+    started = time.perf_counter()
+    result = simulate(
+        base,
+        samples,
+        settings=settings,
+        device=device,
+        vote_aggregator=vote_aggregator,
+        statistic_aggregators=statistic_aggregators,
+        keep_local_models=args.baselines
+        and settings.mode is Mode.ONE_SHOT
+        and (privacy is None or not privacy.private_statistics),
+        progress=not args.no_progress,
+    )
+    elapsed = time.perf_counter() - started
+    save_model(result.model, tokenizer, out)
+    table = sparsity_table(result.model)
+    write_sparsity_json(table, out / "sparsity.json")
+    summary: dict[str, Any] = {
+        "participants": n,
+        "method": method.value,
+        "pattern": str(pattern),
+        "group": args.group,
+        "mode": args.mode,
+        "weight_scaling": args.weight_scaling,
+        "nsamples": args.nsamples,
+        "seqlen": settings.seqlen,
+        "privacy": args.privacy,
+        "seconds": round(elapsed, 2),
+        "sparsity": table["total"]["sparsity"],
+    }
+    print(
+        f"federated {method.value} ({pattern}, {args.group} group, {args.mode}) over {n} participants "
+        f"in {elapsed:.1f} s; total sparsity {table['total']['sparsity']:.4f}; saved to {out}"
+    )
+
+    if ledger is not None:
+        summary["privacy_report"] = str(_write_report(privacy, ledger, n, out))
+
+    if eval_stream is not None:
+        rows: list[tuple[str, float]] = []
+        ppl = lambda model: evaluate(model, eval_stream, seqlen=settings.seqlen, device=device)  # noqa: E731
+        rows.append(("dense", ppl(base)))
+        rows.append(("magnitude", ppl(magnitude_model(base, pattern=pattern, device=device))))
+        if method is not Method.MAGNITUDE:
+            rows.append(
+                ("centralized", ppl(centralized_model(base, samples, settings=settings, device=device)))
+            )
+        rows.append(
+            (
+                f"federated ({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})",
+                ppl(result.model),
+            )
+        )
+        local_models = result.local_models
+        if local_models is None:
+            local_models = []
+            for own in samples:
+                model = copy.deepcopy(base)
+                prune_model(model, own, method=method, pattern=pattern, device=device, progress=False)
+                local_models.append(model)
+        local = [ppl(model) for model in local_models]
+        rows.append(("local-only (mean)", sum(local) / len(local)))
+        rows.append(("local-only (worst)", max(local)))
+        print(_format_table(rows))
+        summary["perplexity"] = dict(rows)
+        summary["local_only"] = local
+    (out / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _write_report(privacy: Any, ledger: Any, participants: int, out: Path) -> Path:
+    """Build, sign and write the privacy report; return its path."""
+    import uuid
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from privacy.report import ThreatModel, build_report, sign_report
+    from privacy.secagg import default_threshold
+
+    threshold = privacy.threshold or default_threshold(participants)
+    threat = ThreatModel(
+        participants=participants,
+        secure_aggregation_threshold=threshold,
+        minimum_honest_survivors=threshold,
+        transport="in-process simulation (no network)",
+    )
+    exclusions = (
+        []
+        if privacy.private_statistics
+        else [
+            "calibration statistics are exact: no record-level guarantee is claimed (use --sigma or --target-epsilon)"
+        ]
+    )
+    key = Ed25519PrivateKey.generate()
+    report = sign_report(
+        build_report(
+            ledger=ledger,
+            threat_model=threat,
+            delta=privacy.delta,
+            run_id=str(uuid.uuid4()),
+            exclusions=exclusions,
+        ),
+        key,
+    )
+    path = out / "privacy_report.json"
+    path.write_text(report.to_json(), encoding="utf-8")
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    (out / "privacy_report.pub").write_text(public + "\n", encoding="utf-8")
+    print(
+        f"privacy report: {path} (verify with: fedprune audit verify {path} --public-key {out / 'privacy_report.pub'})"
+    )
+    return path

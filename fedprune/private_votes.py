@@ -1,0 +1,151 @@
+"""The privacy pipeline of a run, as the service runs it: noisy statistics, randomized votes, secure sums.
+
+- Calibration statistics (optional, record-level DP): each participant's statistics go through a
+  ``privacy.calibration_dp.DPStatisticAggregator``; every mask is then post-processing.
+- Mask bits: each participant randomizes its keep-vote bits with eps0-randomized response (one noisy bit
+  per weight per run).
+- Aggregation: the randomized bits are summed by a full secure-aggregation session (``privacy.secagg``),
+  so the coordinator's view is the per-weight count only.
+Every mechanism use is recorded in a hash-chained ledger, from which the signed privacy report is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from privacy.calibration_dp import DPStatisticAggregator
+from privacy.errors import PrivacyError
+from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
+from privacy.randomized_response import RandomizedResponse
+from privacy.secagg import aggregate_in_process, default_threshold
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySettings:
+    """The privacy parameters of a run."""
+
+    epsilon0: float | None = 4.0
+    """Randomized response on mask bits; None (or inf) sends true bits (only secure aggregation hides them)."""
+    noise_multiplier: float | None = None
+    """Record-level DP on calibration statistics; None leaves the statistics exact (no record-level claim)."""
+    target_epsilon: float | None = None
+    """Alternative to ``noise_multiplier``: the record-level epsilon at ``delta`` the noise is derived from."""
+    delta: float = 1e-5
+    sample_rate: float = 1.0
+    """Poisson sampling rate of each participant's records per block (amplification by subsampling)."""
+    secure_aggregation: bool = True
+    threshold: int | None = None
+    """Secure-aggregation threshold t; default floor(2n/3) + 1."""
+
+    def __post_init__(self) -> None:
+        if self.epsilon0 is not None and not (self.epsilon0 > 0):
+            raise PrivacyError(f"epsilon0 must be positive, got {self.epsilon0}")
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise PrivacyError("give either a noise multiplier (sigma) or a target epsilon, not both")
+        if self.noise_multiplier is not None and not (self.noise_multiplier > 0):
+            raise PrivacyError(f"noise multiplier must be positive, got {self.noise_multiplier}")
+        if self.target_epsilon is not None and not (self.target_epsilon > 0):
+            raise PrivacyError(f"target epsilon must be positive, got {self.target_epsilon}")
+        if not (0 < self.delta < 1):
+            raise PrivacyError(f"delta must lie in (0, 1), got {self.delta}")
+        if not (0 < self.sample_rate <= 1):
+            raise PrivacyError(f"sample rate must lie in (0, 1], got {self.sample_rate}")
+
+    @property
+    def randomizes_bits(self) -> bool:
+        """Return True when mask bits go through randomized response."""
+        return self.epsilon0 is not None and math.isfinite(self.epsilon0)
+
+    @property
+    def private_statistics(self) -> bool:
+        """Return True when calibration statistics are record-level DP."""
+        return self.noise_multiplier is not None or self.target_epsilon is not None
+
+
+def participant_name(index: int) -> str:
+    """Return the ledger name of simulated participant ``index``."""
+    return f"participant-{index:03d}"
+
+
+def statistic_aggregator(
+    settings: PrivacySettings, ledger: PrivacyLedger, *, participant: int, blocks: int
+) -> DPStatisticAggregator:
+    """Return participant ``participant``'s record-level DP statistics aggregator."""
+    common = {"sample_rate": settings.sample_rate, "ledger": ledger, "participant": participant_name(participant)}
+    if settings.target_epsilon is not None:
+        return DPStatisticAggregator.for_target(
+            target_epsilon=settings.target_epsilon, delta=settings.delta, blocks=blocks, **common
+        )
+    assert settings.noise_multiplier is not None
+    return DPStatisticAggregator(noise_multiplier=settings.noise_multiplier, **common)  # type: ignore[arg-type]
+
+
+class PrivateVoteAggregation:
+    """Randomizes every participant's keep-votes and sums them by secure aggregation."""
+
+    def __init__(self, settings: PrivacySettings, ledger: PrivacyLedger, *, participants: int) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.participants = participants
+        self.threshold = settings.threshold or default_threshold(participants)
+        if not 1 <= self.threshold <= participants:
+            raise PrivacyError(f"threshold {self.threshold} must lie in [1, {participants}]")
+        self._randomizers = (
+            [RandomizedResponse(epsilon0=settings.epsilon0) for _ in range(participants)]  # type: ignore[arg-type]
+            if settings.randomizes_bits
+            else None
+        )
+
+    def aggregate(self, votes: Sequence[dict[str, torch.Tensor]], *, round_index: int) -> dict[str, torch.Tensor]:
+        """Return the per-weight sums of the (randomized) keep-votes, computed by secure aggregation."""
+        if len(votes) != self.participants:
+            raise PrivacyError(f"expected votes from {self.participants} participants, got {len(votes)}")
+        names = list(votes[0])
+        shapes = [tuple(votes[0][name].shape) for name in names]
+        vectors = []
+        for index, participant_votes in enumerate(votes):
+            bits = np.concatenate([participant_votes[name].numpy().astype(np.bool_).reshape(-1) for name in names])
+            if self._randomizers is not None:
+                randomizer = self._randomizers[index]
+                bits = randomizer.randomize(bits, layer=f"round-{round_index}")
+                self.ledger.record(
+                    MechanismEvent(
+                        mechanism=Mechanism.RANDOMIZED_RESPONSE,
+                        participant=participant_name(index),
+                        round=round_index,
+                        count=int(bits.size),
+                        parameters={
+                            "epsilon0": randomizer.epsilon0,
+                            "threshold": randomizer.threshold,
+                            "flip_probability": randomizer.flip_probability,
+                        },
+                    )
+                )
+            vectors.append(bits.astype(np.uint8))
+        if self.settings.secure_aggregation:
+            sums = aggregate_in_process(vectors, threshold=self.threshold)
+            self.ledger.record(
+                MechanismEvent(
+                    mechanism=Mechanism.SECURE_AGGREGATION,
+                    participant="*",
+                    round=round_index,
+                    count=int(vectors[0].size),
+                    parameters={"participants": self.participants, "threshold": self.threshold},
+                )
+            )
+        else:
+            sums = np.sum(np.stack(vectors).astype(np.int64), axis=0)
+        result, offset = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            size = math.prod(shape)
+            result[name] = torch.from_numpy(np.asarray(sums[offset : offset + size], dtype=np.int32).reshape(shape))
+            offset += size
+        return result
