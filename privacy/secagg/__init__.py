@@ -6,7 +6,7 @@ process. See docs/SECURE_AGGREGATION.md.
 """
 
 from privacy.secagg.client import ClientState, SecAggClient
-from privacy.secagg.driver import aggregate_in_process
+from privacy.secagg.driver import DropPoint, SessionRun, aggregate_in_process, run_session
 from privacy.secagg.errors import (
     AuthenticationError,
     InconsistentViewError,
@@ -31,6 +31,7 @@ __all__ = [
     "AggregateResult",
     "AuthenticationError",
     "ClientState",
+    "DropPoint",
     "InconsistentViewError",
     "InsufficientParticipantsError",
     "InvalidAggregateError",
@@ -39,9 +40,11 @@ __all__ = [
     "SecAggServer",
     "ServerState",
     "SessionParameters",
+    "SessionRun",
     "ShamirError",
     "WrongStateError",
     "aggregate_in_process",
     "default_threshold",
     "ring_bit_width",
+    "run_session",
 ]

@@ -1,23 +1,119 @@
-"""A whole session in one process: real keys, real envelopes, real masks, no transport."""
+"""Whole sessions in one process: real keys, real envelopes, real masks, no transport.
+
+`run_session` plays every participant and the server, optionally making participants drop out at a
+chosen point, and returns the server (with its recorded view) and the clients for inspection.
+`aggregate_in_process` is the plain entry point for simulators.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from privacy.errors import PrivacyError
+from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.messages import MaskedInputChunk
 from privacy.secagg.parameters import DEFAULT_CHUNK_COORDINATES, SessionParameters, default_threshold
-from privacy.secagg.server import SecAggServer
+from privacy.secagg.server import AggregateResult, SecAggServer
 
 logger = logging.getLogger(__name__)
 
-IN_PROCESS_CHUNK_COORDINATES = DEFAULT_CHUNK_COORDINATES
+
+class DropPoint(enum.Enum):
+    """Where a simulated participant goes silent (it sends nothing from that point on)."""
+
+    BEFORE_ADVERTISE_KEYS = "before_advertise_keys"
+    BEFORE_SHARE_KEYS = "before_share_keys"
+    BEFORE_MASKED_INPUT = "before_masked_input"
+    MID_MASKED_INPUT = "mid_masked_input"  # sends the first max(1, chunks // 2) chunks, never the digest
+    BEFORE_UNMASK = "before_unmask"
+
+
+@dataclass
+class SessionRun:
+    """What a simulated session produced: the result or the abort, and every party for inspection."""
+
+    result: AggregateResult | None
+    abort: ProtocolAbort | None
+    server: SecAggServer
+    clients: dict[int, SecAggClient]
+
+    def contributors(self) -> tuple[int, ...]:
+        """Return the participants whose masked input is in the sum (empty after an abort)."""
+        return self.result.contributors if self.result is not None else ()
+
+
+def identity_keys_for(participant_ids: Sequence[int]) -> tuple[dict[int, Ed25519PrivateKey],
+                                                                dict[int, Ed25519PublicKey]]:
+    """Return fresh long-term Ed25519 identities (private, public) for simulated participants."""
+    private = {p: Ed25519PrivateKey.generate() for p in participant_ids}
+    return private, {p: key.public_key() for p, key in private.items()}
+
+
+def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarray], *,
+                drops: Mapping[int, DropPoint] | None = None,
+                workdir: str | os.PathLike[str] | None = None,
+                record_masked_payloads: bool = False,
+                identities: tuple[Mapping[int, Ed25519PrivateKey], Mapping[int, Ed25519PublicKey]] | None = None,
+                ) -> SessionRun:
+    """Return a SessionRun after playing one whole session among parameters.participant_ids.
+
+    A ProtocolAbort raised by the server (fewer than `threshold` left) is caught and returned in
+    `abort`; every other error propagates.
+    """
+    drops = dict(drops or {})
+    ids = parameters.participant_ids
+    private, public = identities if identities is not None else identity_keys_for(ids)
+    clients = {p: SecAggClient(participant=p, parameters=parameters, identity_key=private[p],
+                               identity_keys=public) for p in ids}
+    server = SecAggServer(parameters=parameters, identity_keys=public, workdir=workdir,
+                          record_masked_payloads=record_masked_payloads)
+
+    def active(party: int, stage: DropPoint) -> bool:
+        point = drops.get(party)
+        order = list(DropPoint)
+        return point is None or order.index(point) > order.index(stage)
+
+    try:
+        for p in ids:
+            if active(p, DropPoint.BEFORE_ADVERTISE_KEYS):
+                server.receive_advertisement(clients[p].advertise_keys())
+        roster = server.close_advertisements()
+        for p in ids:
+            if active(p, DropPoint.BEFORE_SHARE_KEYS) and any(a.participant == p for a in roster.advertisements):
+                server.receive_shares(clients[p].share_keys(roster))
+        for p, delivery in server.close_shares().items():
+            clients[p].receive_shares(delivery)
+        for p in server.share_holders:
+            if not active(p, DropPoint.BEFORE_MASKED_INPUT):
+                continue
+            stream = clients[p].masked_input(keep_votes[p])
+            if not active(p, DropPoint.MID_MASKED_INPUT):
+                for _ in range(max(1, parameters.chunk_count // 2)):
+                    message = next(stream)
+                    assert isinstance(message, MaskedInputChunk)
+                    server.receive_masked_chunk(message)
+                continue
+            for message in stream:
+                if isinstance(message, MaskedInputChunk):
+                    server.receive_masked_chunk(message)
+                else:
+                    server.receive_masked_done(message)
+        request = server.close_masked_input()
+        for p in request.survivors:
+            if active(p, DropPoint.BEFORE_UNMASK):
+                server.receive_unmask(clients[p].unmask(request))
+        result = server.finalize()
+    except ProtocolAbort as exc:
+        server.close()
+        return SessionRun(result=None, abort=exc, server=server, clients=clients)
+    return SessionRun(result=result, abort=None, server=server, clients=clients)
 
 
 def _validated_inputs(vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -36,18 +132,19 @@ def _validated_inputs(vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None = None,
-                         chunk_coordinates: int = IN_PROCESS_CHUNK_COORDINATES,
+                         chunk_coordinates: int = DEFAULT_CHUNK_COORDINATES,
                          drop_before_masked_input: Collection[int] = (),
                          workdir: str | os.PathLike[str] | None = None) -> np.ndarray:
     """Return the exact per-coordinate sums (int64) of `vectors`, computed by a full secure aggregation.
 
     Participant i (0-based position in `vectors`) takes id i + 1. Inputs are 0/1 keep-votes or small
     non-negative integers; the session's max_input is the largest entry (at least 1), which sets the
-    ring width b = ceil(log2(n * max_input + 1)). `threshold` defaults to floor(2n/3) + 1 (1 for a lone
-    participant, where the sum is that participant's input and no privacy is possible).
-    Participants at the positions in `drop_before_masked_input` go silent after sharing their keys; the
-    result is then the sum over the others, or InsufficientParticipantsError (a ProtocolAbort) when fewer
-    than `threshold` remain. `workdir` puts the server's accumulator and spools in files there.
+    ring width b = ceil(log2(n * max_input + 1)) (at most 16). `threshold` defaults to floor(2n/3) + 1
+    (1 for a lone participant, where the sum is that participant's input and nothing can be hidden).
+    `chunk_coordinates` must be a multiple of 64. Participants at the positions in
+    `drop_before_masked_input` go silent after sharing their keys; the result is then the sum over the
+    others, or InsufficientParticipantsError (a ProtocolAbort) when fewer than `threshold` remain.
+    `workdir` puts the server's accumulator (memory-mapped) and upload spools in files there.
     """
     arrays = _validated_inputs(vectors)
     n, dimension = len(arrays), arrays[0].size
@@ -61,28 +158,9 @@ def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None
         dimension=dimension, chunk_coordinates=chunk_coordinates, max_input=max_input)
     if n == 1:
         logger.warning("secure aggregation with a single participant: the sum is its input, nothing is hidden")
-    identity = {p: Ed25519PrivateKey.generate() for p in ids}
-    public = {p: key.public_key() for p, key in identity.items()}
-    clients = {p: SecAggClient(participant=p, parameters=parameters, identity_key=identity[p],
-                               identity_keys=public) for p in ids}
-    with SecAggServer(parameters=parameters, identity_keys=public, workdir=workdir) as server:
-        for client in clients.values():
-            server.receive_advertisement(client.advertise_keys())
-        roster = server.close_advertisements()
-        for client in clients.values():
-            server.receive_shares(client.share_keys(roster))
-        for party, delivery in server.close_shares().items():
-            clients[party].receive_shares(delivery)
-        for position, party in enumerate(ids):
-            if position in dropped:
-                continue
-            for message in clients[party].masked_input(arrays[position]):
-                if isinstance(message, MaskedInputChunk):
-                    server.receive_masked_chunk(message)
-                else:
-                    server.receive_masked_done(message)
-        request = server.close_masked_input()
-        for party in request.survivors:
-            server.receive_unmask(clients[party].unmask(request))
-        result = server.finalize()
-    return result.keep_votes.astype(np.int64)
+    run = run_session(parameters, {p: arrays[p - 1] for p in ids},
+                      drops={p + 1: DropPoint.BEFORE_MASKED_INPUT for p in dropped}, workdir=workdir)
+    if run.abort is not None:
+        raise run.abort
+    assert run.result is not None
+    return run.result.keep_votes.astype(np.int64)

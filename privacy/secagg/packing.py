@@ -71,6 +71,7 @@ class BitPacker:
         self.bit_width = bit_width
         self.dtype = lane_dtype(bit_width)
         groups = -(-max_coordinates // 8)
+        self._capacity_groups = groups
         self._swar = bit_width <= 7
         if self._swar:
             b = bit_width
@@ -91,6 +92,10 @@ class BitPacker:
             self._packed_scratch = np.zeros(groups * b + 8, dtype=np.uint8)
             self._interleave = -(-8 // b)  # passes whose 8-byte stores at stride k*b never overlap
 
+    def _check_capacity(self, groups: int) -> None:
+        if groups > self._capacity_groups:
+            raise PrivacyError(f"{groups * 8} coordinates exceed this packer's {self._capacity_groups * 8}")
+
     def pack(self, lanes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Return the b-bit packed payload of `lanes` (lane dtype, length a multiple of 8)."""
         count = lanes.size
@@ -98,6 +103,7 @@ class BitPacker:
             raise PrivacyError("pack needs lanes of the ring's lane type, a multiple of 8 long")
         groups = count // 8
         b = self.bit_width
+        self._check_capacity(groups)
         if out is None:
             out = np.empty(groups * b, dtype=np.uint8)
         if b == 8:
@@ -133,6 +139,7 @@ class BitPacker:
         if packed.size % b:
             raise PrivacyError("packed payload is not a whole number of 8-coordinate groups")
         groups = packed.size // b
+        self._check_capacity(groups)
         if out is None:
             out = np.empty(groups * 8, dtype=self.dtype)
         if b == 8:

@@ -123,6 +123,11 @@ class SecAggServer:
             raise WrongStateError("the session id is known only after close_advertisements")
         return self._session_id
 
+    @property
+    def share_holders(self) -> tuple[int, ...]:
+        """Return U2, the participants whose shares were relayed (empty before close_shares)."""
+        return self._share_holders
+
     def _expect(self, state: ServerState) -> None:
         if self._state is not state:
             raise WrongStateError(f"server is {self._state.value}, expected {state.value}")
