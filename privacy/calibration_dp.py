@@ -153,18 +153,19 @@ def shrink_toward_prior(
     if rule is Shrinkage.NONE or d < 4:
         return ShrinkageResult(y, "none", 1.0)
     # Donoho-Johnstone (1995) hybrid rule: when the deviation's energy is within the noise's own
-    # fluctuation, the signal is at most sparse; then soft thresholding at the universal threshold
-    # tau sqrt(2 ln d) keeps only deviations that pure noise almost never reaches (and returns the prior
-    # exactly when there are none). Without this, pure noise leaks through both rules at a few percent of
-    # its level, which at large noise is worse than the prior.
+    # fluctuation, the signal is at most sparse (a few outlier features). Then only deviations beyond the
+    # threshold tau sqrt(2 ln(100 d)), which pure noise reaches with probability < 1%, are kept, and kept
+    # whole (hard threshold): outlier features are what Wanda must not lose, and soft thresholding would
+    # shrink them by the threshold. With none beyond it the prior is returned exactly. Without this rule,
+    # pure noise leaks through at a few percent of its level, which at large noise is worse than the prior.
     excess = (energy / tau2 - d) / d if tau2 > 0 else math.inf
     if excess <= math.log2(d) ** 1.5 / math.sqrt(d):
-        universal = math.sqrt(tau2 * 2.0 * math.log(d))
-        kept = np.sign(e) * np.maximum(np.abs(e) - universal, 0.0)
+        universal = math.sqrt(tau2 * 2.0 * math.log(100.0 * d))
+        kept = np.where(np.abs(e) > universal, e, 0.0)
         if not kept.any():
             return ShrinkageResult(base, "prior", 0.0)
         return ShrinkageResult(
-            base + kept, "universal_threshold", float(np.linalg.norm(kept) / math.sqrt(energy))
+            base + kept, "universal_hard_threshold", float(np.linalg.norm(kept) / math.sqrt(energy))
         )
     # Positive-part James-Stein toward the fitted prior (one fitted parameter: d - 3).
     js_weight = max(0.0, 1.0 - (d - 3) * tau2 / energy) if energy > 0 else 0.0

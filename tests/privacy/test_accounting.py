@@ -1,0 +1,123 @@
+"""Accounting: exact randomized-response composition, Opacus Gaussian accountants, shuffle amplification."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privacy.accounting import (
+    ACCOUNTANTS,
+    GaussianAccountant,
+    GaussianRelease,
+    RandomizedResponseAccountant,
+    create_accountant,
+    gaussian_epsilon,
+    noise_multiplier_for_epsilon,
+    rr_composition,
+    rr_delta,
+    rr_epsilon,
+    shuffle_amplification,
+)
+from privacy.errors import PrivacyError
+
+
+def test_rr_composition_golden_value() -> None:
+    composed = rr_composition(epsilon0=1.0, coordinates=100, delta=1e-5)
+    assert composed.epsilon == pytest.approx(79.84, abs=0.05)
+    assert composed.naive_epsilon == 100.0
+
+
+def _brute_force_delta(epsilon: float, epsilon0: float, k: int) -> float:
+    p = 1 / (1 + math.exp(epsilon0))
+    total = 0.0
+    for i in range(k + 1):
+        loss = epsilon0 * (k - 2 * i)
+        if loss > epsilon:
+            total += math.comb(k, i) * p**i * (1 - p) ** (k - i) * (1 - math.exp(epsilon - loss))
+    return total
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.1, 3.0), st.integers(1, 60), st.floats(0.0, 50.0))
+def test_rr_delta_matches_the_binomial_sum(epsilon0: float, k: int, epsilon: float) -> None:
+    assert rr_delta(epsilon, epsilon0=epsilon0, coordinates=k) == pytest.approx(
+        _brute_force_delta(epsilon, epsilon0, k), rel=1e-9, abs=1e-300
+    )
+
+
+def test_one_coordinate_is_eps0_dp() -> None:
+    assert rr_epsilon(1e-9, epsilon0=2.0, coordinates=1) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_composed_epsilon_scales_to_billions_of_coordinates() -> None:
+    k = 10**9
+    epsilon = rr_epsilon(1e-5, epsilon0=1.0, coordinates=k)
+    mean_loss = k * math.tanh(0.5)  # E[L] = k eps0 (1 - 2p)
+    assert mean_loss < epsilon < 1.01 * mean_loss < k
+
+
+def test_composition_never_exceeds_k_eps0_and_grows_with_k() -> None:
+    previous = 0.0
+    for k in (1, 10, 100, 1000):
+        epsilon = rr_epsilon(1e-6, epsilon0=0.5, coordinates=k)
+        assert previous < epsilon <= 0.5 * k
+        previous = epsilon
+
+
+def test_gaussian_golden_value_both_accountants() -> None:
+    figures = gaussian_epsilon([GaussianRelease(noise_multiplier=1.0, sample_rate=1.0, count=32)], delta=1e-5)
+    assert 39.3 <= figures.rdp <= 41.7
+    assert 39.3 <= figures.prv <= 41.7
+    assert figures.epsilon == max(figures.rdp, figures.prv)
+
+
+def test_accountant_disagreement_fails_loudly_unless_tolerated() -> None:
+    releases = [GaussianRelease(noise_multiplier=1.0, sample_rate=0.1, count=12)]
+    with pytest.raises(PrivacyError, match="disagree"):
+        gaussian_epsilon(releases, delta=1e-5)
+    tolerated = gaussian_epsilon(releases, delta=1e-5, tolerance=0.3)
+    assert tolerated.epsilon == tolerated.rdp > tolerated.prv
+
+
+def test_noise_multiplier_for_target_reaches_it_and_no_lower_sigma_does() -> None:
+    sigma = noise_multiplier_for_epsilon(target_epsilon=8.0, delta=1e-5, releases=12)
+    at_sigma = gaussian_epsilon([GaussianRelease(noise_multiplier=sigma, count=12)], delta=1e-5).epsilon
+    assert at_sigma <= 8.0
+    lower = gaussian_epsilon([GaussianRelease(noise_multiplier=sigma * 0.99, count=12)], delta=1e-5).epsilon
+    assert lower > 8.0
+
+
+def test_shuffle_bound_is_reported_only_where_valid() -> None:
+    small = shuffle_amplification(epsilon0=1.0, honest_voters=4, delta=1e-5)
+    assert not small.valid and small.epsilon is None and "invalid" in small.reason
+    large = shuffle_amplification(epsilon0=1.0, honest_voters=100_000, delta=1e-5)
+    assert large.valid and 0 < large.epsilon < 1.0
+
+
+def test_accountants_registry_and_state_round_trip() -> None:
+    assert set(ACCOUNTANTS) == {"gaussian", "randomized_response"}
+    rr = create_accountant("randomized_response")
+    assert isinstance(rr, RandomizedResponseAccountant)
+    rr.step(epsilon0=1.0, coordinates=60)
+    rr.step(epsilon0=1.0, coordinates=40)
+    assert rr.get_epsilon(1e-5) == pytest.approx(79.84, abs=0.05)
+    copy = RandomizedResponseAccountant()
+    copy.load_state_dict(rr.state_dict())
+    assert copy.get_epsilon(1e-5) == rr.get_epsilon(1e-5)
+    gaussian = GaussianAccountant()
+    with pytest.raises(PrivacyError):
+        gaussian.load_state_dict(rr.state_dict())
+    with pytest.raises(PrivacyError):
+        gaussian.load_state_dict({"mechanism": "gaussian", "history": [[-1.0, 1.0, 3]]})
+    assert gaussian.history == []
+    with pytest.raises(PrivacyError):
+        create_accountant("laplace")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf])
+def test_bad_gaussian_parameters_are_refused(bad: float) -> None:
+    with pytest.raises(PrivacyError):
+        GaussianRelease(noise_multiplier=bad)
