@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prune",
     "eval",
     "simulate",
+    "demo",
     "demo_model",
     "privacy_cmd",
     "audit",
