@@ -216,6 +216,20 @@ def simulate(
     )
 
 
+def global_model_from_votes(
+    base: nn.Module, keep_votes: dict[str, torch.Tensor], *, settings: SimulationSettings, participants: int
+) -> nn.Module:
+    """Return the global model selected from one-shot keep-vote sums under ``settings``.
+
+    Lets a study compare comparison groups and weight scaling on the same votes without re-running the
+    participants.
+    """
+    model = copy.deepcopy(base)
+    masks = _select(base, keep_votes, settings, participants)
+    _apply_global(model, masks, keep_votes, scaling=participants if settings.weight_scaling else None)
+    return model
+
+
 def centralized_model(
     base: nn.Module,
     participant_samples: Sequence[torch.Tensor],
@@ -252,6 +266,7 @@ __all__ = [
     "VoteAggregator",
     "centralized_model",
     "evaluate",
+    "global_model_from_votes",
     "evaluation_stream",
     "load_model",
     "load_participant_samples",
