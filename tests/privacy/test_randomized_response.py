@@ -42,8 +42,9 @@ def test_effective_epsilon0_never_exceeds_the_request_and_is_close(epsilon0: flo
     threshold = threshold_for_epsilon0(epsilon0)
     effective = epsilon0_from_threshold(threshold)
     assert effective <= epsilon0
-    # One step of the threshold T changes eps0 by about 2^32 / (T (2^32 - T)): rounding costs at most that.
-    assert epsilon0 - effective <= 2**32 / (threshold * (2**32 - threshold)) + 1e-12
+    # T is the smallest threshold that does not exceed the request: one less would exceed it.
+    if threshold > 1:
+        assert epsilon0_from_threshold(threshold - 1) > epsilon0
 
 
 def test_reported_epsilon0_comes_from_the_threshold_used() -> None:
