@@ -89,7 +89,9 @@ class DemoModel:
     def load_model(self, *, device: str | torch.device = "cpu") -> transformers.PreTrainedModel:
         """Return the dense model in evaluation mode on ``device`` (float32)."""
         model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
-        return model.to(device).eval()
+        # transformers wraps ``to`` in a decorator whose signature mypy misreads.
+        model.to(device)  # type: ignore[arg-type]
+        return model.eval()
 
     def load_tokenizer(self) -> transformers.PreTrainedTokenizerBase:
         """Return the model's tokenizer."""
