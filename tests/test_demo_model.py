@@ -21,7 +21,6 @@ from fedprune.demo import (
     DOCUMENT_SEPARATOR,
     TINY,
     DemoModel,
-    DemoRecipe,
     build_demo_model,
     corpus,
     locate_demo_model,
@@ -210,6 +209,12 @@ def test_demo_model_command_rejects_a_file_as_cache_dir(
     assert "not a directory" in capsys.readouterr().err
 
 
-def test_recipes_validate_and_default_is_the_documented_size() -> None:
-    assert isinstance(fedprune.demo.DEFAULT, DemoRecipe)
+def test_default_recipe_gives_16_shards_and_128_token_windows() -> None:
     assert fedprune.demo.DEFAULT.n_shards == 16
+    assert fedprune.demo.DEFAULT.seq_len == 128
+
+
+def test_a_corpus_too_small_for_the_shard_count_is_refused() -> None:
+    documents = [corpus.Document(module="json", topic=Topic.DATA_FORMATS, text="x" * 40)] * 3
+    with pytest.raises(ValueError, match="corpus too small"):
+        corpus.split_into_shards(documents, n_shards=2, heldout_fraction=0.1)

@@ -61,10 +61,11 @@ def build_lock(cache_dir: Path, key: str) -> Iterator[None]:
 def staging_directory(cache_dir: Path, key: str) -> Iterator[Path]:
     """Yield an empty temporary directory next to the final one; it is removed when the block raises.
 
-    Must be used under :func:`build_lock`: it first removes staging directories that killed builds of the
-    same key left behind, which is safe only while no other build of that key runs.
+    Must be used under :func:`build_lock`: it first removes staging and retired directories that killed
+    builds of the same key left behind, which is safe only while no other build of that key runs.
     """
-    for leftover in cache_dir.glob(f".demo-model-{key}.staging-*"):
+    # Staging and retired directories of killed builds: ``.demo-model-<key>.staging-*`` / ``.retired-*``.
+    for leftover in cache_dir.glob(f".demo-model-{key}.*"):
         logger.info("removing %s left by an interrupted build", leftover.name)
         shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".demo-model-{key}.staging-", dir=cache_dir))
