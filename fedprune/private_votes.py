@@ -22,7 +22,7 @@ import torch
 from privacy.calibration_dp import DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
-from privacy.randomized_response import RandomizedResponse
+from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
 from privacy.secagg import aggregate_in_process, default_threshold
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,11 @@ def statistic_aggregator(
     settings: PrivacySettings, ledger: PrivacyLedger, *, participant: int, blocks: int
 ) -> DPStatisticAggregator:
     """Return participant ``participant``'s record-level DP statistics aggregator."""
-    common = {"sample_rate": settings.sample_rate, "ledger": ledger, "participant": participant_name(participant)}
+    common = {
+        "sample_rate": settings.sample_rate,
+        "ledger": ledger,
+        "participant": participant_name(participant),
+    }
     if settings.target_epsilon is not None:
         return DPStatisticAggregator.for_target(
             target_epsilon=settings.target_epsilon, delta=settings.delta, blocks=blocks, **common
@@ -104,7 +108,9 @@ class PrivateVoteAggregation:
             else None
         )
 
-    def aggregate(self, votes: Sequence[dict[str, torch.Tensor]], *, round_index: int) -> dict[str, torch.Tensor]:
+    def aggregate(
+        self, votes: Sequence[dict[str, torch.Tensor]], *, round_index: int
+    ) -> dict[str, torch.Tensor]:
         """Return the per-weight sums of the (randomized) keep-votes, computed by secure aggregation."""
         if len(votes) != self.participants:
             raise PrivacyError(f"expected votes from {self.participants} participants, got {len(votes)}")
@@ -112,7 +118,9 @@ class PrivateVoteAggregation:
         shapes = [tuple(votes[0][name].shape) for name in names]
         vectors = []
         for index, participant_votes in enumerate(votes):
-            bits = np.concatenate([participant_votes[name].numpy().astype(np.bool_).reshape(-1) for name in names])
+            bits = np.concatenate(
+                [participant_votes[name].numpy().astype(np.bool_).reshape(-1) for name in names]
+            )
             if self._randomizers is not None:
                 randomizer = self._randomizers[index]
                 bits = randomizer.randomize(bits, layer=f"round-{round_index}")
@@ -124,7 +132,9 @@ class PrivateVoteAggregation:
                         count=int(bits.size),
                         parameters={
                             "epsilon0": randomizer.epsilon0,
+                            "requested_epsilon0": randomizer.requested_epsilon0,
                             "threshold": randomizer.threshold,
+                            "threshold_bits": THRESHOLD_BITS,
                             "flip_probability": randomizer.flip_probability,
                         },
                     )
@@ -146,6 +156,8 @@ class PrivateVoteAggregation:
         result, offset = {}, 0
         for name, shape in zip(names, shapes, strict=True):
             size = math.prod(shape)
-            result[name] = torch.from_numpy(np.asarray(sums[offset : offset + size], dtype=np.int32).reshape(shape))
+            result[name] = torch.from_numpy(
+                np.asarray(sums[offset : offset + size], dtype=np.int32).reshape(shape)
+            )
             offset += size
         return result

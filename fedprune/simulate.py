@@ -90,9 +90,14 @@ class SimulationResult:
 
 
 def load_participant_samples(
-    files: Sequence[str | Path], tokenizer: object, *, settings: SimulationSettings, vocab_size: int
+    files: Sequence[str | Path],
+    tokenizer: object,
+    *,
+    settings: SimulationSettings,
+    vocab_size: int,
+    disjoint: bool = False,
 ) -> list[torch.Tensor]:
-    """Return each participant's calibration samples, drawn from its own file."""
+    """Return each participant's calibration samples, drawn from its own file (``disjoint``: no overlap)."""
     return [
         calibration_samples(
             path,
@@ -101,6 +106,7 @@ def load_participant_samples(
             seqlen=settings.seqlen,
             seed=settings.seed,
             vocab_size=vocab_size,
+            disjoint=disjoint,
         )
         for path in files
     ]

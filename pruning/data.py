@@ -10,6 +10,7 @@ Formats:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,8 @@ from typing import Protocol
 import torch
 
 from pruning.errors import PruningInputError
+
+logger = logging.getLogger(__name__)
 
 
 class Tokenizer(Protocol):
@@ -100,11 +103,14 @@ def calibration_samples(
     seqlen: int,
     seed: int,
     vocab_size: int,
+    disjoint: bool = False,
 ) -> torch.Tensor:
     """Return ``[nsamples, seqlen]`` calibration token ids drawn from a data file.
 
     Text is cut into ``nsamples`` windows of ``seqlen`` tokens at start positions drawn uniformly with
-    ``seed`` (as Wanda draws C4 windows). ``input_ids`` lines are taken as they are: the first ``nsamples``
+    ``seed`` (as Wanda draws C4 windows). With ``disjoint`` the windows are distinct non-overlapping chunks
+    of the text (no token is in two samples), which record-level differential privacy needs: there, one
+    sample is one protected record. ``input_ids`` lines are taken as they are: the first ``nsamples``
     lines, all of one length (``seqlen`` does not apply).
     """
     if nsamples < 1:
@@ -112,6 +118,13 @@ def calibration_samples(
     path = Path(path)
     data = read_data(path, tokenizer)
     if data.samples is not None:
+        if len(data.samples) < nsamples:
+            logger.warning(
+                "%s has %d input_ids lines; using all of them (--nsamples %d)",
+                path,
+                len(data.samples),
+                nsamples,
+            )
         lines = data.samples[:nsamples]
         lengths = {len(line) for line in lines}
         if len(lengths) > 1:
@@ -134,6 +147,14 @@ def calibration_samples(
         )
     _check_vocabulary(path, stream, vocab_size)
     generator = torch.Generator().manual_seed(seed)
+    if disjoint:
+        chunks = stream.numel() // seqlen
+        if nsamples > chunks:
+            raise PruningInputError(
+                f"{path} holds {chunks} disjoint windows of {seqlen} tokens, fewer than --nsamples {nsamples}"
+            )
+        picked = torch.randperm(chunks, generator=generator)[:nsamples]
+        return stream[: chunks * seqlen].reshape(chunks, seqlen)[picked]
     starts = torch.randint(0, stream.numel() - seqlen + 1, (nsamples,), generator=generator)
     return torch.stack([stream[start : start + seqlen] for start in starts.tolist()])
 

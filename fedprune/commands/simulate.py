@@ -177,7 +177,14 @@ def run(args: argparse.Namespace) -> int:
     samples = (
         [None] * len(args.participant_data)
         if method is Method.MAGNITUDE
-        else load_participant_samples(args.participant_data, tokenizer, settings=settings, vocab_size=vocab)
+        else load_participant_samples(
+            args.participant_data,
+            tokenizer,
+            settings=settings,
+            vocab_size=vocab,
+            # Record-level DP protects one sample: samples must not share tokens.
+            disjoint=privacy is not None and privacy.private_statistics,
+        )
     )
     eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
     n = len(samples)
