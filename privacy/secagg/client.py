@@ -323,7 +323,7 @@ class SecAggClient:
             raise WrongStateError(f"chunks {missing[:5]} of the masked input were never generated")
         hashes = [leaf for leaf in self._chunk_hashes if leaf is not None]
         self._state = ClientState.MASKED_INPUT_SENT
-        self._lanes = None
+        self._lanes = self._applier = self._packer = None  # O(chunk) buffers are no longer needed
         return MaskedInputDone(session_id=self.session_id, participant=self.participant,
                                chunk_count=len(hashes),
                                digest=stream_digest(session_id=self.session_id, participant=self.participant,

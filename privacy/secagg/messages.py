@@ -152,7 +152,9 @@ def wire_size(message: object) -> int:
 
 def chunk_hash(chunk_index: int, payload: bytes) -> bytes:
     """Return SHA-256 over a chunk's index and payload (one leaf of the stream digest)."""
-    return hashlib.sha256(struct.pack(">Q", chunk_index) + payload).digest()
+    h = hashlib.sha256(struct.pack(">Q", chunk_index))
+    h.update(payload)  # no concatenation: payloads are MiB-sized
+    return h.digest()
 
 
 def stream_digest(*, session_id: bytes, participant: int, chunk_hashes: list[bytes]) -> bytes:

@@ -116,7 +116,14 @@ class SessionParameters:
         return -(-self.dimension // 8) * self.bit_width
 
     def digest(self) -> bytes:
-        """Return SHA-256 over a canonical, unambiguous encoding of the parameters."""
+        """Return SHA-256 over a canonical, unambiguous encoding of the parameters (computed once)."""
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            cached = self._compute_digest()
+            object.__setattr__(self, "_digest", cached)
+        return cached
+
+    def _compute_digest(self) -> bytes:
         h = hashlib.sha256(b"fedprune/secagg/parameters")
         h.update(struct.pack(">HI", self.protocol_version, len(self.participant_ids)))
         h.update(b"".join(struct.pack(">I", pid) for pid in self.participant_ids))
