@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.calibration_dp import DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
@@ -44,6 +45,8 @@ class PrivacySettings:
     secure_aggregation: bool = True
     threshold: int | None = None
     """Secure-aggregation threshold t; default floor(2n/3) + 1."""
+    accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE
+    """Largest relative gap allowed between the RDP and PRV accountants before the run fails."""
 
     def __post_init__(self) -> None:
         if self.epsilon0 is not None and not (self.epsilon0 > 0):

@@ -83,6 +83,12 @@ def register(subparsers: Any) -> None:
         default=1.0,
         help="Poisson sampling rate of records per block (with --sigma/--target-epsilon) [1]",
     )
+    privacy.add_argument(
+        "--accountant-tolerance",
+        type=float,
+        default=0.1,
+        help="largest relative RDP/PRV disagreement accepted; subsampled runs need about 0.2 [0.1]",
+    )
     privacy.add_argument("--threshold", type=int, help="secure-aggregation threshold t [floor(2n/3)+1]")
     evaluation = parser.add_argument_group("baselines")
     evaluation.add_argument(
@@ -113,6 +119,7 @@ def _privacy_settings(args: argparse.Namespace) -> Any:
         delta=args.delta,
         sample_rate=args.sample_rate,
         threshold=args.threshold,
+        accountant_tolerance=args.accountant_tolerance,
     )
 
 
@@ -306,6 +313,7 @@ def _write_report(privacy: Any, ledger: Any, participants: int, out: Path) -> Pa
             delta=privacy.delta,
             run_id=str(uuid.uuid4()),
             exclusions=exclusions,
+            accountant_tolerance=privacy.accountant_tolerance,
         ),
         key,
     )
