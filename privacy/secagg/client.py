@@ -272,11 +272,7 @@ class SecAggClient:
             (self._add_keys if self.participant < peer else self._subtract_keys).append(pairwise)
         # The cipher key has done its job; the mask key's shares are out, the key itself is no longer needed.
         self._session_keys = None
-        params = self.parameters
-        self._chunk_hashes = [None] * params.chunk_count
-        self._applier = MaskApplier(params.lane_dtype, block_bytes=self._block_bytes)
-        self._packer = BitPacker(params.bit_width, params.chunk_coordinates)
-        self._lanes = np.zeros(params.chunk_coordinates, dtype=params.lane_dtype)
+        self._chunk_hashes = [None] * self.parameters.chunk_count
         self._state = ClientState.READY_TO_MASK
 
     # ----------------------------------------------------- round 2: masking
@@ -288,8 +284,12 @@ class SecAggClient:
         raises.
         """
         self._expect(ClientState.READY_TO_MASK, ClientState.MASKING)
-        assert self._applier is not None and self._packer is not None and self._lanes is not None
         params = self.parameters
+        if self._lanes is None or self._applier is None or self._packer is None:
+            # O(chunk) working buffers, allocated when masking starts and freed when the stream is closed
+            self._applier = MaskApplier(params.lane_dtype, block_bytes=self._block_bytes)
+            self._packer = BitPacker(params.bit_width, params.chunk_coordinates)
+            self._lanes = np.zeros(params.chunk_coordinates, dtype=params.lane_dtype)
         count = params.chunk_length(chunk_index)
         votes = np.asarray(keep_votes)
         if votes.shape != (count,):

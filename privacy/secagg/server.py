@@ -355,8 +355,8 @@ class SecAggServer:
             np.bitwise_and(lanes, low_bits, out=lanes)
             target = out[start:start + count]
             np.copyto(target, lanes, casting="unsafe")
-            if count and int(target.max()) > bound:
-                over = np.flatnonzero(target > bound)
+            if count and int(lanes.max()) > bound:
+                over = np.flatnonzero(lanes > bound)
                 first_invalid = first_invalid if invalid else start + int(over[0])
                 invalid += int(over.size)
         self.close()
