@@ -59,7 +59,7 @@ def votes_for(pool: np.ndarray, participant: int, chunk_index: int, count: int) 
 
 
 def run(dimension: int, participants: int, *, threshold: int | None, chunk_coordinates: int,
-        workdir: str) -> dict[str, float | int | bool | str]:
+        workdir: str) -> dict[str, float]:
     """Return the figures of one session (see the module docstring)."""
     ids = tuple(range(1, participants + 1))
     params = SessionParameters(participant_ids=ids, threshold=threshold or default_threshold(participants),
