@@ -88,6 +88,32 @@ def vocabulary_size(model: nn.Module) -> int:
     return int(embedding.weight.shape[0])
 
 
+def context_length(model: nn.Module) -> int | None:
+    """Return the longest sequence the model's position embeddings allow, when the config says."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if limit else None
+
+
+def resolve_seqlen(model: nn.Module, requested: int | None, *, default: int = 2048) -> int:
+    """Return ``requested`` after checking it fits the context, or ``default`` capped at the context."""
+    limit = context_length(model)
+    if requested is None:
+        return min(default, limit) if limit else default
+    if limit is not None and requested > limit:
+        raise PruningInputError(f"--seqlen {requested} exceeds the model's context length {limit}")
+    return requested
+
+
+def check_samples_fit(model: nn.Module, samples: torch.Tensor) -> None:
+    """Raise if calibration samples are longer than the model's context."""
+    limit = context_length(model)
+    if limit is not None and samples.shape[-1] > limit:
+        raise PruningInputError(
+            f"calibration samples have {samples.shape[-1]} tokens, more than the model's context length {limit}"
+        )
+
+
 def prepare_output_dir(path: str | Path, *, overwrite: bool) -> Path:
     """Return the output directory after checking it is absent, empty, or may be overwritten."""
     path = Path(path)

@@ -214,6 +214,9 @@ def test_bad_inputs_get_one_line_errors(model_dir, tmp_path: Path, capsys) -> No
     assert "different lengths" in _error_of(base[:4] + [str(ragged)] + base[5:] + out("o5"), capsys)
     outside = write_input_ids(tmp_path / "outside.jsonl", [[1, 2, 96], [3, 4, 5]])
     assert "outside the vocabulary" in _error_of(base[:4] + [str(outside)] + base[5:] + out("o6"), capsys)
+    too_long = write_input_ids(tmp_path / "long.jsonl", [[1] * 65, [2] * 65])
+    assert "context length 64" in _error_of(base[:4] + [str(too_long)] + base[5:] + out("o6b"), capsys)
+    assert "context length 64" in _error_of(base + ["--seqlen", "100"] + out("o6c"), capsys)
     for bad in ("0", "1", "1.5", "-0.1"):
         assert "between 0 and 1" in _error_of(base[:6] + [bad] + base[7:] + out("o7"), capsys)
     assert "multiple of 8" in _error_of(base[:5] + ["--pattern", "4:8"] + base[7:] + out("o8"), capsys)

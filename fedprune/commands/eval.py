@@ -29,17 +29,16 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
-    from fedprune.commands.prune import default_seqlen
     from pruning.calibration import resolve_device
     from pruning.data import evaluation_stream
-    from pruning.model_io import load_model, load_tokenizer, vocabulary_size
+    from pruning.model_io import load_model, load_tokenizer, resolve_seqlen, vocabulary_size
     from pruning.perplexity import perplexity
 
     device = resolve_device(args.device)
     model = load_model(args.model)
     stream = evaluation_stream(args.data, load_tokenizer(args.model), vocab_size=vocabulary_size(model))
     result = perplexity(
-        model, stream, seqlen=default_seqlen(model, args.seqlen), device=device, batch_size=args.batch_size
+        model, stream, seqlen=resolve_seqlen(model, args.seqlen), device=device, batch_size=args.batch_size
     )
     print(
         f"perplexity {result.perplexity:.4f} (mean NLL {result.mean_nll:.4f} over {result.predicted_tokens} "

@@ -39,20 +39,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def default_seqlen(model: Any, requested: int | None) -> int:
-    """Return ``requested``, or 2048 capped at the model's context length."""
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
-    if requested is not None:
-        if limit is not None and requested > limit:
-            from pruning.errors import PruningInputError
-
-            raise PruningInputError(f"--seqlen {requested} exceeds the model's context length {limit}")
-        return requested
-    return min(2048, int(limit)) if limit else 2048
-
-
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     from pruning.calibration import resolve_device
@@ -63,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from pruning.methods import Method
     from pruning.model_io import (
         check_model_dir,
+        check_samples_fit,
         load_model,
         load_tokenizer,
         prepare_output_dir,
+        resolve_seqlen,
         save_model,
         vocabulary_size,
     )
@@ -87,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
             args.data,
             tokenizer,
             nsamples=args.nsamples,
-            seqlen=default_seqlen(model, args.seqlen),
+            seqlen=resolve_seqlen(model, args.seqlen),
             seed=args.seed,
             vocab_size=vocabulary_size(model),
         )
+        check_samples_fit(model, samples)
         logger.info(
             "calibration: %d samples of %d tokens from %s", samples.shape[0], samples.shape[1], args.data
         )

@@ -133,7 +133,6 @@ def _format_table(rows: list[tuple[str, float]]) -> str:
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     from coordinator.aggregation import ComparisonGroup
-    from fedprune.commands.prune import default_seqlen
     from fedprune.errors import CommandError
     from fedprune.simulate import (
         Mode,
@@ -152,9 +151,11 @@ def run(args: argparse.Namespace) -> int:
     from pruning.methods import Method
     from pruning.model_io import (
         check_model_dir,
+        check_samples_fit,
         load_model,
         load_tokenizer,
         prepare_output_dir,
+        resolve_seqlen,
         save_model,
         vocabulary_size,
     )
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         mode=Mode(args.mode),
         weight_scaling=args.weight_scaling,
         nsamples=args.nsamples,
-        seqlen=default_seqlen(base, args.seqlen),
+        seqlen=resolve_seqlen(base, args.seqlen),
         seed=args.seed,
     )
     vocab = vocabulary_size(base)
@@ -193,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
             disjoint=privacy is not None and privacy.private_statistics,
         )
     )
+    for participant_samples in samples:
+        if participant_samples is not None:
+            check_samples_fit(base, participant_samples)
     eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
     n = len(samples)
 
