@@ -22,6 +22,7 @@ from fedprune.demo import (
     TINY,
     DemoModel,
     build_demo_model,
+    cache,
     corpus,
     locate_demo_model,
     locate_or_build,
@@ -218,3 +219,13 @@ def test_a_corpus_too_small_for_the_shard_count_is_refused() -> None:
     documents = [corpus.Document(module="json", topic=Topic.DATA_FORMATS, text="x" * 40)] * 3
     with pytest.raises(ValueError, match="corpus too small"):
         corpus.split_into_shards(documents, n_shards=2, heldout_fraction=0.1)
+
+
+def test_leftovers_of_killed_builds_are_removed_unless_that_build_is_running(tmp_path: Path) -> None:
+    killed = tmp_path / ".demo-model-00000000deadbeef.staging-abc"
+    running = tmp_path / ".demo-model-1111111111111111.staging-xyz"
+    killed.mkdir()
+    running.mkdir()
+    with cache.build_lock(tmp_path, "1111111111111111"):
+        assert cache.remove_abandoned_builds(tmp_path) == [killed.name]
+    assert not killed.exists() and running.exists()

@@ -68,12 +68,37 @@ def staging_directory(cache_dir: Path, key: str) -> Iterator[Path]:
     for leftover in cache_dir.glob(f".demo-model-{key}.*"):
         logger.info("removing %s left by an interrupted build", leftover.name)
         shutil.rmtree(leftover, ignore_errors=True)
+    remove_abandoned_builds(cache_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".demo-model-{key}.staging-", dir=cache_dir))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def remove_abandoned_builds(cache_dir: Path) -> list[str]:
+    """Return the names of leftover staging/retired directories removed from ``cache_dir``.
+
+    A leftover of key ``k`` is removed only if ``k``'s lock can be taken at once, i.e. no build of ``k``
+    is running (a killed process holds no ``flock``). Keys whose lock is busy, ours included, are skipped.
+    """
+    removed = []
+    for leftover in sorted(cache_dir.glob(".demo-model-*.*-*")):
+        key = leftover.name.removeprefix(".demo-model-").split(".", 1)[0]
+        lock_path = cache_dir / f"demo-model-{key}.lock"
+        with open(lock_path, "a+b") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                logger.info("removing %s left by an interrupted build", leftover.name)
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover.name)
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return removed
 
 
 def publish(staging: Path, final: Path) -> None:
