@@ -82,17 +82,25 @@ def statistic_aggregator(
     settings: PrivacySettings, ledger: PrivacyLedger, *, participant: int, blocks: int
 ) -> DPStatisticAggregator:
     """Return participant ``participant``'s record-level DP statistics aggregator."""
-    common = {
-        "sample_rate": settings.sample_rate,
-        "ledger": ledger,
-        "participant": participant_name(participant),
-    }
+    name = participant_name(participant)
     if settings.target_epsilon is not None:
         return DPStatisticAggregator.for_target(
-            target_epsilon=settings.target_epsilon, delta=settings.delta, blocks=blocks, **common
+            target_epsilon=settings.target_epsilon,
+            delta=settings.delta,
+            blocks=blocks,
+            sample_rate=settings.sample_rate,
+            accountant_tolerance=settings.accountant_tolerance,
+            ledger=ledger,
+            participant=name,
         )
     assert settings.noise_multiplier is not None
-    return DPStatisticAggregator(noise_multiplier=settings.noise_multiplier, **common)  # type: ignore[arg-type]
+    return DPStatisticAggregator(
+        noise_multiplier=settings.noise_multiplier,
+        sample_rate=settings.sample_rate,
+        accountant_tolerance=settings.accountant_tolerance,
+        ledger=ledger,
+        participant=name,
+    )
 
 
 class PrivateVoteAggregation:

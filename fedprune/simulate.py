@@ -57,7 +57,8 @@ class PlainVoteSum:
         names = list(votes[0])
         sums = {}
         for name in names:
-            tally = VoteTally(tuple(votes[0][name].shape))
+            rows, columns = votes[0][name].shape
+            tally = VoteTally((rows, columns))
             for participant_votes in votes:
                 tally.add(participant_votes[name])
             sums[name] = tally.keep_votes

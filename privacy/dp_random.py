@@ -44,7 +44,7 @@ class KeystreamRandom:
 
     def fill(self, buffer: np.ndarray) -> np.ndarray:
         """Return ``buffer`` (a C-contiguous numpy array) overwritten with keystream bytes."""
-        view = memoryview(buffer).cast("B")
+        view = buffer.data.cast("B")
         if len(self._zeros) < len(view):
             self._zeros = bytes(len(view))
         self._encryptor.update_into(memoryview(self._zeros)[: len(view)], view)

@@ -49,7 +49,7 @@ from privacy.randomized_response import THRESHOLD_BITS
 
 logger = logging.getLogger(__name__)
 
-REPORT_VERSION = "1"
+REPORT_VERSION: Literal["1"] = "1"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 _LIBRARIES = ("fedprune", "torch", "opacus", "cryptography", "numpy", "pydantic", "transformers")
 
@@ -267,7 +267,7 @@ def compute_guarantees(
         )
     rr_usage = _rr_usage(entries)
     for participant, (epsilon0, coordinates) in sorted(rr_usage.items()):
-        composed = {
+        composed: dict[str, float | None] = {
             _delta_key(d): accounting.rr_epsilon(d, epsilon0=epsilon0, coordinates=coordinates)
             for d in deltas
         }

@@ -154,20 +154,20 @@ def _compare_guarantees(report: PrivacyReport) -> int:
             checked += 1
         if set(reported.details) != set(expected.details):
             raise ReportVerificationError(f"{where}.details", "has different fields than recomputed")
-        for key, value in expected.details.items():
+        for key, detail in expected.details.items():
             mine = reported.details[key]
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if numeric and (
+            numeric = isinstance(detail, (int, float)) and not isinstance(detail, bool)
+            if isinstance(detail, (int, float)) and numeric and (
                 isinstance(mine, bool)
                 or not isinstance(mine, (int, float))
-                or not is_close(float(mine), float(value))
+                or not is_close(float(mine), float(detail))
             ):
                 raise ReportVerificationError(
-                    f"{where}.details.{key}", f"reported {mine}, recomputed {value}"
+                    f"{where}.details.{key}", f"reported {mine}, recomputed {detail}"
                 )
-            if not numeric and mine != value:
+            if not numeric and mine != detail:
                 raise ReportVerificationError(
-                    f"{where}.details.{key}", f"reported {mine!r}, recomputed {value!r}"
+                    f"{where}.details.{key}", f"reported {mine!r}, recomputed {detail!r}"
                 )
             checked += 1
     return checked

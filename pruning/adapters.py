@@ -52,13 +52,14 @@ def layout_for(model_type: str) -> DecoderLayout:
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     """Return the model's decoder blocks in order."""
-    layout = layout_for(getattr(model.config, "model_type", "?"))
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "?"))
+    layout = layout_for(model_type)
     module: object = model
     for attribute in layout.blocks_path.split("."):
         module = getattr(module, attribute, None)
         if module is None:
             raise PruningInputError(
-                f"model of type {model.config.model_type!r} has no {layout.blocks_path!r}; "
+                f"model of type {model_type!r} has no {layout.blocks_path!r}; "
                 "is it a causal LM (…ForCausalLM) checkpoint?"
             )
     if not isinstance(module, nn.ModuleList):

@@ -84,7 +84,7 @@ def _declares_plain_fast_tokenizer(path: Path) -> bool:
 
 def vocabulary_size(model: nn.Module) -> int:
     """Return the number of token ids the model's input embedding accepts."""
-    embedding = model.get_input_embeddings()
+    embedding = model.get_input_embeddings()  # type: ignore[operator]
     return int(embedding.weight.shape[0])
 
 
@@ -129,7 +129,7 @@ def save_model(model: nn.Module, tokenizer: Any | None, out: str | Path) -> Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        model.save_pretrained(str(out))
+        model.save_pretrained(str(out))  # type: ignore[operator]
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out

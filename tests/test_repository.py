@@ -36,3 +36,16 @@ def test_ruff_finds_nothing() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     result = subprocess.run([ruff, "check", "--quiet", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "mypy").exists(), reason="mypy is not installed")
+def test_mypy_finds_nothing_in_the_packages(tmp_path: Path) -> None:
+    mypy = str(Path(sys.executable).parent / "mypy")
+    packages = ["pruning", "coordinator", "participant", "privacy", "fedprune"]
+    result = subprocess.run(
+        [mypy, "--cache-dir", str(tmp_path / "mypy-cache"), *packages],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

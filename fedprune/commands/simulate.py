@@ -259,8 +259,9 @@ def run(args: argparse.Namespace) -> int:
         rows.append(("dense", ppl(base)))
         rows.append(("magnitude", ppl(magnitude_model(base, pattern=pattern, device=device))))
         if method is not Method.MAGNITUDE:
+            calibrated = [own for own in samples if own is not None]
             rows.append(
-                ("centralized", ppl(centralized_model(base, samples, settings=settings, device=device)))
+                ("centralized", ppl(centralized_model(base, calibrated, settings=settings, device=device)))
             )
         rows.append(
             (

@@ -125,10 +125,12 @@ def test_at_high_noise_shrinkage_stays_at_magnitude_where_the_raw_statistic_is_w
     truth = sum(r.numpy().astype(np.float64) for r in records)
 
     def loss(shrinkage: Shrinkage) -> float:
-        aggregator = DPStatisticAggregator(noise_multiplier=64.0, shrinkage=shrinkage)
+        # Noise far above the signal: the raw statistic is a random re-weighting of the features, which in
+        # expectation loses more than magnitude; averaged over 8 draws so the comparison is not a coin toss.
+        aggregator = DPStatisticAggregator(noise_multiplier=1000.0, shrinkage=shrinkage)
         return float(
             np.mean(
-                [_lost_energy(weight, _mask(weight, _release(aggregator, records)), truth) for _ in range(4)]
+                [_lost_energy(weight, _mask(weight, _release(aggregator, records)), truth) for _ in range(8)]
             )
         )
 
