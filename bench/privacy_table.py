@@ -34,6 +34,9 @@ def main() -> int:
         "--corpus-sizes", default="32,128,512", help="local corpus sizes N for the target run"
     )
     parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument(
+        "--sections", default="baseline,rr,sigma,target", help="which parts of the table to run"
+    )
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -115,20 +118,23 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
 
+        sections = set(args.sections.split(","))
         add("magnitude (eps = 0)", (magnitude, 0.0))
-        add("federated, no privacy", run(files, args.records, None), records=args.records)
-        for eps0 in args.epsilon0.split(","):
+        if "baseline" in sections:
+            add("federated, no privacy", run(files, args.records, None), records=args.records)
+        for eps0 in args.epsilon0.split(",") if "rr" in sections else []:
             add(
                 f"RR eps0={eps0} + secagg",
                 run(files, args.records, PrivacySettings(epsilon0=float(eps0))),
                 records=args.records,
             )
-        add(
-            "RR eps0=inf + secagg",
-            run(files, args.records, PrivacySettings(epsilon0=None)),
-            records=args.records,
-        )
-        for sigma in args.sigmas.split(","):
+        if "rr" in sections:
+            add(
+                "RR eps0=inf + secagg",
+                run(files, args.records, PrivacySettings(epsilon0=None)),
+                records=args.records,
+            )
+        for sigma in args.sigmas.split(",") if "sigma" in sections else []:
             privacy = PrivacySettings(epsilon0=None, noise_multiplier=float(sigma), delta=args.delta)
             add(
                 f"DP stats sigma={sigma}",
@@ -136,8 +142,14 @@ def main() -> int:
                 records=args.records,
                 sample_rate=1.0,
             )
-        for corpus in (int(n) for n in args.corpus_sizes.split(",")):
-            rate = min(1.0, args.records / corpus)
+        # Each local corpus of N records either Poisson-subsampled to about --records per block
+        # (amplification) or used whole (q = 1, more signal against the same noise).
+        targets = [
+            (corpus, rate)
+            for corpus in (int(n) for n in args.corpus_sizes.split(","))
+            for rate in sorted({min(1.0, args.records / corpus), 1.0})
+        ]
+        for corpus, rate in targets if "target" in sections else []:
             privacy = PrivacySettings(
                 epsilon0=None,
                 target_epsilon=args.target_epsilon,
