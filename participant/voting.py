@@ -13,11 +13,10 @@ import torch
 from torch import nn
 
 from pruning.adapters import qualified_name
-from pruning.calibration import BlockRunner
-from pruning.local import check_pattern_fits, prune_model
+from pruning.local import check_pattern_fits, prune_model, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import Method, decide
-from pruning.statistics import ExactSum, StatisticAggregator
+from pruning.statistics import StatisticAggregator
 
 KeepVotes = dict[str, torch.Tensor]
 """Qualified matrix name -> bool tensor ``[out, in]``, True = keep."""
@@ -61,30 +60,13 @@ def iterative_votes(
     The global mask is applied to the participant's copy before its outputs feed the next block.
     """
     check_pattern_fits(model, pattern)
-    aggregator = aggregator or ExactSum()
-    if method is Method.MAGNITUDE:
-        from pruning.adapters import decoder_blocks, linear_sublayers
-
-        for index, block in enumerate(decoder_blocks(model)):
-            sublayers = linear_sublayers(block)
-            votes = {
-                qualified_name(index, n): decide(method, s, pattern, None).keep_votes
-                for n, s in sublayers.items()
-            }
-            global_masks = yield votes
-            for name, sublayer in sublayers.items():
-                sublayer.apply_pruned(global_masks[qualified_name(index, name)])
-        return
-    if samples is None:
-        raise ValueError(f"{method.value} needs calibration samples")
-    for step in BlockRunner(model, samples, device=device):
-        statistics = step.collect(method.statistic, aggregator)
+    for index, sublayers, statistics in scored_blocks(
+        model, samples, method=method, device=device, aggregator=aggregator
+    ):
         votes = {
-            qualified_name(step.index, name): decide(
-                method, sublayer, pattern, statistics[name]
-            ).keep_votes.cpu()
-            for name, sublayer in step.sublayers.items()
+            qualified_name(index, name): decide(method, sublayer, pattern, statistics[name]).keep_votes.cpu()
+            for name, sublayer in sublayers.items()
         }
         global_masks = yield votes
-        for name, sublayer in step.sublayers.items():
-            sublayer.apply_pruned(global_masks[qualified_name(step.index, name)])
+        for name, sublayer in sublayers.items():
+            sublayer.apply_pruned(global_masks[qualified_name(index, name)])

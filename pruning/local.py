@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning.adapters import decoder_blocks, iter_prunable, linear_sublayers, qualified_name
+from pruning.adapters import LinearSublayer, decoder_blocks, iter_prunable, linear_sublayers, qualified_name
 from pruning.calibration import BlockRunner
 from pruning.errors import PruningInputError
 from pruning.masks import SparsityPattern
@@ -23,6 +23,36 @@ def check_pattern_fits(model: nn.Module, pattern: SparsityPattern) -> None:
     """Raise before any work if the pattern does not fit one of the model's prunable matrices."""
     for block_index, name, sublayer in iter_prunable(model):
         pattern.check_fits(qualified_name(block_index, name), sublayer.in_features)
+
+
+BlockStatistics = dict[str, torch.Tensor | None]
+
+
+def scored_blocks(
+    model: nn.Module,
+    samples: torch.Tensor | None,
+    *,
+    method: Method,
+    device: torch.device,
+    aggregator: StatisticAggregator | None = None,
+) -> Iterator[tuple[int, dict[str, LinearSublayer], BlockStatistics]]:
+    """Yield (block index, sublayers, each sublayer's statistic) block by block.
+
+    The caller prunes the block's sublayers before asking for the next block: for data-driven methods the
+    next block's inputs are computed from the block as the caller left it. Magnitude needs no data and
+    yields no statistics.
+    """
+    if method is Method.MAGNITUDE:
+        for index, block in enumerate(decoder_blocks(model)):
+            sublayers = linear_sublayers(block)
+            yield index, sublayers, dict.fromkeys(sublayers)
+        return
+    if samples is None:
+        raise PruningInputError(f"{method.value} needs calibration data (--data)")
+    aggregator = aggregator or ExactSum()
+    for step in BlockRunner(model, samples, device=device):
+        statistics: BlockStatistics = dict(step.collect(method.statistic, aggregator))
+        yield step.index, step.sublayers, statistics
 
 
 @torch.no_grad()
@@ -44,27 +74,14 @@ def prune_model(
     aggregator from ``privacy`` makes the statistics, and so every mask, differentially private).
     """
     check_pattern_fits(model, pattern)
-    blocks = decoder_blocks(model)
-    bar = tqdm(total=len(blocks), desc=f"{method.value} {pattern}", unit="block", disable=not progress)
-    if method is Method.MAGNITUDE:
-        for index, block in enumerate(blocks):
-            for name, sublayer in linear_sublayers(block).items():
-                decision = decide(method, sublayer, pattern, None)
+    blocks = len(decoder_blocks(model))
+    with tqdm(total=blocks, desc=f"{method.value} {pattern}", unit="block", disable=not progress) as bar:
+        for index, sublayers, statistics in scored_blocks(
+            model, samples, method=method, device=device, aggregator=aggregator
+        ):
+            for name, sublayer in sublayers.items():
+                decision = decide(method, sublayer, pattern, statistics[name])
                 apply_decision(sublayer, decision)
                 if on_decision is not None:
                     on_decision(qualified_name(index, name), decision)
             bar.update()
-        bar.close()
-        return
-    if samples is None:
-        raise PruningInputError(f"{method.value} needs calibration data (--data)")
-    aggregator = aggregator or ExactSum()
-    for step in BlockRunner(model, samples, device=device):
-        statistics = step.collect(method.statistic, aggregator)
-        for name, sublayer in step.sublayers.items():
-            decision = decide(method, sublayer, pattern, statistics[name])
-            apply_decision(sublayer, decision)
-            if on_decision is not None:
-                on_decision(qualified_name(step.index, name), decision)
-        bar.update()
-    bar.close()
