@@ -23,11 +23,10 @@ from tqdm.auto import tqdm
 from coordinator.aggregation import ComparisonGroup, VoteTally, check_counts, global_mask, scaled_weight
 from participant.voting import KeepVotes, iterative_votes, one_shot_votes
 from pruning.adapters import iter_prunable, qualified_name
-from pruning.data import calibration_samples, evaluation_stream
+from pruning.data import calibration_samples
 from pruning.local import check_pattern_fits, prune_model
 from pruning.masks import SparsityPattern
 from pruning.methods import Method
-from pruning.model_io import load_model, load_tokenizer, vocabulary_size
 from pruning.perplexity import perplexity
 from pruning.statistics import StatisticAggregator
 
@@ -113,16 +112,24 @@ def load_participant_samples(
     ]
 
 
-def _apply_global(
-    model: nn.Module, masks: dict[str, torch.Tensor], sums: dict[str, torch.Tensor], *, scaling: int | None
-) -> None:
+def _global_model(
+    base: nn.Module,
+    masks: dict[str, torch.Tensor],
+    sums: dict[str, torch.Tensor],
+    *,
+    settings: SimulationSettings,
+    participants: int,
+) -> nn.Module:
+    """Return a copy of ``base`` with the global masks applied (and the kept weights scaled if asked)."""
+    model = copy.deepcopy(base)
     for block_index, name, sublayer in iter_prunable(model):
         key = qualified_name(block_index, name)
         if key not in masks:
             continue
-        if scaling is not None:
-            sublayer.set_weight(scaled_weight(sublayer.weight(), sums[key], scaling))
+        if settings.weight_scaling:
+            sublayer.set_weight(scaled_weight(sublayer.weight(), sums[key], participants))
         sublayer.apply_pruned(masks[key])
+    return model
 
 
 def _select(
@@ -216,8 +223,7 @@ def simulate(
                 break
         bar.close()
         del copies
-    model = copy.deepcopy(base)
-    _apply_global(model, masks, sums, scaling=n if settings.weight_scaling else None)
+    model = _global_model(base, masks, sums, settings=settings, participants=n)
     return SimulationResult(
         model=model, global_masks=masks, keep_votes=sums, participants=n, local_models=local_models
     )
@@ -231,10 +237,8 @@ def global_model_from_votes(
     Lets a study compare comparison groups and weight scaling on the same votes without re-running the
     participants.
     """
-    model = copy.deepcopy(base)
     masks = _select(base, keep_votes, settings, participants)
-    _apply_global(model, masks, keep_votes, scaling=participants if settings.weight_scaling else None)
-    return model
+    return _global_model(base, masks, keep_votes, settings=settings, participants=participants)
 
 
 def centralized_model(
@@ -274,11 +278,7 @@ __all__ = [
     "centralized_model",
     "evaluate",
     "global_model_from_votes",
-    "evaluation_stream",
-    "load_model",
     "load_participant_samples",
-    "load_tokenizer",
     "magnitude_model",
     "simulate",
-    "vocabulary_size",
 ]

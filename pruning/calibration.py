@@ -30,18 +30,6 @@ class _BlockInputsCaptured(Exception):
     """Raised by the pre-hook on the first block once its inputs are recorded."""
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_to_device(item, device) for item in value)
-    if isinstance(value, list):
-        return [_to_device(item, device) for item in value]
-    if isinstance(value, dict):
-        return {key: _to_device(item, device) for key, item in value.items()}
-    return value
-
-
 def _hidden_states(output: Any) -> torch.Tensor:
     """Return the hidden states from a decoder block's output (a tensor, or a tuple starting with one)."""
     return output[0] if isinstance(output, (tuple, list)) else output
