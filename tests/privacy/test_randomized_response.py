@@ -106,7 +106,7 @@ def test_unbiased_count_recovers_the_true_count_on_average() -> None:
     assert estimates.var() == pytest.approx(unbiased_count_variance(n_voters, rr.flip_probability), rel=0.05)
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(st.integers(min_value=0, max_value=100), st.floats(min_value=0.0, max_value=0.49))
 def test_unbiased_count_inverts_the_expected_noisy_count(count: int, p: float) -> None:
     n = 100
