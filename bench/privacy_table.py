@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main() -> int:
@@ -35,7 +36,15 @@ def main() -> int:
     )
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per noisy setting (CSPRNG noise cannot be seeded) [1]"
+    )
+    parser.add_argument(
         "--sections", default="baseline,rr,sigma,target", help="which parts of the table to run"
+    )
+    parser.add_argument(
+        "--random-ties",
+        action="store_true",
+        help="ablation: break equal vote counts at random instead of by larger |W| (the shipped rule)",
     )
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", action="store_true")
@@ -55,6 +64,18 @@ def main() -> int:
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
     from pruning.perplexity import perplexity
 
+    if args.random_ties:
+        # Ablation only: the coordinator keeps, among equal vote counts, the larger |W|. Ranking by random
+        # numbers instead of |W| gives the random tie-break of the reference code, to measure what the rule buys.
+        import coordinator.aggregation as aggregation
+
+        keep_order = aggregation._keep_order
+
+        def random_ties(keep_votes: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+            return keep_order(keep_votes, torch.rand(magnitude.shape))
+
+        aggregation._keep_order = random_ties
+
     device = torch.device("cpu")
     demo = locate_or_build(cache_dir=args.cache_dir)
     base = load_model(demo.model_dir)
@@ -67,7 +88,13 @@ def main() -> int:
     def ppl(model: torch.nn.Module) -> float:
         return perplexity(model, stream, seqlen=demo.seq_len, device=device, batch_size=16).perplexity
 
-    def run(files, nsamples: int, privacy: PrivacySettings | None) -> tuple[float, float | None]:
+    def run(files, nsamples: int, privacy: PrivacySettings | None) -> tuple[list[float], float | None]:
+        """Return the perplexities of --repeats runs (one run when nothing is random) and the record-level eps."""
+        noisy = privacy is not None and (privacy.epsilon0 is not None or privacy.private_statistics)
+        outcomes = [run_once(files, nsamples, privacy) for _ in range(args.repeats if noisy else 1)]
+        return [value for value, _ in outcomes], outcomes[0][1]
+
+    def run_once(files, nsamples: int, privacy: PrivacySettings | None) -> tuple[float, float | None]:
         settings = SimulationSettings(pattern=pattern, nsamples=nsamples, seqlen=demo.seq_len, seed=0)
         samples = load_participant_samples(
             files, tokenizer, settings=settings, vocab_size=vocab, disjoint=True
@@ -100,18 +127,23 @@ def main() -> int:
         return ppl(result.model), record_epsilon
 
     started = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
     magnitude = ppl(magnitude_model(base, pattern=pattern, device=device))
     for participants in (int(p) for p in args.participants.split(",")):
         files = participant_files(demo, participants)
 
         def add(
-            label: str, value: tuple[float, float | None], participants: int = participants, **extra: object
+            label: str,
+            value: tuple[list[float], float | None],
+            participants: int = participants,
+            **extra: object,
         ) -> None:
+            runs = value[0]
             row = {
                 "participants": participants,
                 "setting": label,
-                "perplexity": value[0],
+                "perplexity": sum(runs) / len(runs),
+                "runs": runs,
                 "record_epsilon": value[1],
                 **extra,
             }
@@ -119,7 +151,7 @@ def main() -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
 
         sections = set(args.sections.split(","))
-        add("magnitude (eps = 0)", (magnitude, 0.0))
+        add("magnitude (eps = 0)", ([magnitude], 0.0))
         if "baseline" in sections:
             add("federated, no privacy", run(files, args.records, None), records=args.records)
         for eps0 in args.epsilon0.split(",") if "rr" in sections else []:
@@ -173,12 +205,15 @@ def main() -> int:
         print(json.dumps({"sparsity": args.sparsity, "delta": args.delta, "seconds": elapsed, "rows": rows}))
         return 0
     print(f"demo model, {args.sparsity:.0%} unstructured Wanda, delta {args.delta:g}, {elapsed:.0f} s")
-    print("| sites | setting | records/site | record-level eps | perplexity |")
+    print("| sites | setting | records/site | record-level eps | perplexity (mean; min-max over runs) |")
     print("|---|---|---|---|---|")
     for row in rows:
         eps = "-" if row["record_epsilon"] is None else f"{row['record_epsilon']:.2f}"
+        runs = row["runs"]
+        spread = f"; {min(runs):.2f}-{max(runs):.2f} ({len(runs)} runs)" if len(runs) > 1 else ""
         print(
-            f"| {row['participants']} | {row['setting']} | {row.get('records', '-')} | {eps} | {row['perplexity']:.2f} |"
+            f"| {row['participants']} | {row['setting']} | {row.get('records', '-')} | {eps} "
+            f"| {row['perplexity']:.2f}{spread} |"
         )
     return 0
 
