@@ -10,7 +10,7 @@ shards), prints the perplexity on the union of held-out tails of:
 - record-level DP at a target epsilon (default 8) for several local corpus sizes N with Poisson sampling
   rate q = records / N (amplification by subsampling): how many records a site needs.
 
-    python bench/privacy_table.py [--participants 4,16] [--json]
+    python bench/privacy_table.py [--participants 4,16] [--repeats 3] [--random-ties] [--json]
 """
 
 from __future__ import annotations

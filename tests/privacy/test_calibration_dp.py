@@ -128,7 +128,7 @@ def test_at_high_noise_shrinkage_stays_at_magnitude_where_the_raw_statistic_is_w
         # Noise far above the signal: the raw statistic is a random re-weighting of the features, which in
         # expectation loses more than magnitude (about 1.5x, but single draws range from 0.3x to 3.6x: the noise
         # sometimes happens to up-weight the outlier features). The mean of 64 draws has a standard deviation
-        # near 0.1x, so the raw statistic falls below magnitude by chance with probability around 1e-6.
+        # near 0.1x, so the raw statistic falls below magnitude by chance with probability well under 1e-4.
         aggregator = DPStatisticAggregator(noise_multiplier=1000.0, shrinkage=shrinkage)
         return float(
             np.mean(
