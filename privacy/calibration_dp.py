@@ -11,15 +11,19 @@ computed from passes through it, so every mask is post-processing of its release
     aggregator.epsilon(delta=1e-5)    # GaussianEpsilon (RDP, PRV, the larger) of every release so far
     aggregator.releases               # list[GaussianRelease], one per block
 
-Privacy unit and relation: one calibration record (sequence) of one participant, add/remove-one.
+Privacy unit and relation: one record = one document of one participant's calibration file (all of its
+windows), add/remove one document. The runner feeds every document of the file
+(``pruning.data.calibration_records``); which documents count is decided here by independent coins, so the
+number of documents used is not a public constant and the add/remove relation holds.
 
 Mechanism, per block (one joint Gaussian release on one fresh Poisson sample):
 
-1. *Sampling.* Each record the block runner feeds is kept independently with probability ``sample_rate``
-   (CSPRNG coins, drawn afresh for every block). The runner may feed a participant's whole local corpus;
-   the i-th ``add`` call for a sublayer is record i, and the runner must feed records in the same order to
-   every sublayer of a block (``pruning.calibration`` does).
-2. *Per-record transform with unit norm* (no clipping bias). Column squares: u = sqrt(s / sum(s)), the
+1. *Sampling.* Each record (document) is kept independently with probability ``sample_rate`` (CSPRNG
+   coins, drawn afresh for every block). ``add`` gets each window with the id of its record; the windows of
+   one record are consecutive, and every sublayer of a block sees the records in the same order
+   (``pruning.calibration`` does both).
+2. *Per-record transform with unit norm* (no clipping bias), applied to the record's statistic summed over
+   all of its windows, so a long document counts no more than a short one. Column squares: u = sqrt(s / sum(s)), the
    Hellinger embedding of the record's per-feature energy; ||u||_2 = 1 exactly, and summing u over records
    estimates sqrt(s_j) up to a constant, the very quantity Wanda multiplies |W| by. Gram: G / trace(G),
    whose Frobenius norm is at most 1, clipped to 1 for safety; only the upper triangle is released.
@@ -194,6 +198,10 @@ class _Group:
     total: torch.Tensor | None = None
     fingerprints: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     released: torch.Tensor | None = None
+    pending: torch.Tensor | None = None
+    """The raw sum over the windows of the record being read (not yet unit-normed)."""
+    pending_record: int | None = None
+    finished_records: set[int] = dataclasses.field(default_factory=set)
 
 
 Prior = Callable[[int, str, int], "torch.Tensor | None"]
@@ -295,13 +303,27 @@ class DPStatisticAggregator:
         self._seen = dict.fromkeys(sublayers, 0)
         self._included = []
 
-    def add(self, name: str, contribution: torch.Tensor) -> None:
-        """Add record i's contribution for ``name`` (i counts this sublayer's calls) if record i is sampled."""
+    def add(self, name: str, contribution: torch.Tensor, *, record: int | None = None) -> None:
+        """Add one window's contribution for ``name`` to record ``record`` if that record is sampled.
+
+        The windows of one record arrive one after another; the record's contribution is the unit-norm
+        transform of the sum over its windows, so a document counts once however long it is. Without
+        ``record`` every call for a sublayer is its own record (call i is record i).
+        """
         index = self._seen[name]
         self._seen[name] = index + 1
-        if not self._is_sampled(index):
-            return
+        record_id = index if record is None else int(record)
         group = self._groups[self._group_of[name]]
+        if name == group.members[0] and record_id != group.pending_record:
+            if record_id in group.finished_records:
+                raise PrivacyError(
+                    f"record {record_id} came back after another record for sublayer {name!r}: the windows "
+                    "of one record must be consecutive, or it would be counted twice"
+                )
+            self._flush(group)
+            group.pending_record = record_id
+        if not self._is_sampled(record_id):
+            return
         # A shared input is released once; a cheap fingerprint per member catches a wrong grouping.
         flat = contribution.detach().to(torch.float64).reshape(-1)
         fingerprint = (flat[:: group.width + 1] if self._kind == GRAM else flat).sum().cpu()
@@ -309,12 +331,48 @@ class DPStatisticAggregator:
         group.fingerprints[name] = fingerprint if previous is None else previous + fingerprint
         if name != group.members[0]:
             return
+        raw = contribution.detach().to(torch.float64)
+        group.pending = raw.clone() if group.pending is None else group.pending.add_(raw)
+
+    def _flush(self, group: _Group) -> None:
+        """Turn the pending record's summed windows into its unit-norm contribution and add it."""
+        if group.pending_record is not None:
+            group.finished_records.add(group.pending_record)
+        if group.pending is None:
+            return
         unit = (
-            hellinger_embedding(contribution)
+            hellinger_embedding(group.pending)
             if self._kind == COLUMN_SQUARES
-            else normalized_gram(contribution)
+            else normalized_gram(group.pending)
         )
         group.total = unit if group.total is None else group.total.add_(unit)
+        group.pending = None
+
+    def joint_sum(self) -> torch.Tensor:
+        """Return the block's noiseless joint statistic: each group's unit sum times its clip share.
+
+        One record moves this vector by at most 1 in L2 norm (the sensitivity the noise is calibrated to).
+        It never leaves the participant; it is exposed so that tests and audits can check that bound.
+        """
+        for group in self._groups.values():
+            self._flush(group)
+        shares = self._clip_shares()
+        parts = []
+        for key in sorted(self._groups):
+            group = self._groups[key]
+            total = (
+                group.total
+                if group.total is not None
+                else torch.zeros(
+                    (group.width,) if self._kind == COLUMN_SQUARES else (group.width, group.width),
+                    dtype=torch.float64,
+                )
+            )
+            if self._kind == GRAM:
+                upper = torch.triu_indices(group.width, group.width)
+                total = total[upper[0], upper[1]]
+            parts.append(shares[key] * total.reshape(-1).cpu())
+        return torch.cat(parts)
 
     def result(self, name: str) -> torch.Tensor:
         """Return the released (noisy, shrunk) statistic for ``name``; the first call releases the block."""
@@ -343,6 +401,8 @@ class DPStatisticAggregator:
         return {g.key: math.sqrt(w / total) for g, w in zip(groups, weights, strict=True)}
 
     def _release_block(self) -> None:
+        for group in self._groups.values():
+            self._flush(group)
         for group in self._groups.values():
             reference = group.fingerprints.get(group.members[0])
             for member in group.members[1:]:

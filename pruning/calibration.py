@@ -4,8 +4,9 @@ The model stays where it was loaded (normally the CPU); one decoder block at a t
 device together with the calibration hidden states, so peak accelerator memory is about one block plus the
 activations of the calibration samples. The life cycle of one block, as Wanda and SparseGPT define it:
 
-1. :meth:`CalibratedBlock.collect` runs every sample through the block once, with hooks that hand each
-   record's contribution to the statistics of *all* its linear sublayers to an aggregator;
+1. :meth:`CalibratedBlock.collect` runs every window through the block once, with hooks that hand each
+   window's contribution to the statistics of *all* its linear sublayers to an aggregator, tagged with the
+   record (document) the window belongs to;
 2. the caller prunes the block (all sublayers from those statistics);
 3. when the caller moves on, the pruned block is run again to produce the next block's inputs.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from pruning.adapters import LinearSublayer, decoder_blocks, linear_sublayers, move_outside_blocks
+from pruning.data import CalibrationSet, as_windows
 from pruning.statistics import StatisticAggregator, StatisticKind, record_contribution
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,12 @@ class CalibratedBlock:
             sublayers={name: sub.in_features for name, sub in self.sublayers.items()},
         )
 
+        runner = self._runner
+
         def hook_for(name: str, in_features: int) -> Any:
             def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
                 flat = inputs[0].detach().reshape(-1, in_features).to(torch.float32)
-                aggregator.add(name, record_contribution(kind, flat))
+                aggregator.add(name, record_contribution(kind, flat), record=runner.current_record)
 
             return hook
 
@@ -86,56 +90,70 @@ class CalibratedBlock:
 
 
 class BlockRunner:
-    """Feeds calibration samples through a model's decoder blocks, one block on the device at a time."""
+    """Feeds calibration windows through a model's decoder blocks, one block on the device at a time.
 
-    def __init__(self, model: nn.Module, samples: torch.Tensor, *, device: torch.device) -> None:
-        if samples.ndim != 2:
-            raise ValueError(f"calibration samples must be [nsamples, seqlen], got {tuple(samples.shape)}")
+    ``samples`` is either a ``[nsamples, seqlen]`` tensor (every row its own record) or a
+    :class:`pruning.data.CalibrationSet`, whose windows may differ in length and carry the id of the record
+    (document) each belongs to. Windows run one at a time, so they need no padding.
+    """
+
+    def __init__(
+        self, model: nn.Module, samples: torch.Tensor | CalibrationSet, *, device: torch.device
+    ) -> None:
+        windows, records = as_windows(samples)
         self.model = model
         self.device = device
         self.blocks = decoder_blocks(model)
+        self.record_of_window = records
+        self.current_record: int | None = None
         self._home = next(model.parameters()).device
-        self._extra_args: tuple[Any, ...] = ()
-        self._kwargs: dict[str, Any] = {}
-        self.hidden = self._capture_first_block_inputs(samples)
+        # The block's other inputs (rotary embeddings, causal mask, position ids) depend only on the
+        # window's length: kept once per length.
+        self._extra_args: dict[int, tuple[Any, ...]] = {}
+        self._kwargs: dict[int, dict[str, Any]] = {}
+        self.hidden = self._capture_first_block_inputs(windows)
 
     @torch.no_grad()
-    def _capture_first_block_inputs(self, samples: torch.Tensor) -> torch.Tensor:
-        """Return the hidden states entering block 0, one row per sample, and keep the block's other inputs.
-
-        Every sample has the same length and no padding, so the extra inputs (rotary position embeddings,
-        causal mask, position ids) are the same for all and are kept once, from the first sample.
-        """
+    def _capture_first_block_inputs(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the hidden states entering block 0, one ``[1, length, hidden]`` tensor per window."""
         captured: list[torch.Tensor] = []
         first = self.blocks[0]
 
         def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             hidden = args[0] if args else kwargs.pop("hidden_states")
             captured.append(hidden.detach())
-            if len(captured) == 1:
-                self._extra_args = tuple(args[1:])
-                self._kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states",)}
+            length = hidden.shape[1]
+            if length not in self._kwargs:
+                self._extra_args[length] = tuple(args[1:])
+                self._kwargs[length] = {
+                    **{k: v for k, v in kwargs.items() if k != "hidden_states"},
+                    "use_cache": False,
+                }
             raise _BlockInputsCaptured
 
         move_outside_blocks(self.model, self.device)
         handle = first.register_forward_pre_hook(pre_hook, with_kwargs=True)
         try:
-            for row in samples:
+            for window in windows:
                 with contextlib.suppress(_BlockInputsCaptured):
-                    self.model(input_ids=row.unsqueeze(0).to(self.device), use_cache=False)
+                    self.model(input_ids=window.unsqueeze(0).to(self.device), use_cache=False)
         finally:
             handle.remove()
             move_outside_blocks(self.model, self._home)
-        self._kwargs["use_cache"] = False
-        return torch.cat(captured, dim=0)
+        return captured
 
     @torch.no_grad()
-    def run_block(self, block: nn.Module) -> torch.Tensor:
-        """Return the block's outputs for every sample, running one sample at a time."""
-        outputs = torch.empty_like(self.hidden)
-        for row in range(self.hidden.shape[0]):
-            result = block(self.hidden[row : row + 1], *self._extra_args, **self._kwargs)
-            outputs[row : row + 1] = _hidden_states(result)
+    def run_block(self, block: nn.Module) -> list[torch.Tensor]:
+        """Return the block's outputs for every window, running one window at a time."""
+        outputs = []
+        try:
+            for hidden, record in zip(self.hidden, self.record_of_window, strict=True):
+                self.current_record = record
+                length = hidden.shape[1]
+                result = block(hidden, *self._extra_args[length], **self._kwargs[length])
+                outputs.append(_hidden_states(result))
+        finally:
+            self.current_record = None
         return outputs
 
     def __iter__(self) -> Iterator[CalibratedBlock]:

@@ -1,8 +1,10 @@
 """Calibration statistics: what one pass of a decoder block collects for each linear sublayer.
 
-A *record* is one calibration sequence. The block runner calls :meth:`StatisticAggregator.add` once per
-record and sublayer with that record's contribution, and :meth:`StatisticAggregator.result` once per
-sublayer after all records went through the block. The default aggregator sums exactly; a differentially
+A *record* is the unit a differentially private aggregator protects: one document of the calibration
+corpus, which may span several calibration windows (rows). The block runner calls
+:meth:`StatisticAggregator.add` once per window and sublayer with that window's contribution and the id of
+the record it belongs to (the windows of one record come one after another), and
+:meth:`StatisticAggregator.result` once per sublayer after all windows went through the block. The default aggregator sums exactly; a differentially
 private aggregator (see ``privacy.calibration_dp``) clips each record's contribution and adds noise in
 ``result``, so everything computed from the statistics afterwards, masks included, is post-processing.
 """
@@ -41,8 +43,12 @@ class StatisticAggregator(Protocol):
     def begin_block(self, *, block_index: int, kind: StatisticKind, sublayers: dict[str, int]) -> None:
         """Start a block; ``sublayers`` maps each sublayer name to its input width."""
 
-    def add(self, name: str, contribution: torch.Tensor) -> None:
-        """Add one record's contribution (fp32, on the compute device) for sublayer ``name``."""
+    def add(self, name: str, contribution: torch.Tensor, *, record: int | None = None) -> None:
+        """Add one window's contribution (fp32, on the compute device) for sublayer ``name``.
+
+        ``record`` is the id of the record (document) the window belongs to; ``None`` makes every call its
+        own record.
+        """
 
     def result(self, name: str) -> torch.Tensor:
         """Return the released statistic for ``name`` (same shape as a contribution)."""
@@ -59,7 +65,7 @@ class ExactSum:
         self._totals = {}
         self.records = dict.fromkeys(sublayers, 0)
 
-    def add(self, name: str, contribution: torch.Tensor) -> None:
+    def add(self, name: str, contribution: torch.Tensor, *, record: int | None = None) -> None:
         total = self._totals.get(name)
         self._totals[name] = contribution.clone() if total is None else total.add_(contribution)
         self.records[name] += 1
