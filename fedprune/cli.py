@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo_model",
     "privacy_cmd",
     "audit",
+    "certs",
 )
 
 EXIT_USER_ERROR = 2
