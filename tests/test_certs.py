@@ -171,9 +171,9 @@ def test_the_server_is_also_reached_by_its_dns_name(pki: dict[str, tls.TlsFiles]
 
 def test_a_client_without_a_certificate_is_refused(pki: dict[str, tls.TlsFiles], server_port: int) -> None:
     credentials = grpc.ssl_channel_credentials(root_certificates=pki["client"].ca.read_bytes())
-    with grpc.secure_channel(f"127.0.0.1:{server_port}", credentials) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            _who_am_i_over(channel)
+    with grpc.secure_channel(f"127.0.0.1:{server_port}", credentials) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        _who_am_i_over(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
