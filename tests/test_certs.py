@@ -208,7 +208,7 @@ def test_channel_and_server_options_set_message_sizes_and_keepalive_explicitly()
     for options in (dict(tls.channel_options()), dict(tls.server_options())):
         assert options["grpc.max_receive_message_length"] == tls.MAX_MESSAGE_BYTES
         assert options["grpc.max_send_message_length"] == tls.MAX_MESSAGE_BYTES
-        assert options["grpc.keepalive_time_ms"] > 0
+        assert int(options["grpc.keepalive_time_ms"]) > 0
     assert tls.MAX_MESSAGE_BYTES > tls.MAX_CHUNK_PAYLOAD_BYTES == 4 * 1024 * 1024
     # the server tolerates the client's ping rate (else GOAWAY too_many_pings)
     assert tls.SERVER_MIN_PING_INTERVAL_MS <= tls.CLIENT_KEEPALIVE_MS
