@@ -3,17 +3,23 @@
 Public API::
 
     report = build_report(ledger=ledger, threat_model=ThreatModel(participants=4,
-                          secure_aggregation_threshold=3, minimum_honest_survivors=2),
-                          delta=1e-5, run_id="run-42", exclusions=["embeddings and LM head: not pruned"])
-    signed = sign_report(report, private_key)          # cryptography Ed25519PrivateKey
-    text = signed.to_json()                             # what is written to disk
+                          secure_aggregation_threshold=3, max_colluding_participants=1),
+                          delta=1e-5, run_id="run-42", exclusions=["embeddings and LM head: not pruned"],
+                          participant_statements=[...])   # checked as `audit verify` would, or raises
+    path = write_signed_report(report, signing_key_path, out)   # long-term key; verified, then written
+    signed = sign_report(report, private_key)           # cryptography Ed25519PrivateKey (long-term)
     PrivacyReport.from_json(text)
     compute_guarantees(entries, inputs, threat_model)   # the figures, from the ledger and raw inputs only
+    check_threat_model(threat_model, entries)           # the threat model against the secure-aggregation events
     report_json_schema()                                # == privacy/report_schema.json (a test checks it)
 
 Verification and rendering are in :mod:`privacy.report_verify` (``verify_report``, ``render_markdown``,
-``render_html``). Signature: Ed25519 over the canonical JSON (sorted keys, no whitespace, UTF-8) of the
-report's JSON form without its ``signature`` field.
+``render_html``); keys and participants' statements in :mod:`privacy.signing`. Signature: Ed25519 over
+``b"fedprune privacy report v2\\0"`` and the canonical JSON (sorted keys, no whitespace, UTF-8) of the
+report's JSON form without its ``signature`` field; it covers the participants' signed statements.
+
+A report covers exactly one run (``runs_covered`` = 1, ``composition_across_runs`` says how runs on the
+same data add up); budgets across runs are kept by :mod:`privacy.budget`.
 
 Guarantees (one per layer and participant, see docs/PRIVACY.md):
 
@@ -27,9 +33,11 @@ Guarantees (one per layer and participant, see docs/PRIVACY.md):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import math
+import os
 import platform
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -46,14 +54,35 @@ from privacy.dp_random import GAUSSIAN_SAMPLER, RNG_SOURCE
 from privacy.errors import PrivacyError
 from privacy.ledger import LedgerEntry, Mechanism, PrivacyLedger, canonical_json, verify_chain
 from privacy.randomized_response import THRESHOLD_BITS
+from privacy.signing import (
+    REPORT_SIGNATURE_CONTEXT,
+    ParticipantStatement,
+    TrustedKey,
+    grouped_fingerprint,
+    load_or_create_signing_key,
+)
 
 logger = logging.getLogger(__name__)
 
-REPORT_VERSION: Literal["1"] = "1"
+REPORT_VERSION: Literal["2"] = "2"
+ACROSS_RUNS = (
+    "This report covers exactly one run (run_id). Guarantees compose across runs on the same data: a "
+    "participant whose records took part in several runs has spent, by basic composition, the sum of the "
+    "runs' epsilons and the sum of their deltas (conservative; tighter composition exists). This report "
+    "does not show that total; each participant's lifetime budget ledger does."
+)
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 _LIBRARIES = ("fedprune", "torch", "opacus", "cryptography", "numpy", "pydantic", "transformers")
 
 Detail = bool | int | float | str | None
+
+
+class ReportVerificationError(PrivacyError):
+    """A report failed a check; ``field`` is the path of the first field that does not match."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class _Frozen(BaseModel):
@@ -61,13 +90,27 @@ class _Frozen(BaseModel):
 
 
 class ThreatModel(_Frozen):
-    """Who is trusted with what; the assumptions under which the guarantees hold."""
+    """Who is trusted with what; the assumptions under which the guarantees hold.
+
+    ``minimum_honest_survivors`` is derived, never chosen: the smallest number of survivors whose inputs
+    were summed in any secure-aggregation session of the ledger, minus the colluders assumed
+    (``max_colluding_participants``); ``None`` when the run had no secure aggregation. ``build_report``
+    fills it in and ``audit verify`` recomputes it.
+    """
 
     coordinator: Literal["honest-but-curious"] = "honest-but-curious"
-    participants: int = Field(ge=1)
+    participants: int = Field(ge=1, description="n: participants in every secure-aggregation session")
     secure_aggregation_threshold: int = Field(ge=1, description="t: shares needed to reconstruct")
-    minimum_honest_survivors: int = Field(ge=0, description="honest participants that finish a session")
-    max_colluding_participants: int | None = Field(default=None, description="t - 1 when not given")
+    max_colluding_participants: int | None = Field(
+        default=None,
+        ge=0,
+        description="c: participants assumed to collude with the coordinator; t - 1 when not given",
+    )
+    minimum_honest_survivors: int | None = Field(
+        default=None,
+        ge=0,
+        description="derived: smallest survivors over the secure-aggregation sessions minus c",
+    )
     input_validity_proof: bool = False
     transport: str = "gRPC over mutual TLS"
 
@@ -82,11 +125,125 @@ class ThreatModel(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> ThreatModel:
-        if self.secure_aggregation_threshold > self.participants:
-            raise ValueError("secure_aggregation_threshold cannot exceed participants")
-        if self.minimum_honest_survivors > self.participants:
-            raise ValueError("minimum_honest_survivors cannot exceed participants")
+        n, t = self.participants, self.secure_aggregation_threshold
+        c = self.max_colluding_participants if self.max_colluding_participants is not None else t - 1
+        if t > n:
+            raise ValueError(
+                f"threat_model.secure_aggregation_threshold ({t}) cannot exceed threat_model.participants ({n})"
+            )
+        if c >= t:
+            # t colluders hold enough shares to unmask an honest participant's input.
+            raise ValueError(
+                f"threat_model.max_colluding_participants ({c}) must be below "
+                f"threat_model.secure_aggregation_threshold ({t})"
+            )
+        honest = self.minimum_honest_survivors
+        if honest is not None and c + honest > n:
+            raise ValueError(
+                f"threat_model.max_colluding_participants ({c}) + threat_model.minimum_honest_survivors "
+                f"({honest}) cannot exceed threat_model.participants ({n})"
+            )
         return self
+
+
+SECURE_AGGREGATION_PARAMETERS = ("participants", "threshold", "survivors", "colluders")
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureAggregationSession:
+    """What the ledger says about one secure-aggregation session (one ``secure_aggregation`` event)."""
+
+    position: int
+    participants: int
+    threshold: int
+    survivors: int
+    """Participants whose inputs were summed."""
+    colluders: int
+    """Participants assumed to collude with the coordinator (c)."""
+
+
+def secure_aggregation_sessions(entries: Sequence[LedgerEntry]) -> list[SecureAggregationSession]:
+    """Return the ledger's secure-aggregation sessions; raise ReportVerificationError naming a bad parameter.
+
+    Each event must carry exactly ``participants``, ``threshold``, ``survivors`` and ``colluders`` as
+    integers with 0 <= colluders < threshold <= survivors <= participants.
+    """
+    sessions: list[SecureAggregationSession] = []
+    for position, entry in enumerate(entries):
+        event = entry.event
+        if event.mechanism is not Mechanism.SECURE_AGGREGATION:
+            continue
+        where = f"ledger[{position}].parameters"
+        params = event.parameters
+        for name in SECURE_AGGREGATION_PARAMETERS:
+            value = params.get(name)
+            if value is None:
+                raise ReportVerificationError(
+                    f"{where}.{name}",
+                    "missing: secure_aggregation events must record "
+                    + ", ".join(SECURE_AGGREGATION_PARAMETERS),
+                )
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ReportVerificationError(f"{where}.{name}", f"must be an integer, got {value!r}")
+        unexpected = sorted(set(params) - set(SECURE_AGGREGATION_PARAMETERS))
+        if unexpected:
+            raise ReportVerificationError(f"{where}.{unexpected[0]}", "is not a secure_aggregation parameter")
+        session = SecureAggregationSession(
+            position=position,
+            participants=int(params["participants"]),
+            threshold=int(params["threshold"]),
+            survivors=int(params["survivors"]),
+            colluders=int(params["colluders"]),
+        )
+        if not 1 <= session.threshold <= session.participants:
+            raise ReportVerificationError(f"{where}.threshold", "must be in [1, participants]")
+        if not session.threshold <= session.survivors <= session.participants:
+            # Fewer than t survivors aborts the session, so a summed session always had at least t.
+            raise ReportVerificationError(f"{where}.survivors", "must be in [threshold, participants]")
+        if not 0 <= session.colluders < session.threshold:
+            raise ReportVerificationError(f"{where}.colluders", "must be in [0, threshold - 1]")
+        sessions.append(session)
+    return sessions
+
+
+def derive_minimum_honest_survivors(
+    sessions: Sequence[SecureAggregationSession], *, colluders: int
+) -> int | None:
+    """Return the honest participants guaranteed in every session: min(survivors) - colluders, or None."""
+    if not sessions:
+        return None
+    return max(0, min(s.survivors for s in sessions) - colluders)
+
+
+def check_threat_model(threat_model: ThreatModel, entries: Sequence[LedgerEntry]) -> None:
+    """Return None when the threat model agrees with the ledger; raise ReportVerificationError naming the field."""
+    sessions = secure_aggregation_sessions(entries)
+    c = threat_model.max_colluding_participants
+    assert c is not None  # filled in by the model's validator
+    for session in sessions:
+        at = f"the secure-aggregation session at ledger[{session.position}]"
+        for field, claimed, recorded in (
+            ("participants", threat_model.participants, session.participants),
+            ("secure_aggregation_threshold", threat_model.secure_aggregation_threshold, session.threshold),
+            ("max_colluding_participants", c, session.colluders),
+        ):
+            if claimed != recorded:
+                raise ReportVerificationError(
+                    f"threat_model.{field}", f"is {claimed}, but {at} recorded {recorded}"
+                )
+    derived = derive_minimum_honest_survivors(sessions, colluders=c)
+    if threat_model.minimum_honest_survivors != derived:
+        raise ReportVerificationError(
+            "threat_model.minimum_honest_survivors",
+            f"is {threat_model.minimum_honest_survivors}; the ledger gives {derived} "
+            "(smallest survivors over the secure-aggregation sessions minus max_colluding_participants)",
+        )
+    names = {e.event.participant for e in entries if e.event.mechanism is not Mechanism.SECURE_AGGREGATION}
+    if len(names) > threat_model.participants:
+        raise ReportVerificationError(
+            "threat_model.participants",
+            f"is {threat_model.participants}, but the ledger has events of {len(names)} participants",
+        )
 
 
 class PrivacyUnit(_Frozen):
@@ -110,7 +267,11 @@ class AccountingInputs(_Frozen):
 
     delta: float = Field(gt=0, lt=1)
     extra_deltas: list[float] = Field(default_factory=list)
-    accountant_tolerance: float = Field(default=accounting.DEFAULT_ACCOUNTANT_TOLERANCE, gt=0)
+    accountant_tolerance: float = Field(
+        default=accounting.DEFAULT_ACCOUNTANT_TOLERANCE,
+        gt=0,
+        description="largest RDP/PRV gap accepted, checked at `delta` only (where it was planned)",
+    )
 
 
 class Guarantee(_Frozen):
@@ -128,7 +289,7 @@ class Guarantee(_Frozen):
 
 
 class Signature(_Frozen):
-    """Ed25519 signature over the canonical JSON of the report without this field."""
+    """Ed25519 signature over the context string and the canonical JSON of the report without this field."""
 
     algorithm: Literal["Ed25519"] = "Ed25519"
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="raw public key, hex")
@@ -157,8 +318,10 @@ PRIVACY_UNITS = [
 class PrivacyReport(_Frozen):
     """Everything an auditor needs to check a run's privacy claims, signed."""
 
-    report_version: Literal["1"] = REPORT_VERSION
-    run_id: str
+    report_version: Literal["2"] = REPORT_VERSION
+    run_id: str = Field(min_length=1)
+    runs_covered: Literal[1] = Field(default=1, description="a report covers exactly one run")
+    composition_across_runs: str = ACROSS_RUNS
     created_at: str
     library_versions: dict[str, str]
     threat_model: ThreatModel
@@ -169,11 +332,14 @@ class PrivacyReport(_Frozen):
     ledger_head: str = Field(pattern=r"^[0-9a-f]{64}$")
     guarantees: list[Guarantee]
     exclusions: list[str] = Field(default_factory=list)
+    participant_statements: list[ParticipantStatement] = Field(
+        default_factory=list, description="each participant's own signed statement of its events"
+    )
     signature: Signature | None = None
 
     def signed_payload(self) -> bytes:
-        """Return the bytes the signature covers: canonical JSON of the report without ``signature``."""
-        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
+        """Return the bytes the signature covers: context + canonical JSON of the report without ``signature``."""
+        return REPORT_SIGNATURE_CONTEXT + canonical_json(self.model_dump(mode="json", exclude={"signature"}))
 
     def to_json(self) -> str:
         """Return the report as indented JSON (the file format)."""
@@ -245,8 +411,12 @@ def compute_guarantees(
     deltas = [inputs.delta, *inputs.extra_deltas]
     guarantees: list[Guarantee] = []
     for participant, releases in sorted(gaussian_releases(entries).items()):
+        # The tolerance is planned at the stated delta and checked there only: the RDP/PRV gap grows
+        # with delta, so checking it at the other deltas could refuse a run its own plan accepted.
         figures = [
-            accounting.gaussian_epsilon(releases, delta=d, tolerance=inputs.accountant_tolerance)
+            accounting.gaussian_epsilon(
+                releases, delta=d, tolerance=inputs.accountant_tolerance, check_tolerance=d == inputs.delta
+            )
             for d in deltas
         ]
         guarantees.append(
@@ -291,11 +461,9 @@ def compute_guarantees(
     has_sums = any(e.event.mechanism is Mechanism.SECURE_AGGREGATION for e in entries)
     if rr_usage and has_sums:
         epsilon0 = max(e0 for e0, _ in rr_usage.values())
+        honest = threat_model.minimum_honest_survivors or 0
         bounds = [
-            accounting.shuffle_amplification(
-                epsilon0=epsilon0, honest_voters=threat_model.minimum_honest_survivors, delta=d
-            )
-            for d in deltas
+            accounting.shuffle_amplification(epsilon0=epsilon0, honest_voters=honest, delta=d) for d in deltas
         ]
         guarantees.append(
             Guarantee(
@@ -310,7 +478,7 @@ def compute_guarantees(
                     "valid": bounds[0].valid,
                     "reason": bounds[0].reason,
                     "epsilon0": epsilon0,
-                    "honest_voters": threat_model.minimum_honest_survivors,
+                    "honest_voters": honest,
                 },
                 assumptions=list(accounting.SHUFFLE_ASSUMPTIONS),
             )
@@ -328,8 +496,17 @@ def build_report(
     accountant_tolerance: float = accounting.DEFAULT_ACCOUNTANT_TOLERANCE,
     exclusions: Sequence[str] = (),
     created_at: str | None = None,
+    participant_statements: Sequence[ParticipantStatement] = (),
 ) -> PrivacyReport:
-    """Return the unsigned report of a run: the ledger, the threat model and every guarantee."""
+    """Return the unsigned report of a run after checking it as ``audit verify`` would (all but the signature).
+
+    ``threat_model.minimum_honest_survivors`` is derived from the ledger's secure-aggregation events; a
+    caller-given value that differs is refused. Raises :class:`ReportVerificationError` (a PrivacyError)
+    naming the field when the ledger, threat model, statements or accountants do not hold together, so a
+    caller that builds the report first never writes a model whose report would not verify.
+    """
+    from privacy.report_verify import check_unsigned  # report_verify imports this module
+
     if extra_deltas is None:
         extra_deltas = [float(f"{d:.6g}") for d in (delta * 10, delta / 10, delta / 100) if 0 < d < 1]
     inputs = AccountingInputs(
@@ -337,7 +514,23 @@ def build_report(
     )
     entries = list(ledger.entries)
     head = verify_chain(entries)
-    return PrivacyReport(
+    colluders = threat_model.max_colluding_participants
+    assert colluders is not None  # filled in by the model's validator
+    derived = derive_minimum_honest_survivors(secure_aggregation_sessions(entries), colluders=colluders)
+    if threat_model.minimum_honest_survivors not in (None, derived):
+        raise ReportVerificationError(
+            "threat_model.minimum_honest_survivors",
+            f"is derived from the ledger ({derived}: smallest survivors minus max_colluding_participants); "
+            f"do not set it (given {threat_model.minimum_honest_survivors})",
+        )
+    try:
+        threat_model = ThreatModel.model_validate(
+            {**threat_model.model_dump(), "minimum_honest_survivors": derived}
+        )
+    except ValueError as error:
+        raise ReportVerificationError("threat_model", str(error)) from None
+    check_threat_model(threat_model, entries)
+    report = PrivacyReport(
         run_id=run_id,
         created_at=created_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         library_versions=library_versions(),
@@ -349,17 +542,54 @@ def build_report(
         ledger_head=head,
         guarantees=compute_guarantees(entries, inputs, threat_model),
         exclusions=list(exclusions),
+        participant_statements=list(participant_statements),
     )
+    check_unsigned(report, recompute=False)  # the figures were just computed from the same inputs
+    return report
 
 
 def sign_report(report: PrivacyReport, private_key: Ed25519PrivateKey) -> PrivacyReport:
-    """Return a copy of ``report`` carrying an Ed25519 signature by ``private_key``."""
+    """Return a copy of ``report`` carrying an Ed25519 signature by ``private_key``.
+
+    Use the coordinator's long-term key (:func:`privacy.signing.load_or_create_signing_key`); a key
+    made for one run proves nothing about who signed.
+    """
     unsigned = report.model_copy(update={"signature": None})
     public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     signature = private_key.sign(unsigned.signed_payload())
     return unsigned.model_copy(
         update={"signature": Signature(public_key=public.hex(), value=signature.hex())}
     )
+
+
+def write_signed_report(report: PrivacyReport, signing_key_path: str | Path, out: str | Path) -> Path:
+    """Return the path of the report written after signing it with the long-term key and verifying it.
+
+    ``signing_key_path`` is loaded, or created (0600, public half at ``<signing_key_path>.pub``) if
+    absent. ``out`` is the report file, or a directory that receives ``privacy_report.json``. The signed
+    report is verified against the key it was signed with before anything is written, and written
+    atomically (temporary file, fsync, rename), so a reader never sees half a report.
+    """
+    from privacy.report_verify import verify_report  # report_verify imports this module
+
+    key = load_or_create_signing_key(signing_key_path)
+    signed = sign_report(report, key)
+    verify_report(signed, trusted_public_key=TrustedKey.from_public_key(key.public_key()))
+    target = Path(out)
+    if target.is_dir():
+        target = target / "privacy_report.json"
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(signed.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    logger.info(
+        "privacy report %s signed by key %s (give auditors this fingerprint out of band)",
+        target,
+        grouped_fingerprint(key),
+    )
+    return target
 
 
 def report_json_schema() -> dict[str, object]:

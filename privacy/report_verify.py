@@ -2,17 +2,26 @@
 
 Public API::
 
-    verify_report(report_or_json, trusted_public_key=None) -> VerifiedReport   # raises on any mismatch
-    ReportVerificationError.field                    # e.g. "guarantees[0].epsilon", "ledger[3].event"
-    render_markdown(report) -> str;  render_html(report) -> str
+    verify_report(report_or_json, trusted_public_key=None, trusted_participant_keys=None) -> VerifiedReport
+    check_unsigned(report, recompute=True) -> int   # every check but the signature (build_report runs it)
+    ReportVerificationError.field                    # e.g. "guarantees[0].epsilon", "threat_model.participants"
+    render_markdown(report, verification=, failure=) -> str;  render_html(...) -> str
     load_public_key(text_or_bytes) -> Ed25519PublicKey   (raw 32 bytes, 64 hex chars, or PEM)
 
 Order of checks, each naming the first field that does not match: the schema (pydantic), the hash chain
 and ``ledger_head``, the parameters each ledger event derives from others (RR eps0 and flip probability
 from the integer threshold; Gaussian per-statistic multipliers from the block multiplier and clip share;
-clip shares of one release with squares summing to at most 1), every guarantee recomputed from the ledger
-and ``inputs`` (relative tolerance 1e-4), and last the Ed25519 signature. Without a trusted key the
-embedded key is used, which proves integrity but not who signed: the result says so.
+clip shares of one release with squares summing to at most 1; secure-aggregation events' participants,
+threshold, survivors and colluders), the run scope, the threat model against the secure-aggregation
+events (participants, threshold, colluders, and minimum honest survivors = smallest survivors - colluders),
+each participant statement (its signature, its run id, and its events equal to that participant's events
+in the ledger, so the coordinator cannot forge a site's claim), every guarantee recomputed from the ledger
+and ``inputs`` (relative tolerance 1e-4), and last the coordinator's Ed25519 signature over the whole.
+
+Authentication needs keys pinned out of band: ``trusted_public_key`` for the coordinator (a public key or
+a :class:`~privacy.signing.TrustedKey` fingerprint) and ``trusted_participant_keys`` (name -> pin) for the
+sites. Without a pin a signature proves only that the report (or statement) is self-consistent under the
+key embedded in it: anyone can re-sign a forged report with a fresh key. The result says which.
 """
 
 from __future__ import annotations
@@ -22,52 +31,78 @@ import html
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from pydantic import ValidationError
 
 from privacy.errors import PrivacyError
 from privacy.ledger import ChainError, Mechanism, verify_chain
 from privacy.randomized_response import THRESHOLD_BITS, epsilon0_from_threshold
-from privacy.report import PrivacyReport, compute_guarantees, is_close
+from privacy.report import (
+    ACROSS_RUNS,
+    PrivacyReport,
+    ReportVerificationError,
+    check_threat_model,
+    compute_guarantees,
+    is_close,
+    secure_aggregation_sessions,
+)
+from privacy.signing import (
+    StatementError,
+    TrustedKey,
+    grouped_fingerprint,
+    load_public_key,
+    verify_statement_signature,
+)
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "ReportVerificationError",
+    "StatementCheck",
+    "VerifiedReport",
+    "check_unsigned",
+    "load_public_key",
+    "render_html",
+    "render_markdown",
+    "verify_report",
+]
 
-class ReportVerificationError(PrivacyError):
-    """A report failed verification; ``field`` is the path of the first field that does not match."""
+UNAUTHENTICATED = "self-consistent, unauthenticated"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+
+@dataclasses.dataclass(frozen=True)
+class StatementCheck:
+    """A participant statement that verified, and whether its key was pinned by the auditor."""
+
+    participant: str
+    fingerprint: str
+    authenticated: bool
+    events: int
 
 
 @dataclasses.dataclass(frozen=True)
 class VerifiedReport:
-    """A report that passed every check, and whether its signer's key was the trusted one."""
+    """A report that passed every check, and what its signatures prove."""
 
     report: PrivacyReport
     signer_trusted: bool
+    """True only when the coordinator's key matched a key pinned by the auditor."""
     checked_figures: int
+    signer_fingerprint: str = ""
+    statements: tuple[StatementCheck, ...] = ()
+    unattested_participants: tuple[str, ...] = ()
+    """Participants with ledger events but no signed statement: only the coordinator attests them."""
 
-
-def load_public_key(material: str | bytes) -> Ed25519PublicKey:
-    """Return the Ed25519 public key in ``material`` (raw 32 bytes, 64 hex characters, or PEM)."""
-    data = material.encode() if isinstance(material, str) else material
-    try:
-        if data.strip().startswith(b"-----BEGIN"):
-            key = load_pem_public_key(data.strip())
-            if not isinstance(key, Ed25519PublicKey):
-                raise PrivacyError("the PEM key is not an Ed25519 public key")
-            return key
-        if len(data) == 32:
-            return Ed25519PublicKey.from_public_bytes(data)
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(data.decode().strip()))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise PrivacyError(f"not an Ed25519 public key: {error}") from error
+    @property
+    def authentication(self) -> str:
+        """Return what the coordinator's signature proves, in words."""
+        if self.signer_trusted:
+            return f"authenticated: signed by the pinned key {self.signer_fingerprint}"
+        return f"{UNAUTHENTICATED} (signer key fingerprint {self.signer_fingerprint})"
 
 
 def _parse(report: PrivacyReport | str | bytes | dict[str, Any]) -> PrivacyReport:
@@ -157,10 +192,14 @@ def _compare_guarantees(report: PrivacyReport) -> int:
         for key, detail in expected.details.items():
             mine = reported.details[key]
             numeric = isinstance(detail, (int, float)) and not isinstance(detail, bool)
-            if isinstance(detail, (int, float)) and numeric and (
-                isinstance(mine, bool)
-                or not isinstance(mine, (int, float))
-                or not is_close(float(mine), float(detail))
+            if (
+                isinstance(detail, (int, float))
+                and numeric
+                and (
+                    isinstance(mine, bool)
+                    or not isinstance(mine, (int, float))
+                    or not is_close(float(mine), float(detail))
+                )
             ):
                 raise ReportVerificationError(
                     f"{where}.details.{key}", f"reported {mine}, recomputed {detail}"
@@ -173,35 +212,131 @@ def _compare_guarantees(report: PrivacyReport) -> int:
     return checked
 
 
+def _check_statements(
+    report: PrivacyReport, pins: Mapping[str, TrustedKey]
+) -> tuple[tuple[StatementCheck, ...], tuple[str, ...]]:
+    own_events: dict[str, list[Any]] = defaultdict(list)
+    for entry in report.ledger:
+        own_events[entry.event.participant].append(entry.event)
+    checks: list[StatementCheck] = []
+    seen: set[str] = set()
+    for index, statement in enumerate(report.participant_statements):
+        where = f"participant_statements[{index}]"
+        if statement.participant in seen:
+            raise ReportVerificationError(
+                f"{where}.participant", f"{statement.participant!r} has two statements"
+            )
+        seen.add(statement.participant)
+        if statement.run_id != report.run_id:
+            raise ReportVerificationError(
+                f"{where}.run_id", f"is {statement.run_id!r}, the report's run is {report.run_id!r}"
+            )
+        try:
+            verify_statement_signature(statement, field=where)
+        except StatementError as error:
+            raise ReportVerificationError(error.field, str(error).split(": ", 1)[-1]) from None
+        # The statement must say exactly what the ledger says of this participant: the coordinator
+        # writes the ledger, so a ledger event the participant did not sign is the coordinator's claim.
+        expected = own_events.get(statement.participant, [])
+        for position, (claimed, recorded) in enumerate(zip(statement.events, expected, strict=False)):
+            if claimed != recorded:
+                raise ReportVerificationError(
+                    f"{where}.events[{position}]",
+                    f"differs from {statement.participant!r}'s event in the ledger",
+                )
+        if len(statement.events) != len(expected):
+            raise ReportVerificationError(
+                f"{where}.events",
+                f"lists {len(statement.events)} events; the ledger has {len(expected)} "
+                f"of {statement.participant!r}",
+            )
+        pin = pins.get(statement.participant)
+        if pin is not None and not pin.matches(bytes.fromhex(statement.public_key)):
+            raise ReportVerificationError(
+                f"{where}.public_key", f"is not the key pinned for {statement.participant!r}"
+            )
+        checks.append(
+            StatementCheck(
+                participant=statement.participant,
+                fingerprint=grouped_fingerprint(bytes.fromhex(statement.public_key)),
+                authenticated=pin is not None,
+                events=len(statement.events),
+            )
+        )
+    missing = sorted(set(pins) - seen)
+    if missing:
+        raise ReportVerificationError(
+            "participant_statements", f"has no statement by the pinned participant {missing[0]!r}"
+        )
+    unattested = tuple(
+        sorted(
+            name
+            for name, events in own_events.items()
+            if name not in seen and any(e.mechanism is not Mechanism.SECURE_AGGREGATION for e in events)
+        )
+    )
+    return tuple(checks), unattested
+
+
+def check_unsigned(report: PrivacyReport, *, recompute: bool = True) -> int:
+    """Return the number of figures recomputed after every check but the coordinator's signature.
+
+    Raises ReportVerificationError naming the first field that does not match. ``recompute=False``
+    skips recomputing the guarantees (for a report whose figures were just computed).
+    """
+    try:
+        head = verify_chain(report.ledger)
+    except ChainError as error:
+        raise ReportVerificationError(error.field, str(error).split(": ", 1)[-1]) from None
+    if head != report.ledger_head:
+        raise ReportVerificationError("ledger_head", "is not the hash of the last ledger entry")
+    _check_event_parameters(report)
+    secure_aggregation_sessions(report.ledger)
+    if report.composition_across_runs != ACROSS_RUNS:
+        raise ReportVerificationError("composition_across_runs", "is not the statement this version makes")
+    check_threat_model(report.threat_model, report.ledger)
+    _check_statements(report, {})
+    return _compare_guarantees(report) if recompute else 0
+
+
+def _as_pin(key: Ed25519PublicKey | TrustedKey) -> TrustedKey:
+    return key if isinstance(key, TrustedKey) else TrustedKey.from_public_key(key)
+
+
 def verify_report(
     report: PrivacyReport | str | bytes | dict[str, Any],
     *,
-    trusted_public_key: Ed25519PublicKey | None = None,
+    trusted_public_key: Ed25519PublicKey | TrustedKey | None = None,
+    trusted_participant_keys: Mapping[str, Ed25519PublicKey | TrustedKey] | None = None,
 ) -> VerifiedReport:
-    """Return the verified report; raise ReportVerificationError naming the first field that does not match."""
+    """Return the verified report; raise ReportVerificationError naming the first field that does not match.
+
+    Without ``trusted_public_key`` the coordinator's signature is checked under the key embedded in the
+    report, which proves self-consistency only (``signer_trusted`` is False). Participants named in
+    ``trusted_participant_keys`` must have a statement signed by exactly that key.
+    """
     parsed = _parse(report)
-    try:
-        head = verify_chain(parsed.ledger)
-    except ChainError as error:
-        raise ReportVerificationError(error.field, str(error).split(": ", 1)[-1]) from None
-    if head != parsed.ledger_head:
-        raise ReportVerificationError("ledger_head", "is not the hash of the last ledger entry")
-    _check_event_parameters(parsed)
-    checked = _compare_guarantees(parsed)
+    checked = check_unsigned(parsed)
+    pins = {name: _as_pin(key) for name, key in (trusted_participant_keys or {}).items()}
+    statements, unattested = _check_statements(parsed, pins)
     if parsed.signature is None:
         raise ReportVerificationError("signature", "the report is not signed")
-    embedded = Ed25519PublicKey.from_public_bytes(bytes.fromhex(parsed.signature.public_key))
-    key = trusted_public_key or embedded
-    if trusted_public_key is not None and trusted_public_key.public_bytes(
-        Encoding.Raw, PublicFormat.Raw
-    ) != bytes.fromhex(parsed.signature.public_key):
+    embedded = bytes.fromhex(parsed.signature.public_key)
+    if trusted_public_key is not None and not _as_pin(trusted_public_key).matches(embedded):
         raise ReportVerificationError("signature.public_key", "is not the trusted key")
     try:
-        key.verify(bytes.fromhex(parsed.signature.value), parsed.signed_payload())
+        Ed25519PublicKey.from_public_bytes(embedded).verify(
+            bytes.fromhex(parsed.signature.value), parsed.signed_payload()
+        )
     except InvalidSignature:
         raise ReportVerificationError("signature.value", "does not verify over the report") from None
     return VerifiedReport(
-        report=parsed, signer_trusted=trusted_public_key is not None, checked_figures=checked
+        report=parsed,
+        signer_trusted=trusted_public_key is not None,
+        checked_figures=checked,
+        signer_fingerprint=grouped_fingerprint(embedded),
+        statements=statements,
+        unattested_participants=unattested,
     )
 
 
@@ -213,20 +348,57 @@ def _fmt(value: object) -> str:
     return "—" if value is None else str(value)
 
 
-def _rows(report: PrivacyReport) -> list[tuple[str, list[list[str]]]]:
+def verification_status(verification: VerifiedReport | None, failure: str | None) -> str:
+    """Return one line saying what verification established: UNVERIFIED, not verified, or what it proves."""
+    if failure is not None:
+        return f"UNVERIFIED: this report failed verification ({failure}); nothing in it is vouched for"
+    if verification is None:
+        return "UNVERIFIED: not checked (run fedprune audit verify)"
+    return f"verified: every figure recomputed, signature valid, {verification.authentication}"
+
+
+def _statement_rows(report: PrivacyReport, verification: VerifiedReport | None) -> list[list[str]]:
+    rows = [["participant", "key fingerprint", "events", "status"]]
+    checks = {c.participant: c for c in verification.statements} if verification else {}
+    for statement in report.participant_statements:
+        check = checks.get(statement.participant)
+        if check is None:
+            status = "not verified"
+        elif check.authenticated:
+            status = "signature valid, authenticated (pinned key)"
+        else:
+            status = f"signature valid, {UNAUTHENTICATED}"
+        rows.append(
+            [
+                statement.participant,
+                grouped_fingerprint(bytes.fromhex(statement.public_key)),
+                str(len(statement.events)),
+                status,
+            ]
+        )
+    for name in verification.unattested_participants if verification else ():
+        rows.append([name, "—", "—", "no signed statement: only the coordinator attests its events"])
+    return rows
+
+
+def _rows(
+    report: PrivacyReport, verification: VerifiedReport | None, failure: str | None
+) -> list[tuple[str, list[list[str]]]]:
     tm = report.threat_model
     sections: list[tuple[str, list[list[str]]]] = [
         (
             "Run",
             [
+                ["verification", verification_status(verification, failure)],
                 ["run id", report.run_id],
+                ["runs covered", f"{report.runs_covered}: {report.composition_across_runs}"],
                 ["created", report.created_at],
                 ["report version", report.report_version],
                 [
-                    "signed",
-                    "yes (Ed25519, key " + report.signature.public_key[:16] + "…)"
+                    "signer key fingerprint",
+                    grouped_fingerprint(bytes.fromhex(report.signature.public_key))
                     if report.signature
-                    else "NO",
+                    else "none: the report is not signed",
                 ],
                 ["ledger entries", str(len(report.ledger))],
                 ["ledger head", report.ledger_head],
@@ -239,7 +411,10 @@ def _rows(report: PrivacyReport) -> list[tuple[str, list[list[str]]]]:
                 ["participants", str(tm.participants)],
                 ["secure-aggregation threshold t", str(tm.secure_aggregation_threshold)],
                 ["max colluding participants", str(tm.max_colluding_participants)],
-                ["minimum honest survivors", str(tm.minimum_honest_survivors)],
+                [
+                    "minimum honest survivors (smallest survivors recorded - colluders)",
+                    str(tm.minimum_honest_survivors),
+                ],
                 ["input-validity proof for votes", "yes" if tm.input_validity_proof else "no"],
                 ["transport", tm.transport],
             ],
@@ -265,6 +440,7 @@ def _rows(report: PrivacyReport) -> list[tuple[str, list[list[str]]]]:
             ]
         )
     sections.append(("Guarantees", guarantee_rows))
+    sections.append(("Participant statements", _statement_rows(report, verification)))
     ledger_rows = [["#", "mechanism", "participant", "round", "block", "statistic", "count", "parameters"]]
     for entry in report.ledger:
         e = entry.event
@@ -296,13 +472,16 @@ def _rows(report: PrivacyReport) -> list[tuple[str, list[list[str]]]]:
     return sections
 
 
-_TABLES_WITH_HEADER = {"Guarantees", "Ledger"}
+_TABLES_WITH_HEADER = {"Guarantees", "Ledger", "Participant statements"}
 
 
-def render_markdown(report: PrivacyReport) -> str:
-    """Return the report as Markdown: tables for the run, threat model, guarantees and ledger."""
-    lines = [f"# Privacy report `{report.run_id}`", ""]
-    for title, rows in _rows(report):
+def render_markdown(
+    report: PrivacyReport, *, verification: VerifiedReport | None = None, failure: str | None = None
+) -> str:
+    """Return the report as Markdown, its verification status first: UNVERIFIED unless ``verification``."""
+    lines = [f"**{verification_status(verification, failure)}**", ""] if verification is None else []
+    lines += [f"# Privacy report `{report.run_id}`", ""]
+    for title, rows in _rows(report, verification, failure):
         lines += [f"## {title}", ""]
         header = rows[0] if title in _TABLES_WITH_HEADER else ["item", "value"][: len(rows[0])] or ["item"]
         body = rows[1:] if title in _TABLES_WITH_HEADER else rows
@@ -317,16 +496,25 @@ def render_markdown(report: PrivacyReport) -> str:
     return "\n".join(lines)
 
 
-def render_html(report: PrivacyReport) -> str:
-    """Return the report as a standalone HTML page."""
+def render_html(
+    report: PrivacyReport, *, verification: VerifiedReport | None = None, failure: str | None = None
+) -> str:
+    """Return the report as a standalone HTML page, its verification status first."""
+    status = html.escape(verification_status(verification, failure))
+    banner = (
+        f"<p style='border:3px solid #c00;padding:.5em;font-weight:bold'>{status}</p>"
+        if verification is None
+        else f"<p>{status}</p>"
+    )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Privacy report {html.escape(report.run_id)}</title>",
         "<style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #999;padding:.2em .5em;vertical-align:top}</style></head><body>",
+        banner,
         f"<h1>Privacy report <code>{html.escape(report.run_id)}</code></h1>",
     ]
-    for title, rows in _rows(report):
+    for title, rows in _rows(report, verification, failure):
         parts.append(f"<h2>{html.escape(title)}</h2><table>")
         body = rows
         if title in _TABLES_WITH_HEADER:
