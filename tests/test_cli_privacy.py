@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedprune.cli import main
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.randomized_response import RandomizedResponse
-from privacy.report import ThreatModel, build_report, sign_report
+from privacy.report import PrivacyReport, ThreatModel, build_report, sign_report, write_signed_report
+from privacy.signing import grouped_fingerprint, key_fingerprint, load_or_create_signing_key, public_key_path
 
 
 def _json_out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
@@ -42,7 +42,8 @@ def test_privacy_gaussian_golden_value_and_inverse(capsys: pytest.CaptureFixture
     figures = _json_out(
         capsys, ["privacy", "gaussian", "--sigma", "1", "--releases", "32", "--delta", "1e-5", "--json"]
     )
-    assert 39.3 <= figures["epsilon"] <= 41.7 and 39.3 <= figures["prv"] <= figures["rdp"] <= 41.7
+    assert figures["epsilon"] == figures["rdp"] == pytest.approx(41.6455, abs=5e-5)
+    assert figures["prv"] == pytest.approx(39.39, abs=0.01)
     inverse = _json_out(
         capsys,
         ["privacy", "gaussian", "--target-epsilon", "8", "--releases", "12", "--delta", "1e-5", "--json"],
@@ -70,8 +71,12 @@ def test_privacy_gaussian_accountant_disagreement_is_a_one_line_error(
     assert main([*argv, "--accountant-tolerance", "0.3"]) == 0
 
 
+SITE_KEY = Ed25519PrivateKey.generate()
+
+
 @pytest.fixture(scope="module")
 def signed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Return the report, signed with the coordinator's long-term key, and that key's file."""
     directory = tmp_path_factory.mktemp("report")
     ledger = PrivacyLedger()
     rr = RandomizedResponse(epsilon0=2.0)
@@ -89,24 +94,72 @@ def signed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
             },
         )
     )
+    ledger.record(
+        MechanismEvent(
+            mechanism=Mechanism.SECURE_AGGREGATION,
+            participant="coordinator",
+            count=1000,
+            parameters={"participants": 3, "threshold": 2, "survivors": 3, "colluders": 1},
+        )
+    )
+    from privacy.signing import sign_participant_statement
+
+    statement = sign_participant_statement(
+        participant="site-a", run_id="cli-run", events=[ledger.entries[0].event], private_key=SITE_KEY
+    )
     report = build_report(
         ledger=ledger,
-        threat_model=ThreatModel(participants=3, secure_aggregation_threshold=2, minimum_honest_survivors=2),
+        threat_model=ThreatModel(participants=3, secure_aggregation_threshold=2),
         delta=1e-6,
         run_id="cli-run",
+        participant_statements=[statement],
     )
-    key = Ed25519PrivateKey.generate()
-    path = directory / "report.json"
-    path.write_text(sign_report(report, key).to_json(), encoding="utf-8")
-    public = directory / "signer.pub"
-    public.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-    return path, public
+    key_path = directory / "keys" / "coordinator.key"
+    path = write_signed_report(report, key_path, directory / "report.json")
+    return path, key_path
 
 
-def test_audit_verify_accepts_a_good_report(signed_report: tuple[Path, Path], capsys) -> None:
-    path, public = signed_report
-    assert main(["audit", "verify", str(path), "--public-key", str(public)]) == 0
-    assert capsys.readouterr().out.startswith("OK")
+def test_audit_verify_authenticates_only_against_a_pinned_key(
+    signed_report: tuple[Path, Path], capsys
+) -> None:
+    path, key_path = signed_report
+    assert main(["audit", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK") and "self-consistent, unauthenticated" in out and "trusted key" not in out
+    assert ".pub" not in out  # never suggests a key shipped beside the report
+    fingerprint = grouped_fingerprint(load_or_create_signing_key(key_path))
+    for pin in (fingerprint, str(public_key_path(key_path))):
+        assert main(["audit", "verify", str(path), "--trusted-key", pin]) == 0
+        assert "signature valid: authenticated" in capsys.readouterr().out
+    other = key_fingerprint(Ed25519PrivateKey.generate())
+    assert main(["audit", "verify", str(path), "--trusted-key", other, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["field"] == "signature.public_key"
+
+
+def test_audit_verify_pins_participants_keys(signed_report: tuple[Path, Path], capsys) -> None:
+    path, _ = signed_report
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "statement of site-a: 1 events" in capsys.readouterr().out
+    pin = f"site-a={key_fingerprint(SITE_KEY)}"
+    outcome = _json_out(capsys, ["audit", "verify", str(path), "--participant-key", pin, "--json"])
+    assert outcome["statements"][0]["authenticated"] is True
+    wrong = f"site-a={key_fingerprint(Ed25519PrivateKey.generate())}"
+    assert main(["audit", "verify", str(path), "--participant-key", wrong, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["field"] == "participant_statements[0].public_key"
+
+
+def test_audit_verify_refuses_a_threat_model_the_ledger_contradicts(
+    signed_report: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    # A forger edits the participants to 100,000 (so the aggregation bound would turn valid) and re-signs.
+    path, _ = signed_report
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["threat_model"].update(participants=100_000, minimum_honest_survivors=99_999)
+    data.pop("signature")
+    forged = tmp_path / "forged.json"
+    forged.write_text(sign_report(PrivacyReport.model_validate(data), Ed25519PrivateKey.generate()).to_json())
+    assert main(["audit", "verify", str(forged), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["field"] == "threat_model.participants"
 
 
 def test_audit_verify_names_the_tampered_field(
@@ -127,10 +180,27 @@ def test_audit_show_renders_markdown_and_html(
 ) -> None:
     path, _ = signed_report
     assert main(["audit", "show", str(path)]) == 0
-    assert "# Privacy report `cli-run`" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "# Privacy report `cli-run`" in out and "UNVERIFIED" not in out
+    assert "self-consistent, unauthenticated" in out and "Participant statements" in out
     page = tmp_path / "report.html"
     assert main(["audit", "show", str(path), "--format", "html", "--output", str(page)]) == 0
     assert "<table>" in page.read_text(encoding="utf-8")
+
+
+def test_audit_show_puts_unverified_first_for_a_tampered_report(
+    signed_report: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    path, _ = signed_report
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["guarantees"][0]["epsilon"] = 1.0
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(data), encoding="utf-8")
+    assert main(["audit", "show", str(tampered)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("**UNVERIFIED") and "guarantees[0].epsilon" in captured.out.splitlines()[0]
+    assert captured.err.startswith("UNVERIFIED")
+    assert "signed: yes" not in captured.out and "verified: every figure" not in captured.out
 
 
 def test_audit_verify_missing_file_is_a_user_error(tmp_path: Path, capsys) -> None:
