@@ -15,6 +15,7 @@ from typing import Any
 
 from privacy.secagg.errors import InvalidMessageError
 from privacy.secagg.messages import (
+    ConsistencyCheck,
     EncryptedShare,
     KeyAdvertisement,
     MaskedInputChunk,
@@ -22,7 +23,9 @@ from privacy.secagg.messages import (
     RevealedShare,
     Roster,
     ShareDelivery,
+    ShareDigest,
     ShareKeys,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -32,8 +35,9 @@ from proto.fedprune.v1 import secagg_pb2 as pb
 SESSION_ID_BYTES = 32
 
 DomainMessage = (
-    SessionParameters | KeyAdvertisement | Roster | EncryptedShare | ShareKeys | ShareDelivery
-    | MaskedInputChunk | MaskedInputDone | UnmaskRequest | RevealedShare | UnmaskResponse
+    SessionParameters | KeyAdvertisement | Roster | EncryptedShare | ShareDigest | ShareKeys | ShareDelivery
+    | MaskedInputChunk | MaskedInputDone | ConsistencyCheck | SurvivorSignature | UnmaskRequest
+    | RevealedShare | UnmaskResponse
 )
 
 
@@ -72,11 +76,17 @@ def session_parameters_to_proto(parameters: SessionParameters) -> pb.SessionPara
         max_input=parameters.max_input,
         context=parameters.context,
         protocol_version=parameters.protocol_version,
+        colluders=parameters.colluders,
+        ring_headroom=parameters.ring_headroom,
     )
 
 
 def session_parameters_from_proto(message: pb.SessionParameters) -> SessionParameters:
-    """Return validated SessionParameters (PrivacyError names the bad field)."""
+    """Return validated SessionParameters (PrivacyError names the bad field).
+
+    ``allow_unsafe_threshold`` is always False here: it has no wire field, so a coordinator can never
+    talk a participant into a threshold below the safe minimum.
+    """
     return SessionParameters(
         participant_ids=_participants(message.participant_ids, "SessionParameters.participant_ids"),
         threshold=message.threshold,
@@ -85,6 +95,9 @@ def session_parameters_from_proto(message: pb.SessionParameters) -> SessionParam
         max_input=message.max_input,
         context=message.context,
         protocol_version=message.protocol_version,
+        colluders=message.colluders,
+        ring_headroom=message.ring_headroom,
+        allow_unsafe_threshold=False,
     )
 
 
@@ -146,12 +159,30 @@ def _envelopes(messages: Sequence[pb.EncryptedShare], field: str) -> tuple[Encry
     return tuple(encrypted_share_from_proto(env, f"{field}.envelopes[{i}]") for i, env in enumerate(messages))
 
 
+def share_digest_to_proto(message: ShareDigest) -> pb.ShareDigest:
+    """Return the protobuf form of the digests of one holder's two shares."""
+    return pb.ShareDigest(
+        holder=message.holder, self_seed_share=message.self_seed_share, mask_key_share=message.mask_key_share
+    )
+
+
+def share_digest_from_proto(message: pb.ShareDigest, field: str = "ShareDigest") -> ShareDigest:
+    """Return the domain share digests."""
+    return ShareDigest(
+        holder=_participant(message.holder, f"{field}.holder"),
+        self_seed_share=message.self_seed_share,
+        mask_key_share=message.mask_key_share,
+    )
+
+
 def share_keys_to_proto(message: ShareKeys) -> pb.ShareKeys:
     """Return the protobuf form of a participant's round-1 message."""
     return pb.ShareKeys(
         session_id=message.session_id,
         sender=message.sender,
         envelopes=[encrypted_share_to_proto(env) for env in message.envelopes],
+        self_seed_commitment=message.self_seed_commitment,
+        share_digests=[share_digest_to_proto(digest) for digest in message.share_digests],
     )
 
 
@@ -161,6 +192,11 @@ def share_keys_from_proto(message: pb.ShareKeys) -> ShareKeys:
         session_id=_session_id(message.session_id, "ShareKeys.session_id"),
         sender=_participant(message.sender, "ShareKeys.sender"),
         envelopes=_envelopes(message.envelopes, "ShareKeys"),
+        self_seed_commitment=message.self_seed_commitment,
+        share_digests=tuple(
+            share_digest_from_proto(digest, f"ShareKeys.share_digests[{i}]")
+            for i, digest in enumerate(message.share_digests)
+        ),
     )
 
 
@@ -223,15 +259,45 @@ def masked_input_done_from_proto(message: pb.MaskedInputDone) -> MaskedInputDone
     )
 
 
-# ------------------------------------------------------------------ round 3
-def unmask_request_to_proto(message: UnmaskRequest) -> pb.UnmaskRequest:
-    """Return the protobuf form of the coordinator's unmask request (without consistency signatures).
-
-    The consistency signatures have no domain message yet; the caller appends them to
-    ``consistency_signatures`` when the consistency round is in use.
-    """
-    return pb.UnmaskRequest(
+# ------------------------------------------------------------------ round 3 (consistency)
+def consistency_check_to_proto(message: ConsistencyCheck) -> pb.ConsistencyCheck:
+    """Return the protobuf form of the survivor set the survivors are asked to sign."""
+    return pb.ConsistencyCheck(
         session_id=message.session_id, survivors=list(message.survivors), dropped=list(message.dropped)
+    )
+
+
+def consistency_check_from_proto(message: pb.ConsistencyCheck) -> ConsistencyCheck:
+    """Return the domain consistency check."""
+    return ConsistencyCheck(
+        session_id=_session_id(message.session_id, "ConsistencyCheck.session_id"),
+        survivors=_participants(message.survivors, "ConsistencyCheck.survivors"),
+        dropped=_participants(message.dropped, "ConsistencyCheck.dropped"),
+    )
+
+
+def survivor_signature_to_proto(message: SurvivorSignature) -> pb.SurvivorSignature:
+    """Return the protobuf form of a survivor's signature over the survivor set."""
+    return pb.SurvivorSignature(session_id=message.session_id, sender=message.sender, signature=message.signature)
+
+
+def survivor_signature_from_proto(message: pb.SurvivorSignature, field: str = "SurvivorSignature") -> SurvivorSignature:
+    """Return the domain survivor signature."""
+    return SurvivorSignature(
+        session_id=_session_id(message.session_id, f"{field}.session_id"),
+        sender=_participant(message.sender, f"{field}.sender"),
+        signature=message.signature,
+    )
+
+
+# ------------------------------------------------------------------ round 4
+def unmask_request_to_proto(message: UnmaskRequest) -> pb.UnmaskRequest:
+    """Return the protobuf form of the coordinator's unmask request with the survivors' signatures."""
+    return pb.UnmaskRequest(
+        session_id=message.session_id,
+        survivors=list(message.survivors),
+        dropped=list(message.dropped),
+        signatures=[survivor_signature_to_proto(signature) for signature in message.signatures],
     )
 
 
@@ -241,6 +307,10 @@ def unmask_request_from_proto(message: pb.UnmaskRequest) -> UnmaskRequest:
         session_id=_session_id(message.session_id, "UnmaskRequest.session_id"),
         survivors=_participants(message.survivors, "UnmaskRequest.survivors"),
         dropped=_participants(message.dropped, "UnmaskRequest.dropped"),
+        signatures=tuple(
+            survivor_signature_from_proto(signature, f"UnmaskRequest.signatures[{i}]")
+            for i, signature in enumerate(message.signatures)
+        ),
     )
 
 
@@ -286,10 +356,13 @@ _TO_PROTO: dict[type, Callable[[Any], Any]] = {
     KeyAdvertisement: key_advertisement_to_proto,
     Roster: roster_to_proto,
     EncryptedShare: encrypted_share_to_proto,
+    ShareDigest: share_digest_to_proto,
     ShareKeys: share_keys_to_proto,
     ShareDelivery: share_delivery_to_proto,
     MaskedInputChunk: masked_input_chunk_to_proto,
     MaskedInputDone: masked_input_done_to_proto,
+    ConsistencyCheck: consistency_check_to_proto,
+    SurvivorSignature: survivor_signature_to_proto,
     UnmaskRequest: unmask_request_to_proto,
     RevealedShare: revealed_share_to_proto,
     UnmaskResponse: unmask_response_to_proto,
@@ -300,10 +373,13 @@ _FROM_PROTO: dict[type, Callable[[Any], Any]] = {
     pb.KeyAdvertisement: key_advertisement_from_proto,
     pb.Roster: roster_from_proto,
     pb.EncryptedShare: encrypted_share_from_proto,
+    pb.ShareDigest: share_digest_from_proto,
     pb.ShareKeys: share_keys_from_proto,
     pb.ShareDelivery: share_delivery_from_proto,
     pb.MaskedInputChunk: masked_input_chunk_from_proto,
     pb.MaskedInputDone: masked_input_done_from_proto,
+    pb.ConsistencyCheck: consistency_check_from_proto,
+    pb.SurvivorSignature: survivor_signature_from_proto,
     pb.UnmaskRequest: unmask_request_from_proto,
     pb.RevealedShare: revealed_share_from_proto,
     pb.UnmaskResponse: unmask_response_from_proto,

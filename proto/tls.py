@@ -209,6 +209,18 @@ def add_secure_port(server: grpc.Server, address: str, files: TlsPaths) -> int:
     return port
 
 
+def check_address(address: str) -> str:
+    """Return ``address`` if it is ``host:port`` (IPv6 hosts in brackets), else raise ValueError saying why."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host:
+        raise ValueError(f"expected host:port, got {address!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"an IPv6 host goes in brackets, as in [::1]:50051, got {address!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number in [0, 65535], got {port!r}")
+    return address
+
+
 def peer_common_name(context: grpc.ServicerContext) -> str:
     """Return the common name of the caller's verified client certificate, or raise PeerIdentityError."""
     auth = context.auth_context()

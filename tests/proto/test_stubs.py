@@ -17,7 +17,9 @@ def test_stubs_import_under_the_proto_package_without_colliding_with_the_cli() -
     secagg_pb2 = importlib.import_module("proto.fedprune.v1.secagg_pb2")
     assert service_pb2.DESCRIPTOR.package == "fedprune.v1"
     assert secagg_pb2.DESCRIPTOR.package == "fedprune.v1"
-    assert hasattr(service_grpc, "CoordinatorStub") and hasattr(service_grpc, "add_CoordinatorServicer_to_server")
+    assert hasattr(service_grpc, "CoordinatorStub") and hasattr(
+        service_grpc, "add_CoordinatorServicer_to_server"
+    )
     # the CLI package is untouched by the stubs
     assert importlib.import_module("fedprune.cli").main
 
@@ -27,7 +29,14 @@ def test_the_service_offers_every_protocol_step() -> None:
 
     methods = {m.name: m for m in service_pb2.DESCRIPTOR.services_by_name["Coordinator"].methods}
     assert set(methods) == {
-        "Join", "Await", "AdvertiseKeys", "ShareKeys", "MaskedInput", "SignSurvivors", "Unmask", "BlockMask",
+        "Join",
+        "Await",
+        "AdvertiseKeys",
+        "ShareKeys",
+        "MaskedInput",
+        "SignSurvivors",
+        "Unmask",
+        "BlockMask",
         "SubmitStatement",
     }
     assert methods["MaskedInput"].client_streaming and not methods["MaskedInput"].server_streaming
@@ -80,6 +89,11 @@ def test_committed_stubs_are_byte_identical_to_a_fresh_generation(tmp_path: Path
         relative = path.relative_to(tmp_path)
         committed = generate.REPOSITORY_ROOT / relative
         assert committed.exists(), f"{relative} is not committed: run python -m proto.generate"
-        assert path.read_bytes() == committed.read_bytes(), f"{relative} is stale: run python -m proto.generate"
-    stubs = {p.relative_to(generate.REPOSITORY_ROOT) for p in (generate.REPOSITORY_ROOT / "proto/fedprune/v1").glob("*_pb2*")}
+        assert path.read_bytes() == committed.read_bytes(), (
+            f"{relative} is stale: run python -m proto.generate"
+        )
+    stubs = {
+        p.relative_to(generate.REPOSITORY_ROOT)
+        for p in (generate.REPOSITORY_ROOT / "proto/fedprune/v1").glob("*_pb2*")
+    }
     assert stubs == {p.relative_to(tmp_path) for p in written}, "a stub without a .proto source is committed"

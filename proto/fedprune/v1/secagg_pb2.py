@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/fedprune/v1/secagg.proto\x12\x0b\x66\x65\x64prune.v1\"\xab\x01\n\x11SessionParameters\x12\x17\n\x0fparticipant_ids\x18\x01 \x03(\r\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x11\n\tdimension\x18\x03 \x01(\x04\x12\x19\n\x11\x63hunk_coordinates\x18\x04 \x01(\r\x12\x11\n\tmax_input\x18\x05 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x06 \x01(\x0c\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\"n\n\x10KeyAdvertisement\x12\x13\n\x0bparticipant\x18\x01 \x01(\r\x12\x19\n\x11\x63ipher_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"?\n\x06Roster\x12\x35\n\x0e\x61\x64vertisements\x18\x01 \x03(\x0b\x32\x1d.fedprune.v1.KeyAdvertisement\"V\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"_\n\tShareKeys\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12.\n\tenvelopes\x18\x03 \x03(\x0b\x32\x1b.fedprune.v1.EncryptedShare\"f\n\rShareDelivery\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\trecipient\x18\x02 \x01(\r\x12.\n\tenvelopes\x18\x03 \x03(\x0b\x32\x1b.fedprune.v1.EncryptedShare\"a\n\x10MaskedInputChunk\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0bparticipant\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x04\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"_\n\x0fMaskedInputDone\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0bparticipant\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\"9\n\x10\x43onsistencyCheck\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\r\"R\n\x14\x43onsistencySignature\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0bparticipant\x18\x02 \x01(\r\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x8a\x01\n\rUnmaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\r\x12\x41\n\x16\x63onsistency_signatures\x18\x04 \x03(\x0b\x32!.fedprune.v1.ConsistencySignature\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x9f\x01\n\x0eUnmaskResponse\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x34\n\x10self_seed_shares\x18\x03 \x03(\x0b\x32\x1a.fedprune.v1.RevealedShare\x12\x33\n\x0fmask_key_shares\x18\x04 \x03(\x0b\x32\x1a.fedprune.v1.RevealedShareb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/fedprune/v1/secagg.proto\x12\x0b\x66\x65\x64prune.v1\"\xd5\x01\n\x11SessionParameters\x12\x17\n\x0fparticipant_ids\x18\x01 \x03(\r\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x11\n\tdimension\x18\x03 \x01(\x04\x12\x19\n\x11\x63hunk_coordinates\x18\x04 \x01(\r\x12\x11\n\tmax_input\x18\x05 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x06 \x01(\x0c\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\x12\x11\n\tcolluders\x18\x08 \x01(\r\x12\x15\n\rring_headroom\x18\t \x01(\x08\"n\n\x10KeyAdvertisement\x12\x13\n\x0bparticipant\x18\x01 \x01(\r\x12\x19\n\x11\x63ipher_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"?\n\x06Roster\x12\x35\n\x0e\x61\x64vertisements\x18\x01 \x03(\x0b\x32\x1d.fedprune.v1.KeyAdvertisement\"V\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\r\x12\x11\n\trecipient\x18\x02 \x01(\r\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"N\n\x0bShareDigest\x12\x0e\n\x06holder\x18\x01 \x01(\r\x12\x17\n\x0fself_seed_share\x18\x02 \x01(\x0c\x12\x16\n\x0emask_key_share\x18\x03 \x01(\x0c\"\xae\x01\n\tShareKeys\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12.\n\tenvelopes\x18\x03 \x03(\x0b\x32\x1b.fedprune.v1.EncryptedShare\x12\x1c\n\x14self_seed_commitment\x18\x04 \x01(\x0c\x12/\n\rshare_digests\x18\x05 \x03(\x0b\x32\x18.fedprune.v1.ShareDigest\"f\n\rShareDelivery\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\trecipient\x18\x02 \x01(\r\x12.\n\tenvelopes\x18\x03 \x03(\x0b\x32\x1b.fedprune.v1.EncryptedShare\"a\n\x10MaskedInputChunk\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0bparticipant\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x04\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"_\n\x0fMaskedInputDone\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x13\n\x0bparticipant\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\"J\n\x10\x43onsistencyCheck\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\r\"J\n\x11SurvivorSignature\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"{\n\rUnmaskRequest\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x11\n\tsurvivors\x18\x02 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\r\x12\x32\n\nsignatures\x18\x04 \x03(\x0b\x32\x1e.fedprune.v1.SurvivorSignature\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x9f\x01\n\x0eUnmaskResponse\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0e\n\x06sender\x18\x02 \x01(\r\x12\x34\n\x10self_seed_shares\x18\x03 \x03(\x0b\x32\x1a.fedprune.v1.RevealedShare\x12\x33\n\x0fmask_key_shares\x18\x04 \x03(\x0b\x32\x1a.fedprune.v1.RevealedShareb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,29 +32,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.fedprune.v1.secagg_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONPARAMETERS']._serialized_start=48
-  _globals['_SESSIONPARAMETERS']._serialized_end=219
-  _globals['_KEYADVERTISEMENT']._serialized_start=221
-  _globals['_KEYADVERTISEMENT']._serialized_end=331
-  _globals['_ROSTER']._serialized_start=333
-  _globals['_ROSTER']._serialized_end=396
-  _globals['_ENCRYPTEDSHARE']._serialized_start=398
-  _globals['_ENCRYPTEDSHARE']._serialized_end=484
-  _globals['_SHAREKEYS']._serialized_start=486
-  _globals['_SHAREKEYS']._serialized_end=581
-  _globals['_SHAREDELIVERY']._serialized_start=583
-  _globals['_SHAREDELIVERY']._serialized_end=685
-  _globals['_MASKEDINPUTCHUNK']._serialized_start=687
-  _globals['_MASKEDINPUTCHUNK']._serialized_end=784
-  _globals['_MASKEDINPUTDONE']._serialized_start=786
-  _globals['_MASKEDINPUTDONE']._serialized_end=881
-  _globals['_CONSISTENCYCHECK']._serialized_start=883
-  _globals['_CONSISTENCYCHECK']._serialized_end=940
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=942
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1024
-  _globals['_UNMASKREQUEST']._serialized_start=1027
-  _globals['_UNMASKREQUEST']._serialized_end=1165
-  _globals['_REVEALEDSHARE']._serialized_start=1167
-  _globals['_REVEALEDSHARE']._serialized_end=1212
-  _globals['_UNMASKRESPONSE']._serialized_start=1215
-  _globals['_UNMASKRESPONSE']._serialized_end=1374
+  _globals['_SESSIONPARAMETERS']._serialized_end=261
+  _globals['_KEYADVERTISEMENT']._serialized_start=263
+  _globals['_KEYADVERTISEMENT']._serialized_end=373
+  _globals['_ROSTER']._serialized_start=375
+  _globals['_ROSTER']._serialized_end=438
+  _globals['_ENCRYPTEDSHARE']._serialized_start=440
+  _globals['_ENCRYPTEDSHARE']._serialized_end=526
+  _globals['_SHAREDIGEST']._serialized_start=528
+  _globals['_SHAREDIGEST']._serialized_end=606
+  _globals['_SHAREKEYS']._serialized_start=609
+  _globals['_SHAREKEYS']._serialized_end=783
+  _globals['_SHAREDELIVERY']._serialized_start=785
+  _globals['_SHAREDELIVERY']._serialized_end=887
+  _globals['_MASKEDINPUTCHUNK']._serialized_start=889
+  _globals['_MASKEDINPUTCHUNK']._serialized_end=986
+  _globals['_MASKEDINPUTDONE']._serialized_start=988
+  _globals['_MASKEDINPUTDONE']._serialized_end=1083
+  _globals['_CONSISTENCYCHECK']._serialized_start=1085
+  _globals['_CONSISTENCYCHECK']._serialized_end=1159
+  _globals['_SURVIVORSIGNATURE']._serialized_start=1161
+  _globals['_SURVIVORSIGNATURE']._serialized_end=1235
+  _globals['_UNMASKREQUEST']._serialized_start=1237
+  _globals['_UNMASKREQUEST']._serialized_end=1360
+  _globals['_REVEALEDSHARE']._serialized_start=1362
+  _globals['_REVEALEDSHARE']._serialized_end=1407
+  _globals['_UNMASKRESPONSE']._serialized_start=1410
+  _globals['_UNMASKRESPONSE']._serialized_end=1569
 # @@protoc_insertion_point(module_scope)

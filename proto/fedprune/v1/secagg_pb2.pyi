@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SessionParameters(_message.Message):
-    __slots__ = ("participant_ids", "threshold", "dimension", "chunk_coordinates", "max_input", "context", "protocol_version")
+    __slots__ = ("participant_ids", "threshold", "dimension", "chunk_coordinates", "max_input", "context", "protocol_version", "colluders", "ring_headroom")
     PARTICIPANT_IDS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,8 @@ class SessionParameters(_message.Message):
     MAX_INPUT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLLUDERS_FIELD_NUMBER: _ClassVar[int]
+    RING_HEADROOM_FIELD_NUMBER: _ClassVar[int]
     participant_ids: _containers.RepeatedScalarFieldContainer[int]
     threshold: int
     dimension: int
@@ -22,7 +24,9 @@ class SessionParameters(_message.Message):
     max_input: int
     context: bytes
     protocol_version: int
-    def __init__(self, participant_ids: _Optional[_Iterable[int]] = ..., threshold: _Optional[int] = ..., dimension: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., max_input: _Optional[int] = ..., context: _Optional[bytes] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    colluders: int
+    ring_headroom: bool
+    def __init__(self, participant_ids: _Optional[_Iterable[int]] = ..., threshold: _Optional[int] = ..., dimension: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., max_input: _Optional[int] = ..., context: _Optional[bytes] = ..., protocol_version: _Optional[int] = ..., colluders: _Optional[int] = ..., ring_headroom: _Optional[bool] = ...) -> None: ...
 
 class KeyAdvertisement(_message.Message):
     __slots__ = ("participant", "cipher_public_key", "mask_public_key", "signature")
@@ -54,15 +58,29 @@ class EncryptedShare(_message.Message):
     ciphertext: bytes
     def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
+class ShareDigest(_message.Message):
+    __slots__ = ("holder", "self_seed_share", "mask_key_share")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    SELF_SEED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    holder: int
+    self_seed_share: bytes
+    mask_key_share: bytes
+    def __init__(self, holder: _Optional[int] = ..., self_seed_share: _Optional[bytes] = ..., mask_key_share: _Optional[bytes] = ...) -> None: ...
+
 class ShareKeys(_message.Message):
-    __slots__ = ("session_id", "sender", "envelopes")
+    __slots__ = ("session_id", "sender", "envelopes", "self_seed_commitment", "share_digests")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    SELF_SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SHARE_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     sender: int
     envelopes: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
-    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[int] = ..., envelopes: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
+    self_seed_commitment: bytes
+    share_digests: _containers.RepeatedCompositeFieldContainer[ShareDigest]
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[int] = ..., envelopes: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., self_seed_commitment: _Optional[bytes] = ..., share_digests: _Optional[_Iterable[_Union[ShareDigest, _Mapping]]] = ...) -> None: ...
 
 class ShareDelivery(_message.Message):
     __slots__ = ("session_id", "recipient", "envelopes")
@@ -99,34 +117,36 @@ class MaskedInputDone(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., participant: _Optional[int] = ..., chunk_count: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class ConsistencyCheck(_message.Message):
-    __slots__ = ("session_id", "survivors")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
-    session_id: bytes
-    survivors: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class ConsistencySignature(_message.Message):
-    __slots__ = ("session_id", "participant", "signature")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    session_id: bytes
-    participant: int
-    signature: bytes
-    def __init__(self, session_id: _Optional[bytes] = ..., participant: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
-
-class UnmaskRequest(_message.Message):
-    __slots__ = ("session_id", "survivors", "dropped", "consistency_signatures")
+    __slots__ = ("session_id", "survivors", "dropped")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
-    CONSISTENCY_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     survivors: _containers.RepeatedScalarFieldContainer[int]
     dropped: _containers.RepeatedScalarFieldContainer[int]
-    consistency_signatures: _containers.RepeatedCompositeFieldContainer[ConsistencySignature]
-    def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ..., consistency_signatures: _Optional[_Iterable[_Union[ConsistencySignature, _Mapping]]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SurvivorSignature(_message.Message):
+    __slots__ = ("session_id", "sender", "signature")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    sender: int
+    signature: bytes
+    def __init__(self, session_id: _Optional[bytes] = ..., sender: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UnmaskRequest(_message.Message):
+    __slots__ = ("session_id", "survivors", "dropped", "signatures")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    session_id: bytes
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    dropped: _containers.RepeatedScalarFieldContainer[int]
+    signatures: _containers.RepeatedCompositeFieldContainer[SurvivorSignature]
+    def __init__(self, session_id: _Optional[bytes] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ..., signatures: _Optional[_Iterable[_Union[SurvivorSignature, _Mapping]]] = ...) -> None: ...
 
 class RevealedShare(_message.Message):
     __slots__ = ("owner", "value")

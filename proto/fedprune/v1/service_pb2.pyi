@@ -333,8 +333,8 @@ class SignSurvivorsRequest(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     session: SessionRef
-    signature: _secagg_pb2.ConsistencySignature
-    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., signature: _Optional[_Union[_secagg_pb2.ConsistencySignature, _Mapping]] = ...) -> None: ...
+    signature: _secagg_pb2.SurvivorSignature
+    def __init__(self, session: _Optional[_Union[SessionRef, _Mapping]] = ..., signature: _Optional[_Union[_secagg_pb2.SurvivorSignature, _Mapping]] = ...) -> None: ...
 
 class SignSurvivorsReply(_message.Message):
     __slots__ = ()
