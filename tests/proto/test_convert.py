@@ -106,8 +106,8 @@ def test_the_wire_cannot_lower_the_threshold_below_the_safe_minimum() -> None:
         chunk_coordinates=64,
         max_input=1,
         context=context,
-        protocol_version=SessionParameters.__dataclass_fields__["protocol_version"].default,
-    )  # type: ignore[arg-type]
+        protocol_version=PROTOCOL_VERSION,
+    )
     with pytest.raises(ValueError, match="threshold"):
         convert.from_proto(unsafe)
 
