@@ -23,7 +23,7 @@ same data add up); budgets across runs are kept by :mod:`privacy.budget`.
 
 Guarantees (one per layer and participant, see docs/PRIVACY.md):
 
-* ``calibration_statistics``: unit one calibration record, add/remove-one; the releases of one
+* ``calibration_statistics``: unit one calibration document, add/remove-one; the releases of one
   participant composed with Opacus RDP and PRV, the larger reported. Masks, votes and the pruned model are
   post-processing, so this is the record-level guarantee of everything the participant sends.
 * ``mask_bits``: unit one participant's randomized mask; eps0 per coordinate (pure DP) and the exact
@@ -299,8 +299,8 @@ class Signature(_Frozen):
 PRIVACY_UNITS = [
     PrivacyUnit(
         layer="calibration_statistics",
-        unit="one calibration record (sequence) of one participant",
-        neighbouring_relation="add or remove one record of the participant's local corpus",
+        unit="one document of one participant's calibration file (all of its windows)",
+        neighbouring_relation="add or remove one document of the participant's calibration file",
     ),
     PrivacyUnit(
         layer="mask_bits",
