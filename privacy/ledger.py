@@ -24,7 +24,10 @@ Parameters each mechanism writes (the report's recomputation reads exactly these
   Poisson sample), ``sublayers``, ``shrinkage``.
 * ``randomized_response``: ``epsilon0`` (effective), ``requested_epsilon0``, ``threshold``,
   ``threshold_bits``, ``flip_probability``; ``count`` = coordinates randomized.
-* ``secure_aggregation``: ``participants``, ``threshold``, ``survivors``; ``count`` = coordinates summed.
+* ``secure_aggregation`` (one event per session): exactly ``participants`` (n), ``threshold`` (t),
+  ``survivors`` (participants whose inputs were summed) and ``colluders`` (c, assumed), all integers with
+  0 <= c < t <= survivors <= n; ``count`` = coordinates summed. The report derives the minimum honest
+  survivors from them (smallest survivors - c) and checks its threat model against them.
 """
 
 from __future__ import annotations
