@@ -1,0 +1,311 @@
+"""The coordinator's configuration: a TOML file read into frozen pydantic models.
+
+The keys of the issue's table are the public contract; every other key has a default, so a file holding
+only the contract keys runs (``examples/coordinator-minimal.toml``). Unknown keys are refused naming the
+key; relative paths are relative to the config file; a bad value fails naming ``section.key``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from coordinator.aggregation import ComparisonGroup
+from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.secagg.parameters import (
+    DEFAULT_CHUNK_COORDINATES,
+    MAX_BIT_WIDTH,
+    check_threshold,
+    default_threshold,
+)
+from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, check_address
+from pruning.masks import SparsityPattern, parse_pattern
+from pruning.methods import Method
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls it in there only)
+    import tomli as tomllib
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_EPSILON = 8.0
+"""Record-level epsilon (at delta) when record-level DP is on and neither sigma nor a target is given.
+
+The same default as ``fedprune.private_votes``; the coordinator cannot import ``fedprune``, so it is
+repeated here and the configuration tests check that both agree.
+"""
+
+# Mode of fedprune.simulate.Mode by value; a Literal because coordinator/ cannot import fedprune/.
+RunMode = Literal["one-shot", "iterative"]
+
+# The widest masked chunk: b bits a coordinate with b <= MAX_BIT_WIDTH must fit one 4 MiB message.
+MAX_CHUNK_COORDINATES = MAX_CHUNK_PAYLOAD_BYTES * 8 // MAX_BIT_WIDTH
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the file and the field."""
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    # Relative to the file, not to the working directory, so a unit file or a cron job finds the same
+    # paths as an operator in a shell.
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+
+
+def _address(value: str) -> str:
+    return check_address(value)
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSection(_Section):
+    """``[server]``: where the coordinator listens, and how long it waits."""
+
+    address: Address
+    """``host:port`` to listen on, e.g. ``0.0.0.0:50051``."""
+    max_workers: int = Field(16, ge=1)
+    """Threads serving calls; each connected participant holds at most one long poll."""
+    join_timeout_s: float | None = Field(None, gt=0)
+    """How long to wait for ``min_participants`` to join; None waits until they do."""
+    round_timeout_s: float = Field(600.0, gt=0)
+    """How long one secure-aggregation round waits before those missing count as dropped."""
+    await_poll_s: float = Field(20.0, gt=0)
+    """Longest a participant's Await call is held open before the coordinator answers Wait."""
+
+
+class TlsSection(_Section):
+    """``[tls]``: PEM files of the coordinator's server certificate and of the CA its participants use."""
+
+    ca: ConfigPath
+    certificate: ConfigPath
+    private_key: ConfigPath
+
+
+class RunSection(_Section):
+    """``[run]``: the model, who may join, and how to prune."""
+
+    model: ConfigPath
+    """Base checkpoint directory (``save_pretrained`` layout)."""
+    participants: tuple[str, ...] = Field(min_length=1)
+    """Certificate common names allowed to join."""
+    min_participants: int | None = Field(None, ge=1)
+    """Joins needed before the run starts; default every listed participant."""
+    threshold: int | None = Field(None, ge=1)
+    """Secure-aggregation threshold t; default floor(2m/3) + 1 for m = min_participants."""
+    method: Method = Method.WANDA
+    pattern: str = "unstructured"
+    """``unstructured`` or N:M such as ``2:4``."""
+    sparsity: float | None = None
+    """Fraction pruned, in (0, 1); implied by an N:M pattern."""
+    group: ComparisonGroup = ComparisonGroup.LAYER
+    mode: RunMode = "one-shot"
+    nsamples: int = Field(128, ge=1)
+    seqlen: int | None = Field(None, ge=1)
+    """Tokens per calibration sample; default 2048 capped at the model's context length."""
+    weight_scaling: bool = False
+    chunk_coordinates: int = Field(DEFAULT_CHUNK_COORDINATES, ge=64, le=MAX_CHUNK_COORDINATES, multiple_of=64)
+    """Coordinates per masked-input chunk; at b bits a coordinate the payload stays under 4 MiB."""
+
+    @field_validator("participants")
+    @classmethod
+    def _distinct_names(cls, participants: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not name.strip() for name in participants):
+            raise ValueError("must not contain an empty name")
+        duplicates = sorted({name for name in participants if participants.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"lists {', '.join(duplicates)} more than once")
+        return participants
+
+    @field_validator("min_participants")
+    @classmethod
+    def _reachable(cls, minimum: int | None, info: ValidationInfo) -> int | None:
+        listed = info.data.get("participants")
+        if minimum is not None and listed is not None and minimum > len(listed):
+            raise ValueError(f"{minimum} exceeds the {len(listed)} listed participants")
+        return minimum
+
+    @field_validator("sparsity")
+    @classmethod
+    def _fits_pattern(cls, sparsity: float | None, info: ValidationInfo) -> float | None:
+        pattern = info.data.get("pattern")
+        if pattern is not None:
+            try:
+                parse_pattern(pattern, sparsity)
+            except ValueError as error:
+                raise ValueError(f"{error} (pattern {pattern!r})") from None
+        return sparsity
+
+    @property
+    def min_participants_or_default(self) -> int:
+        """Return the joins needed before the run starts."""
+        return self.min_participants if self.min_participants is not None else len(self.participants)
+
+    def threshold_for(self, *, colluders: int) -> int:
+        """Return t, the secure-aggregation threshold: as configured, or the default for min_participants."""
+        if self.threshold is not None:
+            return self.threshold
+        return default_threshold(self.min_participants_or_default, colluders=colluders)
+
+    @property
+    def sparsity_pattern(self) -> SparsityPattern:
+        """Return the sparsity pattern of ``pattern`` and ``sparsity``."""
+        return parse_pattern(self.pattern, self.sparsity)
+
+
+class PrivacySection(_Section):
+    """``[privacy]``: the run's privacy parameters (every key has a default, so the section is optional)."""
+
+    randomized_response: bool = True
+    epsilon0: float = Field(4.0, gt=0)
+    """Randomized response per mask bit (used when ``randomized_response`` is on)."""
+    record_level_dp: bool = True
+    noise_multiplier: float | None = Field(None, gt=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    """Record-level epsilon at ``delta``; default 8.0 when record-level DP is on and no sigma is given."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    sample_rate: float = Field(1.0, gt=0, le=1)
+    """Poisson sampling rate of each participant's records per block."""
+    colluders: int | None = Field(None, ge=0)
+    """Participants assumed to collude with the coordinator; default the most the threshold tolerates."""
+    accountant_tolerance: float = Field(DEFAULT_ACCOUNTANT_TOLERANCE, ge=0)
+    """Largest relative gap allowed between the RDP and PRV accountants."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_target(cls, data: Any) -> Any:
+        # The default target applies only when nothing else was said, so it is filled before validation
+        # (a frozen model cannot be changed after it).
+        if isinstance(data, dict):
+            data = dict(data)
+            record_level = data.get("record_level_dp", True)
+            if record_level is True and data.get("noise_multiplier") is None and data.get("target_epsilon") is None:
+                data["target_epsilon"] = DEFAULT_TARGET_EPSILON
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacySection:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError("give either noise_multiplier or target_epsilon, not both")
+        if not self.record_level_dp and (self.noise_multiplier is not None or self.target_epsilon is not None):
+            raise ValueError("noise_multiplier and target_epsilon need record_level_dp = true")
+        return self
+
+
+class OutputSection(_Section):
+    """``[output]``: where results and durable state go, and the long-term report key."""
+
+    directory: ConfigPath
+    """The pruned checkpoint, ``sparsity.json`` and ``privacy_report.json``."""
+    state: ConfigPath
+    """Durable run state (SQLite and memory-mapped counts); a restart with it resumes the run."""
+    signing_key: ConfigPath
+    """Ed25519 report key, created 0600 if absent; its public half is written to ``<signing_key>.pub``."""
+    overwrite: bool = False
+    """Allow a non-empty output directory."""
+
+    @property
+    def signing_public_key(self) -> Path:
+        """Return where the public half of the report key is written for auditors."""
+        return self.signing_key.with_name(self.signing_key.name + ".pub")
+
+
+class CoordinatorConfig(_Section):
+    """The whole coordinator configuration file."""
+
+    server: ServerSection
+    tls: TlsSection
+    run: RunSection
+    privacy: PrivacySection = Field(default_factory=lambda: PrivacySection.model_validate({}))
+    output: OutputSection
+
+    @model_validator(mode="after")
+    def _threshold_is_safe(self) -> CoordinatorConfig:
+        # Checked against min_participants: every session has at least that many members, and a threshold
+        # that is safe and reachable for them stays reachable for more (the run fixes t at the start).
+        minimum = self.run.min_participants_or_default
+        colluders = self.privacy.colluders or 0
+        try:
+            check_threshold(self.run.threshold_for(colluders=colluders), participants=minimum, colluders=colluders)
+        except ValueError as error:
+            raise ValueError(f"run.threshold (with run.min_participants {minimum}, privacy.colluders "
+                             f"{colluders}): {error}") from None
+        return self
+
+    @property
+    def threshold(self) -> int:
+        """Return t, the secure-aggregation threshold of every session of the run."""
+        return self.run.threshold_for(colluders=self.privacy.colluders or 0)
+
+    def check_paths(self) -> None:
+        """Return None if the input files exist; raise ConfigError naming the field otherwise.
+
+        Separate from validation so that a config can be read (and tested) on a machine without the files.
+        """
+        for field, path, kind in (
+            ("tls.ca", self.tls.ca, "file"),
+            ("tls.certificate", self.tls.certificate, "file"),
+            ("tls.private_key", self.tls.private_key, "file"),
+            ("run.model", self.run.model, "directory"),
+        ):
+            exists = path.is_dir() if kind == "directory" else path.is_file()
+            if not exists:
+                raise ConfigError(f"{field}: no {kind} at {path}")
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key"
+    if error["type"] == "missing":
+        return f"{location}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    # Cross-section checks have no single location; their message starts with the fields it concerns.
+    return f"{location}: {message}" if location else message
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config") -> CoordinatorConfig:
+    """Return the validated configuration of a parsed TOML document (paths relative to ``base_dir``)."""
+    try:
+        return CoordinatorConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as error:
+        problems = "; ".join(_describe(e) for e in error.errors(include_url=False))
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path) -> CoordinatorConfig:
+    """Return the coordinator configuration read from the TOML file at ``path``."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
