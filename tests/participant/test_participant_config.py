@@ -79,7 +79,7 @@ def test_a_run_that_meets_every_minimum_is_accepted() -> None:
     minimums = load_config(EXAMPLES / "participant.toml").privacy
     assert minimums is not None
     assert minimums.violations(**STRONG_RUN) == []
-    assert PrivacyMinimums().violations(**{**STRONG_RUN, "record_level_dp": False, "randomized_response": False}) == []
+    assert PrivacyMinimums.model_validate({}).violations(**{**STRONG_RUN, "record_level_dp": False, "randomized_response": False}) == []
 
 
 @pytest.mark.parametrize(
