@@ -5,8 +5,9 @@ shards), prints the perplexity on the union of held-out tails of:
 - magnitude pruning (no data: the eps = 0 baseline every private result must beat),
 - the non-private federated model (exact statistics, true votes),
 - randomized response on mask bits at each eps0 (with secure aggregation, exact statistics),
-- record-level DP calibration statistics at each noise multiplier sigma (records = disjoint windows; every
-  record used per block, sample rate 1), with its record-level epsilon at delta,
+- record-level DP calibration statistics at each noise multiplier sigma (a record is one document, a
+  docstring, with all of its 128-token windows; every document of the site's corpus is a candidate per
+  block, sample rate 1), with its record-level epsilon at delta,
 - record-level DP at a target epsilon (default 8) for several local corpus sizes N with Poisson sampling
   rate q = records / N (amplification by subsampling): how many records a site needs.
 
@@ -27,7 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--participants", default="4,16")
-    parser.add_argument("--records", type=int, default=32, help="records per site per block [32]")
+    parser.add_argument("--records", type=int, default=32, help="documents per site (its local corpus) [32]")
     parser.add_argument("--epsilon0", default="8,4,2,1")
     parser.add_argument("--sigmas", default="0.5,1,2,4,8")
     parser.add_argument("--target-epsilon", type=float, default=8.0)
@@ -52,14 +53,14 @@ def main() -> int:
 
     import torch
 
-    from fedprune.demo import locate_or_build, participant_files
+    from fedprune.demo import locate_or_build, participant_document_files
     from fedprune.private_votes import PrivacySettings, PrivateVoteAggregation, statistic_aggregator
-    from fedprune.simulate import SimulationSettings, load_participant_samples, magnitude_model, simulate
+    from fedprune.simulate import SimulationSettings, load_participant_records, magnitude_model, simulate
     from privacy.accounting import gaussian_epsilon
     from privacy.ledger import Mechanism, PrivacyLedger
     from privacy.report import gaussian_releases
     from pruning.adapters import decoder_blocks
-    from pruning.data import evaluation_stream
+    from pruning.data import CalibrationSet, evaluation_stream
     from pruning.masks import parse_pattern
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
     from pruning.perplexity import perplexity
@@ -94,11 +95,33 @@ def main() -> int:
         outcomes = [run_once(files, nsamples, privacy) for _ in range(args.repeats if noisy else 1)]
         return [value for value, _ in outcomes], outcomes[0][1]
 
+    corpora: dict[tuple[str, ...], list[CalibrationSet]] = {}
+
+    def local_corpora(files, documents: int) -> list[CalibrationSet]:
+        """Return each site's local corpus: ``documents`` of its documents, evenly spread over its file."""
+        key = tuple(map(str, files))
+        if key not in corpora:
+            corpora[key] = load_participant_records(files, tokenizer, seqlen=demo.seq_len, vocab_size=vocab)
+        sites = []
+        for whole in corpora[key]:
+            ids = sorted(set(whole.record_of_window))
+            if len(ids) < documents:
+                raise ValueError(f"a site holds {len(ids)} documents, fewer than {documents}")
+            chosen = {ids[int(i * len(ids) / documents)] for i in range(documents)}
+            kept = [(w, r) for w, r in zip(whole.windows, whole.record_of_window, strict=True) if r in chosen]
+            sites.append(
+                CalibrationSet(
+                    windows=tuple(w for w, _ in kept),
+                    record_of_window=tuple(r for _, r in kept),
+                    documents=documents,
+                )
+            )
+        return sites
+
     def run_once(files, nsamples: int, privacy: PrivacySettings | None) -> tuple[float, float | None]:
-        settings = SimulationSettings(pattern=pattern, nsamples=nsamples, seqlen=demo.seq_len, seed=0)
-        samples = load_participant_samples(
-            files, tokenizer, settings=settings, vocab_size=vocab, disjoint=True
-        )
+        # Every row calibrates on the same local corpora (nsamples documents per site), exact or private.
+        settings = SimulationSettings(pattern=pattern, seqlen=demo.seq_len, seed=0)
+        samples = local_corpora(files, nsamples)
         ledger = PrivacyLedger()
         votes = PrivateVoteAggregation(privacy, ledger, participants=len(files)) if privacy else None
         stats = None
@@ -130,7 +153,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     magnitude = ppl(magnitude_model(base, pattern=pattern, device=device))
     for participants in (int(p) for p in args.participants.split(",")):
-        files = participant_files(demo, participants)
+        files = participant_document_files(demo, participants)
 
         def add(
             label: str,
@@ -157,13 +180,13 @@ def main() -> int:
         for eps0 in args.epsilon0.split(",") if "rr" in sections else []:
             add(
                 f"RR eps0={eps0} + secagg",
-                run(files, args.records, PrivacySettings(epsilon0=float(eps0))),
+                run(files, args.records, PrivacySettings(epsilon0=float(eps0), record_level_dp=False)),
                 records=args.records,
             )
         if "rr" in sections:
             add(
                 "RR eps0=inf + secagg",
-                run(files, args.records, PrivacySettings(epsilon0=None)),
+                run(files, args.records, PrivacySettings(epsilon0=None, record_level_dp=False)),
                 records=args.records,
             )
         for sigma in args.sigmas.split(",") if "sigma" in sections else []:
@@ -191,7 +214,7 @@ def main() -> int:
             )
             try:
                 value = run(files, corpus, privacy)
-            except Exception as error:  # a site too small for N disjoint windows: say so in the table
+            except Exception as error:  # a site with fewer than N documents: say so in the table
                 print(f"N={corpus}: {error}", file=sys.stderr)
                 continue
             add(

@@ -1,7 +1,8 @@
 """The privacy pipeline of a run, as the service runs it: noisy statistics, randomized votes, secure sums.
 
-- Calibration statistics (optional, record-level DP): each participant's statistics go through a
-  ``privacy.calibration_dp.DPStatisticAggregator``; every mask is then post-processing.
+- Calibration statistics (record-level DP, on by default): each participant's statistics go through a
+  ``privacy.calibration_dp.DPStatisticAggregator``; every mask is then post-processing. The record is one
+  document of the participant's calibration file.
 - Mask bits: each participant randomizes its keep-vote bits with eps0-randomized response (one noisy bit
   per weight per run).
 - Aggregation: the randomized bits are summed by a full secure-aggregation session (``privacy.secagg``),
@@ -29,28 +30,45 @@ from privacy.secagg import aggregate_in_process, default_threshold
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_TARGET_EPSILON = 8.0
+"""Record-level epsilon (at delta 1e-5) of a run that names neither a noise multiplier nor a target."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PrivacySettings:
     """The privacy parameters of a run."""
 
     epsilon0: float | None = 4.0
     """Randomized response on mask bits; None (or inf) sends true bits (only secure aggregation hides them)."""
+    record_level_dp: bool = True
+    """DP calibration statistics, the only record-level guarantee; off leaves the statistics exact."""
     noise_multiplier: float | None = None
-    """Record-level DP on calibration statistics; None leaves the statistics exact (no record-level claim)."""
+    """Noise multiplier of the record-level DP statistics (instead of ``target_epsilon``)."""
     target_epsilon: float | None = None
-    """Alternative to ``noise_multiplier``: the record-level epsilon at ``delta`` the noise is derived from."""
+    """The record-level epsilon at ``delta`` the noise is derived from; default
+    :data:`DEFAULT_TARGET_EPSILON` when record-level DP is on and no noise multiplier is given."""
     delta: float = 1e-5
     sample_rate: float = 1.0
     """Poisson sampling rate of each participant's records per block (amplification by subsampling)."""
     secure_aggregation: bool = True
     threshold: int | None = None
     """Secure-aggregation threshold t; default floor(2n/3) + 1."""
+    colluders: int | None = None
+    """Participants assumed to collude with the coordinator (c); default the most the threshold tolerates."""
     accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE
     """Largest relative gap allowed between the RDP and PRV accountants before the run fails."""
 
     def __post_init__(self) -> None:
         if self.epsilon0 is not None and not (self.epsilon0 > 0):
             raise PrivacyError(f"epsilon0 must be positive, got {self.epsilon0}")
+        if not self.record_level_dp and (
+            self.noise_multiplier is not None or self.target_epsilon is not None
+        ):
+            raise PrivacyError("noise_multiplier and target_epsilon need record_level_dp")
+        if self.record_level_dp and self.noise_multiplier is None and self.target_epsilon is None:
+            object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
+        if self.colluders is not None and self.colluders < 0:
+            raise PrivacyError(f"colluders must be >= 0, got {self.colluders}")
         if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise PrivacyError("give either a noise multiplier (sigma) or a target epsilon, not both")
         if self.noise_multiplier is not None and not (self.noise_multiplier > 0):
@@ -70,7 +88,37 @@ class PrivacySettings:
     @property
     def private_statistics(self) -> bool:
         """Return True when calibration statistics are record-level DP."""
-        return self.noise_multiplier is not None or self.target_epsilon is not None
+        return self.record_level_dp
+
+    def describe(self) -> dict[str, object]:
+        """Return the layers of the run in words and numbers (for ``simulation.json`` and logs)."""
+        return {
+            "record_level_dp": (
+                {
+                    "unit": "one document of a participant's calibration file (add/remove)",
+                    "target_epsilon": self.target_epsilon,
+                    "noise_multiplier": self.noise_multiplier,
+                    "delta": self.delta,
+                    "sample_rate": self.sample_rate,
+                }
+                if self.record_level_dp
+                else "off: calibration statistics are exact, no record-level guarantee"
+            ),
+            "randomized_response": (
+                {
+                    "epsilon0": self.epsilon0,
+                    "note": "limits what one vote reveals; not a record-level guarantee",
+                }
+                if self.randomizes_bits
+                else "off"
+            ),
+            "secure_aggregation": self.secure_aggregation,
+        }
+
+
+def max_colluders(participants: int, threshold: int) -> int:
+    """Return the most colluders c the threshold tolerates: c <= t - 1 and t > (n + c) / 2."""
+    return max(0, min(threshold - 1, 2 * threshold - participants - 1))
 
 
 def participant_name(index: int) -> str:
@@ -113,6 +161,13 @@ class PrivateVoteAggregation:
         self.threshold = settings.threshold or default_threshold(participants)
         if not 1 <= self.threshold <= participants:
             raise PrivacyError(f"threshold {self.threshold} must lie in [1, {participants}]")
+        tolerated = max_colluders(participants, self.threshold)
+        self.colluders = tolerated if settings.colluders is None else settings.colluders
+        if self.colluders > tolerated:
+            raise PrivacyError(
+                f"colluders {self.colluders} exceeds what threshold {self.threshold} of {participants} tolerates "
+                f"({tolerated}: c < t and t > (n + c) / 2)"
+            )
         self._randomizers = (
             [RandomizedResponse(epsilon0=settings.epsilon0) for _ in range(participants)]  # type: ignore[arg-type]
             if settings.randomizes_bits
@@ -159,7 +214,13 @@ class PrivateVoteAggregation:
                     participant="*",
                     round=round_index,
                     count=int(vectors[0].size),
-                    parameters={"participants": self.participants, "threshold": self.threshold},
+                    parameters={
+                        "participants": self.participants,
+                        "threshold": self.threshold,
+                        # In one process nobody drops out: every participant's vector is in the sum.
+                        "survivors": self.participants,
+                        "colluders": self.colluders,
+                    },
                 )
             )
         else:
@@ -172,3 +233,28 @@ class PrivateVoteAggregation:
             )
             offset += size
         return result
+
+
+def released_dimension(block: torch.nn.Module, *, gram: bool) -> int:
+    """Return D, the number of coordinates one block's joint release has (shared inputs counted once)."""
+    from privacy.calibration_dp import shared_input_group
+    from pruning.adapters import linear_sublayers
+
+    widths = {shared_input_group(name): sub.in_features for name, sub in linear_sublayers(block).items()}
+    return sum(w * (w + 1) // 2 if gram else w for w in widths.values())
+
+
+def planned_noise_multiplier(settings: PrivacySettings, *, blocks: int) -> float:
+    """Return the noise multiplier the run's record-level DP will use over ``blocks`` releases."""
+    from privacy.accounting import noise_multiplier_for_epsilon
+
+    if settings.noise_multiplier is not None:
+        return settings.noise_multiplier
+    assert settings.target_epsilon is not None
+    return noise_multiplier_for_epsilon(
+        target_epsilon=settings.target_epsilon,
+        delta=settings.delta,
+        releases=blocks,
+        sample_rate=settings.sample_rate,
+        tolerance=settings.accountant_tolerance,
+    )

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from coordinator.aggregation import ComparisonGroup, VoteTally, check_counts, global_mask, scaled_weight
 from participant.voting import KeepVotes, iterative_votes, one_shot_votes
 from pruning.adapters import iter_prunable, qualified_name
-from pruning.data import calibration_samples
+from pruning.data import CalibrationSet, calibration_records, calibration_samples, pooled
 from pruning.local import check_pattern_fits, prune_model
 from pruning.masks import SparsityPattern
 from pruning.methods import Method
@@ -97,7 +97,10 @@ def load_participant_samples(
     vocab_size: int,
     disjoint: bool = False,
 ) -> list[torch.Tensor]:
-    """Return each participant's calibration samples, drawn from its own file (``disjoint``: no overlap)."""
+    """Return each participant's ``nsamples`` calibration windows, drawn from its own file (exact statistics).
+
+    ``disjoint`` draws non-overlapping windows.
+    """
     return [
         calibration_samples(
             path,
@@ -107,6 +110,27 @@ def load_participant_samples(
             seed=settings.seed,
             vocab_size=vocab_size,
             disjoint=disjoint,
+        )
+        for path in files
+    ]
+
+
+def load_participant_records(
+    files: Sequence[str | Path],
+    tokenizer: object,
+    *,
+    seqlen: int,
+    vocab_size: int,
+    max_windows_per_record: int | None = None,
+) -> list[CalibrationSet]:
+    """Return every document of each participant's file as windows tagged by document (record-level DP)."""
+    return [
+        calibration_records(
+            path,
+            tokenizer,  # type: ignore[arg-type]
+            seqlen=seqlen,
+            vocab_size=vocab_size,
+            max_windows_per_record=max_windows_per_record,
         )
         for path in files
     ]
@@ -148,7 +172,7 @@ def _select(
 
 def simulate(
     base: nn.Module,
-    participant_samples: Sequence[torch.Tensor | None],
+    participant_samples: Sequence[torch.Tensor | CalibrationSet | None],
     *,
     settings: SimulationSettings,
     device: torch.device,
@@ -243,16 +267,20 @@ def global_model_from_votes(
 
 def centralized_model(
     base: nn.Module,
-    participant_samples: Sequence[torch.Tensor],
+    participant_samples: Sequence[torch.Tensor | CalibrationSet],
     *,
     settings: SimulationSettings,
     device: torch.device,
 ) -> nn.Module:
     """Return the model pruned at one site holding every participant's calibration samples."""
     model = copy.deepcopy(base)
-    pooled = torch.cat(list(participant_samples), dim=0)
     prune_model(
-        model, pooled, method=settings.method, pattern=settings.pattern, device=device, progress=False
+        model,
+        pooled(participant_samples),
+        method=settings.method,
+        pattern=settings.pattern,
+        device=device,
+        progress=False,
     )
     return model
 
@@ -278,6 +306,7 @@ __all__ = [
     "centralized_model",
     "evaluate",
     "global_model_from_votes",
+    "load_participant_records",
     "load_participant_samples",
     "magnitude_model",
     "simulate",

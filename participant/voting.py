@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pruning.adapters import qualified_name
+from pruning.data import CalibrationSet
 from pruning.local import check_pattern_fits, prune_model, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import Method, decide
@@ -24,7 +25,7 @@ KeepVotes = dict[str, torch.Tensor]
 
 def one_shot_votes(
     model: nn.Module,
-    samples: torch.Tensor | None,
+    samples: torch.Tensor | CalibrationSet | None,
     *,
     method: Method,
     pattern: SparsityPattern,
@@ -48,7 +49,7 @@ def one_shot_votes(
 
 def iterative_votes(
     model: nn.Module,
-    samples: torch.Tensor | None,
+    samples: torch.Tensor | CalibrationSet | None,
     *,
     method: Method,
     pattern: SparsityPattern,

@@ -487,3 +487,49 @@ class DPStatisticAggregator:
     def epsilon(self, *, delta: float) -> GaussianEpsilon:
         """Return the composed record-level epsilon at ``delta`` of every block released so far."""
         return gaussian_epsilon(self.releases, delta=delta, tolerance=self.accountant_tolerance)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalOutlook:
+    """What the record-level noise leaves of the calibration statistics, estimated before a run."""
+
+    records: int
+    noise_multiplier: float
+    sample_rate: float
+    dimension: int
+    ratio: float
+    """q * N / (sigma * sqrt(D)): the expected per-coordinate signal over the noise's standard deviation."""
+    verdict: str
+
+
+def signal_outlook(*, records: int, noise_multiplier: float, sample_rate: float, dimension: int) -> SignalOutlook:
+    """Return the expected signal-to-noise ratio of one block's release, and what it means for the mask.
+
+    Each sampled record adds a unit-norm vector spread over the block's D released coordinates, so a
+    coordinate's expected signal is about q * N / sqrt(D), against noise of standard deviation sigma.
+    Feature-to-feature differences (what separates Wanda from magnitude pruning) are a fraction of that
+    signal, and shrinkage keeps a deviation only once it stands out of the noise.
+    """
+    if records < 0 or dimension < 1:
+        raise PrivacyError(f"records must be >= 0 and dimension >= 1, got {records} and {dimension}")
+    ratio = sample_rate * records / (noise_multiplier * math.sqrt(dimension))
+    if ratio < 1.0:
+        verdict = (
+            f"with {records} records the noise dominates: the statistics will be shrunk to the public prior "
+            "and the mask will be close to magnitude pruning"
+        )
+    elif ratio < 10.0:
+        verdict = (
+            f"with {records} records only strongly outlying features will stand out of the noise: expect a "
+            "mask between magnitude pruning and non-private pruning"
+        )
+    else:
+        verdict = f"with {records} records the statistics will keep most of their signal"
+    return SignalOutlook(
+        records=records,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        dimension=dimension,
+        ratio=ratio,
+        verdict=verdict,
+    )

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from pruning.adapters import LinearSublayer, decoder_blocks, iter_prunable, linear_sublayers, qualified_name
 from pruning.calibration import BlockRunner
+from pruning.data import CalibrationSet
 from pruning.errors import PruningInputError
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method, apply_decision, decide
@@ -30,7 +31,7 @@ BlockStatistics = dict[str, torch.Tensor | None]
 
 def scored_blocks(
     model: nn.Module,
-    samples: torch.Tensor | None,
+    samples: torch.Tensor | CalibrationSet | None,
     *,
     method: Method,
     device: torch.device,
@@ -58,7 +59,7 @@ def scored_blocks(
 @torch.no_grad()
 def prune_model(
     model: nn.Module,
-    samples: torch.Tensor | None,
+    samples: torch.Tensor | CalibrationSet | None,
     *,
     method: Method,
     pattern: SparsityPattern,

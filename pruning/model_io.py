@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pruning.adapters import decoder_blocks, layout_for
+from pruning.data import CalibrationSet
 from pruning.errors import PruningInputError
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,13 @@ def resolve_seqlen(model: nn.Module, requested: int | None, *, default: int = 20
     return requested
 
 
-def check_samples_fit(model: nn.Module, samples: torch.Tensor) -> None:
+def check_samples_fit(model: nn.Module, samples: torch.Tensor | CalibrationSet) -> None:
     """Raise if calibration samples are longer than the model's context."""
     limit = context_length(model)
-    if limit is not None and samples.shape[-1] > limit:
+    longest = samples.longest if isinstance(samples, CalibrationSet) else samples.shape[-1]
+    if limit is not None and longest > limit:
         raise PruningInputError(
-            f"calibration samples have {samples.shape[-1]} tokens, more than the model's context length {limit}"
+            f"calibration samples have {longest} tokens, more than the model's context length {limit}"
         )
 
 

@@ -21,3 +21,9 @@ def model_dir(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _private_signing_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the long-term report key of commands run by tests out of the user's home directory."""
+    monkeypatch.setenv("FEDPRUNE_SIGNING_KEY", str(tmp_path_factory.mktemp("keys") / "signing.key"))

@@ -1,8 +1,9 @@
-"""``fedprune simulate`` as an operator runs it: private by default, a loud research mode, a baseline table."""
+"""``fedprune simulate`` as an operator runs it: record-level DP by default, loud weaker modes, a baseline table."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ from tests.tiny import random_text
 def federation(model_dir, tmp_path: Path) -> dict[str, Path | list[Path]]:
     files = []
     for i in range(3):
-        path = tmp_path / f"site{i}.txt"
-        path.write_text(random_text(1200, seed=20 + i), encoding="utf-8")
+        # One document per line: the unit of record-level privacy.
+        path = tmp_path / f"site{i}.jsonl"
+        path.write_text(
+            "".join(json.dumps({"text": random_text(40, seed=100 * i + d)}) + "\n" for d in range(30)),
+            encoding="utf-8",
+        )
         files.append(path)
     held_out = tmp_path / "eval.txt"
     held_out.write_text(random_text(1500, seed=77), encoding="utf-8")
@@ -47,29 +52,68 @@ def _args(federation, out: Path, *extra: str) -> list[str]:
     return args + list(extra)
 
 
-def test_default_run_is_private_and_its_report_verifies(federation, tmp_path: Path, capsys) -> None:
+def _verify(report: Path, capsys) -> str:
+    from privacy.signing import key_fingerprint, load_or_create_signing_key
+
+    fingerprint = key_fingerprint(load_or_create_signing_key(os.environ["FEDPRUNE_SIGNING_KEY"]))
+    capsys.readouterr()
+    assert main(["audit", "verify", str(report), "--trusted-key", fingerprint]) == 0
+    return capsys.readouterr().out
+
+
+def test_default_run_has_record_level_dp_and_its_report_verifies(federation, tmp_path: Path, capsys) -> None:
     out = tmp_path / "global"
-    assert main(_args(federation, out, "--sigma", "3.0")) == 0
-    assert "WARNING" not in capsys.readouterr().err
+    assert main(_args(federation, out)) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err
+    assert "one document is the unit; epsilon 8 at delta 1e-05" in captured.out
+    assert "participant 2: 30 documents" in captured.out
     report = json.loads((out / "privacy_report.json").read_text())
     mechanisms = {entry["event"]["mechanism"] for entry in report["ledger"]}
     assert mechanisms == {"randomized_response", "secure_aggregation", "gaussian"}
-    assert (
-        main(
-            [
-                "audit",
-                "verify",
-                str(out / "privacy_report.json"),
-                "--public-key",
-                str(out / "privacy_report.pub"),
-            ]
-        )
-        == 0
-    )
+    calibration = [g for g in report["guarantees"] if g["layer"] == "calibration_statistics"]
+    assert len(calibration) == 3 and all(g["epsilon"] <= 8.0 for g in calibration)
+    assert not (out / "privacy_report.pub").exists()  # the key's public half never ships with the report
+    _verify(out / "privacy_report.json", capsys)
+    summary = json.loads((out / "simulation.json").read_text())
+    assert summary["privacy"]["record_level_dp"]["target_epsilon"] == 8.0
+    assert "one document" in summary["privacy"]["record_level_dp"]["unit"]
+    assert "not a record-level guarantee" in summary["privacy"]["randomized_response"]["note"]
     table = json.loads((out / "sparsity.json").read_text())
     assert table["total"]["sparsity"] == pytest.approx(0.5)
     loaded = load_model(out)
     assert loaded.config.model_type == "llama"
+
+
+def test_the_outlook_says_plainly_when_the_mask_will_be_close_to_magnitude(
+    federation, tmp_path: Path, capsys
+) -> None:
+    assert main(_args(federation, tmp_path / "noisy", "--target-epsilon", "0.5")) == 0
+    assert "the mask will be close to magnitude pruning" in capsys.readouterr().out
+
+
+def test_without_record_dp_the_run_says_it_makes_no_record_level_claim(
+    federation, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "exact"
+    assert main(_args(federation, out, "--record-dp", "off")) == 0
+    assert "no record-level privacy claim" in capsys.readouterr().err
+    summary = json.loads((out / "simulation.json").read_text())
+    assert summary["privacy"]["record_level_dp"].startswith("off")
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert not [g for g in report["guarantees"] if g["layer"] == "calibration_statistics"]
+    assert any("no record-level guarantee" in line for line in report["exclusions"])
+
+
+def test_no_model_is_written_when_the_report_does_not_check(federation, tmp_path: Path, capsys) -> None:
+    """The report is built and checked first: a DP output never exists without its report."""
+    out = tmp_path / "refused"
+    code = main(
+        _args(federation, out, "--sigma", "1.0", "--sample-rate", "0.05", "--accountant-tolerance", "0.001")
+    )
+    assert code != 0
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    assert not (out / "privacy_report.json").exists()
 
 
 def test_privacy_off_says_so_loudly_and_writes_no_report(federation, tmp_path: Path, capsys) -> None:
@@ -83,7 +127,7 @@ def test_privacy_off_matches_exact_secure_sum_without_randomization(federation, 
     """Secure aggregation changes nothing but who sees what: with eps0 = inf the model equals the plain run."""
     plain, secure = tmp_path / "plain", tmp_path / "secure"
     assert main(_args(federation, plain, "--privacy", "off")) == 0
-    assert main(_args(federation, secure, "--epsilon0", "inf")) == 0
+    assert main(_args(federation, secure, "--epsilon0", "inf", "--record-dp", "off")) == 0
     a, b = load_model(plain).state_dict(), load_model(secure).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,8 +1,10 @@
 """``fedprune simulate``: every participant and the aggregation in one process, no network.
 
-With privacy on (the default) it runs the service's privacy pipeline: randomized response on each
-participant's keep-vote bits, secure aggregation of the votes, optional record-level DP on the calibration
-statistics, and a signed privacy report. ``--privacy off`` is the research baseline and says so loudly.
+With privacy on (the default) it runs the service's privacy pipeline: record-level DP on the calibration
+statistics (the record is one document; epsilon 8 at delta 1e-5 unless told otherwise), randomized response
+on each participant's keep-vote bits, secure aggregation of the votes, and a signed privacy report.
+``--record-dp off`` keeps the statistics exact (no record-level guarantee, and the output says so);
+``--privacy off`` is the research baseline and says so loudly.
 With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
 participant's local-only model, evaluates them all on ``--eval-data`` and prints the table.
 """
@@ -26,6 +28,11 @@ logger = logging.getLogger(__name__)
 PRIVACY_OFF_BANNER = (
     "WARNING: --privacy off: research baseline. Participants' raw keep-votes are summed in the clear, "
     "no randomized response, no secure aggregation, no privacy report. Do not run this on real data."
+)
+NO_RECORD_DP_BANNER = (
+    "WARNING: --record-dp off: calibration statistics are exact. Randomized response and secure "
+    "aggregation hide individual votes, but nothing bounds what the votes reveal about one document: "
+    "this run makes no record-level privacy claim."
 )
 
 
@@ -55,7 +62,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--mode", default="one-shot", choices=("one-shot", "iterative"), help="[one-shot]")
     parser.add_argument("--weight-scaling", action="store_true", help="scale kept weights by keep_votes/n")
     parser.add_argument(
-        "--nsamples", type=positive_int, default=128, help="calibration samples per participant"
+        "--nsamples",
+        type=positive_int,
+        default=128,
+        help="calibration windows per participant with exact statistics (with record-level DP every "
+        "document of the file is a candidate) [128]",
     )
     parser.add_argument("--seqlen", type=positive_int, help="tokens per sample [2048, capped at the context]")
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing calibration windows [0]")
@@ -69,19 +80,36 @@ def register(subparsers: Any) -> None:
         help="randomized response on mask bits, per coordinate; 'inf' disables it [4]",
     )
     privacy.add_argument(
+        "--record-dp",
+        choices=("on", "off"),
+        default="on",
+        help="record-level DP on the calibration statistics, the record being one document [on]",
+    )
+    privacy.add_argument(
         "--sigma", type=float, help="record-level DP noise multiplier for calibration statistics"
     )
     privacy.add_argument(
         "--target-epsilon",
         type=float,
-        help="record-level epsilon at --delta; the noise multiplier is derived from it",
+        help="record-level epsilon at --delta; the noise multiplier is derived from it [8]",
+    )
+    privacy.add_argument(
+        "--max-windows-per-document",
+        type=positive_int,
+        help="with record-level DP, read at most this many windows of each document (evenly spread) [all]",
+    )
+    privacy.add_argument(
+        "--signing-key",
+        type=Path,
+        help="long-term Ed25519 key that signs the privacy report, created (0600) if absent "
+        "[$FEDPRUNE_SIGNING_KEY or ~/.config/fedprune/signing.key]",
     )
     privacy.add_argument("--delta", type=float, default=1e-5, help="delta of the reported guarantees [1e-5]")
     privacy.add_argument(
         "--sample-rate",
         type=float,
         default=1.0,
-        help="Poisson sampling rate of records per block (with --sigma/--target-epsilon) [1]",
+        help="Poisson sampling rate of documents per block, with record-level DP [1]",
     )
     privacy.add_argument(
         "--accountant-tolerance",
@@ -104,16 +132,18 @@ def register(subparsers: Any) -> None:
 
 
 def _privacy_settings(args: argparse.Namespace) -> Any:
+    from fedprune.errors import CommandError
     from fedprune.private_votes import PrivacySettings
 
+    if (args.privacy == "off" or args.record_dp == "off") and (
+        args.sigma is not None or args.target_epsilon is not None
+    ):
+        raise CommandError("--sigma/--target-epsilon need --privacy on and --record-dp on")
     if args.privacy == "off":
-        if args.sigma is not None or args.target_epsilon is not None:
-            from fedprune.errors import CommandError
-
-            raise CommandError("--sigma/--target-epsilon need --privacy on")
         return None
     return PrivacySettings(
         epsilon0=None if math.isinf(args.epsilon0) else args.epsilon0,
+        record_level_dp=args.record_dp == "on",
         noise_multiplier=args.sigma,
         target_epsilon=args.target_epsilon,
         delta=args.delta,
@@ -139,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         SimulationSettings,
         centralized_model,
         evaluate,
+        load_participant_records,
         load_participant_samples,
         magnitude_model,
         simulate,
@@ -182,18 +213,22 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     vocab = vocabulary_size(base)
-    samples = (
-        [None] * len(args.participant_data)
-        if method is Method.MAGNITUDE
-        else load_participant_samples(
+    record_level = privacy is not None and privacy.private_statistics and method is not Method.MAGNITUDE
+    samples: list[Any]
+    if method is Method.MAGNITUDE:
+        samples = [None] * len(args.participant_data)
+    elif record_level:
+        samples = load_participant_records(
             args.participant_data,
             tokenizer,
-            settings=settings,
+            seqlen=settings.seqlen,
             vocab_size=vocab,
-            # Record-level DP protects one sample: samples must not share tokens.
-            disjoint=privacy is not None and privacy.private_statistics,
+            max_windows_per_record=args.max_windows_per_document,
         )
-    )
+    else:
+        samples = load_participant_samples(
+            args.participant_data, tokenizer, settings=settings, vocab_size=vocab
+        )
     for participant_samples in samples:
         if participant_samples is not None:
             check_samples_fit(base, participant_samples)
@@ -209,8 +244,11 @@ def run(args: argparse.Namespace) -> int:
 
         ledger = PrivacyLedger()
         vote_aggregator = PrivateVoteAggregation(privacy, ledger, participants=n)
-        if privacy.private_statistics and method is not Method.MAGNITUDE:
+        if not privacy.private_statistics:
+            print(NO_RECORD_DP_BANNER, file=sys.stderr)
+        elif record_level:
             blocks = len(decoder_blocks(base))
+            _print_outlook(privacy, base, samples, method=method, args=args)
 
             def statistic_aggregators(i: int) -> Any:
                 return statistic_aggregator(privacy, ledger, participant=i, blocks=blocks)
@@ -229,6 +267,11 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     elapsed = time.perf_counter() - started
+    report_path = None
+    if ledger is not None:
+        # The report is built and checked before any model output exists: a DP output never goes out
+        # without the report that accounts for it.
+        report_path = _write_report(privacy, ledger, vote_aggregator, out, signing_key=args.signing_key)
     save_model(result.model, tokenizer, out)
     table = sparsity_table(result.model)
     write_sparsity_json(table, out / "sparsity.json")
@@ -239,9 +282,9 @@ def run(args: argparse.Namespace) -> int:
         "group": args.group,
         "mode": args.mode,
         "weight_scaling": args.weight_scaling,
-        "nsamples": args.nsamples,
+        "nsamples": None if record_level else args.nsamples,
         "seqlen": settings.seqlen,
-        "privacy": args.privacy,
+        "privacy": privacy.describe() if privacy is not None else "off: research baseline, no privacy",
         "seconds": round(elapsed, 2),
         "sparsity": table["total"]["sparsity"],
     }
@@ -249,9 +292,8 @@ def run(args: argparse.Namespace) -> int:
         f"federated {method.value} ({pattern}, {args.group} group, {args.mode}) over {n} participants "
         f"in {elapsed:.1f} s; total sparsity {table['total']['sparsity']:.4f}; saved to {out}"
     )
-
-    if ledger is not None:
-        summary["privacy_report"] = str(_write_report(privacy, ledger, n, out))
+    if report_path is not None:
+        summary["privacy_report"] = str(report_path)
 
     if eval_stream is not None:
         rows: list[tuple[str, float]] = []
@@ -286,47 +328,76 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(privacy: Any, ledger: Any, participants: int, out: Path) -> Path:
-    """Build, sign and write the privacy report; return its path."""
+def _print_outlook(
+    privacy: Any, base: Any, samples: list[Any], *, method: Any, args: argparse.Namespace
+) -> None:
+    """Say before the run what the record-level noise will leave of each participant's statistics."""
+    from fedprune.private_votes import planned_noise_multiplier, released_dimension
+    from privacy.calibration_dp import signal_outlook
+    from pruning.adapters import decoder_blocks
+    from pruning.statistics import StatisticKind
+
+    blocks = decoder_blocks(base)
+    sigma = planned_noise_multiplier(privacy, blocks=len(blocks))
+    dimension = released_dimension(blocks[0], gram=method.statistic is StatisticKind.GRAM)
+    target = (
+        f"epsilon {privacy.target_epsilon:g}" if privacy.target_epsilon is not None else f"sigma {sigma:.3g}"
+    )
+    print(
+        f"record-level DP: one document is the unit; {target} at delta {privacy.delta:g} over {len(blocks)} "
+        f"blocks -> noise multiplier {sigma:.3g}, sample rate {privacy.sample_rate:g}, {dimension} released "
+        "coordinates per block"
+    )
+    for i, calibration in enumerate(samples):
+        outlook = signal_outlook(
+            records=calibration.records,
+            noise_multiplier=sigma,
+            sample_rate=privacy.sample_rate,
+            dimension=dimension,
+        )
+        print(
+            f"  participant {i}: {calibration.documents} documents, {len(calibration.windows)} windows; "
+            f"signal/noise {outlook.ratio:.2f}: {outlook.verdict}"
+        )
+
+
+def _write_report(privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_key: Path | None) -> Path:
+    """Build and check the privacy report, sign it with the long-term key and write it; return its path."""
+    import os
     import uuid
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from privacy.report import ThreatModel, build_report, write_signed_report
+    from privacy.signing import grouped_fingerprint, load_or_create_signing_key
 
-    from privacy.report import ThreatModel, build_report, sign_report
-    from privacy.secagg import default_threshold
-
-    threshold = privacy.threshold or default_threshold(participants)
     threat = ThreatModel(
-        participants=participants,
-        secure_aggregation_threshold=threshold,
-        minimum_honest_survivors=threshold,
+        participants=votes.participants,
+        secure_aggregation_threshold=votes.threshold,
+        max_colluding_participants=votes.colluders,
         transport="in-process simulation (no network)",
     )
     exclusions = (
         []
         if privacy.private_statistics
-        else [
-            "calibration statistics are exact: no record-level guarantee is claimed (use --sigma or --target-epsilon)"
-        ]
+        else ["calibration statistics are exact: no record-level guarantee is claimed (--record-dp off)"]
     )
-    key = Ed25519PrivateKey.generate()
-    report = sign_report(
-        build_report(
-            ledger=ledger,
-            threat_model=threat,
-            delta=privacy.delta,
-            run_id=str(uuid.uuid4()),
-            exclusions=exclusions,
-            accountant_tolerance=privacy.accountant_tolerance,
-        ),
-        key,
+    report = build_report(
+        ledger=ledger,
+        threat_model=threat,
+        delta=privacy.delta,
+        run_id=str(uuid.uuid4()),
+        exclusions=exclusions,
+        accountant_tolerance=privacy.accountant_tolerance,
     )
-    path = out / "privacy_report.json"
-    path.write_text(report.to_json(), encoding="utf-8")
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-    (out / "privacy_report.pub").write_text(public + "\n", encoding="utf-8")
+    key_path = signing_key or Path(
+        os.environ.get("FEDPRUNE_SIGNING_KEY") or Path.home() / ".config" / "fedprune" / "signing.key"
+    )
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_signed_report(report, key_path, out / "privacy_report.json")
+    fingerprint = grouped_fingerprint(load_or_create_signing_key(key_path))
     print(
-        f"privacy report: {path} (verify with: fedprune audit verify {path} --public-key {out / 'privacy_report.pub'})"
+        f"privacy report: {path}, signed by the key {key_path} (fingerprint {fingerprint}); auditors verify "
+        f"with: fedprune audit verify {path} --trusted-key FINGERPRINT, the fingerprint obtained from you "
+        "out of band"
     )
     return path

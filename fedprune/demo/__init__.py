@@ -10,6 +10,7 @@ from fedprune.demo.build import (
     cache_key,
     locate_demo_model,
     locate_or_build,
+    participant_document_files,
     participant_files,
 )
 from fedprune.demo.cache import default_cache_dir
@@ -28,6 +29,7 @@ __all__ = [
     "default_cache_dir",
     "locate_demo_model",
     "locate_or_build",
+    "participant_document_files",
     "participant_files",
     "recipe_hash",
 ]

@@ -331,3 +331,25 @@ def participant_files(demo: DemoModel, n_participants: int, *, heldout: bool = F
             os.replace(partial, path)
         paths.append(path)
     return paths
+
+
+def participant_document_files(demo: DemoModel, n_participants: int) -> list[Path]:
+    """Return the participants' training files as ``.jsonl``, one document (docstring) per line.
+
+    Record-level privacy protects one document; a ``.txt`` file is one document unless it marks its
+    boundaries, so the participants' calibration data are handed over with one line per document.
+    """
+    import json
+
+    paths = []
+    for source in participant_files(demo, n_participants):
+        path = source.with_suffix(".jsonl")
+        if not path.is_file():
+            documents = [
+                d for d in source.read_text(encoding="utf-8").split(corpus.DOCUMENT_SEPARATOR) if d.strip()
+            ]
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            partial.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), encoding="utf-8")
+            os.replace(partial, path)
+        paths.append(path)
+    return paths
