@@ -28,7 +28,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from privacy.secagg import SecAggClient, SecAggServer, SessionParameters, default_threshold  # noqa: E402
+from privacy.secagg import (  # noqa: E402
+    SecAggClient,
+    SecAggServer,
+    SessionContext,
+    SessionHistory,
+    SessionParameters,
+    default_threshold,
+)
 from privacy.secagg.driver import identity_keys_for  # noqa: E402
 from privacy.secagg.messages import wire_size  # noqa: E402
 from privacy.secagg.parameters import DEFAULT_CHUNK_COORDINATES  # noqa: E402
@@ -55,19 +62,40 @@ def raw_aes_ctr_bytes_per_s(*, key_bytes: int = 16, total_bytes: int = 1 << 30) 
 def votes_for(pool: np.ndarray, participant: int, chunk_index: int, count: int) -> np.ndarray:
     """Return participant's 0/1 votes for one chunk: a view into the shared random pool."""
     offset = (participant * 131 + chunk_index * 17) % VOTE_POOL_SLACK
-    return pool[offset:offset + count]
+    return pool[offset : offset + count]
 
 
-def run(dimension: int, participants: int, *, threshold: int | None, chunk_coordinates: int,
-        workdir: str) -> dict[str, float]:
+def run(
+    dimension: int,
+    participants: int,
+    *,
+    threshold: int | None,
+    chunk_coordinates: int,
+    workdir: str,
+    ring_headroom: bool = True,
+) -> dict[str, float]:
     """Return the figures of one session (see the module docstring)."""
     ids = tuple(range(1, participants + 1))
-    params = SessionParameters(participant_ids=ids, threshold=threshold or default_threshold(participants),
-                               dimension=dimension, chunk_coordinates=chunk_coordinates)
+    params = SessionParameters(
+        participant_ids=ids,
+        threshold=default_threshold(participants) if threshold is None else threshold,
+        dimension=dimension,
+        chunk_coordinates=chunk_coordinates,
+        context=SessionContext.fresh(run_id="bench", round=0, block=0).encode(),
+        ring_headroom=ring_headroom,
+    )
     pool = np.random.default_rng(0).integers(0, 2, chunk_coordinates + VOTE_POOL_SLACK).astype(np.uint8)
     private, public = identity_keys_for(ids)
-    clients = {p: SecAggClient(participant=p, parameters=params, identity_key=private[p], identity_keys=public)
-               for p in ids}
+    clients = {
+        p: SecAggClient(
+            participant=p,
+            parameters=params,
+            identity_key=private[p],
+            identity_keys=public,
+            history=SessionHistory(),
+        )
+        for p in ids
+    }
     server = SecAggServer(parameters=params, identity_keys=public, workdir=workdir)
     upload = dict.fromkeys(ids, 0)
 
@@ -102,11 +130,25 @@ def run(dimension: int, participants: int, *, threshold: int | None, chunk_coord
         upload[p] += wire_size(done)
         server.receive_masked_done(done)
 
-    request = server.close_masked_input()
+    # Consistency round: every survivor signs, the server verifies n signatures, each survivor verifies
+    # the t or more it is shown. Timed as the wall-clock of the whole round (all parties in turn).
+    start = time.perf_counter()
+    check = server.close_masked_input()
+    for p in check.survivors:
+        signature = clients[p].sign_survivors(check)
+        upload[p] += wire_size(signature)
+        server.receive_survivor_signature(signature)
+    request = server.close_signatures()
+    consistency_s = time.perf_counter() - start
+    responses = []
     for p in request.survivors:
         response = clients[p].unmask(request)
         upload[p] += wire_size(response)
+        responses.append(response)
+    start = time.perf_counter()
+    for response in responses:  # includes checking every revealed share against its owner's digest
         server.receive_unmask(response)
+    receive_unmask_s = time.perf_counter() - start
     start, start_wall = time.thread_time(), time.perf_counter()
     result = server.finalize()
     unmask_s, unmask_wall_s = time.thread_time() - start, time.perf_counter() - start_wall
@@ -118,7 +160,7 @@ def run(dimension: int, participants: int, *, threshold: int | None, chunk_coord
         for p in ids:
             plain += votes_for(pool, p, index, count)
         lo = index * chunk_coordinates
-        verified &= bool(np.array_equal(result.keep_votes[lo:lo + count], plain))
+        verified &= bool(np.array_equal(result.keep_votes[lo : lo + count], plain))
 
     aes_bytes_per_s, aes_wall_bytes_per_s = raw_aes_ctr_bytes_per_s()
     lane_bytes = params.lane_dtype.itemsize
@@ -148,40 +190,70 @@ def run(dimension: int, participants: int, *, threshold: int | None, chunk_coord
         "physical_limit_coords_per_s": physical_limit,
         "ratio_to_physical_limit": client_rate / physical_limit,
         "setup_s": setup_s,
+        "consistency_round_s": consistency_s,
+        "receive_unmask_s": receive_unmask_s,
+        "ring_headroom": ring_headroom,
         "verified": verified,
     }
 
 
 def main() -> None:
     """Parse arguments, run one session, print the figures (a table, or one JSON object with --json)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--coordinates", type=int, required=True, help="d, coordinates per vector")
     parser.add_argument("--participants", type=int, required=True, help="n, participants")
-    parser.add_argument("--threshold", type=int, default=None, help="t (default floor(2n/3)+1)")
+    parser.add_argument("--threshold", type=int, default=None, help="t (default floor(2n/3)+1; must be > n/2)")
     parser.add_argument("--chunk-coordinates", type=int, default=DEFAULT_CHUNK_COORDINATES)
     parser.add_argument("--workdir", default=None, help="where the server's memory-mapped accumulator lives")
+    parser.add_argument(
+        "--no-ring-headroom",
+        action="store_true",
+        help="b = ceil(log2(n+1)) instead of ceil(log2(2n+1)): the cost of the underflow-detecting bit",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="secagg-bench-", dir=args.workdir) as workdir:
-        figures = run(args.coordinates, args.participants, threshold=args.threshold,
-                      chunk_coordinates=args.chunk_coordinates, workdir=workdir)
+        figures = run(
+            args.coordinates,
+            args.participants,
+            threshold=args.threshold,
+            chunk_coordinates=args.chunk_coordinates,
+            workdir=workdir,
+            ring_headroom=not args.no_ring_headroom,
+        )
     if args.json:
         print(json.dumps(figures))
         return
     f = figures
-    print(f"secure aggregation: d={f['coordinates']:,} n={f['participants']} t={f['threshold']} "
-          f"b={f['bit_width']} chunk={f['chunk_coordinates']:,} (one core)")
-    print(f"participant masking : {f['client_coords_per_s'] / 1e6:,.1f} M coords/s CPU time "
-          f"({f['client_coords_per_s_wall'] / 1e6:,.1f} wall clock)")
-    print(f"raw AES-128-CTR     : {f['raw_aes128_ctr_bytes_per_s'] / 1e9:,.2f} GB/s -> physical limit "
-          f"{f['physical_limit_coords_per_s'] / 1e6:,.1f} M coords/s for n keystreams; ratio "
-          f"{f['ratio_to_physical_limit']:.2f}")
-    print(f"server unmasking    : {f['server_coords_per_s'] / 1e6:,.1f} M coords/s "
-          f"({f['server_coords_per_s_wall'] / 1e6:,.1f} wall clock) "
-          f"(ingest {f['server_ingest_coords_per_s'] / 1e6:,.1f} M coords/s)")
-    print(f"upload/participant  : {f['upload_bytes_per_participant']:,} B = d*b/8 "
-          f"{f['packed_vector_bytes']:,} B + {f['upload_overhead_bytes']:,} B "
-          f"({f['bits_per_coordinate']:.4f} bits/coordinate)")
+    print(
+        f"secure aggregation: d={f['coordinates']:,} n={f['participants']} t={f['threshold']} "
+        f"b={f['bit_width']} chunk={f['chunk_coordinates']:,} (one core)"
+    )
+    print(
+        f"participant masking : {f['client_coords_per_s'] / 1e6:,.1f} M coords/s CPU time "
+        f"({f['client_coords_per_s_wall'] / 1e6:,.1f} wall clock)"
+    )
+    print(
+        f"raw AES-128-CTR     : {f['raw_aes128_ctr_bytes_per_s'] / 1e9:,.2f} GB/s -> physical limit "
+        f"{f['physical_limit_coords_per_s'] / 1e6:,.1f} M coords/s for n keystreams; ratio "
+        f"{f['ratio_to_physical_limit']:.2f}"
+    )
+    print(
+        f"server unmasking    : {f['server_coords_per_s'] / 1e6:,.1f} M coords/s "
+        f"({f['server_coords_per_s_wall'] / 1e6:,.1f} wall clock) "
+        f"(ingest {f['server_ingest_coords_per_s'] / 1e6:,.1f} M coords/s)"
+    )
+    print(
+        f"upload/participant  : {f['upload_bytes_per_participant']:,} B = d*b/8 "
+        f"{f['packed_vector_bytes']:,} B + {f['upload_overhead_bytes']:,} B "
+        f"({f['bits_per_coordinate']:.4f} bits/coordinate)"
+    )
+    print(
+        f"setup / consistency : {f['setup_s']:.3f} s keys+shares (all parties), {f['consistency_round_s']:.3f} s "
+        f"signed survivor set, {f['receive_unmask_s']:.3f} s checking unmask responses"
+    )
     print(f"peak RSS            : {f['peak_rss_bytes'] / 2**20:,.1f} MiB   sum verified: {f['verified']}")
 
 

@@ -13,14 +13,21 @@ from privacy.secagg.errors import (
     InsufficientParticipantsError,
     InvalidAggregateError,
     InvalidMessageError,
+    ReplayError,
     ShamirError,
     WrongStateError,
 )
+from privacy.secagg.history import SessionHistory
+from privacy.secagg.messages import require_sender, sender_of
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
     PROTOCOL_VERSION,
+    SessionContext,
     SessionParameters,
+    check_threshold,
     default_threshold,
+    minimum_threshold,
+    resolve_threshold,
     ring_bit_width,
 )
 from privacy.secagg.server import AggregateResult, SecAggServer, ServerState
@@ -36,15 +43,23 @@ __all__ = [
     "InsufficientParticipantsError",
     "InvalidAggregateError",
     "InvalidMessageError",
+    "ReplayError",
     "SecAggClient",
     "SecAggServer",
     "ServerState",
+    "SessionContext",
+    "SessionHistory",
     "SessionParameters",
     "SessionRun",
     "ShamirError",
     "WrongStateError",
     "aggregate_in_process",
+    "check_threshold",
     "default_threshold",
+    "minimum_threshold",
+    "require_sender",
+    "resolve_threshold",
     "ring_bit_width",
     "run_session",
+    "sender_of",
 ]

@@ -2,18 +2,25 @@
 
     NEW --advertise_keys--> KEYS_ADVERTISED --share_keys--> KEYS_SHARED --receive_shares-->
     READY_TO_MASK --masked_chunk*--> MASKING --finish_masked_input--> MASKED_INPUT_SENT
-    --unmask--> DONE;  any ProtocolAbort --> ABORTED
+    --sign_survivors--> SURVIVORS_SIGNED --unmask--> DONE;  any error once secrets exist --> ABORTED
 
-Calling a method in another state raises WrongStateError. A participant answers at most one unmask
-request per session and, in it, reveals for each peer either a self-seed share or a mask-key share.
+Calling a method in another state raises WrongStateError (and changes nothing). Any other error once
+the session keys exist aborts the session and wipes its secrets: a half-processed message must never
+leave secrets behind in a state that could go on. A participant signs one survivor set per session,
+answers at most one unmask request, and only for that set with at least t survivors' valid signatures
+over it; in the answer it reveals for each peer either a self-seed share or a mask-key share. Its
+`SessionHistory` makes it refuse a reused session context and a vector already summed over another
+survivor set.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -28,7 +35,9 @@ from privacy.secagg.errors import (
     InvalidMessageError,
     WrongStateError,
 )
+from privacy.secagg.history import SessionHistory
 from privacy.secagg.messages import (
+    ConsistencyCheck,
     EncryptedShare,
     KeyAdvertisement,
     MaskedInputChunk,
@@ -36,7 +45,9 @@ from privacy.secagg.messages import (
     RevealedShare,
     Roster,
     ShareDelivery,
+    ShareDigest,
     ShareKeys,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
     chunk_hash,
@@ -64,6 +75,7 @@ class ClientState(enum.Enum):
     READY_TO_MASK = "ready_to_mask"
     MASKING = "masking"
     MASKED_INPUT_SENT = "masked_input_sent"
+    SURVIVORS_SIGNED = "survivors_signed"
     DONE = "done"
     ABORTED = "aborted"
 
@@ -71,14 +83,21 @@ class ClientState(enum.Enum):
 def _aborts_on_failure(
     method: Callable[Concatenate[SecAggClient, P], R],
 ) -> Callable[Concatenate[SecAggClient, P], R]:
-    """Return `method` wrapped so that a ProtocolAbort it raises also wipes secrets and moves to ABORTED."""
+    """Return `method` wrapped so that any error it raises, but WrongStateError, wipes secrets and aborts.
+
+    Not only ProtocolAbort: a message that fails half-way (a small-order key, a malformed envelope, a
+    wrong recipient) would otherwise leave the session keys and shares alive in a state that goes on.
+    WrongStateError is raised before anything is touched, so it leaves the session as it was.
+    """
 
     @functools.wraps(method)
     def wrapper(self: SecAggClient, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
-        except ProtocolAbort as exc:
-            self._abort(str(exc))
+        except WrongStateError:
+            raise
+        except Exception as exc:
+            self._abort(f"{type(exc).__name__}: {exc}")
             raise
 
     return wrapper
@@ -88,11 +107,18 @@ class SecAggClient:
     """One participant of one session: holds its keys, shares and mask keys, emits plain messages."""
 
     def __init__(self, *, participant: int, parameters: SessionParameters, identity_key: Ed25519PrivateKey,
-                 identity_keys: Mapping[int, Ed25519PublicKey],
+                 identity_keys: Mapping[int, Ed25519PublicKey], history: SessionHistory,
                  random_bytes: primitives.RandomBytes = os.urandom,
                  block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+        """`identity_keys` are the pinned long-term keys of every participant (SECURITY.md, "Identity
+        keys"): obtained out of band, never from the coordinator alone. `history` is this participant's
+        memory across sessions (`SessionHistory`) and must live as long as its keep-vote vectors."""
         if participant not in parameters.participant_ids:
             raise PrivacyError(f"participant {participant} is not in the session's participant_ids")
+        own = identity_keys.get(participant)
+        if own is None or primitives.raw_public(own) != primitives.raw_public(identity_key.public_key()):
+            raise PrivacyError(f"identity_keys[{participant}] is not this participant's own identity key: the "
+                               "pinned keys do not match (were they handed out by someone else?)")
         self.participant = participant
         self.parameters = parameters
         self._identity_key = identity_key
@@ -102,6 +128,7 @@ class SecAggClient:
             logger.warning("participant %d uses an injected randomness source: known-answer tests only",
                            participant)
         self._block_bytes = block_bytes
+        self._history = history
         self._state = ClientState.NEW
         self._session_keys: primitives.SessionKeys | None = None
         self._roster: dict[int, KeyAdvertisement] = {}
@@ -112,6 +139,9 @@ class SecAggClient:
         self._add_keys: list[bytes] = []
         self._subtract_keys: list[bytes] = []
         self._chunk_hashes: list[bytes | None] = []
+        self._vote_hashes: list[bytes | None] = []
+        self._votes_digest: bytes | None = None
+        self._signed: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._applier: MaskApplier | None = None
         self._packer: BitPacker | None = None
         self._lanes: np.ndarray | None = None
@@ -134,6 +164,12 @@ class SecAggClient:
         """Return U2 as this participant saw it: who sent it shares, itself included."""
         return self._share_holders
 
+    @property
+    def holds_secrets(self) -> bool:
+        """Return True while any session secret (keys, self seed, shares, mask keys) is still reachable."""
+        return bool(self._session_keys is not None or self._self_seed is not None or self._held_shares
+                    or self._add_keys or self._subtract_keys)
+
     def _expect(self, *states: ClientState) -> None:
         if self._state not in states:
             expected = " or ".join(s.value for s in states)
@@ -152,6 +188,8 @@ class SecAggClient:
         self._add_keys = []
         self._subtract_keys = []
         self._lanes = None
+        self._votes_digest = None
+        self._vote_hashes = []
 
     def _check_session(self, session_id: bytes) -> None:
         if session_id != self._session_id:
@@ -159,8 +197,16 @@ class SecAggClient:
 
     # --------------------------------------------------------- round 0: keys
     def advertise_keys(self) -> KeyAdvertisement:
-        """Return this participant's signed advertisement of two fresh X25519 public keys."""
+        """Return this participant's signed advertisement of two fresh X25519 public keys.
+
+        Raises ReplayError (and aborts) if this participant's history already holds the session context.
+        """
         self._expect(ClientState.NEW)
+        try:
+            self._history.join(self.parameters.context)
+        except ProtocolAbort as exc:
+            self._abort(str(exc))
+            raise
         keys = primitives.SessionKeys.generate(self._random_bytes)
         cipher_public = primitives.raw_public(keys.cipher_key)
         mask_public = primitives.raw_public(keys.mask_key)
@@ -212,6 +258,15 @@ class SecAggClient:
                                    random_bytes=self._random_bytes)
         key_shares = shamir.split(mask_private, threshold=t, holders=holders, random_bytes=self._random_bytes)
         self._held_shares = {self.participant: (seed_shares[self.participant], key_shares[self.participant])}
+        digests = tuple(
+            ShareDigest(holder=holder,
+                        self_seed_share=primitives.share_digest(
+                            seed_shares[holder].y_bytes(), session_id=session_id, owner=self.participant,
+                            holder=holder, kind=primitives.SELF_SEED_KIND),
+                        mask_key_share=primitives.share_digest(
+                            key_shares[holder].y_bytes(), session_id=session_id, owner=self.participant,
+                            holder=holder, kind=primitives.MASK_KEY_KIND))
+            for holder in holders)
         envelopes = []
         for peer, adv in self._roster.items():
             if peer == self.participant:
@@ -225,7 +280,10 @@ class SecAggClient:
             envelopes.append(EncryptedShare(sender=self.participant, recipient=peer, nonce=nonce,
                                             ciphertext=ciphertext))
         self._state = ClientState.KEYS_SHARED
-        return ShareKeys(session_id=session_id, sender=self.participant, envelopes=tuple(envelopes))
+        return ShareKeys(session_id=session_id, sender=self.participant, envelopes=tuple(envelopes),
+                         self_seed_commitment=primitives.self_seed_commitment(
+                             self._self_seed, session_id=session_id, party=self.participant),
+                         share_digests=digests)
 
     @_aborts_on_failure
     def receive_shares(self, delivery: ShareDelivery) -> None:
@@ -273,15 +331,17 @@ class SecAggClient:
         # The cipher key has done its job; the mask key's shares are out, the key itself is no longer needed.
         self._session_keys = None
         self._chunk_hashes = [None] * self.parameters.chunk_count
+        self._vote_hashes = [None] * self.parameters.chunk_count
         self._state = ClientState.READY_TO_MASK
 
     # ----------------------------------------------------- round 2: masking
+    @_aborts_on_failure
     def masked_chunk(self, chunk_index: int, keep_votes: np.ndarray) -> MaskedInputChunk:
         """Return chunk `chunk_index` of y = votes + self mask +/- pairwise masks (mod 2^b), packed.
 
         `keep_votes` holds this chunk's coordinates only, integers in [0, max_input]. A chunk can be
         regenerated (to resume a stream) without touching other chunks; regenerating it with other votes
-        raises.
+        raises and aborts (two maskings of one chunk under one mask would reveal the votes' difference).
         """
         self._expect(ClientState.READY_TO_MASK, ClientState.MASKING)
         params = self.parameters
@@ -303,6 +363,11 @@ class SecAggClient:
         lanes = self._lanes[:padded]
         np.copyto(lanes[:count], votes, casting="unsafe")
         lanes[count:] = 0
+        # The digest of the plain votes identifies the vector across sessions (SessionHistory); it never
+        # leaves the participant.
+        vote_hash = hashlib.sha256(struct.pack(">Q", chunk_index))
+        vote_hash.update(lanes[:count].data)  # no copy: chunks are MiB-sized
+        vote_leaf = vote_hash.digest()
         self._applier.apply(lanes[:count], first_coordinate=chunk_index * params.chunk_coordinates,
                             add_keys=self._add_keys, subtract_keys=self._subtract_keys)
         payload = self._packer.pack(lanes).tobytes()
@@ -311,10 +376,12 @@ class SecAggClient:
         if previous is not None and previous != leaf:
             raise PrivacyError(f"chunk {chunk_index} was regenerated from different keep_votes")
         self._chunk_hashes[chunk_index] = leaf
+        self._vote_hashes[chunk_index] = vote_leaf
         self._state = ClientState.MASKING
         return MaskedInputChunk(session_id=self.session_id, participant=self.participant,
                                 chunk_index=chunk_index, payload=payload)
 
+    @_aborts_on_failure
     def finish_masked_input(self) -> MaskedInputDone:
         """Return the message that closes the masked-input stream (every chunk must have been made)."""
         self._expect(ClientState.MASKING)
@@ -322,6 +389,12 @@ class SecAggClient:
         if missing:
             raise WrongStateError(f"chunks {missing[:5]} of the masked input were never generated")
         hashes = [leaf for leaf in self._chunk_hashes if leaf is not None]
+        votes = hashlib.sha256(b"fedprune/secagg/keep-votes" + struct.pack(">QI", self.parameters.dimension,
+                                                                            self.parameters.max_input))
+        for vote_leaf in self._vote_hashes:
+            assert vote_leaf is not None
+            votes.update(vote_leaf)
+        self._votes_digest = votes.digest()
         self._state = ClientState.MASKED_INPUT_SENT
         self._lanes = self._applier = self._packer = None  # O(chunk) buffers are no longer needed
         return MaskedInputDone(session_id=self.session_id, participant=self.participant,
@@ -344,34 +417,78 @@ class SecAggClient:
             yield self.masked_chunk(index, votes[index * step:(index + 1) * step])
         yield self.finish_masked_input()
 
-    # ------------------------------------------------------ round 3: unmask
+    # ------------------------------------------- round 3: consistency check
+    @_aborts_on_failure
+    def sign_survivors(self, check: ConsistencyCheck) -> SurvivorSignature:
+        """Return this participant's signature over the session id and the survivor set of `check`.
+
+        Aborts (and signs nothing) unless survivors and dropouts are disjoint, together equal U2, include
+        this participant, number at least `threshold`, and this participant's history has not summed the
+        same keep-votes over another survivor set. Signs once per session.
+        """
+        self._expect(ClientState.MASKED_INPUT_SENT)
+        self._check_session(check.session_id)
+        survivors, dropped = set(check.survivors), set(check.dropped)
+        if len(survivors) != len(check.survivors) or len(dropped) != len(check.dropped):
+            raise InconsistentViewError("survivor set lists a participant twice")
+        if survivors & dropped:
+            raise InconsistentViewError("survivor set names participants both survived and dropped: "
+                                        f"{sorted(survivors & dropped)}")
+        if survivors | dropped != set(self._share_holders):
+            raise InconsistentViewError("survivors and dropouts are not the set of participants that shared "
+                                        "keys")
+        if self.participant not in survivors:
+            raise InconsistentViewError("survivor set says this participant dropped")
+        if len(survivors) < self.parameters.threshold:
+            raise InsufficientParticipantsError(
+                f"{len(survivors)} survivors, threshold is {self.parameters.threshold}")
+        signed = (tuple(sorted(survivors)), tuple(sorted(dropped)))
+        assert self._votes_digest is not None
+        # Recorded before the signature leaves: a crash after signing errs on the side of refusing.
+        self._history.agree(votes_digest=self._votes_digest, survivors=signed[0])
+        self._signed = signed
+        self._state = ClientState.SURVIVORS_SIGNED
+        message = primitives.survivor_set_message(session_id=self.session_id, survivors=signed[0],
+                                                  dropped=signed[1])
+        return SurvivorSignature(session_id=self.session_id, sender=self.participant,
+                                 signature=primitives.sign(self._identity_key, message))
+
+    # ------------------------------------------------------ round 4: unmask
     @_aborts_on_failure
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Return, for every peer in U2, its self-seed share if it survived or its mask-key share if it dropped.
 
-        Aborts (and reveals nothing) unless survivors and dropouts are disjoint, together equal U2, include
-        this participant, and survivors number at least `threshold`. Answers once per session.
+        Aborts (and reveals nothing) unless the request names exactly the survivor set this participant
+        signed and carries valid signatures over it from at least `threshold` distinct survivors. With
+        t > (n + c)/2 two different sets cannot both gather t signatures, so every honest participant
+        that answers agrees on one set. Answers once per session.
         """
-        self._expect(ClientState.MASKED_INPUT_SENT)
+        self._expect(ClientState.SURVIVORS_SIGNED)
         self._check_session(request.session_id)
-        survivors, dropped = set(request.survivors), set(request.dropped)
-        if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
-            raise InconsistentViewError("unmask request lists a participant twice")
-        if survivors & dropped:
-            raise InconsistentViewError("unmask request names participants both survived and dropped: "
-                                        f"{sorted(survivors & dropped)}")
-        if survivors | dropped != set(self._share_holders):
-            raise InconsistentViewError("unmask request's survivors and dropouts are not the set of "
-                                        "participants that shared keys")
-        if self.participant not in survivors:
-            raise InconsistentViewError("unmask request says this participant dropped")
-        if len(survivors) < self.parameters.threshold:
+        assert self._signed is not None
+        survivors, dropped = self._signed
+        if (tuple(request.survivors), tuple(request.dropped)) != (survivors, dropped):
+            raise InconsistentViewError("unmask request names another survivor set than the one this "
+                                        "participant signed")
+        message = primitives.survivor_set_message(session_id=self.session_id, survivors=survivors,
+                                                  dropped=dropped)
+        signers: set[int] = set()
+        for signature in request.signatures:
+            if signature.session_id != self.session_id:
+                raise InconsistentViewError("a survivor signature belongs to another session")
+            if signature.sender not in survivors or signature.sender in signers:
+                raise InconsistentViewError(f"signature of participant {signature.sender} is unexpected or "
+                                            "repeated")
+            primitives.verify(self._identity_keys[signature.sender], signature.signature, message,
+                              what=f"survivor set signed by participant {signature.sender}")
+            signers.add(signature.sender)
+        if len(signers) < self.parameters.threshold:
             raise InsufficientParticipantsError(
-                f"{len(survivors)} survivors, threshold is {self.parameters.threshold}")
+                f"{len(signers)} survivors signed the survivor set, threshold is {self.parameters.threshold}")
         seed_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][0].y_bytes())
-                            for v in sorted(survivors))
+                            for v in survivors)
         key_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][1].y_bytes())
-                           for v in sorted(dropped))
+                           for v in dropped)
         self._wipe()
         self._state = ClientState.DONE
         return UnmaskResponse(session_id=self.session_id, sender=self.participant,

@@ -18,8 +18,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.secagg.client import SecAggClient
+from privacy.secagg.history import SessionHistory
 from privacy.secagg.messages import MaskedInputChunk
-from privacy.secagg.parameters import DEFAULT_CHUNK_COORDINATES, SessionParameters, default_threshold
+from privacy.secagg.parameters import (
+    DEFAULT_CHUNK_COORDINATES,
+    SessionContext,
+    SessionParameters,
+    resolve_threshold,
+)
 from privacy.secagg.server import AggregateResult, SecAggServer
 
 logger = logging.getLogger(__name__)
@@ -32,7 +38,8 @@ class DropPoint(enum.Enum):
     BEFORE_SHARE_KEYS = "before_share_keys"
     BEFORE_MASKED_INPUT = "before_masked_input"
     MID_MASKED_INPUT = "mid_masked_input"  # sends the first max(1, chunks // 2) chunks, never the digest
-    BEFORE_UNMASK = "before_unmask"
+    BEFORE_SIGNING = "before_signing"  # masked input complete, never signs the survivor set
+    BEFORE_UNMASK = "before_unmask"  # signed the survivor set, never answers the unmask request
 
 
 @dataclass
@@ -61,17 +68,21 @@ def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarr
                 workdir: str | os.PathLike[str] | None = None,
                 record_masked_payloads: bool = False,
                 identities: tuple[Mapping[int, Ed25519PrivateKey], Mapping[int, Ed25519PublicKey]] | None = None,
+                histories: Mapping[int, SessionHistory] | None = None,
                 ) -> SessionRun:
     """Return a SessionRun after playing one whole session among parameters.participant_ids.
 
-    A ProtocolAbort raised by the server (fewer than `threshold` left) is caught and returned in
+    `histories` carries participants' SessionHistory across sessions (fresh ones by default). A
+    ProtocolAbort raised by the server (fewer than `threshold` left) is caught and returned in
     `abort`; every other error propagates.
     """
     drops = dict(drops or {})
     ids = parameters.participant_ids
     private, public = identities if identities is not None else identity_keys_for(ids)
     clients = {p: SecAggClient(participant=p, parameters=parameters, identity_key=private[p],
-                               identity_keys=public) for p in ids}
+                               identity_keys=public,
+                               history=histories[p] if histories is not None else SessionHistory())
+               for p in ids}
     server = SecAggServer(parameters=parameters, identity_keys=public, workdir=workdir,
                           record_masked_payloads=record_masked_payloads)
 
@@ -105,10 +116,14 @@ def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarr
                     server.receive_masked_chunk(message)
                 else:
                     server.receive_masked_done(message)
-        request = server.close_masked_input()
-        for p in request.survivors:
-            if active(p, DropPoint.BEFORE_UNMASK):
-                server.receive_unmask(clients[p].unmask(request))
+        check = server.close_masked_input()
+        for p in check.survivors:
+            if active(p, DropPoint.BEFORE_SIGNING):
+                server.receive_survivor_signature(clients[p].sign_survivors(check))
+        request = server.close_signatures()
+        for signature in request.signatures:
+            if active(signature.sender, DropPoint.BEFORE_UNMASK):
+                server.receive_unmask(clients[signature.sender].unmask(request))
         result = server.finalize()
     except ProtocolAbort as exc:
         server.close()
@@ -134,13 +149,17 @@ def _validated_inputs(vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
 def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None = None,
                          chunk_coordinates: int = DEFAULT_CHUNK_COORDINATES,
                          drop_before_masked_input: Collection[int] = (),
-                         workdir: str | os.PathLike[str] | None = None) -> np.ndarray:
+                         workdir: str | os.PathLike[str] | None = None,
+                         context: SessionContext | None = None, colluders: int = 0) -> np.ndarray:
     """Return the exact per-coordinate sums (int64) of `vectors`, computed by a full secure aggregation.
 
     Participant i (0-based position in `vectors`) takes id i + 1. Inputs are 0/1 keep-votes or small
     non-negative integers; the session's max_input is the largest entry (at least 1), which sets the
-    ring width b = ceil(log2(n * max_input + 1)) (at most 16). `threshold` defaults to floor(2n/3) + 1
-    (1 for a lone participant, where the sum is that participant's input and nothing can be hidden).
+    ring width b = ceil(log2(2 * n * max_input + 1)) (at most 16). `threshold` defaults to
+    `default_threshold(n, colluders=colluders)` (1 for a lone participant, where the sum is that
+    participant's input and nothing can be hidden); an explicit one must satisfy t > (n + colluders)/2
+    and is checked before anything runs. `context` defaults to a fresh one (run id "in-process", a new
+    nonce); callers that run several sessions pass their own run, round and block.
     `chunk_coordinates` must be a multiple of 64. Participants at the positions in
     `drop_before_masked_input` go silent after sharing their keys; the result is then the sum over the
     others, or InsufficientParticipantsError (a ProtocolAbort) when fewer than `threshold` remain.
@@ -148,14 +167,17 @@ def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None
     """
     arrays = _validated_inputs(vectors)
     n, dimension = len(arrays), arrays[0].size
+    resolved = resolve_threshold(threshold, participants=n, colluders=colluders)
     dropped = set(drop_before_masked_input)
     if not dropped <= set(range(n)):
         raise PrivacyError(f"drop_before_masked_input must hold positions in [0, {n})")
     max_input = max(1, *(int(a.max()) for a in arrays))
     ids = tuple(range(1, n + 1))
+    if context is None:
+        context = SessionContext.fresh(run_id="in-process", round=0, block=0)
     parameters = SessionParameters(
-        participant_ids=ids, threshold=default_threshold(n) if threshold is None else threshold,
-        dimension=dimension, chunk_coordinates=chunk_coordinates, max_input=max_input)
+        participant_ids=ids, threshold=resolved, dimension=dimension, chunk_coordinates=chunk_coordinates,
+        max_input=max_input, context=context.encode(), colluders=colluders)
     if n == 1:
         logger.warning("secure aggregation with a single participant: the sum is its input, nothing is hidden")
     run = run_session(parameters, {p: arrays[p - 1] for p in ids},

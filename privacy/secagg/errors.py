@@ -36,3 +36,11 @@ class InvalidAggregateError(PrivacyError):
         super().__init__(message)
         self.invalid_coordinates = invalid_coordinates
         self.first_invalid_index = first_invalid_index
+
+
+class ReplayError(ProtocolAbort):
+    """A session context, or a keep-vote vector with another survivor set, was offered a second time.
+
+    Two sums of one vector over different survivor sets differ by other participants' contributions,
+    so a participant never agrees to that; the session is aborted and nothing is revealed.
+    """

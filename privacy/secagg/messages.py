@@ -47,12 +47,27 @@ class EncryptedShare:
 
 
 @dataclass(frozen=True)
+class ShareDigest:
+    """The owner's SHA-256 digests of the two shares one holder got (`primitives.share_digest`)."""
+
+    holder: int
+    self_seed_share: bytes
+    mask_key_share: bytes
+
+
+@dataclass(frozen=True)
 class ShareKeys:
-    """Round 1, participant -> server: one envelope for every other member of U1."""
+    """Round 1, participant -> server: one envelope for every other member of U1, and its commitments.
+
+    `self_seed_commitment` binds the self seed the server will reconstruct; `share_digests` (one per
+    member of U1, the sender included) let the server check every revealed share on its own.
+    """
 
     session_id: bytes
     sender: int
     envelopes: tuple[EncryptedShare, ...]
+    self_seed_commitment: bytes
+    share_digests: tuple[ShareDigest, ...]
 
 
 @dataclass(frozen=True)
@@ -85,12 +100,31 @@ class MaskedInputDone:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
+class ConsistencyCheck:
     """Round 3, server -> survivors: who survived (masked input arrived) and who dropped, from U2."""
 
     session_id: bytes
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Round 3, survivor -> server: its Ed25519 signature over the session id and the survivor set."""
+
+    session_id: bytes
+    sender: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Round 4, server -> signers: the survivor set again and at least t survivors' signatures over it."""
+
+    session_id: bytes
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[SurvivorSignature, ...]
 
 
 @dataclass(frozen=True)
@@ -103,7 +137,7 @@ class RevealedShare:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """Round 3, survivor -> server: self-seed shares of survivors, mask-key shares of dropouts, never both."""
+    """Round 4, survivor -> server: self-seed shares of survivors, mask-key shares of dropouts, never both."""
 
     session_id: bytes
     sender: int
@@ -123,7 +157,32 @@ class RecordedChunk:
 
 
 Message = (KeyAdvertisement | Roster | ShareKeys | ShareDelivery | MaskedInputChunk | MaskedInputDone
-           | UnmaskRequest | UnmaskResponse)
+           | ConsistencyCheck | SurvivorSignature | UnmaskRequest | UnmaskResponse)
+
+SenderMessage = (KeyAdvertisement | ShareKeys | MaskedInputChunk | MaskedInputDone | SurvivorSignature
+                 | UnmaskResponse)
+"""The messages a participant sends; each names its sender in one field (`sender_of`)."""
+
+
+def sender_of(message: SenderMessage) -> int:
+    """Return the participant id a participant-to-server message claims as its sender."""
+    if isinstance(message, KeyAdvertisement | MaskedInputChunk | MaskedInputDone):
+        return message.participant
+    if isinstance(message, ShareKeys | SurvivorSignature | UnmaskResponse):
+        return message.sender
+    raise TypeError(f"{type(message).__name__} is not sent by a participant")
+
+
+def require_sender(message: SenderMessage, *, authenticated: int) -> None:
+    """Return None if `message` names `authenticated` (the transport identity) as its sender; raises otherwise.
+
+    A transport calls this on every message before handing it to the server, so a participant can never
+    speak for another one (for example send a survivor's unmask response or stream under its id).
+    """
+    claimed = sender_of(message)
+    if claimed != authenticated:
+        raise InvalidMessageError(f"{type(message).__name__} names participant {claimed} as its sender but "
+                                  f"arrived from participant {authenticated}")
 
 
 def _varint_size(value: int) -> int:

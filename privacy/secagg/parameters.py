@@ -1,8 +1,10 @@
-"""Public parameters of one secure-aggregation session and their canonical digest."""
+"""Public parameters of one secure-aggregation session, the session context and the threshold rule."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import secrets
 import struct
 from dataclasses import dataclass, field
 
@@ -10,48 +12,177 @@ import numpy as np
 
 from privacy.errors import PrivacyError
 
-PROTOCOL_VERSION = 1
-"""Bound into every key derivation, signature and digest; bump on any wire or derivation change."""
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 2
+"""Bound into every key derivation, signature and digest; bump on any wire or derivation change.
+
+2: mandatory session context, colluders and ring headroom in the parameter digest, self-seed and share
+commitments at ShareKeys, the consistency round (signed survivor set) before unmasking.
+"""
 
 DEFAULT_CHUNK_COORDINATES = 1 << 20
-"""One MaskedInput chunk: 1 Mi coordinates, i.e. b/8 MiB on the wire (640 KiB at n = 16)."""
+"""One MaskedInput chunk: 1 Mi coordinates, i.e. b/8 MiB on the wire (768 KiB at n = 16)."""
 
 MAX_PARTICIPANT_ID = (1 << 32) - 1
 MAX_BIT_WIDTH = 16
+NONCE_BYTES = 32
+MAX_RUN_ID_BYTES = 256
+_CONTEXT_LABEL = b"fedprune/secagg/context"
 
 
-def default_threshold(participants: int) -> int:
-    """Return the default Shamir threshold floor(2n/3) + 1 (1 for a lone participant).
+def minimum_threshold(participants: int, *, colluders: int = 0) -> int:
+    """Return the smallest safe t: floor((n + c) / 2) + 1, i.e. t > (n + c) / 2 (1 for a lone participant).
 
-    Two thirds plus one keeps a majority of honest survivors able to unmask while tolerating up to
-    about a third of dropouts, and is the usual choice for Bonawitz et al.'s protocol.
+    Against a coordinator that lies about who survived, an honest participant reveals one kind of share
+    per peer; the coordinator needs t shares of each kind for one target, the c colluders give both, so
+    it needs 2t - 2c <= n - c honest answers. t > (n + c)/2 makes that impossible (and lets two signed
+    survivor sets share no honest signer, see the consistency round).
     """
     if participants < 1:
         raise PrivacyError(f"participants must be >= 1, got {participants}")
-    return (2 * participants) // 3 + 1 if participants > 1 else 1
+    if colluders < 0:
+        raise PrivacyError(f"colluders must be >= 0, got {colluders}")
+    if participants == 1:
+        return 1
+    return max(2, (participants + colluders) // 2 + 1)
 
 
-def ring_bit_width(participants: int, max_input: int = 1) -> int:
-    """Return b = ceil(log2(n * max_input + 1)), the bits that hold any sum of n inputs in [0, max_input]."""
-    return (participants * max_input).bit_length()
+def default_threshold(participants: int, *, colluders: int = 0) -> int:
+    """Return the default Shamir threshold: max(floor(2n/3) + 1, the safe minimum for `colluders`).
+
+    Two thirds plus one tolerates about a third of dropouts and, with no more than n/3 colluders, meets
+    t > (n + c)/2 (Bonawitz et al.'s choice for the actively secure variant). A lone participant gets 1.
+    """
+    if participants < 1:
+        raise PrivacyError(f"participants must be >= 1, got {participants}")
+    if participants == 1:
+        return 1
+    return max((2 * participants) // 3 + 1, minimum_threshold(participants, colluders=colluders))
+
+
+def check_threshold(threshold: int, *, participants: int, colluders: int = 0,
+                    allow_unsafe_threshold: bool = False) -> int:
+    """Return `threshold` if it is an int in [minimum_threshold, n]; raises PrivacyError naming it otherwise.
+
+    Callers that build settings (pydantic validators) call this so a bad threshold fails before anything
+    runs. `allow_unsafe_threshold` (tests and attack demonstrations only) lowers the floor to 2.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise PrivacyError(f"threshold must be an integer, got {threshold!r}")
+    if participants < 1:
+        raise PrivacyError(f"participants must be >= 1, got {participants}")
+    if colluders < 0 or (participants > 1 and colluders >= participants):
+        raise PrivacyError(f"colluders must be in [0, {max(participants - 1, 0)}], got {colluders}")
+    if not 1 <= threshold <= participants:
+        raise PrivacyError(f"threshold must be in [1, {participants}], got {threshold}")
+    if participants >= 2 and threshold < 2:
+        raise PrivacyError("threshold must be >= 2 with two or more participants (t = 1 hands every "
+                           "peer each participant's secrets)")
+    floor = minimum_threshold(participants, colluders=colluders)
+    if threshold < floor and not allow_unsafe_threshold:
+        raise PrivacyError(
+            f"threshold must be > (participants + colluders) / 2, i.e. >= {floor} for {participants} "
+            f"participants and {colluders} colluders, got {threshold}: a coordinator that lies about who "
+            "survived could unmask a participant")
+    return threshold
+
+
+def resolve_threshold(threshold: int | None, *, participants: int, colluders: int = 0) -> int:
+    """Return `threshold` checked by `check_threshold`, or the default when it is None (never when 0)."""
+    if threshold is None:
+        return default_threshold(participants, colluders=colluders)
+    return check_threshold(threshold, participants=participants, colluders=colluders)
+
+
+def ring_bit_width(participants: int, max_input: int = 1, *, headroom: bool = True) -> int:
+    """Return b, the ring Z_(2^b) bit width for sums of n inputs in [0, max_input].
+
+    Without headroom b = ceil(log2(n * max_input + 1)), just enough for every honest sum. With headroom
+    (the default) b = ceil(log2(2 * n * max_input + 1)), one bit more, so that 2^b > 2 * n * max_input:
+    a participant that subtracts more than the honest contributors put into a coordinate wraps around
+    to a value above n * max_input, where the server's range check sees it (docs/SECURE_AGGREGATION.md,
+    "What one cheating participant can do to a count").
+    """
+    top = participants * max_input
+    return (2 * top if headroom else top).bit_length()
 
 
 @dataclass(frozen=True)
+class SessionContext:
+    """What makes one session unique: run id, round, block and a fresh random nonce from the coordinator.
+
+    Bound into the parameter digest, hence into every advertisement's signature and the session id, so
+    a key advertisement signed for one session is useless in any other, even of the same run and block.
+    """
+
+    run_id: str
+    round: int
+    block: int
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        encoded = self.run_id.encode("utf-8")
+        if not encoded or len(encoded) > MAX_RUN_ID_BYTES:
+            raise PrivacyError(f"run_id must be 1 to {MAX_RUN_ID_BYTES} UTF-8 bytes")
+        if not 0 <= self.round < 1 << 32:
+            raise PrivacyError(f"round must be in [0, 2**32), got {self.round}")
+        if not 0 <= self.block < 1 << 32:
+            raise PrivacyError(f"block must be in [0, 2**32), got {self.block}")
+        if len(self.nonce) != NONCE_BYTES:
+            raise PrivacyError(f"nonce must be {NONCE_BYTES} bytes, got {len(self.nonce)}")
+
+    @classmethod
+    def fresh(cls, *, run_id: str, round: int, block: int) -> SessionContext:
+        """Return a context with a new 256-bit nonce from the OS CSPRNG (what a coordinator calls)."""
+        return cls(run_id=run_id, round=round, block=block, nonce=secrets.token_bytes(NONCE_BYTES))
+
+    def encode(self) -> bytes:
+        """Return the canonical bytes of the context (what travels in `SessionParameters.context`)."""
+        run_id = self.run_id.encode("utf-8")
+        return (_CONTEXT_LABEL + struct.pack(">H", len(run_id)) + run_id
+                + struct.pack(">II", self.round, self.block) + self.nonce)
+
+    @classmethod
+    def decode(cls, data: bytes) -> SessionContext:
+        """Return the context encoded in `data`; raises PrivacyError unless it is exactly one encoding."""
+        label = len(_CONTEXT_LABEL)
+        if len(data) < label + 2 or not data.startswith(_CONTEXT_LABEL):
+            raise PrivacyError("context is not an encoded SessionContext (use SessionContext.fresh().encode())")
+        (length,) = struct.unpack(">H", data[label:label + 2])
+        start = label + 2
+        if len(data) != start + length + 8 + NONCE_BYTES:
+            raise PrivacyError("context has the wrong length for an encoded SessionContext")
+        try:
+            run_id = data[start:start + length].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PrivacyError("context's run_id is not UTF-8") from exc
+        round_index, block = struct.unpack(">II", data[start + length:start + length + 8])
+        return cls(run_id=run_id, round=round_index, block=block, nonce=data[start + length + 8:])
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionParameters:
     """Everything public that both sides must agree on before keys are advertised.
 
     `participant_ids` are the Shamir evaluation points, so they are distinct integers in
     [1, 2**32 - 1]; the in-process driver uses 1..n. `max_input` bounds one participant's value per
-    coordinate (1 for keep-votes). `context` is an opaque label from the caller (run id, layer) that is
-    bound into the session id so that two sessions with the same keys could never be confused.
+    coordinate (1 for keep-votes). `context` is mandatory: the encoding of a `SessionContext` (run, round,
+    block, fresh coordinator nonce), bound into the session id so that no two sessions share a parameter
+    digest. `colluders` is the number c of participants assumed to collude with the coordinator; the
+    threshold must satisfy t > (n + c)/2 unless `allow_unsafe_threshold` (tests only) is set.
+    `ring_headroom` adds the bit that makes every underflow visible to the range check.
     """
 
     participant_ids: tuple[int, ...]
     threshold: int
     dimension: int
+    context: bytes
     chunk_coordinates: int = DEFAULT_CHUNK_COORDINATES
     max_input: int = 1
-    context: bytes = b""
+    colluders: int = 0
+    ring_headroom: bool = True
+    allow_unsafe_threshold: bool = False
     protocol_version: int = field(default=PROTOCOL_VERSION)
 
     def __post_init__(self) -> None:
@@ -62,12 +193,14 @@ class SessionParameters:
             raise PrivacyError("participant_ids must be strictly increasing (sorted, no duplicates)")
         if ids[0] < 1 or ids[-1] > MAX_PARTICIPANT_ID:
             raise PrivacyError(f"participant_ids must lie in [1, {MAX_PARTICIPANT_ID}]")
-        n = len(ids)
-        if not 1 <= self.threshold <= n:
-            raise PrivacyError(f"threshold must be in [1, {n}], got {self.threshold}")
-        if n >= 2 and self.threshold < 2:
-            raise PrivacyError("threshold must be >= 2 with two or more participants (t = 1 hands every "
-                               "peer each participant's secrets)")
+        check_threshold(self.threshold, participants=len(ids), colluders=self.colluders,
+                        allow_unsafe_threshold=self.allow_unsafe_threshold)
+        if self.allow_unsafe_threshold and self.threshold < minimum_threshold(len(ids), colluders=self.colluders):
+            logger.warning("UNSAFE secure-aggregation threshold %d of %d: a lying coordinator can unmask "
+                           "participants; tests and attack demonstrations only", self.threshold, len(ids))
+        if not isinstance(self.context, bytes):
+            raise PrivacyError("context must be bytes: SessionContext.fresh(...).encode()")
+        SessionContext.decode(self.context)
         if self.dimension < 1:
             raise PrivacyError(f"dimension must be >= 1, got {self.dimension}")
         if self.chunk_coordinates < 64 or self.chunk_coordinates % 64:
@@ -86,9 +219,14 @@ class SessionParameters:
         return len(self.participant_ids)
 
     @property
+    def session_context(self) -> SessionContext:
+        """Return the decoded session context."""
+        return SessionContext.decode(self.context)
+
+    @property
     def bit_width(self) -> int:
         """Return b, the ring Z_(2^b) bit width."""
-        return ring_bit_width(self.participants, self.max_input)
+        return ring_bit_width(self.participants, self.max_input, headroom=self.ring_headroom)
 
     @property
     def lane_dtype(self) -> np.dtype:
@@ -127,7 +265,8 @@ class SessionParameters:
         h = hashlib.sha256(b"fedprune/secagg/parameters")
         h.update(struct.pack(">HI", self.protocol_version, len(self.participant_ids)))
         h.update(b"".join(struct.pack(">I", pid) for pid in self.participant_ids))
-        h.update(struct.pack(">IQIIQ", self.threshold, self.dimension, self.chunk_coordinates,
-                             self.max_input, len(self.context)))
+        h.update(struct.pack(">IQIIIBB", self.threshold, self.dimension, self.chunk_coordinates,
+                             self.max_input, self.colluders, self.ring_headroom, self.allow_unsafe_threshold))
+        h.update(struct.pack(">Q", len(self.context)))
         h.update(self.context)
         return h.digest()

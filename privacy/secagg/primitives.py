@@ -155,3 +155,52 @@ class SessionKeys:
     def generate(cls, random_bytes: RandomBytes = os.urandom) -> SessionKeys:
         """Return two fresh key pairs."""
         return cls(cipher_key=generate_x25519(random_bytes), mask_key=generate_x25519(random_bytes))
+
+
+def check_x25519_public(public_key: bytes, *, what: str) -> None:
+    """Return None if `public_key` is a usable X25519 key; raises InvalidMessageError for a small-order one.
+
+    A small-order point makes every shared secret all-zero, so the pairwise mask or envelope key would be
+    known to everyone. Exchanging it with a throwaway scalar (a multiple of the cofactor after clamping)
+    gives all-zero exactly for those points, which `cryptography` refuses with ValueError.
+    """
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError as exc:
+        raise InvalidMessageError(f"{what} is not a valid X25519 key or has small order") from exc
+
+
+def self_seed_commitment(self_seed: bytes, *, session_id: bytes, party: int) -> bytes:
+    """Return the SHA-256 commitment to `party`'s 256-bit self seed, published at ShareKeys.
+
+    The seed is uniform over 2^256 values, so the hash hides it; it binds the seed the server later
+    reconstructs from shares, as the advertised public key binds the reconstructed mask key.
+    """
+    return sha256(_LABEL + b"self-seed-commitment" + session_id + _u32(party) + self_seed)
+
+
+def share_digest(share_value: bytes, *, session_id: bytes, owner: int, holder: int, kind: bytes) -> bytes:
+    """Return the SHA-256 digest of the share of `owner`'s secret (`kind`) that `holder` holds.
+
+    Published by the owner at ShareKeys for every holder, so a revealed share is checked on its own:
+    one forged share is pinned to its sender instead of spoiling the reconstruction. Fewer than t
+    shares leave at least one field element (~2^256 values) unknown, so the digests hide the secret.
+    """
+    return sha256(_LABEL + b"share-digest" + kind + session_id + _u32(owner) + _u32(holder) + share_value)
+
+
+SELF_SEED_KIND = b"self-seed"
+MASK_KEY_KIND = b"mask-key"
+
+
+def survivor_set_message(*, session_id: bytes, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> bytes:
+    """Return the exact bytes a survivor signs in the consistency round: the session id and U3, U2 \\ U3."""
+    return (_LABEL + b"survivor-set" + session_id + _u32(len(survivors)) + b"".join(map(_u32, survivors))
+            + _u32(len(dropped)) + b"".join(map(_u32, dropped)))
+
+
+def sha256(data: bytes) -> bytes:
+    """Return the SHA-256 digest of `data`."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize()

@@ -1,11 +1,14 @@
 """The coordinator's side of secure aggregation, as an explicit state machine.
 
     COLLECTING_KEYS --close_advertisements--> COLLECTING_SHARES --close_shares-->
-    COLLECTING_MASKED_INPUT --close_masked_input--> COLLECTING_UNMASK --finalize--> FINISHED;
+    COLLECTING_MASKED_INPUT --close_masked_input--> COLLECTING_SIGNATURES --close_signatures-->
+    COLLECTING_UNMASK --finalize--> FINISHED;
     fewer than `threshold` participants at any close --> ABORTED (nothing is requested or revealed)
 
 The server relays ciphertexts it cannot open, sums packed masked inputs, and at the end learns only
-the sum of the survivors' inputs. Everything it receives is appended to `view` (masked payloads by
+the sum of the survivors' inputs. A malformed or inconsistent message is rejected alone
+(InvalidMessageError) and the session goes on; in particular every revealed share is checked against
+the digest its owner published at ShareKeys, so one bad unmask response is excluded, not fatal. Everything it receives is appended to `view` (masked payloads by
 hash unless `record_masked_payloads`), so tests can inspect exactly what a curious coordinator holds.
 """
 
@@ -32,6 +35,7 @@ from privacy.secagg.errors import (
     WrongStateError,
 )
 from privacy.secagg.messages import (
+    ConsistencyCheck,
     EncryptedShare,
     KeyAdvertisement,
     MaskedInputChunk,
@@ -40,6 +44,7 @@ from privacy.secagg.messages import (
     Roster,
     ShareDelivery,
     ShareKeys,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
     chunk_hash,
@@ -51,8 +56,10 @@ from privacy.secagg.session import check_advertisement, compute_session_id
 
 logger = logging.getLogger(__name__)
 
+DIGEST_BYTES = 32
+
 RecordedMessage = (KeyAdvertisement | ShareKeys | MaskedInputChunk | RecordedChunk | MaskedInputDone
-                   | UnmaskResponse)
+                   | SurvivorSignature | UnmaskResponse)
 
 
 class ServerState(enum.Enum):
@@ -61,6 +68,7 @@ class ServerState(enum.Enum):
     COLLECTING_KEYS = "collecting_keys"
     COLLECTING_SHARES = "collecting_shares"
     COLLECTING_MASKED_INPUT = "collecting_masked_input"
+    COLLECTING_SIGNATURES = "collecting_signatures"
     COLLECTING_UNMASK = "collecting_unmask"
     FINISHED = "finished"
     ABORTED = "aborted"
@@ -74,6 +82,8 @@ class AggregateResult:
     contributors: tuple[int, ...]
     dropped: tuple[int, ...]
     bit_width: int
+    signatures: tuple[SurvivorSignature, ...] = ()
+    """The survivors' signatures over (session id, contributors, dropped): a transferable record."""
 
 
 @dataclass
@@ -102,8 +112,11 @@ class SecAggServer:
         self._accumulator: PackedAccumulator | None = None
         self._streams: dict[int, _Stream] = {}
         self._completed: list[int] = []
+        self._check: ConsistencyCheck | None = None
+        self._signatures: dict[int, SurvivorSignature] = {}
         self._request: UnmaskRequest | None = None
         self._responses: dict[int, UnmaskResponse] = {}
+        self._rejected: dict[int, str] = {}
 
     # ----------------------------------------------------------------- state
     @property
@@ -127,6 +140,11 @@ class SecAggServer:
     def share_holders(self) -> tuple[int, ...]:
         """Return U2, the participants whose shares were relayed (empty before close_shares)."""
         return self._share_holders
+
+    @property
+    def rejected_responses(self) -> dict[int, str]:
+        """Return {sender: reason} of the unmask responses excluded as malformed or inconsistent."""
+        return dict(self._rejected)
 
     def _expect(self, state: ServerState) -> None:
         if self._state is not state:
@@ -198,6 +216,14 @@ class SecAggServer:
         if any(e.sender != sender for e in message.envelopes) or sorted(recipients) != [
                 p for p in sorted(self._advertisements) if p != sender]:
             raise InvalidMessageError(f"participant {sender} did not send one envelope per other participant")
+        if len(message.self_seed_commitment) != DIGEST_BYTES:
+            raise InvalidMessageError(f"participant {sender}'s self-seed commitment is malformed")
+        holders = [d.holder for d in message.share_digests]
+        if holders != sorted(self._advertisements) or any(
+                len(d.self_seed_share) != DIGEST_BYTES or len(d.mask_key_share) != DIGEST_BYTES
+                for d in message.share_digests):
+            raise InvalidMessageError(f"participant {sender} did not send one share digest pair per member "
+                                      "of the roster")
         self._shares[sender] = message
 
     def close_shares(self) -> dict[int, ShareDelivery]:
@@ -270,8 +296,8 @@ class SecAggServer:
         logger.info("participant %d's unfinished masked input was rolled back (%d chunks)", party,
                     len(stream.hashes))
 
-    def close_masked_input(self) -> UnmaskRequest:
-        """Return the unmask request naming survivors U3 and dropouts U2 minus U3; aborts below `threshold`.
+    def close_masked_input(self) -> ConsistencyCheck:
+        """Return the consistency check naming survivors U3 and dropouts U2 minus U3; aborts below `threshold`.
 
         Streams that did not finish are subtracted out first: their owners count as dropouts.
         """
@@ -281,34 +307,101 @@ class SecAggServer:
         survivors = tuple(sorted(self._completed))
         self._require(len(survivors), "completed their masked input")
         dropped = tuple(p for p in self._share_holders if p not in self._completed)
-        self._request = UnmaskRequest(session_id=self.session_id, survivors=survivors, dropped=dropped)
+        self._check = ConsistencyCheck(session_id=self.session_id, survivors=survivors, dropped=dropped)
+        self._state = ServerState.COLLECTING_SIGNATURES
+        return self._check
+
+    # --------------------------------------------- round 3: consistency check
+    def receive_survivor_signature(self, signature: SurvivorSignature) -> None:
+        """Return None after accepting a survivor's signature over the survivor set; a bad one is rejected alone."""
+        self._expect(ServerState.COLLECTING_SIGNATURES)
+        assert self._check is not None
+        self._view.append(signature)
+        self._check_session(signature.session_id)
+        sender = signature.sender
+        if sender not in self._check.survivors or sender in self._signatures:
+            raise InvalidMessageError(f"unexpected or repeated survivor signature from {sender}")
+        message = primitives.survivor_set_message(session_id=self.session_id, survivors=self._check.survivors,
+                                                  dropped=self._check.dropped)
+        try:
+            primitives.verify(self._identity_keys[sender], signature.signature, message,
+                              what=f"survivor set signed by participant {sender}")
+        except PrivacyError as exc:
+            raise InvalidMessageError(f"rejected survivor signature: {exc}") from exc
+        self._signatures[sender] = signature
+
+    def close_signatures(self) -> UnmaskRequest:
+        """Return the unmask request for the signers, carrying every signature; aborts below `threshold`."""
+        self._expect(ServerState.COLLECTING_SIGNATURES)
+        assert self._check is not None
+        self._require(len(self._signatures), "signed the survivor set")
+        signatures = tuple(self._signatures[p] for p in sorted(self._signatures))
+        self._request = UnmaskRequest(session_id=self.session_id, survivors=self._check.survivors,
+                                      dropped=self._check.dropped, signatures=signatures)
         self._state = ServerState.COLLECTING_UNMASK
         return self._request
 
-    # ------------------------------------------------------ round 3: unmask
+    # ------------------------------------------------------ round 4: unmask
     def receive_unmask(self, response: UnmaskResponse) -> None:
-        """Return None after accepting a survivor's shares: self-seed shares of survivors only, mask-key
-        shares of dropouts only, each exactly once."""
+        """Return None after accepting a signer's shares: self-seed shares of survivors only, mask-key shares
+        of dropouts only, each exactly once, each matching the digest its owner published.
+
+        A response that fails any check is rejected alone (InvalidMessageError, kept in
+        `rejected_responses`); the session goes on with the others.
+        """
         self._expect(ServerState.COLLECTING_UNMASK)
         assert self._request is not None
         self._view.append(response)
         self._check_session(response.session_id)
-        if response.sender not in self._request.survivors or response.sender in self._responses:
-            raise InvalidMessageError(f"unexpected or repeated unmask response from {response.sender}")
+        sender = response.sender
+        if sender not in self._signatures or sender in self._responses:
+            raise InvalidMessageError(f"unexpected or repeated unmask response from {sender}")
+        try:
+            self._check_unmask(response)
+        except InvalidMessageError as exc:
+            self._rejected[sender] = str(exc)
+            logger.warning("unmask response of participant %d excluded: %s", sender, exc)
+            raise
+        self._responses[sender] = response
+
+    def _check_unmask(self, response: UnmaskResponse) -> None:
+        assert self._request is not None
+        sender = response.sender
         seed_owners = [s.owner for s in response.self_seed_shares]
         key_owners = [s.owner for s in response.mask_key_shares]
         if sorted(seed_owners) != list(self._request.survivors) or sorted(key_owners) != list(self._request.dropped):
-            raise InvalidMessageError(f"unmask response of {response.sender} does not match the request")
-        if any(len(s.value) != shamir.SHARE_BYTES for s in response.self_seed_shares + response.mask_key_shares):
-            raise InvalidMessageError(f"unmask response of {response.sender} has malformed shares")
-        self._responses[response.sender] = response
+            raise InvalidMessageError(f"unmask response of {sender} does not match the request")
+        for kind, revealed in ((primitives.SELF_SEED_KIND, response.self_seed_shares),
+                               (primitives.MASK_KEY_KIND, response.mask_key_shares)):
+            for share in revealed:
+                try:
+                    shamir.Share.from_bytes(sender, share.value)
+                except ShamirError as exc:
+                    raise InvalidMessageError(f"unmask response of {sender} has a malformed share of "
+                                              f"participant {share.owner}: {exc}") from exc
+                expected = self._share_digest(share.owner, sender, kind)
+                actual = primitives.share_digest(share.value, session_id=self.session_id, owner=share.owner,
+                                                 holder=sender, kind=kind)
+                if actual != expected:
+                    raise InvalidMessageError(f"unmask response of {sender} has a share of participant "
+                                              f"{share.owner} that does not match the owner's commitment")
+
+    def _share_digest(self, owner: int, holder: int, kind: bytes) -> bytes:
+        for digest in self._shares[owner].share_digests:
+            if digest.holder == holder:
+                return digest.self_seed_share if kind == primitives.SELF_SEED_KIND else digest.mask_key_share
+        raise InvalidMessageError(f"participant {holder} holds no share of participant {owner}")
 
     def _reconstruct(self, owner: int, *, self_seed: bool) -> bytes:
         shares: list[shamir.Share] = []
         for sender, response in self._responses.items():
             revealed = response.self_seed_shares if self_seed else response.mask_key_shares
             shares.extend(shamir.Share.from_bytes(sender, s.value) for s in revealed if s.owner == owner)
-        return shamir.reconstruct(shares, threshold=self.parameters.threshold)
+        try:
+            # Every share matches its owner's digest, so an inconsistency here is the owner's own doing.
+            return shamir.reconstruct(shares, threshold=self.parameters.threshold)
+        except ShamirError as exc:
+            raise ShamirError(f"participant {owner} dealt inconsistent shares: {exc}") from exc
 
     def finalize(self, *, out: np.ndarray | None = None) -> AggregateResult:
         """Return the per-coordinate sum of the survivors' inputs (uint16), unmasked chunk by chunk.
@@ -323,9 +416,13 @@ class SecAggServer:
         params, request = self.parameters, self._request
         session_id = self.session_id
         try:
-            subtract_keys = [primitives.self_mask_key(self._reconstruct(u, self_seed=True),
-                                                      session_id=session_id, party=u)
-                             for u in request.survivors]
+            subtract_keys = []
+            for u in request.survivors:
+                seed = self._reconstruct(u, self_seed=True)
+                if primitives.self_seed_commitment(seed, session_id=session_id, party=u) != (
+                        self._shares[u].self_seed_commitment):
+                    raise ShamirError(f"reconstructed self seed of participant {u} does not match its commitment")
+                subtract_keys.append(primitives.self_mask_key(seed, session_id=session_id, party=u))
             add_keys: list[bytes] = []
             for v in request.dropped:
                 private = X25519PrivateKey.from_private_bytes(self._reconstruct(v, self_seed=False))
@@ -369,4 +466,4 @@ class SecAggServer:
         logger.info("secure aggregation finished: %d contributors, %d dropped, %d coordinates",
                     len(request.survivors), len(request.dropped), params.dimension)
         return AggregateResult(keep_votes=out, contributors=request.survivors, dropped=request.dropped,
-                               bit_width=params.bit_width)
+                               bit_width=params.bit_width, signatures=request.signatures)

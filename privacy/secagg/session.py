@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from privacy.secagg.errors import InvalidMessageError
 from privacy.secagg.messages import KeyAdvertisement
 from privacy.secagg.parameters import PROTOCOL_VERSION, SessionParameters
-from privacy.secagg.primitives import advertisement_message, verify
+from privacy.secagg.primitives import advertisement_message, check_x25519_public, verify
 
 _SESSION_LABEL = b"fedprune/secagg/v%d/session" % PROTOCOL_VERSION
 PUBLIC_KEY_BYTES = 32
@@ -33,7 +33,8 @@ def check_advertisement(advertisement: KeyAdvertisement, *, parameters: SessionP
     """Return None if the advertisement is well formed and signed by its participant; raises otherwise.
 
     A bad signature raises AuthenticationError (an abort where a participant checks the roster); a
-    malformed message raises InvalidMessageError.
+    malformed message or a small-order X25519 key raises InvalidMessageError, so such keys never reach
+    the roster.
     """
     party = advertisement.participant
     if party not in parameters.participant_ids:
@@ -46,6 +47,8 @@ def check_advertisement(advertisement: KeyAdvertisement, *, parameters: SessionP
         raise InvalidMessageError(f"advertisement of participant {party} has malformed keys or signature")
     if advertisement.cipher_public_key == advertisement.mask_public_key:
         raise InvalidMessageError(f"participant {party} advertised the same key twice")
+    check_x25519_public(advertisement.cipher_public_key, what=f"cipher key of participant {party}")
+    check_x25519_public(advertisement.mask_public_key, what=f"mask key of participant {party}")
     message = advertisement_message(parameters_digest=parameters.digest(), party=party,
                                     cipher_public_key=advertisement.cipher_public_key,
                                     mask_public_key=advertisement.mask_public_key)

@@ -21,6 +21,8 @@ from privacy.secagg import (
     SecAggClient,
     SecAggServer,
     ServerState,
+    SessionContext,
+    SessionHistory,
     SessionParameters,
     WrongStateError,
     aggregate_in_process,
@@ -31,6 +33,11 @@ from privacy.secagg.messages import MaskedInputChunk, MaskedInputDone, chunk_has
 from privacy.secagg.packing import BitPacker
 
 STAGES = list(DropPoint)
+COUNTED_STAGES = (DropPoint.BEFORE_SIGNING, DropPoint.BEFORE_UNMASK)  # after the digest: input is in the sum
+
+
+def fresh_context(block: int = 0) -> bytes:
+    return SessionContext.fresh(run_id="test-protocol", round=0, block=block).encode()
 
 
 def expected_outcome(
@@ -42,9 +49,9 @@ def expected_outcome(
     remaining = set(ids)
     contributors: tuple[int, ...] = ()
     for stage in STAGES:
+        if stage is COUNTED_STAGES[0]:
+            contributors = tuple(sorted(remaining))
         remaining -= {p for p, point in drops.items() if point is stage}
-        if stage is DropPoint.BEFORE_UNMASK:
-            contributors = tuple(sorted(remaining | {p for p, point in drops.items() if point is stage}))
         if len(remaining) < threshold:
             return None
     return contributors
@@ -66,7 +73,7 @@ def random_votes(
 @given(data=st.data())
 def test_sum_is_the_plain_sum_over_survivors_or_a_clean_abort(data: st.DataObject) -> None:
     n = data.draw(st.integers(2, 20), label="n")
-    threshold = data.draw(st.integers(2, n), label="t")
+    threshold = data.draw(st.integers(n // 2 + 1 if n > 2 else 2, n), label="t")  # t > n/2
     max_input = data.draw(st.sampled_from([1, 1, 2, 7, 15]), label="max_input")  # b from 1 to 9
     dimension = data.draw(st.integers(1, 400), label="d")
     chunk = data.draw(st.sampled_from([64, 128, 256]), label="chunk")
@@ -80,6 +87,7 @@ def test_sum_is_the_plain_sum_over_survivors_or_a_clean_abort(data: st.DataObjec
         dimension=dimension,
         chunk_coordinates=chunk,
         max_input=max_input,
+        context=fresh_context(),
     )
     votes = random_votes(np.random.default_rng(data.draw(st.integers(0, 2**32))), ids, dimension, max_input)
 
@@ -100,18 +108,20 @@ def test_sum_is_the_plain_sum_over_survivors_or_a_clean_abort(data: st.DataObjec
 @pytest.mark.parametrize("point", STAGES)
 def test_one_dropout_at_each_round_boundary(point: DropPoint) -> None:
     ids = (1, 2, 3, 4, 5)
-    params = SessionParameters(participant_ids=ids, threshold=3, dimension=1000, chunk_coordinates=256)
+    params = SessionParameters(participant_ids=ids, threshold=3, dimension=1000, chunk_coordinates=256,
+                               context=fresh_context())
     votes = random_votes(np.random.default_rng(7), ids, 1000, 1)
     run = run_session(params, votes, drops={3: point})
     assert run.result is not None
-    counted = ids if point is DropPoint.BEFORE_UNMASK else (1, 2, 4, 5)
+    counted = ids if point in COUNTED_STAGES else (1, 2, 4, 5)
     assert run.result.contributors == counted
     assert np.array_equal(run.result.keep_votes, np.sum([votes[p] for p in counted], axis=0))
 
 
 def test_mid_stream_dropout_is_rolled_back_out_of_the_sum(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ids = (1, 2, 3, 4)
-    params = SessionParameters(participant_ids=ids, threshold=3, dimension=64 * 9, chunk_coordinates=64)
+    params = SessionParameters(participant_ids=ids, threshold=3, dimension=64 * 9, chunk_coordinates=64,
+                               context=fresh_context())
     votes = {p: np.ones(64 * 9, dtype=np.uint8) for p in ids}
     run = run_session(params, votes, drops={2: DropPoint.MID_MASKED_INPUT}, workdir=tmp_path)
     assert run.result is not None and run.result.dropped == (2,)
@@ -121,7 +131,8 @@ def test_mid_stream_dropout_is_rolled_back_out_of_the_sum(tmp_path) -> None:  # 
 
 def test_fewer_than_threshold_survivors_abort_before_anything_is_revealed() -> None:
     ids = (1, 2, 3, 4, 5)
-    params = SessionParameters(participant_ids=ids, threshold=4, dimension=100, chunk_coordinates=64)
+    params = SessionParameters(participant_ids=ids, threshold=4, dimension=100, chunk_coordinates=64,
+                               context=fresh_context())
     votes = random_votes(np.random.default_rng(1), ids, 100, 1)
     run = run_session(params, votes, drops={1: DropPoint.BEFORE_MASKED_INPUT, 2: DropPoint.MID_MASKED_INPUT})
     assert isinstance(run.abort, InsufficientParticipantsError) and isinstance(run.abort, ProtocolAbort)
@@ -161,12 +172,15 @@ def test_a_single_participant_is_allowed_with_threshold_one() -> None:
     [
         ({"threshold": 1}, "threshold must be >= 2"),
         ({"threshold": 6}, "threshold must be in"),
+        ({"threshold": 2}, r"threshold must be > \(participants \+ colluders\) / 2"),
+        ({"threshold": 3, "colluders": 1}, r"i.e. >= 4 for 5 participants and 1 colluders"),
         ({"chunk_coordinates": 100}, "multiple of 64"),
         ({"max_input": 20000}, "bit width"),
+        ({"context": b""}, "SessionContext"),
     ],
 )
-def test_parameters_are_validated_up_front(kwargs: dict[str, int], match: str) -> None:
-    base = {"participant_ids": (1, 2, 3, 4, 5), "threshold": 3, "dimension": 10}
+def test_parameters_are_validated_up_front(kwargs: dict[str, object], match: str) -> None:
+    base = {"participant_ids": (1, 2, 3, 4, 5), "threshold": 3, "dimension": 10, "context": fresh_context()}
     with pytest.raises(PrivacyError, match=match):
         SessionParameters(**(base | kwargs))  # type: ignore[arg-type]
 
@@ -175,14 +189,26 @@ def _parties(
     n: int = 3, dimension: int = 200, chunk: int = 64
 ) -> tuple[SessionParameters, dict[int, SecAggClient], SecAggServer]:
     ids = tuple(range(1, n + 1))
-    params = SessionParameters(participant_ids=ids, threshold=2, dimension=dimension, chunk_coordinates=chunk)
+    params = SessionParameters(participant_ids=ids, threshold=n // 2 + 1, dimension=dimension,
+                               chunk_coordinates=chunk, context=fresh_context())
     private = {p: Ed25519PrivateKey.generate() for p in ids}
     public = {p: k.public_key() for p, k in private.items()}
     clients = {
-        p: SecAggClient(participant=p, parameters=params, identity_key=private[p], identity_keys=public)
+        p: SecAggClient(participant=p, parameters=params, identity_key=private[p], identity_keys=public,
+                        history=SessionHistory())
         for p in ids
     }
     return params, clients, SecAggServer(parameters=params, identity_keys=public)
+
+
+def _unmasked(clients: dict[int, SecAggClient], server: SecAggServer):  # type: ignore[no-untyped-def]
+    check = server.close_masked_input()
+    for p in check.survivors:
+        server.receive_survivor_signature(clients[p].sign_survivors(check))
+    request = server.close_signatures()
+    for p in request.survivors:
+        server.receive_unmask(clients[p].unmask(request))
+    return server.finalize()
 
 
 def _to_masking(clients: dict[int, SecAggClient], server: SecAggServer) -> None:
@@ -219,8 +245,6 @@ def test_a_stream_resumes_from_a_regenerated_chunk_and_rejects_other_votes() -> 
     with pytest.raises(InvalidMessageError, match="expected 1"):
         server.receive_masked_chunk(first)  # duplicate
     assert clients[1].masked_chunk(0, votes[1][:64]) == first  # seekable: same chunk again
-    with pytest.raises(PrivacyError, match="different keep_votes"):
-        clients[1].masked_chunk(0, 1 - votes[1][:64])
     for message in clients[1].masked_input(votes[1], start_chunk=1):  # resume after chunk 0
         if isinstance(message, MaskedInputChunk):
             server.receive_masked_chunk(message)
@@ -233,10 +257,7 @@ def test_a_stream_resumes_from_a_regenerated_chunk_and_rejects_other_votes() -> 
                 if isinstance(message, MaskedInputChunk)
                 else server.receive_masked_done
             )(message)  # type: ignore[operator]
-    request = server.close_masked_input()
-    for p in request.survivors:
-        server.receive_unmask(clients[p].unmask(request))
-    assert np.array_equal(server.finalize().keep_votes, sum(v.astype(np.int64) for v in votes.values()))
+    assert np.array_equal(_unmasked(clients, server).keep_votes, sum(v.astype(np.int64) for v in votes.values()))
 
 
 def test_votes_outside_the_range_are_refused_by_the_participant() -> None:
@@ -244,6 +265,18 @@ def test_votes_outside_the_range_are_refused_by_the_participant() -> None:
     _to_masking(clients, server)
     with pytest.raises(PrivacyError, match=r"\[0, 1\]"):
         clients[1].masked_chunk(0, np.full(64, 2, dtype=np.uint8))
+    assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
+
+
+def test_regenerating_a_chunk_from_other_votes_aborts_the_participant() -> None:
+    # Two maskings of one chunk under the same masks would hand the server the votes' difference.
+    _, clients, server = _parties(dimension=128)
+    _to_masking(clients, server)
+    votes = np.random.default_rng(5).integers(0, 2, 64).astype(np.uint8)
+    clients[1].masked_chunk(0, votes)
+    with pytest.raises(PrivacyError, match="different keep_votes"):
+        clients[1].masked_chunk(0, 1 - votes)
+    assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
 
 
 def test_counts_above_the_number_of_contributors_are_reported_as_invalid_input() -> None:
@@ -275,11 +308,8 @@ def test_counts_above_the_number_of_contributors_are_reported_as_invalid_input()
                 digest=stream_digest(session_id=server.session_id, participant=p, chunk_hashes=hashes),
             )
         )
-    request = server.close_masked_input()
-    for p in request.survivors:
-        server.receive_unmask(clients[p].unmask(request))
     with pytest.raises(InvalidAggregateError) as caught:
-        server.finalize()
+        _unmasked(clients, server)
     assert caught.value.invalid_coordinates == 128 and caught.value.first_invalid_index == 0
 
 
@@ -306,11 +336,9 @@ def test_a_stream_with_a_wrong_digest_is_rolled_back() -> None:
                 if isinstance(message, MaskedInputChunk)
                 else server.receive_masked_done
             )(message)  # type: ignore[operator]
-    request = server.close_masked_input()
-    assert request.survivors == (2, 3) and request.dropped == (1,)
-    for p in request.survivors:
-        server.receive_unmask(clients[p].unmask(request))
-    assert (server.finalize().keep_votes == 2).all()
+    result = _unmasked(clients, server)
+    assert result.contributors == (2, 3) and result.dropped == (1,)
+    assert (result.keep_votes == 2).all()
 
 
 def _deterministic_bytes(label: bytes):  # type: ignore[no-untyped-def]
@@ -331,7 +359,11 @@ def test_pinned_session_vector_stays_stable_across_versions() -> None:
     # Shamir sampling, the PRG and the packing all at once.
     ids = (1, 2, 3)
     params = SessionParameters(
-        participant_ids=ids, threshold=2, dimension=100, chunk_coordinates=64, context=b"pinned"
+        participant_ids=ids,
+        threshold=2,
+        dimension=100,
+        chunk_coordinates=64,
+        context=SessionContext(run_id="pinned", round=1, block=2, nonce=bytes(range(32))).encode(),
     )
     private = {p: Ed25519PrivateKey.from_private_bytes(bytes([p]) * 32) for p in ids}
     public = {p: k.public_key() for p, k in private.items()}
@@ -341,6 +373,7 @@ def test_pinned_session_vector_stays_stable_across_versions() -> None:
             parameters=params,
             identity_key=private[p],
             identity_keys=public,
+            history=SessionHistory(),
             random_bytes=_deterministic_bytes(b"fedprune secagg pinned %d" % p),
         )
         for p in ids
@@ -349,8 +382,8 @@ def test_pinned_session_vector_stays_stable_across_versions() -> None:
     _to_masking(clients, server)
     votes = np.arange(100, dtype=np.uint8) % 2
     chunks = list(clients[1].masked_input(votes))
-    assert params.digest().hex() == "069456d7d02a0a4881582c8459b6b1157f41f151b9be7c51318d7c83988cc898"
-    assert server.session_id.hex() == "f44c829d4c7db5d29f55938e78bf8103a6a3310ea8d371bd7a05d7fbc9c6392b"
+    assert params.digest().hex() == "e1b70536693ac06d0240f8c0aa70e3f1d8c6a535028d64deff3cd83e0941c598"
+    assert server.session_id.hex() == "b8bbcf0728e1e6a2c10fea5cf83ae76792049eb325b3d1144230903b559c6571"
     assert hashlib.sha256(
         b"".join(c.payload for c in chunks if isinstance(c, MaskedInputChunk))
-    ).hexdigest() == ("6ebd8d297dd507cbf6ec18e0019593b3b0c263c6058d62eb645ca2bdd02c915d")
+    ).hexdigest() == ("230922e9fa06a1aa73c5647b547a38ae2da2db824af2da629740947e4080cdfc")
