@@ -143,7 +143,12 @@ class TrustedKey:
             except OSError as error:
                 raise SigningKeyError(f"cannot read trusted key {path}: {error.strerror}") from None
             return cls.from_public_key(load_public_key(material), source=str(path))
-        return cls(text, source="fingerprint")
+        try:
+            return cls(text, source="fingerprint")
+        except SigningKeyError as error:
+            raise SigningKeyError(
+                f"{text!r} is neither a readable public-key file nor a fingerprint: {error}"
+            ) from None
 
     def matches(self, key: Ed25519PublicKey | bytes) -> bool:
         """Return True when ``key`` (or its raw bytes) has this fingerprint."""

@@ -206,3 +206,13 @@ def test_audit_show_puts_unverified_first_for_a_tampered_report(
 def test_audit_verify_missing_file_is_a_user_error(tmp_path: Path, capsys) -> None:
     assert main(["audit", "verify", str(tmp_path / "absent.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_audit_fingerprint_prints_what_the_operator_reads_aloud(
+    signed_report: tuple[Path, Path], capsys
+) -> None:
+    _, key_path = signed_report
+    expected = grouped_fingerprint(load_or_create_signing_key(key_path))
+    for path in (key_path, public_key_path(key_path)):
+        assert main(["audit", "fingerprint", str(path)]) == 0
+        assert capsys.readouterr().out.startswith(expected)

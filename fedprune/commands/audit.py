@@ -58,6 +58,13 @@ def register(subparsers: Any) -> None:
     show.add_argument("--format", choices=("markdown", "html"), default="markdown")
     show.add_argument("--output", type=Path, help="write to this file instead of standard output")
     show.set_defaults(handler=run_show)
+    fingerprint = commands.add_parser(
+        "fingerprint", help="print the fingerprint of a public or private key file, to compare out of band"
+    )
+    fingerprint.add_argument(
+        "key", type=Path, help="Ed25519 key file (public: PEM, raw or hex; private: PEM)"
+    )
+    fingerprint.set_defaults(handler=run_fingerprint)
 
 
 def _read(path: Path) -> bytes:
@@ -180,3 +187,22 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         print(rendered)
     return 0 if verification is not None else 1
+
+
+def run_fingerprint(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from fedprune.errors import CommandError
+    from privacy.signing import grouped_fingerprint, key_fingerprint, load_public_key
+
+    material = _read(args.key)
+    if b"PRIVATE KEY" in material:
+        private = load_pem_private_key(material, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise CommandError(f"{args.key} is not an Ed25519 private key")
+        public = private.public_key()
+    else:
+        public = load_public_key(material)
+    print(f"{grouped_fingerprint(public)}  (SHA-256 of the raw public key: {key_fingerprint(public)})")
+    return 0
