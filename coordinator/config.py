@@ -204,7 +204,11 @@ class PrivacySection(_Section):
         if isinstance(data, dict):
             data = dict(data)
             record_level = data.get("record_level_dp", True)
-            if record_level is True and data.get("noise_multiplier") is None and data.get("target_epsilon") is None:
+            if (
+                record_level is True
+                and data.get("noise_multiplier") is None
+                and data.get("target_epsilon") is None
+            ):
                 data["target_epsilon"] = DEFAULT_TARGET_EPSILON
         return data
 
@@ -212,7 +216,9 @@ class PrivacySection(_Section):
     def _consistent(self) -> PrivacySection:
         if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ValueError("give either noise_multiplier or target_epsilon, not both")
-        if not self.record_level_dp and (self.noise_multiplier is not None or self.target_epsilon is not None):
+        if not self.record_level_dp and (
+            self.noise_multiplier is not None or self.target_epsilon is not None
+        ):
             raise ValueError("noise_multiplier and target_epsilon need record_level_dp = true")
         return self
 
@@ -251,10 +257,13 @@ class CoordinatorConfig(_Section):
         minimum = self.run.min_participants_or_default
         colluders = self.privacy.colluders or 0
         try:
-            check_threshold(self.run.threshold_for(colluders=colluders), participants=minimum, colluders=colluders)
+            check_threshold(
+                self.run.threshold_for(colluders=colluders), participants=minimum, colluders=colluders
+            )
         except ValueError as error:
-            raise ValueError(f"run.threshold (with run.min_participants {minimum}, privacy.colluders "
-                             f"{colluders}): {error}") from None
+            raise ValueError(
+                f"run.threshold (with run.min_participants {minimum}, privacy.colluders {colluders}): {error}"
+            ) from None
         return self
 
     @property
@@ -289,7 +298,9 @@ def _describe(error: Any) -> str:
     return f"{location}: {message}" if location else message
 
 
-def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config") -> CoordinatorConfig:
+def parse_config(
+    data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config"
+) -> CoordinatorConfig:
     """Return the validated configuration of a parsed TOML document (paths relative to ``base_dir``)."""
     try:
         return CoordinatorConfig.model_validate(data, context={"base_dir": base_dir})

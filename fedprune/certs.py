@@ -142,9 +142,15 @@ def create_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -152,7 +158,9 @@ def create_ca(
         .sign(key, hashes.SHA256())
     )
     _write_private(files.private_key, _key_pem(key), overwrite=overwrite)
-    _write_public(files.certificate, certificate.public_bytes(serialization.Encoding.PEM), overwrite=overwrite)
+    _write_public(
+        files.certificate, certificate.public_bytes(serialization.Encoding.PEM), overwrite=overwrite
+    )
     logger.info("wrote CA certificate %s and key %s", files.certificate, files.private_key)
     return files
 
@@ -164,9 +172,13 @@ def load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
         certificate = x509.load_pem_x509_certificate((ca_dir / CA_CERTIFICATE).read_bytes())
         key = serialization.load_pem_private_key((ca_dir / CA_KEY).read_bytes(), password=None)
     except OSError as error:
-        raise CertificateError(f"cannot read the CA in {ca_dir}: {error.strerror}: {error.filename}") from None
+        raise CertificateError(
+            f"cannot read the CA in {ca_dir}: {error.strerror}: {error.filename}"
+        ) from None
     except ValueError as error:
-        raise CertificateError(f"the CA in {ca_dir} is not a PEM certificate and unencrypted key: {error}") from None
+        raise CertificateError(
+            f"the CA in {ca_dir} is not a PEM certificate and unencrypted key: {error}"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError(f"{ca_dir / CA_KEY} is not an ECDSA key (fedprune certs init writes one)")
     if certificate.public_key() != key.public_key():
@@ -232,9 +244,15 @@ def issue_certificate(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -248,9 +266,14 @@ def issue_certificate(
         builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
     certificate = builder.sign(ca_key, hashes.SHA256())
     _write_private(files.private_key, _key_pem(key), overwrite=overwrite)
-    _write_public(files.certificate, certificate.public_bytes(serialization.Encoding.PEM), overwrite=overwrite)
+    _write_public(
+        files.certificate, certificate.public_bytes(serialization.Encoding.PEM), overwrite=overwrite
+    )
     logger.info(
         "wrote %s certificate %s for %r and key %s",
-        "server" if alternative_names else "client", files.certificate, name, files.private_key,
+        "server" if alternative_names else "client",
+        files.certificate,
+        name,
+        files.private_key,
     )
     return files

@@ -138,25 +138,41 @@ class PrivacyMinimums(_Section):
         """
         problems: list[str] = []
         if self.require_randomized_response and not randomized_response:
-            problems.append("the run sends mask bits without randomized response (require_randomized_response)")
+            problems.append(
+                "the run sends mask bits without randomized response (require_randomized_response)"
+            )
         if randomized_response and self.max_epsilon0 is not None and epsilon0 > self.max_epsilon0:
             problems.append(f"epsilon0 {epsilon0:g} exceeds max_epsilon0 {self.max_epsilon0:g}")
         if self.min_threshold is not None and threshold < self.min_threshold:
             problems.append(f"threshold {threshold} is below min_threshold {self.min_threshold}")
         if self.require_record_level_dp and not record_level_dp:
             problems.append("the run has no record-level DP (require_record_level_dp)")
-        if record_level_dp and self.max_target_epsilon is not None and (
-            record_epsilon is None or record_epsilon > self.max_target_epsilon
+        if (
+            record_level_dp
+            and self.max_target_epsilon is not None
+            and (record_epsilon is None or record_epsilon > self.max_target_epsilon)
         ):
-            stated = "no record-level epsilon" if record_epsilon is None else f"record-level epsilon {record_epsilon:g}"
+            stated = (
+                "no record-level epsilon"
+                if record_epsilon is None
+                else f"record-level epsilon {record_epsilon:g}"
+            )
             problems.append(f"the run states {stated}, above max_target_epsilon {self.max_target_epsilon:g}")
         if record_level_dp and self.max_delta is not None and delta > self.max_delta:
             problems.append(f"delta {delta:g} exceeds max_delta {self.max_delta:g}")
-        if record_level_dp and self.min_noise_multiplier is not None and (
-            noise_multiplier is None or noise_multiplier < self.min_noise_multiplier
+        if (
+            record_level_dp
+            and self.min_noise_multiplier is not None
+            and (noise_multiplier is None or noise_multiplier < self.min_noise_multiplier)
         ):
-            stated = "no noise multiplier" if noise_multiplier is None else f"noise multiplier {noise_multiplier:g}"
-            problems.append(f"the run states {stated}, below min_noise_multiplier {self.min_noise_multiplier:g}")
+            stated = (
+                "no noise multiplier"
+                if noise_multiplier is None
+                else f"noise multiplier {noise_multiplier:g}"
+            )
+            problems.append(
+                f"the run states {stated}, below min_noise_multiplier {self.min_noise_multiplier:g}"
+            )
         return problems
 
 
@@ -194,7 +210,9 @@ def _describe(error: Any) -> str:
     return f"{location}: {str(error['msg']).removeprefix('Value error, ')}"
 
 
-def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config") -> ParticipantConfig:
+def parse_config(
+    data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config"
+) -> ParticipantConfig:
     """Return the validated configuration of a parsed TOML document (paths relative to ``base_dir``)."""
     try:
         return ParticipantConfig.model_validate(data, context={"base_dir": base_dir})

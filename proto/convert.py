@@ -35,16 +35,29 @@ from proto.fedprune.v1 import secagg_pb2 as pb
 SESSION_ID_BYTES = 32
 
 DomainMessage = (
-    SessionParameters | KeyAdvertisement | Roster | EncryptedShare | ShareDigest | ShareKeys | ShareDelivery
-    | MaskedInputChunk | MaskedInputDone | ConsistencyCheck | SurvivorSignature | UnmaskRequest
-    | RevealedShare | UnmaskResponse
+    SessionParameters
+    | KeyAdvertisement
+    | Roster
+    | EncryptedShare
+    | ShareDigest
+    | ShareKeys
+    | ShareDelivery
+    | MaskedInputChunk
+    | MaskedInputDone
+    | ConsistencyCheck
+    | SurvivorSignature
+    | UnmaskRequest
+    | RevealedShare
+    | UnmaskResponse
 )
 
 
 # ------------------------------------------------------------------ checks on decode
 def _participant(value: int, field: str) -> int:
     if not 1 <= value <= MAX_PARTICIPANT_ID:
-        raise InvalidMessageError(f"{field} must be a participant id in [1, {MAX_PARTICIPANT_ID}], got {value}")
+        raise InvalidMessageError(
+            f"{field} must be a participant id in [1, {MAX_PARTICIPANT_ID}], got {value}"
+        )
     return value
 
 
@@ -112,7 +125,9 @@ def key_advertisement_to_proto(message: KeyAdvertisement) -> pb.KeyAdvertisement
     )
 
 
-def key_advertisement_from_proto(message: pb.KeyAdvertisement, field: str = "KeyAdvertisement") -> KeyAdvertisement:
+def key_advertisement_from_proto(
+    message: pb.KeyAdvertisement, field: str = "KeyAdvertisement"
+) -> KeyAdvertisement:
     """Return the domain key advertisement."""
     return KeyAdvertisement(
         participant=_participant(message.participant, f"{field}.participant"),
@@ -278,10 +293,14 @@ def consistency_check_from_proto(message: pb.ConsistencyCheck) -> ConsistencyChe
 
 def survivor_signature_to_proto(message: SurvivorSignature) -> pb.SurvivorSignature:
     """Return the protobuf form of a survivor's signature over the survivor set."""
-    return pb.SurvivorSignature(session_id=message.session_id, sender=message.sender, signature=message.signature)
+    return pb.SurvivorSignature(
+        session_id=message.session_id, sender=message.sender, signature=message.signature
+    )
 
 
-def survivor_signature_from_proto(message: pb.SurvivorSignature, field: str = "SurvivorSignature") -> SurvivorSignature:
+def survivor_signature_from_proto(
+    message: pb.SurvivorSignature, field: str = "SurvivorSignature"
+) -> SurvivorSignature:
     """Return the domain survivor signature."""
     return SurvivorSignature(
         session_id=_session_id(message.session_id, f"{field}.session_id"),

@@ -34,7 +34,9 @@ def proto_sources(root: Path = REPOSITORY_ROOT) -> list[Path]:
 def generated_files(root: Path = REPOSITORY_ROOT) -> list[Path]:
     """Return the stub paths (relative to ``root``) that the sources generate."""
     return [
-        source.with_name(source.stem + suffix) for source in proto_sources(root) for suffix in GENERATED_SUFFIXES
+        source.with_name(source.stem + suffix)
+        for source in proto_sources(root)
+        for suffix in GENERATED_SUFFIXES
     ]
 
 
@@ -42,7 +44,9 @@ def _protoc(arguments: list[str]) -> None:
     try:
         from grpc_tools import protoc
     except ImportError as error:  # a runtime install has no grpcio-tools; say how to get it
-        raise GenerationError("grpcio-tools is not installed; install the dev extras: pip install -e '.[dev]'") from error
+        raise GenerationError(
+            "grpcio-tools is not installed; install the dev extras: pip install -e '.[dev]'"
+        ) from error
     # grpc_tools ships the well-known types (google/protobuf/*.proto) beside its module.
     well_known = Path(protoc.__file__).parent / "_proto"
     command = ["protoc", f"--proto_path={REPOSITORY_ROOT}", f"--proto_path={well_known}", *arguments]

@@ -198,7 +198,9 @@ def secure_channel(
     address: str, files: TlsPaths, *, extra_options: Sequence[tuple[str, int | str]] = ()
 ) -> grpc.Channel:
     """Return a mutual-TLS channel to ``address`` (``host:port``; the host must be in the server's SANs)."""
-    return grpc.secure_channel(address, channel_credentials(files), options=[*channel_options(), *extra_options])
+    return grpc.secure_channel(
+        address, channel_credentials(files), options=[*channel_options(), *extra_options]
+    )
 
 
 def add_secure_port(server: grpc.Server, address: str, files: TlsPaths) -> int:
@@ -230,7 +232,9 @@ def peer_common_name(context: grpc.ServicerContext) -> str:
     if len(names) != 1:
         # Zero: no client certificate (the server requires one, so this is a misconfigured server);
         # several: ambiguous identity, never guess which one is meant.
-        raise PeerIdentityError(f"the client certificate must carry exactly one common name, found {len(names)}")
+        raise PeerIdentityError(
+            f"the client certificate must carry exactly one common name, found {len(names)}"
+        )
     try:
         return names[0].decode("utf-8")
     except UnicodeDecodeError:

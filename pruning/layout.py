@@ -63,7 +63,9 @@ class VoteLayout:
             if name in seen:
                 raise PruningInputError(f"vote layout lists {name} twice")
             if len(shape) != 2 or min(shape) < 1:
-                raise PruningInputError(f"{name}: shape must be [out, in] with positive sizes, got {list(shape)}")
+                raise PruningInputError(
+                    f"{name}: shape must be [out, in] with positive sizes, got {list(shape)}"
+                )
             seen.add(name)
             entries.append(LayoutEntry(name=name, shape=(int(shape[0]), int(shape[1])), offset=offset))
             offset += entries[-1].size
@@ -84,7 +86,11 @@ class VoteLayout:
     def for_model(cls, model: nn.Module) -> VoteLayout:
         """Return the layout of every prunable matrix of the model, block after block."""
         return cls(
-            tuple(matrix for index, block in enumerate(decoder_blocks(model)) for matrix in _block_matrices(index, block))
+            tuple(
+                matrix
+                for index, block in enumerate(decoder_blocks(model))
+                for matrix in _block_matrices(index, block)
+            )
         )
 
     # ------------------------------------------------------------ queries
@@ -134,7 +140,9 @@ class VoteLayout:
             )
 
     # ------------------------------------------------------------ flat vectors
-    def flatten(self, tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def flatten(
+        self, tensors: Mapping[str, torch.Tensor], *, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """Return one 1-D CPU tensor holding every matrix's values in layout order.
 
         ``tensors`` must hold exactly the layout's names with exactly its shapes; anything else raises,
@@ -190,10 +198,12 @@ def base_model_fingerprint(model: nn.Module) -> bytes:
         dtype = str(tensor.dtype).encode("ascii")
         digest.update(struct.pack(">I", len(encoded_name)) + encoded_name)
         digest.update(struct.pack(">I", len(dtype)) + dtype)
-        digest.update(struct.pack(">I", tensor.ndim) + b"".join(struct.pack(">Q", size) for size in tensor.shape))
+        digest.update(
+            struct.pack(">I", tensor.ndim) + b"".join(struct.pack(">Q", size) for size in tensor.shape)
+        )
         flat = tensor.to("cpu").contiguous().reshape(-1)
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         digest.update(struct.pack(">Q", raw.numel()))
         for start in range(0, raw.numel(), _HASH_SLICE_BYTES):
-            digest.update(raw[start:start + _HASH_SLICE_BYTES].numpy().data)
+            digest.update(raw[start : start + _HASH_SLICE_BYTES].numpy().data)
     return digest.digest()

@@ -60,9 +60,24 @@ def test_init_writes_a_ca_certificate_and_a_private_key_only_the_owner_reads(tmp
 
 def test_issue_makes_a_server_certificate_for_each_host(tmp_path: Path) -> None:
     main(["certs", "init", "--out", str(tmp_path / "ca")])
-    code = main(["certs", "issue", "--ca", str(tmp_path / "ca"), "--name", "coordinator",
-                 "--host", "coordinator.example.org", "--host", "10.0.0.7", "--host", "::1",
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "certs",
+            "issue",
+            "--ca",
+            str(tmp_path / "ca"),
+            "--name",
+            "coordinator",
+            "--host",
+            "coordinator.example.org",
+            "--host",
+            "10.0.0.7",
+            "--host",
+            "::1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     certificate = _load(tmp_path / "out" / "coordinator.pem")
     assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "coordinator"
@@ -85,7 +100,9 @@ def test_issue_without_hosts_makes_a_client_certificate(tmp_path: Path) -> None:
         certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
-def test_existing_keys_are_never_replaced_silently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_keys_are_never_replaced_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     create_ca(tmp_path / "ca")
     first = (tmp_path / "ca" / "ca.key").read_bytes()
     assert main(["certs", "init", "--out", str(tmp_path / "ca")]) == 2
@@ -103,23 +120,26 @@ def test_names_that_cannot_be_a_file_and_a_common_name_are_refused(name: str) ->
 
 # ---------------------------------------------------------------- loading the [tls] files
 def test_a_key_that_is_not_the_certificates_is_named(pki: dict[str, tls.TlsFiles]) -> None:
-    mixed = tls.TlsFiles(ca=pki["client"].ca, certificate=pki["client"].certificate,
-                         private_key=pki["intruder"].private_key)
+    mixed = tls.TlsFiles(
+        ca=pki["client"].ca, certificate=pki["client"].certificate, private_key=pki["intruder"].private_key
+    )
     with pytest.raises(tls.TlsConfigurationError, match=r"^tls\.private_key: .* is not the key of"):
         tls.load_tls_material(mixed)
 
 
 def test_a_missing_file_is_named(pki: dict[str, tls.TlsFiles], tmp_path: Path) -> None:
-    missing = tls.TlsFiles(ca=tmp_path / "nope.pem", certificate=pki["client"].certificate,
-                           private_key=pki["client"].private_key)
+    missing = tls.TlsFiles(
+        ca=tmp_path / "nope.pem", certificate=pki["client"].certificate, private_key=pki["client"].private_key
+    )
     with pytest.raises(tls.TlsConfigurationError, match=r"^tls\.ca: cannot read"):
         tls.load_tls_material(missing)
 
 
 def test_a_non_pem_certificate_is_named(pki: dict[str, tls.TlsFiles], tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate")
-    junk = tls.TlsFiles(ca=pki["client"].ca, certificate=tmp_path / "junk.pem",
-                        private_key=pki["client"].private_key)
+    junk = tls.TlsFiles(
+        ca=pki["client"].ca, certificate=tmp_path / "junk.pem", private_key=pki["client"].private_key
+    )
     with pytest.raises(tls.TlsConfigurationError, match=r"^tls\.certificate: .* no PEM certificate"):
         tls.load_tls_material(junk)
 
@@ -160,7 +180,9 @@ def test_a_client_with_a_certificate_from_the_ca_is_served_and_known_by_its_comm
 ) -> None:
     with tls.secure_channel(f"127.0.0.1:{server_port}", pki["client"]) as channel:
         assert _who_am_i_over(channel) == "hospital-a"
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S
+        )
         assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -171,8 +193,10 @@ def test_the_server_is_also_reached_by_its_dns_name(pki: dict[str, tls.TlsFiles]
 
 def test_a_client_without_a_certificate_is_refused(pki: dict[str, tls.TlsFiles], server_port: int) -> None:
     credentials = grpc.ssl_channel_credentials(root_certificates=pki["client"].ca.read_bytes())
-    with grpc.secure_channel(f"127.0.0.1:{server_port}", credentials) as channel, \
-            pytest.raises(grpc.RpcError) as refused:
+    with (
+        grpc.secure_channel(f"127.0.0.1:{server_port}", credentials) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
         _who_am_i_over(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -181,16 +205,24 @@ def test_a_client_with_a_certificate_from_another_ca_is_refused(
     pki: dict[str, tls.TlsFiles], server_port: int
 ) -> None:
     # The intruder even trusts the right CA for the server; only its own certificate is foreign.
-    intruder = tls.TlsFiles(ca=pki["client"].ca, certificate=pki["intruder"].certificate,
-                            private_key=pki["intruder"].private_key)
-    with tls.secure_channel(f"127.0.0.1:{server_port}", intruder) as channel, pytest.raises(grpc.RpcError) as refused:
+    intruder = tls.TlsFiles(
+        ca=pki["client"].ca, certificate=pki["intruder"].certificate, private_key=pki["intruder"].private_key
+    )
+    with (
+        tls.secure_channel(f"127.0.0.1:{server_port}", intruder) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
         _who_am_i_over(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_client_that_trusts_another_ca_refuses_the_server(pki: dict[str, tls.TlsFiles], server_port: int) -> None:
-    with tls.secure_channel(f"127.0.0.1:{server_port}", pki["intruder"]) as channel, \
-            pytest.raises(grpc.RpcError) as refused:
+def test_a_client_that_trusts_another_ca_refuses_the_server(
+    pki: dict[str, tls.TlsFiles], server_port: int
+) -> None:
+    with (
+        tls.secure_channel(f"127.0.0.1:{server_port}", pki["intruder"]) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
         _who_am_i_over(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -198,8 +230,10 @@ def test_a_client_that_trusts_another_ca_refuses_the_server(pki: dict[str, tls.T
 def test_a_server_certificate_cannot_serve_as_a_client_certificate(
     pki: dict[str, tls.TlsFiles], server_port: int
 ) -> None:
-    with tls.secure_channel(f"127.0.0.1:{server_port}", pki["server-as-client"]) as channel, \
-            pytest.raises(grpc.RpcError) as refused:
+    with (
+        tls.secure_channel(f"127.0.0.1:{server_port}", pki["server-as-client"]) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
         _who_am_i_over(channel)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 

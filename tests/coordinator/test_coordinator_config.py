@@ -53,7 +53,10 @@ def test_the_example_configs_load(name: str) -> None:
 
 
 def test_the_full_example_only_spells_out_the_defaults_of_the_minimal_one() -> None:
-    full, minimal = load_config(EXAMPLES / "coordinator.toml"), load_config(EXAMPLES / "coordinator-minimal.toml")
+    full, minimal = (
+        load_config(EXAMPLES / "coordinator.toml"),
+        load_config(EXAMPLES / "coordinator-minimal.toml"),
+    )
     assert full == minimal
 
 
@@ -90,7 +93,9 @@ def test_a_noise_multiplier_replaces_the_default_target() -> None:
 
 
 def test_defaults_fill_what_the_contract_leaves_out() -> None:
-    data = _without("run", "min_participants", "threshold", "method", "pattern", "group", "mode", "nsamples", "seqlen")
+    data = _without(
+        "run", "min_participants", "threshold", "method", "pattern", "group", "mode", "nsamples", "seqlen"
+    )
     run = parse_config(data).run
     assert run.min_participants_or_default == 3
     assert run.method is Method.WANDA and run.pattern == "unstructured" and run.mode == "one-shot"

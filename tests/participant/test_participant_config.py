@@ -16,8 +16,15 @@ else:
     import tomli as tomllib
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-STRONG_RUN: dict[str, Any] = dict(randomized_response=True, epsilon0=2.0, threshold=3, record_level_dp=True,
-                                  record_epsilon=4.0, delta=1e-6, noise_multiplier=1.5)
+STRONG_RUN: dict[str, Any] = dict(
+    randomized_response=True,
+    epsilon0=2.0,
+    threshold=3,
+    record_level_dp=True,
+    record_epsilon=4.0,
+    delta=1e-6,
+    noise_multiplier=1.5,
+)
 
 
 def _minimal() -> dict[str, Any]:
@@ -79,7 +86,12 @@ def test_a_run_that_meets_every_minimum_is_accepted() -> None:
     minimums = load_config(EXAMPLES / "participant.toml").privacy
     assert minimums is not None
     assert minimums.violations(**STRONG_RUN) == []
-    assert PrivacyMinimums.model_validate({}).violations(**{**STRONG_RUN, "record_level_dp": False, "randomized_response": False}) == []
+    assert (
+        PrivacyMinimums.model_validate({}).violations(
+            **{**STRONG_RUN, "record_level_dp": False, "randomized_response": False}
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,10 @@ def test_the_fingerprint_is_the_same_for_the_same_architecture_and_differs_other
     same = VoteLayout.for_block(build_tiny_model("llama", seed=1), 0)  # other weights, same layout
     assert first.fingerprint() == same.fingerprint() and first == same
     assert first.fingerprint() != VoteLayout.for_block(build_tiny_model("llama"), 1).fingerprint()
-    assert first.fingerprint() != VoteLayout.for_block(build_tiny_model("llama", intermediate=128), 0).fingerprint()
+    assert (
+        first.fingerprint()
+        != VoteLayout.for_block(build_tiny_model("llama", intermediate=128), 0).fingerprint()
+    )
     swapped = VoteLayout(tuple((e.name, e.shape) for e in reversed(first.entries)))
     assert swapped.fingerprint() != first.fingerprint()
     first.check_fingerprint(same.fingerprint())
