@@ -40,14 +40,9 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls it in there only)
     import tomli as tomllib
 
+from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
+
 logger = logging.getLogger(__name__)
-
-DEFAULT_TARGET_EPSILON = 8.0
-"""Record-level epsilon (at delta) when record-level DP is on and neither sigma nor a target is given.
-
-The same default as ``fedprune.private_votes``; the coordinator cannot import ``fedprune``, so it is
-repeated here and the configuration tests check that both agree.
-"""
 
 # Mode of fedprune.simulate.Mode by value; a Literal because coordinator/ cannot import fedprune/.
 RunMode = Literal["one-shot", "iterative"]

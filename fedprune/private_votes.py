@@ -21,17 +21,13 @@ import numpy as np
 import torch
 
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
-from privacy.calibration_dp import DPStatisticAggregator
+from privacy.calibration_dp import DEFAULT_TARGET_EPSILON, DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
 from privacy.secagg import aggregate_in_process, default_threshold
 
 logger = logging.getLogger(__name__)
-
-
-DEFAULT_TARGET_EPSILON = 8.0
-"""Record-level epsilon (at delta 1e-5) of a run that names neither a noise multiplier nor a target."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,6 +70,10 @@ from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TARGET_EPSILON = 8.0
+"""Record-level epsilon (at delta 1e-5) of a run, per participant, when it names neither a noise
+multiplier nor a target: the product default for simulate, the demo and the coordinator's ``[privacy]``."""
+
 COLUMN_SQUARES = "column_squares"
 GRAM = "gram"
 _SHARED_INPUT_SUFFIXES = {
@@ -502,7 +506,9 @@ class SignalOutlook:
     verdict: str
 
 
-def signal_outlook(*, records: int, noise_multiplier: float, sample_rate: float, dimension: int) -> SignalOutlook:
+def signal_outlook(
+    *, records: int, noise_multiplier: float, sample_rate: float, dimension: int
+) -> SignalOutlook:
     """Return the expected signal-to-noise ratio of one block's release, and what it means for the mask.
 
     Each sampled record adds a unit-norm vector spread over the block's D released coordinates, so a

@@ -46,7 +46,7 @@ def parse_pattern(pattern: str, sparsity: float | None) -> SparsityPattern:
     pattern = pattern.strip().lower()
     if pattern == "unstructured":
         if sparsity is None:
-            raise PruningInputError("unstructured pruning needs --sparsity")
+            raise PruningInputError("unstructured pruning needs a sparsity")
         if not (0.0 < sparsity < 1.0):
             raise PruningInputError(f"sparsity must lie strictly between 0 and 1, got {sparsity}")
         return SparsityPattern(sparsity=float(sparsity))
@@ -57,7 +57,7 @@ def parse_pattern(pattern: str, sparsity: float | None) -> SparsityPattern:
     if not (0 < n < m):
         raise PruningInputError(f"N:M pattern needs 0 < N < M, got {n}:{m}")
     if sparsity is not None and abs(sparsity - n / m) > 1e-9:
-        raise PruningInputError(f"--sparsity {sparsity} contradicts pattern {n}:{m} (= {n / m:g})")
+        raise PruningInputError(f"sparsity {sparsity} contradicts pattern {n}:{m} (= {n / m:g})")
     return SparsityPattern(sparsity=n / m, n=n, m=m)
 
 

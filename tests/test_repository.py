@@ -41,7 +41,7 @@ def test_ruff_finds_nothing() -> None:
 @pytest.mark.skipif(not (Path(sys.executable).parent / "mypy").exists(), reason="mypy is not installed")
 def test_mypy_finds_nothing_in_the_packages(tmp_path: Path) -> None:
     mypy = str(Path(sys.executable).parent / "mypy")
-    packages = ["pruning", "coordinator", "participant", "privacy", "fedprune"]
+    packages = ["proto", "pruning", "coordinator", "participant", "privacy", "fedprune"]
     result = subprocess.run(
         [mypy, "--cache-dir", str(tmp_path / "mypy-cache"), *packages],
         capture_output=True,

@@ -119,7 +119,7 @@ def test_defaults_fill_what_the_contract_leaves_out() -> None:
         (_with("run", min_participants=4), "run.min_participants: 4 exceeds the 3 listed participants"),
         (_with("run", threshold=1), ": run.threshold (with run.min_participants 3"),
         (_with("run", threshold=4), "run.threshold"),
-        (_with("run", pattern="2:4", sparsity=0.7), "run.sparsity: --sparsity 0.7 contradicts pattern 2:4"),
+        (_with("run", pattern="2:4", sparsity=0.7), "run.sparsity: sparsity 0.7 contradicts pattern 2:4"),
         (_with("run", chunk_coordinates=100), "run.chunk_coordinates: "),
         (_with("privacy", noise_multiplier=1.0), "either noise_multiplier or target_epsilon, not both"),
         (_with("privacy", record_level_dp=False), "need record_level_dp = true"),
