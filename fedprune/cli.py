@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "privacy_cmd",
     "audit",
     "certs",
+    "coordinator",
+    "participant",
 )
 
 EXIT_USER_ERROR = 2

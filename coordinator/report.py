@@ -1,0 +1,111 @@
+"""The run's privacy report: the coordinator's own secure-aggregation events plus each site's signed statement.
+
+The coordinator attests only what it did (one secure-aggregation session per block: participants,
+threshold, survivors, colluders). What each participant applied (randomized response, DP statistics)
+enters the ledger exactly as that participant signed it, so ``audit verify`` can check each site's
+signature and that the ledger says of it exactly what it said itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
+from privacy.report import PrivacyReport, ThreatModel, build_report, write_signed_report
+from privacy.signing import ParticipantStatement, StatementError, verify_statement_signature
+
+logger = logging.getLogger(__name__)
+
+
+def secure_aggregation_event(
+    *, block: int, coordinates: int, participants: int, threshold: int, survivors: int, colluders: int
+) -> MechanismEvent:
+    """Return the coordinator's ledger event for block ``block``'s secure-aggregation session."""
+    return MechanismEvent(
+        mechanism=Mechanism.SECURE_AGGREGATION,
+        participant="*",
+        round=block,
+        block=block,
+        count=coordinates,
+        parameters={
+            "participants": participants,
+            "threshold": threshold,
+            "survivors": survivors,
+            "colluders": colluders,
+        },
+    )
+
+
+def check_statement(statement: ParticipantStatement, *, name: str, run_id: str, public_key: bytes) -> None:
+    """Return None when ``statement`` is ``name``'s, for ``run_id``, signed by its joined identity key."""
+    if statement.participant != name:
+        raise StatementError("statement.participant", f"is {statement.participant!r}, the caller is {name!r}")
+    if statement.run_id != run_id:
+        raise StatementError("statement.run_id", f"is {statement.run_id!r}, the run is {run_id!r}")
+    if bytes.fromhex(statement.public_key) != public_key:
+        raise StatementError("statement.public_key", f"is not the identity key {name!r} joined with")
+    for index, event in enumerate(statement.events):
+        if event.mechanism is Mechanism.SECURE_AGGREGATION:
+            raise StatementError(
+                f"statement.events[{index}]", "secure aggregation is the coordinator's event"
+            )
+    verify_statement_signature(statement)
+
+
+def run_ledger(
+    statements: Sequence[ParticipantStatement], coordinator_events: Sequence[MechanismEvent]
+) -> PrivacyLedger:
+    """Return the run's ledger: each participant's signed events (by name), then the coordinator's."""
+    ledger = PrivacyLedger()
+    for statement in sorted(statements, key=lambda s: s.participant):
+        for event in statement.events:
+            ledger.record(event)
+    for event in coordinator_events:
+        ledger.record(event)
+    return ledger
+
+
+def build_run_report(
+    *,
+    run_id: str,
+    participants: int,
+    threshold: int,
+    colluders: int,
+    delta: float,
+    accountant_tolerance: float,
+    record_level_dp: bool,
+    statements: Sequence[ParticipantStatement],
+    coordinator_events: Sequence[MechanismEvent],
+) -> PrivacyReport:
+    """Return the unsigned, checked report of a service run (raises ReportVerificationError naming a field)."""
+    threat = ThreatModel(
+        participants=participants,
+        secure_aggregation_threshold=threshold,
+        max_colluding_participants=colluders,
+        transport="gRPC over mutual TLS (fedprune coordinator / participant)",
+    )
+    exclusions = (
+        []
+        if record_level_dp
+        else [
+            "calibration statistics are exact: no record-level guarantee is claimed (privacy.record_level_dp off)"
+        ]
+    )
+    return build_report(
+        ledger=run_ledger(statements, coordinator_events),
+        threat_model=threat,
+        delta=delta,
+        run_id=run_id,
+        exclusions=exclusions,
+        accountant_tolerance=accountant_tolerance,
+        participant_statements=sorted(statements, key=lambda s: s.participant),
+    )
+
+
+def write_run_report(report: PrivacyReport, *, signing_key: Path, directory: Path) -> Path:
+    """Return the path of ``privacy_report.json`` in ``directory``, signed with the long-term key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    signing_key.parent.mkdir(parents=True, exist_ok=True)
+    return write_signed_report(report, signing_key, directory / "privacy_report.json")

@@ -1,0 +1,707 @@
+"""The coordinator's run: who joined, one secure-aggregation session per block, the global mask, the outputs.
+
+Transport-free: the servicer calls the ``join``/``await_task``/``advertise``/... methods from its threads
+with the caller's verified certificate name, and ``run`` drives the blocks in its own thread. Each block
+is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its counts
+live in a memory-mapped file, its global mask is selected with ``coordinator.aggregation`` exactly as the
+one-process simulator does, and it is on disk before any participant is told. At the end the report is
+built and checked first, then the model is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from torch import nn
+
+from coordinator.aggregation import check_counts, global_mask, scaled_weight
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import (
+    MalformedMessageError,
+    ModelMismatchError,
+    RunClosedError,
+    StaleMessageError,
+    UnknownParticipantError,
+)
+from coordinator.report import build_run_report, check_statement, secure_aggregation_event, write_run_report
+from coordinator.state import Member, RunState
+from privacy.errors import PrivacyError, ProtocolAbort
+from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
+from privacy.secagg.messages import (
+    ConsistencyCheck,
+    KeyAdvertisement,
+    MaskedInputChunk,
+    MaskedInputDone,
+    Roster,
+    ShareDelivery,
+    ShareKeys,
+    SurvivorSignature,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from privacy.signing import ParticipantStatement, StatementError
+from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
+from pruning.layout import VoteLayout, base_model_fingerprint
+from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen, save_model
+from pruning.sparsity import sparsity_table, write_sparsity_json
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_KEY_BYTES = 32
+MAX_SESSION_ATTEMPTS = 3
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+@dataclasses.dataclass(frozen=True)
+class WaitTask:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StartSessionTask:
+    block: int
+    parameters: SessionParameters
+    members: tuple[Member, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareKeysTask:
+    block: int
+    session_id: bytes
+    roster: Roster
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedInputTask:
+    block: int
+    session_id: bytes
+    delivery: ShareDelivery
+
+
+@dataclasses.dataclass(frozen=True)
+class SignSurvivorsTask:
+    block: int
+    session_id: bytes
+    check: ConsistencyCheck
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmaskTask:
+    block: int
+    session_id: bytes
+    request: UnmaskRequest
+
+
+@dataclasses.dataclass(frozen=True)
+class StatementTask:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCompleteTask:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAbortedTask:
+    reason: str
+
+
+Task = (
+    WaitTask
+    | StartSessionTask
+    | ShareKeysTask
+    | MaskedInputTask
+    | SignSurvivorsTask
+    | UnmaskTask
+    | StatementTask
+    | RunCompleteTask
+    | RunAbortedTask
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assigned:
+    """A task and its sequence number (a retried Await gets the same number for the same task)."""
+
+    sequence: int
+    task: Task
+
+
+class Phase(enum.Enum):
+    ADVERTISE = "advertise keys"
+    SHARE = "share keys"
+    MASKED_INPUT = "masked input"
+    SIGN = "sign survivors"
+    UNMASK = "unmask"
+    STATEMENT = "statements"
+
+
+_TASK_OF_PHASE: dict[Phase, type] = {
+    Phase.ADVERTISE: StartSessionTask,
+    Phase.SHARE: ShareKeysTask,
+    Phase.MASKED_INPUT: MaskedInputTask,
+    Phase.SIGN: SignSurvivorsTask,
+    Phase.UNMASK: UnmaskTask,
+    Phase.STATEMENT: StatementTask,
+}
+
+
+@dataclasses.dataclass
+class _Session:
+    block: int
+    parameters: SessionParameters
+    server: SecAggServer
+    names: dict[int, str]
+    phase: Phase = Phase.ADVERTISE
+    answered: set[int] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinAnswer:
+    """What a participant learns at Join: its id and the run's parameters."""
+
+    participant_id: int
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a finished run produced."""
+
+    output: Path
+    report: Path
+    blocks: int
+    participants: int
+
+
+class CoordinatorRun:
+    """One run of the coordinator, resumable from its state directory (all public methods thread-safe)."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.model: nn.Module = load_model(config.run.model)
+        self.tokenizer = load_tokenizer(config.run.model)
+        self.blocks = len(decoder_blocks(self.model))
+        self.model_fingerprint = base_model_fingerprint(self.model)
+        self.layout_fingerprint = VoteLayout.for_model(self.model).fingerprint()
+        self.threshold = config.threshold
+        self.state = RunState(config.output.state, parameters_digest=self._parameters_digest())
+        self.run_id = self.state.run_id
+        self._cond = threading.Condition()
+        self._queues: dict[str, list[Assigned]] = {name: [] for name in config.run.participants}
+        self._counter = 0
+        self._active: set[str] = set()
+        self._session: _Session | None = None
+        self._statement_phase = False
+        self._complete = False
+        self._aborted: str | None = None
+        self._told_final: set[str] = set()
+        self._started = bool(self.state.members()) and bool(self.state.completed_blocks())
+
+    def _parameters_digest(self) -> str:
+        return RunState.digest_of(
+            {
+                "run": self.config.run.model_dump(mode="json"),
+                "privacy": self.config.privacy.model_dump(mode="json"),
+                "model": self.model_fingerprint.hex(),
+            }
+        )
+
+    # ------------------------------------------------------------------ derived parameters
+    @property
+    def participants(self) -> int:
+        """Return n: the participants bound to the run (the listed ones before anyone joined)."""
+        return len(self.state.members()) or len(self.config.run.participants)
+
+    @property
+    def colluders(self) -> int:
+        """Return c: as configured, or the most the threshold tolerates for n participants."""
+        if self.config.privacy.colluders is not None:
+            return self.config.privacy.colluders
+        n, t = self.participants, self.threshold
+        return max(0, min(t - 1, 2 * t - n - 1))
+
+    # ------------------------------------------------------------------ calls from participants
+    def _member(self, name: str) -> Member:
+        if name not in self.config.run.participants:
+            raise UnknownParticipantError(f"{name!r} is not a participant of this run")
+        member = self.state.members().get(name)
+        if member is None:
+            raise UnknownParticipantError(f"{name!r} has not joined the run (call Join first)")
+        return member
+
+    def join(self, name: str, *, model_fingerprint: bytes, identity_key: bytes) -> JoinAnswer:
+        """Return ``name``'s participant id after checking its name, base model and identity key."""
+        if name not in self.config.run.participants:
+            raise UnknownParticipantError(
+                f"certificate name {name!r} is not in run.participants of this coordinator"
+            )
+        if model_fingerprint != self.model_fingerprint:
+            raise ModelMismatchError(
+                f"base model fingerprint {model_fingerprint.hex()} differs from the coordinator's "
+                f"{self.model_fingerprint.hex()}: the participant must hold exactly the run's base weights"
+            )
+        if len(identity_key) != IDENTITY_KEY_BYTES:
+            raise MalformedMessageError(f"identity_public_key must be {IDENTITY_KEY_BYTES} bytes")
+        try:
+            Ed25519PublicKey.from_public_bytes(identity_key)
+        except ValueError:
+            raise MalformedMessageError("identity_public_key is not an Ed25519 public key") from None
+        with self._cond:
+            if self._aborted is not None:
+                raise RunClosedError(f"the run was aborted: {self._aborted}")
+            known = self.state.members().get(name)
+            if known is None and self._started:
+                raise RunClosedError(f"the run started without {name!r}; it cannot join now")
+            member = known or self.state.bind(name, identity_key)
+            if member.identity_key != identity_key:
+                raise UnknownParticipantError(
+                    f"{name!r} joined this run with another identity key; a participant keeps its key "
+                    "(runtime.identity_key) for the whole run"
+                )
+            if name not in self._active:
+                logger.info("%s joined as participant %d", name, member.participant_id)
+            self._active.add(name)
+            self._cond.notify_all()
+        return JoinAnswer(participant_id=member.participant_id, name=name)
+
+    def await_task(self, name: str, *, max_wait_s: float) -> Assigned:
+        """Return the next task for ``name``, or a Wait after at most ``max_wait_s`` seconds."""
+        self._member(name)
+        deadline = time.monotonic() + min(max_wait_s, self.config.server.await_poll_s)
+        with self._cond:
+            if name not in self._active:
+                logger.info("%s is back", name)
+                self._active.add(name)
+                self._cond.notify_all()
+            while True:
+                final = self._final_task()
+                if final is not None:
+                    self._told_final.add(name)
+                    self._cond.notify_all()
+                    return Assigned(self._sequence(), final)
+                queue = self._queues[name]
+                if queue:
+                    return queue[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Assigned(0, WaitTask(reason=self._waiting_reason()))
+                self._cond.wait(remaining)
+
+    def _final_task(self) -> Task | None:
+        if self._aborted is not None:
+            return RunAbortedTask(reason=self._aborted)
+        if self._complete:
+            return RunCompleteTask()
+        return None
+
+    def _waiting_reason(self) -> str:
+        if self._session is not None:
+            return f"block {self._session.block}: {self._session.phase.value}"
+        missing = self.config.run.min_participants_or_default - len(self._active)
+        return f"waiting for {missing} more participants" if missing > 0 else "preparing the next block"
+
+    def _sequence(self) -> int:
+        self._counter += 1
+        return (self.state.boot << 32) | self._counter
+
+    def _answer(self, name: str, block: int, session_id: bytes | None, phase: Phase) -> tuple[_Session, int]:
+        """Return the current session and ``name``'s id if an answer of ``phase`` is expected now."""
+        member = self._member(name)
+        session = self._session
+        if session is None or session.block != block or session.phase is not phase:
+            raise StaleMessageError(f"no {phase.value} expected for block {block} now")
+        if session_id is not None and session_id != session.server.session_id:
+            raise StaleMessageError("the message belongs to another session")
+        if member.participant_id not in session.names:
+            raise StaleMessageError(f"{name!r} is not a member of block {block}'s session")
+        return session, member.participant_id
+
+    def _answered(self, session: _Session, name: str, participant: int) -> None:
+        session.answered.add(participant)
+        kind = _TASK_OF_PHASE[session.phase]
+        self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, kind)]
+        self._cond.notify_all()
+
+    @staticmethod
+    def _sender(claimed: int, participant: int) -> None:
+        if claimed != participant:
+            raise MalformedMessageError(
+                f"the message claims participant {claimed}, the caller's certificate is bound to {participant}"
+            )
+
+    def _feed(self, call: Any, *args: Any) -> None:
+        try:
+            call(*args)
+        except WrongStateError as error:
+            raise StaleMessageError(str(error)) from None
+        except (PrivacyError, ValueError) as error:
+            raise MalformedMessageError(str(error)) from None
+
+    def advertise(self, name: str, block: int, advertisement: KeyAdvertisement) -> None:
+        """Accept ``name``'s key advertisement for block ``block``'s session."""
+        with self._cond:
+            session, participant = self._answer(name, block, None, Phase.ADVERTISE)
+            self._sender(advertisement.participant, participant)
+            self._feed(session.server.receive_advertisement, advertisement)
+            self._answered(session, name, participant)
+
+    def share_keys(self, name: str, block: int, message: ShareKeys) -> None:
+        """Accept ``name``'s encrypted shares for block ``block``'s session."""
+        with self._cond:
+            session, participant = self._answer(name, block, message.session_id, Phase.SHARE)
+            self._sender(message.sender, participant)
+            self._feed(session.server.receive_shares, message)
+            self._answered(session, name, participant)
+
+    def masked_input(
+        self, name: str, block: int, parts: Iterable[MaskedInputChunk | MaskedInputDone]
+    ) -> tuple[int, bytes]:
+        """Return (chunks received, digest) after accepting ``name``'s masked-input stream."""
+        chunks = 0
+        for part in parts:
+            with self._cond:
+                session, participant = self._answer(name, block, part.session_id, Phase.MASKED_INPUT)
+                self._sender(part.participant, participant)
+                if isinstance(part, MaskedInputChunk):
+                    self._feed(session.server.receive_masked_chunk, part)
+                    chunks += 1
+                    continue
+                self._feed(session.server.receive_masked_done, part)
+                self._answered(session, name, participant)
+                return chunks, part.digest
+        raise MalformedMessageError("the masked-input stream ended without its closing digest")
+
+    def sign_survivors(self, name: str, block: int, signature: SurvivorSignature) -> None:
+        """Accept ``name``'s signature over block ``block``'s survivor set."""
+        with self._cond:
+            session, participant = self._answer(name, block, signature.session_id, Phase.SIGN)
+            self._sender(signature.sender, participant)
+            self._feed(session.server.receive_survivor_signature, signature)
+            self._answered(session, name, participant)
+
+    def unmask(self, name: str, block: int, response: UnmaskResponse) -> None:
+        """Accept ``name``'s revealed shares for block ``block``'s session."""
+        with self._cond:
+            session, participant = self._answer(name, block, response.session_id, Phase.UNMASK)
+            self._sender(response.sender, participant)
+            self._feed(session.server.receive_unmask, response)
+            self._answered(session, name, participant)
+
+    def block_mask(self, name: str, block: int) -> tuple[bytes, int, bytes]:
+        """Return block ``block``'s bit-packed global mask, its bit count and its layout fingerprint."""
+        self._member(name)
+        if not 0 <= block < self.blocks:
+            raise MalformedMessageError(f"block {block} is not in [0, {self.blocks})")
+        if block not in self.state.completed_blocks():
+            raise StaleMessageError(f"block {block} has no global mask yet")
+        layout = VoteLayout.for_block(self.model, block)
+        return self.state.packed_mask(block), layout.dimension, layout.fingerprint()
+
+    def submit_statement(self, name: str, statement: ParticipantStatement) -> None:
+        """Accept ``name``'s signed privacy statement (checked against its identity key, then stored)."""
+        member = self._member(name)
+        try:
+            check_statement(statement, name=name, run_id=self.run_id, public_key=member.identity_key)
+        except StatementError as error:
+            raise MalformedMessageError(str(error)) from None
+        with self._cond:
+            if not self._statement_phase:
+                raise StaleMessageError("statements are collected after the last block")
+            self.state.save_statement(statement)
+            self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, StatementTask)]
+            logger.info("%s submitted its signed privacy statement (%d events)", name, len(statement.events))
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ the driver
+    def _push(self, name: str, task: Task) -> None:
+        self._queues[name].append(Assigned(self._sequence(), task))
+
+    def _wait_for_participants(self) -> None:
+        needed = self.config.run.min_participants_or_default
+        timeout = self.config.server.join_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while len(self._active) < needed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise RunClosedError(
+                        f"only {len(self._active)} of server.join_timeout_s {needed} participants joined "
+                        f"within {timeout} s"
+                    )
+                self._cond.wait(remaining if remaining is not None else 1.0)
+            self._started = True
+        logger.info("%d participants present: %s", len(self._active), ", ".join(sorted(self._active)))
+
+    def _collect(self, session: _Session, phase: Phase, expected: Iterable[int], task: Any) -> set[int]:
+        """Return who answered ``phase`` after sending ``task(participant)`` to ``expected`` and waiting."""
+        expected = set(expected)
+        deadline = time.monotonic() + self.config.server.round_timeout_s
+        with self._cond:
+            session.phase = phase
+            session.answered = set()
+            for participant in sorted(expected):
+                self._push(session.names[participant], task(participant))
+            self._cond.notify_all()
+            while not expected <= session.answered:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            kind = _TASK_OF_PHASE[phase]
+            for participant in expected - session.answered:
+                name = session.names[participant]
+                logger.warning("block %d: %s dropped out (no %s)", session.block, name, phase.value)
+                self._active.discard(name)
+            for name in session.names.values():
+                self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, kind)]
+            return set(session.answered)
+
+    def _run_session(self, block: int, layout: VoteLayout) -> np.ndarray:
+        with self._cond:
+            members = sorted(
+                (m for m in self.state.members().values() if m.name in self._active),
+                key=lambda m: m.participant_id,
+            )
+        if len(members) < self.threshold:
+            raise RunClosedError(
+                f"block {block}: only {len(members)} participants remain, below the threshold {self.threshold}"
+            )
+        context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
+        parameters = SessionParameters(
+            participant_ids=tuple(m.participant_id for m in members),
+            threshold=self.threshold,
+            dimension=layout.dimension,
+            context=context.encode(),
+            chunk_coordinates=self.config.run.chunk_coordinates,
+            max_input=1,
+            colluders=self.colluders,
+        )
+        identity_keys = {
+            m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in members
+        }
+        workdir = self.state.directory / f"session-{block:05d}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir()
+        server = SecAggServer(parameters=parameters, identity_keys=identity_keys, workdir=workdir)
+        session = _Session(block, parameters, server, {m.participant_id: m.name for m in members})
+        member_tuple = tuple(members)
+        with self._cond:
+            self._session = session
+        try:
+            logger.info("block %d/%d: session with %d participants", block + 1, self.blocks, len(members))
+            self._collect(
+                session,
+                Phase.ADVERTISE,
+                session.names,
+                lambda p: StartSessionTask(block, parameters, member_tuple),
+            )
+            with self._cond:
+                roster = server.close_advertisements()
+            sid = server.session_id
+            self._collect(
+                session,
+                Phase.SHARE,
+                (a.participant for a in roster.advertisements),
+                lambda p: ShareKeysTask(block, sid, roster),
+            )
+            with self._cond:
+                deliveries = server.close_shares()
+            self._collect(
+                session, Phase.MASKED_INPUT, deliveries, lambda p: MaskedInputTask(block, sid, deliveries[p])
+            )
+            with self._cond:
+                check = server.close_masked_input()
+            self._collect(
+                session, Phase.SIGN, check.survivors, lambda p: SignSurvivorsTask(block, sid, check)
+            )
+            with self._cond:
+                request = server.close_signatures()
+            signers = [s.sender for s in request.signatures]
+            self._collect(session, Phase.UNMASK, signers, lambda p: UnmaskTask(block, sid, request))
+            with self._cond:
+                result = server.finalize(out=self.state.counts(block, layout.dimension))
+        finally:
+            with self._cond:
+                self._session = None
+            server.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+        self._complete_block(block, layout, result.keep_votes, contributors=len(result.contributors))
+        return result.keep_votes
+
+    def _complete_block(
+        self, block: int, layout: VoteLayout, counts: np.ndarray, *, contributors: int
+    ) -> None:
+        votes = layout.unflatten(torch.from_numpy(np.asarray(counts[: layout.dimension], dtype=np.int32)))
+        weights = {
+            qualified_name(i, name): sub.weight() for i, name, sub in iter_prunable(self.model) if i == block
+        }
+        masks = {}
+        for name, keep_votes in votes.items():
+            check_counts(keep_votes, contributors, name=name)
+            masks[name] = global_mask(
+                keep_votes,
+                weights[name],
+                pattern=self.config.run.sparsity_pattern,
+                group=self.config.run.group,
+            )
+        bits = layout.flatten(masks, dtype=torch.bool).numpy()
+        packed = np.packbits(bits, bitorder="little").tobytes()
+        event = secure_aggregation_event(
+            block=block,
+            coordinates=layout.dimension,
+            participants=self.participants,
+            threshold=self.threshold,
+            survivors=contributors,
+            colluders=self.colluders,
+        )
+        self.state.complete_block(block, packed_mask=packed, contributors=contributors, event=event)
+        if not self.config.run.weight_scaling:
+            self.state.counts_file(block).unlink(missing_ok=True)
+        logger.info("block %d/%d complete: %d contributors", block + 1, self.blocks, contributors)
+
+    def _run_block(self, block: int) -> None:
+        layout = VoteLayout.for_block(self.model, block)
+        for attempt in range(1, MAX_SESSION_ATTEMPTS + 1):
+            try:
+                self._run_session(block, layout)
+                return
+            except ProtocolAbort as error:
+                logger.warning("block %d: session aborted (attempt %d): %s", block, attempt, error)
+                if attempt == MAX_SESSION_ATTEMPTS:
+                    raise RunClosedError(f"block {block}: {error}") from None
+
+    def _collect_statements(self) -> None:
+        have = set(self.state.statements())
+        deadline = time.monotonic() + self.config.server.round_timeout_s
+        with self._cond:
+            self._statement_phase = True
+            wanted = {name for name in self._active if name not in have}
+            for name in sorted(wanted):
+                self._push(name, StatementTask())
+            self._cond.notify_all()
+            while wanted - set(self.state.statements()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = sorted(wanted - set(self.state.statements()))
+                    logger.warning("no signed statement from %s: only the coordinator attests them", missing)
+                    break
+                self._cond.wait(remaining)
+
+    def _write_outputs(self) -> RunSummary:
+        config = self.config
+        out = prepare_output_dir(config.output.directory, overwrite=True)
+        completed = self.state.completed_blocks()
+        report = build_run_report(
+            run_id=self.run_id,
+            participants=self.participants,
+            threshold=self.threshold,
+            colluders=self.colluders,
+            delta=config.privacy.delta,
+            accountant_tolerance=config.privacy.accountant_tolerance,
+            record_level_dp=config.privacy.record_level_dp,
+            statements=list(self.state.statements().values()),
+            coordinator_events=[completed[b].event for b in sorted(completed)],
+        )
+        # The report is built and checked before the model exists: no output without its report.
+        report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)
+        for block in range(self.blocks):
+            self._apply_block(block, completed[block].contributors)
+        save_model(self.model, self.tokenizer, out)
+        write_sparsity_json(sparsity_table(self.model), out / "sparsity.json")
+        self.state.mark_finished()
+        return RunSummary(output=out, report=report_path, blocks=self.blocks, participants=self.participants)
+
+    def _apply_block(self, block: int, contributors: int) -> None:
+        layout = VoteLayout.for_block(self.model, block)
+        bits = np.unpackbits(
+            np.frombuffer(self.state.packed_mask(block), dtype=np.uint8),
+            bitorder="little",
+            count=layout.dimension,
+        )
+        masks = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
+        counts = None
+        if self.config.run.weight_scaling:
+            raw = np.fromfile(self.state.counts_file(block), dtype=np.uint16)[: layout.dimension]
+            counts = layout.unflatten(torch.from_numpy(raw.astype(np.int32)))
+        for index, name, sublayer in iter_prunable(self.model):
+            if index != block:
+                continue
+            key = qualified_name(index, name)
+            if counts is not None:
+                sublayer.set_weight(scaled_weight(sublayer.weight(), counts[key], contributors))
+            sublayer.apply_pruned(masks[key])
+
+    def run(self) -> RunSummary:
+        """Return the outputs after driving every block (resuming at the first incomplete one)."""
+        try:
+            if not self.config.output.overwrite and not self.state.completed_blocks():
+                prepare_output_dir(self.config.output.directory, overwrite=False)
+            self._wait_for_participants()
+            completed = self.state.completed_blocks()
+            if completed:
+                logger.info("resuming: blocks %s already complete", sorted(completed))
+            for block in range(self.blocks):
+                if block not in completed:
+                    self._run_block(block)
+            self._collect_statements()
+            summary = self._write_outputs()
+        except Exception as error:
+            with self._cond:
+                self._aborted = str(error) or type(error).__name__
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._complete = True
+            self._cond.notify_all()
+        return summary
+
+    def wait_until_told(self, timeout_s: float) -> None:
+        """Return once every active participant has seen the run's end, or after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._active <= self._told_final:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
+    def run_parameters(self) -> dict[str, Any]:
+        """Return the run's parameters as the servicer announces them at Join."""
+        privacy = self.config.privacy
+        run = self.config.run
+        return {
+            "run_id": self.run_id,
+            "method": run.method,
+            "pattern": run.sparsity_pattern,
+            "group": run.group,
+            "mode": run.mode,
+            "nsamples": run.nsamples,
+            "seqlen": resolve_seqlen(self.model, run.seqlen),
+            "privacy": privacy,
+            "participants": len(run.participants),
+            "min_participants": run.min_participants_or_default,
+            "threshold": self.threshold,
+            "chunk_coordinates": run.chunk_coordinates,
+            "blocks": self.blocks,
+            "vote_layout_fingerprint": self.layout_fingerprint,
+            "base_model_fingerprint": self.model_fingerprint,
+            "weight_scaling": run.weight_scaling,
+            "protocol_version": PROTOCOL_VERSION,
+        }
+
+    def close(self) -> None:
+        """Release the state database."""
+        self.state.close()

@@ -1,0 +1,361 @@
+"""The gRPC face of the coordinator: converts messages, calls ``CoordinatorRun``, maps errors in one table.
+
+Identity is the verified client certificate's common name (``proto.tls.peer_common_name``), never a field
+of a message. Nothing here holds run state; ``serve`` starts a mutual-TLS server with explicit message
+sizes and keepalive (``proto.tls``) and the standard health service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.errors import (
+    CoordinatorError,
+    MalformedMessageError,
+    ModelMismatchError,
+    RunClosedError,
+    StaleMessageError,
+    TooLargeError,
+    UnknownParticipantError,
+)
+from coordinator.run import (
+    Assigned,
+    CoordinatorRun,
+    MaskedInputTask,
+    RunAbortedTask,
+    RunCompleteTask,
+    ShareKeysTask,
+    SignSurvivorsTask,
+    StartSessionTask,
+    StatementTask,
+    UnmaskTask,
+    WaitTask,
+)
+from privacy.secagg.errors import InvalidMessageError
+from privacy.signing import ParticipantStatement
+from proto import convert
+from proto.fedprune.v1 import service_pb2 as pb
+from proto.fedprune.v1 import service_pb2_grpc
+from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, PeerIdentityError, add_secure_port, server_options
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "fedprune.v1.Coordinator"
+MAX_STATEMENT_BYTES = 1 << 20
+
+# One table: every domain error the run raises, and the status a participant sees.
+STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (PeerIdentityError, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownParticipantError, grpc.StatusCode.PERMISSION_DENIED),
+    (ModelMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StaleMessageError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RunClosedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (TooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (MalformedMessageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidMessageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    """Return the gRPC status of a domain error (INTERNAL for anything unexpected)."""
+    for kind, code in STATUS_TABLE:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+R = TypeVar("R")
+
+
+def _call(context: grpc.ServicerContext, what: str, body: Callable[[str], R]) -> R:
+    try:
+        name = _peer(context)
+        return body(name)
+    except (CoordinatorError, PeerIdentityError, ValueError) as error:
+        code = status_for(error)
+        logger.info("%s refused (%s): %s", what, code.name, error)
+        context.abort(code, str(error))
+    except Exception:
+        logger.exception("%s failed", what)
+        context.abort(grpc.StatusCode.INTERNAL, f"{what}: internal error (see the coordinator's log)")
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    from proto.tls import peer_common_name
+
+    return peer_common_name(context)
+
+
+def _ref(run: CoordinatorRun, block: int, session_id: bytes = b"") -> pb.SessionRef:
+    return pb.SessionRef(run_id=bytes.fromhex(run.run_id), block=block, session_id=session_id)
+
+
+def run_parameters_to_proto(run: CoordinatorRun) -> pb.RunParameters:
+    """Return the run's parameters as announced at Join."""
+    values = run.run_parameters()
+    privacy = values["privacy"]
+    pattern = values["pattern"]
+    privacy_message = pb.PrivacyParameters(
+        randomized_response=privacy.randomized_response,
+        epsilon0=privacy.epsilon0,
+        record_level_dp=privacy.record_level_dp,
+        delta=privacy.delta,
+        sample_rate=privacy.sample_rate,
+    )
+    if privacy.noise_multiplier is not None:
+        privacy_message.noise_multiplier = privacy.noise_multiplier
+    if privacy.target_epsilon is not None:
+        privacy_message.target_epsilon = privacy.target_epsilon
+    return pb.RunParameters(
+        run_id=bytes.fromhex(values["run_id"]),
+        method=pb.Method.Value(f"METHOD_{values['method'].name}"),
+        pattern=pb.SparsityPattern(sparsity=pattern.sparsity, n=pattern.n, m=pattern.m),
+        group=pb.ComparisonGroup.Value(f"COMPARISON_GROUP_{values['group'].name}"),
+        mode=pb.MODE_ONE_SHOT if values["mode"] == "one-shot" else pb.MODE_ITERATIVE,
+        nsamples=values["nsamples"],
+        seqlen=values["seqlen"],
+        privacy=privacy_message,
+        participants=values["participants"],
+        min_participants=values["min_participants"],
+        threshold=values["threshold"],
+        chunk_coordinates=values["chunk_coordinates"],
+        blocks=values["blocks"],
+        vote_layout_fingerprint=values["vote_layout_fingerprint"],
+        base_model_fingerprint=values["base_model_fingerprint"],
+        weight_scaling=values["weight_scaling"],
+        protocol_version=values["protocol_version"],
+    )
+
+
+def task_to_proto(run: CoordinatorRun, assigned: Assigned) -> pb.Task:
+    """Return the wire form of an assigned task."""
+    task = assigned.task
+    message = pb.Task(sequence=assigned.sequence)
+    if isinstance(task, WaitTask):
+        message.wait.CopyFrom(pb.Wait(retry_after_ms=0, reason=task.reason))
+    elif isinstance(task, StartSessionTask):
+        message.start_session.CopyFrom(
+            pb.StartSession(
+                session=_ref(run, task.block),
+                parameters=convert.session_parameters_to_proto(task.parameters),
+                members=[
+                    pb.Member(
+                        participant_id=m.participant_id, name=m.name, identity_public_key=m.identity_key
+                    )
+                    for m in task.members
+                ],
+            )
+        )
+    elif isinstance(task, ShareKeysTask):
+        message.share_keys.CopyFrom(
+            pb.ShareKeysTask(
+                session=_ref(run, task.block, task.session_id), roster=convert.roster_to_proto(task.roster)
+            )
+        )
+    elif isinstance(task, MaskedInputTask):
+        message.masked_input.CopyFrom(
+            pb.MaskedInputTask(
+                session=_ref(run, task.block, task.session_id),
+                delivery=convert.share_delivery_to_proto(task.delivery),
+                resume_from_chunk=0,
+            )
+        )
+    elif isinstance(task, SignSurvivorsTask):
+        message.sign_survivors.CopyFrom(
+            pb.SignSurvivorsTask(
+                session=_ref(run, task.block, task.session_id),
+                check=convert.consistency_check_to_proto(task.check),
+            )
+        )
+    elif isinstance(task, UnmaskTask):
+        message.unmask.CopyFrom(
+            pb.UnmaskTask(
+                session=_ref(run, task.block, task.session_id),
+                request=convert.unmask_request_to_proto(task.request),
+            )
+        )
+    elif isinstance(task, StatementTask):
+        message.statement.CopyFrom(pb.StatementTask(run_id=bytes.fromhex(run.run_id)))
+    elif isinstance(task, RunCompleteTask):
+        message.run_complete.CopyFrom(pb.RunComplete(run_id=bytes.fromhex(run.run_id)))
+    elif isinstance(task, RunAbortedTask):
+        message.run_aborted.CopyFrom(pb.RunAborted(run_id=bytes.fromhex(run.run_id), reason=task.reason))
+    return message
+
+
+class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
+    """Implements ``fedprune.v1.Coordinator`` on a ``CoordinatorRun``."""
+
+    def __init__(self, run: CoordinatorRun) -> None:
+        self.run = run
+
+    def _check_run(self, run_id: bytes) -> None:
+        if run_id != bytes.fromhex(self.run.run_id):
+            raise StaleMessageError("the message names another run (did the coordinator's state change?)")
+
+    def _check_session(self, ref: pb.SessionRef) -> int:
+        self._check_run(ref.run_id)
+        return int(ref.block)
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
+        def body(name: str) -> pb.JoinReply:
+            answer = self.run.join(
+                name,
+                model_fingerprint=bytes(request.base_model_fingerprint),
+                identity_key=bytes(request.identity_public_key),
+            )
+            return pb.JoinReply(
+                run=run_parameters_to_proto(self.run), participant_id=answer.participant_id, name=answer.name
+            )
+
+        return _call(context, "Join", body)
+
+    def Await(self, request: pb.AwaitRequest, context: grpc.ServicerContext) -> pb.Task:  # noqa: N802
+        def body(name: str) -> pb.Task:
+            if request.run_id:
+                self._check_run(request.run_id)
+            wait_s = max(0.0, request.max_wait_ms / 1000.0)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                wait_s = min(wait_s, max(0.0, remaining - 1.0))
+            return task_to_proto(self.run, self.run.await_task(name, max_wait_s=wait_s))
+
+        return _call(context, "Await", body)
+
+    def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body(name: str) -> pb.AdvertiseKeysReply:
+            block = self._check_session(request.session)
+            advertisement = convert.key_advertisement_from_proto(request.advertisement)
+            self.run.advertise(name, block, advertisement)
+            return pb.AdvertiseKeysReply()
+
+        return _call(context, "AdvertiseKeys", body)
+
+    def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body(name: str) -> pb.ShareKeysReply:
+            block = self._check_session(request.session)
+            self.run.share_keys(name, block, convert.share_keys_from_proto(request.share_keys))
+            return pb.ShareKeysReply()
+
+        return _call(context, "ShareKeys", body)
+
+    def MaskedInput(
+        self, request_iterator: Iterator[pb.MaskedInputPart], context: grpc.ServicerContext
+    ) -> Any:  # noqa: N802
+        def body(name: str) -> pb.MaskedInputReply:
+            blocks: list[int] = []
+
+            def parts() -> Iterator[Any]:
+                for part in request_iterator:
+                    block = self._check_session(part.session)
+                    if blocks and blocks[0] != block:
+                        raise MalformedMessageError("one masked-input stream carries one block")
+                    blocks.append(block)
+                    kind = part.WhichOneof("part")
+                    if kind == "chunk":
+                        if len(part.chunk.payload) > MAX_CHUNK_PAYLOAD_BYTES:
+                            raise TooLargeError(f"chunk payload exceeds {MAX_CHUNK_PAYLOAD_BYTES} bytes")
+                        yield convert.masked_input_chunk_from_proto(part.chunk)
+                    elif kind == "done":
+                        yield convert.masked_input_done_from_proto(part.done)
+                    else:
+                        raise MalformedMessageError("MaskedInputPart carries neither chunk nor done")
+
+            stream = parts()  # the block is known once the first part is read
+            head = next(stream, None)
+            if head is None:
+                raise MalformedMessageError("empty masked-input stream")
+
+            def chained() -> Iterator[Any]:
+                yield head
+                yield from stream
+
+            chunks, digest = self.run.masked_input(name, blocks[0], chained())
+            return pb.MaskedInputReply(chunks_received=chunks, digest=digest)
+
+        return _call(context, "MaskedInput", body)
+
+    def SignSurvivors(self, request: pb.SignSurvivorsRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body(name: str) -> pb.SignSurvivorsReply:
+            block = self._check_session(request.session)
+            self.run.sign_survivors(name, block, convert.survivor_signature_from_proto(request.signature))
+            return pb.SignSurvivorsReply()
+
+        return _call(context, "SignSurvivors", body)
+
+    def Unmask(self, request: pb.UnmaskSubmission, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body(name: str) -> pb.UnmaskReply:
+            block = self._check_session(request.session)
+            self.run.unmask(name, block, convert.unmask_response_from_proto(request.response))
+            return pb.UnmaskReply()
+
+        return _call(context, "Unmask", body)
+
+    def BlockMask(
+        self, request: pb.BlockMaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BlockMaskChunk]:  # noqa: N802
+        import hashlib
+
+        def body(name: str) -> tuple[bytes, int, bytes]:
+            self._check_run(request.run_id)
+            return self.run.block_mask(name, int(request.block))
+
+        packed, bits, layout = _call(context, "BlockMask", body)
+        digest = hashlib.sha256(packed).digest()
+        pieces = [
+            packed[i : i + MAX_CHUNK_PAYLOAD_BYTES] for i in range(0, len(packed), MAX_CHUNK_PAYLOAD_BYTES)
+        ]
+        pieces = pieces or [b""]
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            yield pb.BlockMaskChunk(
+                block=request.block,
+                chunk_index=index,
+                bit_count=bits,
+                packed=piece,
+                layout_fingerprint=layout,
+                digest=digest if last else b"",
+                last=last,
+            )
+
+    def SubmitStatement(self, request: pb.SubmitStatementRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body(name: str) -> pb.SubmitStatementReply:
+            signed = request.statement
+            self._check_run(signed.run_id)
+            if len(signed.statement) > MAX_STATEMENT_BYTES:
+                raise TooLargeError(f"statement exceeds {MAX_STATEMENT_BYTES} bytes")
+            try:
+                statement = ParticipantStatement.model_validate_json(signed.statement)
+            except ValueError as error:
+                raise MalformedMessageError(f"statement: {error}") from None
+            if bytes.fromhex(statement.signature) != bytes(signed.signature):
+                raise MalformedMessageError(
+                    "SignedStatement.signature differs from the statement's signature"
+                )
+            self.run.submit_statement(name, statement)
+            return pb.SubmitStatementReply()
+
+        return _call(context, "SubmitStatement", body)
+
+
+def serve(
+    run: CoordinatorRun, *, address: str, max_workers: int
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Return a started mutual-TLS server for ``run`` (with the health service) and its bound port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=server_options())
+    service_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(run), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = add_secure_port(server, address, run.config.tls)
+    server.start()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer

@@ -1,0 +1,72 @@
+"""``fedprune participant --config FILE``: take part in a run with this site's model and private data.
+
+Joins the coordinator with this site's certificate, checks the base model and the run's privacy
+parameters against its ``[privacy]`` minimums (refusing weaker runs, exit 1), votes block by block,
+randomizes, masks and streams its votes, submits its signed statement and exits 0 when the run is
+complete. Transient network failures are retried; a refused certificate or name exits 2 saying which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedprune.errors import CommandError
+
+logger = logging.getLogger(__name__)
+
+EXIT_REFUSED = 1
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "participant", help="take part in a federated run", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--config", type=Path, required=True, help="participant TOML file")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedprune.commands.common import quiet_transformers
+    from participant.client import (
+        ConfigurationError,
+        CoordinatorClient,
+        CoordinatorUnreachableError,
+        RetryPolicy,
+    )
+    from participant.config import ConfigError, load_config
+    from participant.run import ParticipantRun, RunAbortedError, RunRefusedError, progress_reporter
+    from proto.tls import TlsConfigurationError
+
+    quiet_transformers()
+    try:
+        config = load_config(args.config)
+        config.check_paths()
+        section = config.coordinator
+        client = CoordinatorClient(
+            section.address,
+            config.tls,
+            call_timeout_s=section.call_timeout_s,
+            stream_timeout_s=section.stream_timeout_s,
+            policy=RetryPolicy(
+                max_backoff_s=section.max_backoff_s, max_retry_time_s=section.max_retry_time_s
+            ),
+        )
+    except (ConfigError, TlsConfigurationError) as error:
+        raise CommandError(str(error)) from None
+    on_block, close_bar = progress_reporter(config.runtime.progress and sys.stderr.isatty())
+    try:
+        ParticipantRun(config, client, on_block_done=on_block).run()
+    except ConfigurationError as error:
+        raise CommandError(f"configuration error: {error}") from None
+    except (RunRefusedError, RunAbortedError, CoordinatorUnreachableError) as error:
+        print(f"fedprune participant: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        close_bar()
+        client.close()
+    print("fedprune participant: run complete", file=sys.stderr)
+    return 0

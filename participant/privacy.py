@@ -1,0 +1,153 @@
+"""The participant's own privacy pipeline: DP statistics, randomized votes, its ledger and signed statement.
+
+Everything here runs on the participant's machine. It randomizes one block's flat keep-vote vector (in
+``pruning.layout.VoteLayout`` order) exactly once, records each mechanism it applied in its own ledger, and
+signs the statement of those events with its long-term identity key, so the coordinator can neither forge
+nor drop what a site attests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.calibration_dp import DPStatisticAggregator
+from privacy.errors import PrivacyError
+from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
+from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
+from privacy.signing import ParticipantStatement, sign_participant_statement
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunPrivacy:
+    """The run's privacy parameters as the coordinator announced them (and the participant accepted)."""
+
+    randomized_response: bool
+    epsilon0: float
+    record_level_dp: bool
+    noise_multiplier: float | None
+    target_epsilon: float | None
+    delta: float
+    sample_rate: float
+    accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.randomized_response and not self.epsilon0 > 0:
+            raise PrivacyError(f"epsilon0 must be positive, got {self.epsilon0}")
+        if self.record_level_dp and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise PrivacyError("record-level DP needs exactly one of noise_multiplier and target_epsilon")
+
+
+class ParticipantPrivacy:
+    """One participant's mechanisms for one run: its DP statistics, its randomized response, its ledger."""
+
+    def __init__(self, *, name: str, run_id: str, settings: RunPrivacy, blocks: int) -> None:
+        if blocks < 1:
+            raise PrivacyError(f"blocks must be >= 1, got {blocks}")
+        self.name = name
+        self.run_id = run_id
+        self.settings = settings
+        self.blocks = blocks
+        self.ledger = PrivacyLedger()
+        self._randomizer = (
+            RandomizedResponse(epsilon0=settings.epsilon0) if settings.randomized_response else None
+        )
+        self._randomized: set[int] = set()
+
+    def statistic_aggregator(self) -> DPStatisticAggregator | None:
+        """Return the record-level DP aggregator of the calibration statistics, or None when that is off.
+
+        Its Gaussian releases are recorded in this participant's ledger under its name.
+        """
+        settings = self.settings
+        if not settings.record_level_dp:
+            return None
+        if settings.target_epsilon is not None:
+            return DPStatisticAggregator.for_target(
+                target_epsilon=settings.target_epsilon,
+                delta=settings.delta,
+                blocks=self.blocks,
+                sample_rate=settings.sample_rate,
+                accountant_tolerance=settings.accountant_tolerance,
+                ledger=self.ledger,
+                participant=self.name,
+            )
+        assert settings.noise_multiplier is not None
+        return DPStatisticAggregator(
+            noise_multiplier=settings.noise_multiplier,
+            sample_rate=settings.sample_rate,
+            accountant_tolerance=settings.accountant_tolerance,
+            ledger=self.ledger,
+            participant=self.name,
+        )
+
+    def randomize_block(self, block: int, keep_votes: np.ndarray) -> np.ndarray:
+        """Return block ``block``'s keep-vote bits after randomized response (a copy when it is off).
+
+        A block is randomized once per run: fresh noise on the same votes would let the sums be averaged.
+        The caller keeps the result and sends it again if a session must be repeated.
+        """
+        if block in self._randomized:
+            raise PrivacyError(f"block {block} was already randomized in this run; never re-randomize")
+        bits = np.ascontiguousarray(keep_votes, dtype=np.bool_).reshape(-1)
+        self._randomized.add(block)
+        if self._randomizer is None:
+            return bits.copy()
+        noisy = self._randomizer.randomize(bits, layer=f"block-{block}")
+        self.ledger.record(
+            MechanismEvent(
+                mechanism=Mechanism.RANDOMIZED_RESPONSE,
+                participant=self.name,
+                round=block,
+                block=block,
+                count=int(bits.size),
+                parameters={
+                    "epsilon0": self._randomizer.epsilon0,
+                    "requested_epsilon0": self._randomizer.requested_epsilon0,
+                    "threshold": self._randomizer.threshold,
+                    "threshold_bits": THRESHOLD_BITS,
+                    "flip_probability": self._randomizer.flip_probability,
+                },
+            )
+        )
+        return noisy
+
+    def events(self) -> list[MechanismEvent]:
+        """Return every mechanism event this participant recorded, in order."""
+        return list(self.ledger.events())
+
+    def statement(
+        self, identity_key: Ed25519PrivateKey, *, data_size_class: str | None = None
+    ) -> ParticipantStatement:
+        """Return the statement of this participant's events, signed with its long-term identity key."""
+        return sign_participant_statement(
+            participant=self.name,
+            run_id=self.run_id,
+            events=self.events(),
+            private_key=identity_key,
+            data_size_class=data_size_class,
+        )
+
+
+def data_size_class(records: int) -> str:
+    """Return the coarse size class of a calibration set (the only size that leaves the site)."""
+    if records < 1_000:
+        return "small"
+    if records < 100_000:
+        return "medium"
+    return "large"
+
+
+def own_events_only(events: Sequence[MechanismEvent], *, name: str) -> list[MechanismEvent]:
+    """Return ``events`` after checking every one is ``name``'s; raise PrivacyError naming the first other."""
+    for index, event in enumerate(events):
+        if event.participant != name:
+            raise PrivacyError(f"events[{index}].participant is {event.participant!r}, expected {name!r}")
+    return list(events)

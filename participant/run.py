@@ -1,0 +1,482 @@
+"""The participant's run: join, check the run, vote block by block, randomize, mask, answer, attest.
+
+Transport-free apart from the ``CoordinatorClient`` it is given: the participant asks the coordinator what
+it needs (``Await``) and answers each task with the matching call. Its keep-votes are computed with
+``participant.voting`` (one-shot: its own pruned copy votes on every block; iterative: each block's global
+mask is applied before the next block is scored), flattened in ``VoteLayout`` order, randomized once per
+block (``participant.privacy``) and masked by a ``SecAggClient`` per session. A repeated session for the
+same block (after a coordinator restart) sends the same randomized vector again, never fresh noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from tqdm.auto import tqdm
+
+from participant.client import CoordinatorClient
+from participant.config import ParticipantConfig
+from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class
+from participant.voting import KeepVotes, iterative_votes, one_shot_votes
+from privacy.errors import PrivacyError
+from privacy.secagg import PROTOCOL_VERSION, SecAggClient, SessionContext, SessionHistory
+from privacy.signing import load_or_create_signing_key, raw_public_key
+from proto import convert
+from proto.fedprune.v1 import service_pb2 as pb
+from pruning.calibration import resolve_device
+from pruning.data import calibration_records, calibration_samples
+from pruning.layout import VoteLayout, base_model_fingerprint
+from pruning.masks import SparsityPattern
+from pruning.methods import Method
+from pruning.model_io import check_samples_fit, load_model, load_tokenizer, vocabulary_size
+
+logger = logging.getLogger(__name__)
+
+AWAIT_S = 20.0
+SOFTWARE_VERSION = "fedprune-participant/1"
+
+_METHODS = {
+    pb.METHOD_MAGNITUDE: Method.MAGNITUDE,
+    pb.METHOD_WANDA: Method.WANDA,
+    pb.METHOD_SPARSEGPT: Method.SPARSEGPT,
+}
+_DATA_SIZE = {
+    "small": pb.DATA_SIZE_CLASS_SMALL,
+    "medium": pb.DATA_SIZE_CLASS_MEDIUM,
+    "large": pb.DATA_SIZE_CLASS_LARGE,
+}
+
+
+class RunRefusedError(Exception):
+    """This participant refuses the run (or the coordinator refused its model); the message says why."""
+
+
+class RunAbortedError(Exception):
+    """The coordinator aborted the run."""
+
+
+def refusals(config: ParticipantConfig, run: pb.RunParameters) -> list[str]:
+    """Return why ``run`` is weaker than this participant's ``[privacy]`` minimums (empty: acceptable)."""
+    if config.privacy is None:
+        return []
+    privacy = run.privacy
+    noise = privacy.noise_multiplier if privacy.HasField("noise_multiplier") else None
+    target = privacy.target_epsilon if privacy.HasField("target_epsilon") else None
+    return config.privacy.violations(
+        randomized_response=privacy.randomized_response,
+        epsilon0=privacy.epsilon0,
+        threshold=run.threshold,
+        record_level_dp=privacy.record_level_dp,
+        record_epsilon=target,
+        delta=privacy.delta,
+        noise_multiplier=noise,
+    )
+
+
+class ParticipantRun:
+    """One participant's part in one run (``run`` returns when the run is complete)."""
+
+    def __init__(
+        self,
+        config: ParticipantConfig,
+        client: CoordinatorClient,
+        *,
+        on_block_done: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.device = resolve_device(config.runtime.device)
+        config.runtime.state.mkdir(parents=True, exist_ok=True)
+        self.identity_key: Ed25519PrivateKey = load_or_create_signing_key(config.runtime.identity_key_path)
+        self.model = load_model(config.model.directory)
+        self.tokenizer = load_tokenizer(config.model.directory)
+        self.fingerprint = base_model_fingerprint(self.model)
+        self._on_block_done = on_block_done
+        self._vectors: dict[int, np.ndarray] = {}
+        self._masks: dict[int, dict[str, torch.Tensor]] = {}
+        self._iterative: Generator[KeepVotes, dict[str, torch.Tensor], None] | None = None
+        self._secagg: SecAggClient | None = None
+        self._block: int | None = None
+        self._replay: tuple[int, Callable[[], None]] | None = None
+        self._size_class = "small"
+
+    # ------------------------------------------------------------------ joining
+    def join(self) -> pb.JoinReply:
+        """Return the coordinator's answer after checking the model and this site's privacy minimums."""
+        request = pb.JoinRequest(
+            base_model_fingerprint=self.fingerprint,
+            data_size_class=pb.DATA_SIZE_CLASS_UNSPECIFIED,
+            capabilities=pb.Capabilities(devices=[self.device.type], protocol_versions=[PROTOCOL_VERSION]),
+            identity_public_key=raw_public_key(self.identity_key),
+            software_version=SOFTWARE_VERSION,
+        )
+        try:
+            reply = self.client.join(request)
+        except grpc.RpcError as error:
+            if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                raise RunRefusedError(
+                    f"the coordinator refused to let this participant join: {error.details()}"
+                ) from None
+            raise
+        run = reply.run
+        if run.base_model_fingerprint != self.fingerprint:
+            raise RunRefusedError(
+                f"the run's base model fingerprint {run.base_model_fingerprint.hex()} differs from model.directory's "
+                f"{self.fingerprint.hex()}"
+            )
+        VoteLayout.for_model(self.model).check_fingerprint(
+            run.vote_layout_fingerprint, what="the run's vote layout"
+        )
+        problems = refusals(self.config, run)
+        if problems:
+            raise RunRefusedError(
+                "the run is weaker than this participant's [privacy] minimums: " + "; ".join(problems)
+            )
+        if self.config.privacy is None:
+            logger.info(
+                "no [privacy] minimums configured: accepting the run's parameters %s", _describe(run.privacy)
+            )
+        logger.info(
+            "joined run %s as %s (participant %d)", run.run_id.hex(), reply.name, reply.participant_id
+        )
+        return reply
+
+    # ------------------------------------------------------------------ votes
+    def _prepare(self, reply: pb.JoinReply) -> None:
+        run = reply.run
+        self.params: pb.RunParameters = run
+        self.run_id = run.run_id.hex()
+        self.name = reply.name
+        self.participant_id = reply.participant_id
+        privacy = run.privacy
+        self.privacy = ParticipantPrivacy(
+            name=reply.name,
+            run_id=self.run_id,
+            settings=RunPrivacy(
+                randomized_response=privacy.randomized_response,
+                epsilon0=privacy.epsilon0,
+                record_level_dp=privacy.record_level_dp,
+                noise_multiplier=privacy.noise_multiplier if privacy.HasField("noise_multiplier") else None,
+                target_epsilon=privacy.target_epsilon if privacy.HasField("target_epsilon") else None,
+                delta=privacy.delta,
+                sample_rate=privacy.sample_rate,
+            ),
+            blocks=run.blocks,
+        )
+        self.history = self._load_history()
+        self.method = _METHODS[run.method]
+        self.pattern = SparsityPattern(sparsity=run.pattern.sparsity, n=run.pattern.n, m=run.pattern.m)
+        samples = self._samples()
+        aggregator = self.privacy.statistic_aggregator() if samples is not None else None
+        own = copy.deepcopy(self.model)
+        if run.mode == pb.MODE_ONE_SHOT:
+            votes: KeepVotes = {}
+            one_shot_votes(
+                own,
+                samples,
+                method=self.method,
+                pattern=self.pattern,
+                device=self.device,
+                aggregator=aggregator,
+                on_votes=votes.__setitem__,
+            )
+            for block in range(run.blocks):
+                layout = VoteLayout.for_block(self.model, block)
+                block_votes = {name: votes.pop(name) for name in layout.names}
+                self._store_vector(block, layout.flatten(block_votes, dtype=torch.bool).numpy())
+            del own
+        else:
+            self._iterative = iterative_votes(
+                own,
+                samples,
+                method=self.method,
+                pattern=self.pattern,
+                device=self.device,
+                aggregator=aggregator,
+            )
+
+    def _samples(self) -> Any:
+        if self.method is Method.MAGNITUDE:
+            return None
+        vocab = vocabulary_size(self.model)
+        path = self.config.data.calibration
+        samples: Any
+        if self.params.privacy.record_level_dp:
+            samples = calibration_records(path, self.tokenizer, seqlen=self.params.seqlen, vocab_size=vocab)
+            self._size_class = data_size_class(samples.records)
+        else:
+            samples = calibration_samples(
+                path,
+                self.tokenizer,
+                nsamples=self.params.nsamples,
+                seqlen=self.params.seqlen,
+                seed=self.config.data.seed,
+                vocab_size=vocab,
+            )
+        check_samples_fit(self.model, samples)
+        return samples
+
+    def _store_vector(self, block: int, keep_votes: np.ndarray) -> None:
+        self._vectors[block] = self.privacy.randomize_block(block, keep_votes)
+
+    def _vector(self, block: int) -> np.ndarray:
+        """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
+        while block not in self._vectors:
+            assert self._iterative is not None
+            scored = len(self._vectors)
+            votes = next(self._iterative) if scored == 0 else self._iterative.send(self._mask(scored - 1))
+            layout = VoteLayout.for_block(self.model, scored)
+            self._store_vector(scored, layout.flatten(votes, dtype=torch.bool).numpy())
+        return self._vectors[block]
+
+    def _mask(self, block: int) -> dict[str, torch.Tensor]:
+        """Return block ``block``'s global mask (True = pruned), fetched and checked once."""
+        if block not in self._masks:
+            layout = VoteLayout.for_block(self.model, block)
+            chunks = self.client.block_mask(pb.BlockMaskRequest(run_id=self.params.run_id, block=block))
+            packed = b"".join(chunk.packed for chunk in chunks)
+            last = chunks[-1] if chunks else None
+            if last is None or not last.last or last.digest != hashlib.sha256(packed).digest():
+                raise PrivacyError(f"block {block}'s global mask arrived incomplete or corrupted")
+            layout.check_fingerprint(last.layout_fingerprint, what=f"block {block}'s mask layout")
+            if last.bit_count != layout.dimension:
+                raise PrivacyError(
+                    f"block {block}'s global mask has {last.bit_count} bits, expected {layout.dimension}"
+                )
+            bits = np.unpackbits(
+                np.frombuffer(packed, dtype=np.uint8), bitorder="little", count=layout.dimension
+            )
+            self._masks[block] = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
+        return self._masks[block]
+
+    # ------------------------------------------------------------------ session history
+    def _history_path(self) -> Path:
+        return self.config.runtime.state / f"session-history-{self.run_id}.json"
+
+    def _load_history(self) -> SessionHistory:
+        path = self._history_path()
+        if path.is_file():
+            return SessionHistory.restore(json.loads(path.read_text(encoding="utf-8")))
+        return SessionHistory()
+
+    def _save_history(self) -> None:
+        path = self._history_path()
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(self.history.export(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    # ------------------------------------------------------------------ tasks
+    def _ref(self, session: pb.SessionRef) -> pb.SessionRef:
+        return pb.SessionRef(run_id=self.params.run_id, block=session.block, session_id=session.session_id)
+
+    def _start_session(self, task: pb.StartSession) -> Callable[[], None]:
+        parameters = convert.session_parameters_from_proto(task.parameters)
+        context = SessionContext.decode(parameters.context)
+        block = task.session.block
+        if (
+            context.run_id != self.run_id
+            or context.block != block
+            or task.session.run_id != self.params.run_id
+        ):
+            raise PrivacyError("the session's context does not bind this run and block")
+        if parameters.threshold < self.params.threshold:
+            raise PrivacyError(
+                f"session threshold {parameters.threshold} is below the run's {self.params.threshold}"
+            )
+        minimum = self.config.privacy.min_threshold if self.config.privacy is not None else None
+        if minimum is not None and parameters.threshold < minimum:
+            raise PrivacyError(f"session threshold {parameters.threshold} is below privacy.min_threshold")
+        keys = {
+            m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_public_key) for m in task.members
+        }
+        vector = self._vector(block)
+        self._secagg = SecAggClient(
+            participant=self.participant_id,
+            parameters=parameters,
+            identity_key=self.identity_key,
+            identity_keys=keys,
+            history=self.history,
+        )
+        self._block = block
+        self._pending_vector = vector
+        request = pb.AdvertiseKeysRequest(
+            session=self._ref(task.session),
+            advertisement=convert.key_advertisement_to_proto(self._secagg.advertise_keys()),
+        )
+        logger.info("block %d: session started with %d participants", block, len(task.members))
+        return lambda: self.client.advertise_keys(request)
+
+    def _client_for(self, session: pb.SessionRef) -> SecAggClient:
+        if self._secagg is None or self._block != session.block:
+            raise PrivacyError(f"no session of block {session.block} in progress here")
+        return self._secagg
+
+    def _share_keys(self, task: pb.ShareKeysTask) -> Callable[[], None]:
+        secagg = self._client_for(task.session)
+        message = secagg.share_keys(convert.roster_from_proto(task.roster))
+        request = pb.ShareKeysRequest(
+            session=self._ref(task.session), share_keys=convert.share_keys_to_proto(message)
+        )
+        return lambda: self.client.share_keys(request)
+
+    def _masked_input(self, task: pb.MaskedInputTask) -> Callable[[], None]:
+        secagg = self._client_for(task.session)
+        secagg.receive_shares(convert.share_delivery_from_proto(task.delivery))
+        ref = self._ref(task.session)
+        parts: list[pb.MaskedInputPart] = []
+        for message in secagg.masked_input(self._pending_vector):
+            wire = convert.to_proto(message)
+            if isinstance(wire, pb.MaskedInputPart):  # pragma: no cover - to_proto gives secagg messages
+                parts.append(wire)
+            elif wire.DESCRIPTOR.name == "MaskedInputChunk":
+                parts.append(pb.MaskedInputPart(session=ref, chunk=wire))
+            else:
+                parts.append(pb.MaskedInputPart(session=ref, done=wire))
+
+        def send() -> None:
+            self.client.masked_input(lambda: iter(parts))
+
+        return send
+
+    def _sign(self, task: pb.SignSurvivorsTask) -> Callable[[], None]:
+        secagg = self._client_for(task.session)
+        signature = secagg.sign_survivors(convert.consistency_check_from_proto(task.check))
+        self._save_history()  # on disk before the signature leaves
+        request = pb.SignSurvivorsRequest(
+            session=self._ref(task.session), signature=convert.survivor_signature_to_proto(signature)
+        )
+        return lambda: self.client.sign_survivors(request)
+
+    def _unmask(self, task: pb.UnmaskTask) -> Callable[[], None]:
+        secagg = self._client_for(task.session)
+        response = secagg.unmask(convert.unmask_request_from_proto(task.request))
+        request = pb.UnmaskSubmission(
+            session=self._ref(task.session), response=convert.unmask_response_to_proto(response)
+        )
+        block = task.session.block
+
+        def send() -> None:
+            self.client.unmask(request)
+            logger.info("block %d: votes sent and unmasked", block)
+            if self._on_block_done is not None:
+                self._on_block_done(block, self.params.blocks)
+
+        return send
+
+    def _statement(self) -> Callable[[], None]:
+        if self._iterative is not None:
+            # Score every block (and so record every DP release) before attesting; a block whose session
+            # this participant missed is still scored with the global mask.
+            self._vector(self.params.blocks - 1)
+        for block in range(self.params.blocks):
+            self._mask(block)  # confirm every block's global mask arrived intact before attesting
+        statement = self.privacy.statement(self.identity_key, data_size_class=self._size_class)
+        request = pb.SubmitStatementRequest(
+            statement=pb.SignedStatement(
+                run_id=self.params.run_id,
+                participant=self.participant_id,
+                statement=statement.model_dump_json().encode("utf-8"),
+                signature=bytes.fromhex(statement.signature),
+            )
+        )
+        return lambda: self.client.submit_statement(request)
+
+    def _handle(self, task: pb.Task) -> Callable[[], None] | None:
+        kind = task.WhichOneof("kind")
+        if kind == "start_session":
+            return self._start_session(task.start_session)
+        if kind == "share_keys":
+            return self._share_keys(task.share_keys)
+        if kind == "masked_input":
+            return self._masked_input(task.masked_input)
+        if kind == "sign_survivors":
+            return self._sign(task.sign_survivors)
+        if kind == "unmask":
+            return self._unmask(task.unmask)
+        if kind == "statement":
+            return self._statement()
+        return None
+
+    def run(self) -> None:
+        """Return once the run is complete; raise RunRefusedError / RunAbortedError otherwise."""
+        reply = self.join()
+        self._prepare(reply)
+        while True:
+            task = self.client.await_task(self.params.run_id, max_wait_s=AWAIT_S)
+            kind = task.WhichOneof("kind")
+            if kind == "run_complete":
+                logger.info("run %s complete", self.run_id)
+                return
+            if kind == "run_aborted":
+                raise RunAbortedError(f"the coordinator aborted the run: {task.run_aborted.reason}")
+            if kind in (None, "wait"):
+                continue
+            try:
+                if self._replay is not None and self._replay[0] == task.sequence:
+                    send = self._replay[1]  # the answer was lost: send the same one again
+                else:
+                    handled = self._handle(task)
+                    if handled is None:
+                        continue
+                    send = handled
+                    self._replay = (task.sequence, send)
+                send()
+            except grpc.RpcError as error:
+                if error.code() not in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    raise
+                logger.warning("%s answer not taken (%s): %s", kind, error.code().name, error.details())
+            except PrivacyError as error:
+                logger.warning("%s refused by this participant: %s", kind, error)
+
+
+def progress_reporter(enabled: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """Return (on_block_done, close) driving a progress bar over the run's blocks."""
+    bar: list[Any] = []
+
+    def update(block: int, blocks: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=blocks, desc="blocks", unit="block", disable=not enabled))
+        bar[0].update(1)
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return update, close
+
+
+def _describe(privacy: pb.PrivacyParameters) -> str:
+    fields = {
+        "randomized_response": privacy.randomized_response,
+        "epsilon0": privacy.epsilon0,
+        "record_level_dp": privacy.record_level_dp,
+        "delta": privacy.delta,
+        "sample_rate": privacy.sample_rate,
+    }
+    if privacy.HasField("noise_multiplier"):
+        fields["noise_multiplier"] = privacy.noise_multiplier
+    if privacy.HasField("target_epsilon"):
+        fields["target_epsilon"] = privacy.target_epsilon
+    return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def iterate_parts(parts: list[pb.MaskedInputPart]) -> Iterator[pb.MaskedInputPart]:
+    """Return an iterator over a prepared masked-input stream (one fresh iterator per attempt)."""
+    return iter(parts)

@@ -1,0 +1,262 @@
+"""Real processes on loopback: a CA from ``fedprune certs``, a tiny model, configs, and bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.tiny import build_tiny_model, build_word_tokenizer, random_text
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = ("site-a", "site-b", "site-c")
+SEQLEN = 16
+NSAMPLES = 4
+
+
+def fedprune(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Return a finished ``fedprune`` command (run as ``python -m fedprune.cli``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedprune.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def make_pki(directory: Path, *names: str) -> Path:
+    """Return a CA directory holding the coordinator's server certificate and a client certificate per name."""
+    for args in (
+        ("certs", "init", "--out", str(directory)),
+        (
+            "certs",
+            "issue",
+            "--ca",
+            str(directory),
+            "--name",
+            "coordinator",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            str(directory),
+        ),
+        *(
+            ("certs", "issue", "--ca", str(directory), "--name", name, "--out", str(directory))
+            for name in names
+        ),
+    ):
+        result = fedprune(*args)
+        assert result.returncode == 0, result.stderr
+    return directory
+
+
+def make_model(directory: Path, *, seed: int = 0, layers: int = 2) -> Path:
+    """Return a saved tiny llama with its tokenizer."""
+    build_tiny_model("llama", seed=seed, layers=layers).save_pretrained(directory)
+    build_word_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def make_data(path: Path, *, seed: int) -> Path:
+    """Return a calibration file of one document per line (the unit of record-level privacy)."""
+    path.write_text(
+        "".join(json.dumps({"text": random_text(40, seed=seed * 100 + d)}) + "\n" for d in range(12)),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_toml(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    """Write a TOML file of flat sections and return its path."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Federation:
+    """A coordinator config, and what participants need, in one temporary directory."""
+
+    root: Path
+    pki: Path
+    model: Path
+    data: dict[str, Path]
+    run: dict[str, object] = field(default_factory=dict)
+    privacy: dict[str, object] = field(default_factory=dict)
+    server: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "keys" / "report.key"
+
+    def coordinator_config(self) -> Path:
+        run = {
+            "model": self.model,
+            "participants": list(NAMES),
+            "min_participants": 3,
+            "method": "wanda",
+            "sparsity": 0.5,
+            "mode": "one-shot",
+            "nsamples": NSAMPLES,
+            "seqlen": SEQLEN,
+            **self.run,
+        }
+        return write_toml(
+            self.root / "coordinator.toml",
+            {
+                "server": {
+                    "address": "127.0.0.1:0",
+                    "round_timeout_s": 8.0,
+                    "await_poll_s": 2.0,
+                    **self.server,
+                },
+                "tls": {
+                    "ca": self.pki / "ca.pem",
+                    "certificate": self.pki / "coordinator.pem",
+                    "private_key": self.pki / "coordinator.key",
+                },
+                "run": run,
+                "privacy": self.privacy,
+                "output": {
+                    "directory": self.out,
+                    "state": self.root / "state",
+                    "signing_key": self.signing_key,
+                },
+            },
+        )
+
+    def participant_config(
+        self,
+        name: str,
+        address: str,
+        *,
+        pki: Path | None = None,
+        model: Path | None = None,
+        minimums: dict[str, object] | None = None,
+        max_retry_time_s: float = 30.0,
+    ) -> Path:
+        pki = pki or self.pki
+        sections: dict[str, dict[str, object]] = {
+            "coordinator": {
+                "address": address,
+                "call_timeout_s": 10.0,
+                "max_backoff_s": 0.5,
+                "max_retry_time_s": max_retry_time_s,
+            },
+            "tls": {
+                "ca": pki / "ca.pem",
+                "certificate": pki / f"{name}.pem",
+                "private_key": pki / f"{name}.key",
+            },
+            "model": {"directory": model or self.model},
+            "data": {"calibration": self.data.get(name, next(iter(self.data.values())))},
+            "runtime": {"device": "cpu", "state": self.root / f"state-{name}", "progress": False},
+        }
+        if minimums is not None:
+            sections["privacy"] = minimums
+        return write_toml(self.root / f"{name}.toml", sections)
+
+
+def make_federation(root: Path) -> Federation:
+    """Return a federation of three sites with their own data, certificates and a tiny base model."""
+    root.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(root / "pki", *NAMES, "outsider")
+    model = make_model(root / "model")
+    data = {name: make_data(root / f"{name}.jsonl", seed=i) for i, name in enumerate(NAMES)}
+    return Federation(root=root, pki=pki, model=model, data=data)
+
+
+class Process:
+    """A running ``fedprune`` process whose output goes to a log file; killed at the end of the test."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        self.log = log
+        self._handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "fedprune.cli", *args],
+            cwd=REPO,
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8")
+
+    def wait_for(self, text: str, *, timeout: float = 60) -> str:
+        """Return the log once it contains ``text``; fail after ``timeout`` seconds or if the process ends."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            output = self.output()
+            if text in output:
+                return output
+            if self.popen.poll() is not None:
+                raise AssertionError(f"process exited {self.popen.returncode} before {text!r}:\n{output}")
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.output()}")
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"still running after {timeout} s:\n{self.output()}") from None
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+        self._handle.close()
+
+
+def start_coordinator(federation: Federation, name: str = "coordinator") -> tuple[Process, str]:
+    """Return the coordinator process and the address it listens on."""
+    process = Process(
+        federation.root / f"{name}.log", "coordinator", "--config", str(federation.coordinator_config())
+    )
+    output = process.wait_for("listening on", timeout=60)
+    line = next(line for line in output.splitlines() if "listening on" in line)
+    return process, line.rsplit(" ", 1)[-1]
+
+
+def start_participant(federation: Federation, name: str, address: str, **options: object) -> Process:
+    """Return a started participant process for ``name``."""
+    config = federation.participant_config(name, address, **options)  # type: ignore[arg-type]
+    return Process(federation.root / f"{name}.log", "participant", "--config", str(config))
