@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +26,8 @@ from privacy.calibration_dp import DEFAULT_TARGET_EPSILON, DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
-from privacy.secagg import aggregate_in_process, default_threshold
+from privacy.report import tolerated_colluders
+from privacy.secagg import SessionContext, aggregate_in_process, resolve_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class PrivacySettings:
     """Poisson sampling rate of each participant's records per block (amplification by subsampling)."""
     secure_aggregation: bool = True
     threshold: int | None = None
-    """Secure-aggregation threshold t; default floor(2n/3) + 1."""
+    """Secure-aggregation threshold t; default floor(2n/3) + 1 (at least floor((n + c) / 2) + 1)."""
     colluders: int | None = None
     """Participants assumed to collude with the coordinator (c); default the most the threshold tolerates."""
     accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE
@@ -112,11 +114,6 @@ class PrivacySettings:
         }
 
 
-def max_colluders(participants: int, threshold: int) -> int:
-    """Return the most colluders c the threshold tolerates: c <= t - 1 and t > (n + c) / 2."""
-    return max(0, min(threshold - 1, 2 * threshold - participants - 1))
-
-
 def participant_name(index: int) -> str:
     """Return the ledger name of simulated participant ``index``."""
     return f"participant-{index:03d}"
@@ -150,20 +147,29 @@ def statistic_aggregator(
 class PrivateVoteAggregation:
     """Randomizes every participant's keep-votes and sums them by secure aggregation."""
 
-    def __init__(self, settings: PrivacySettings, ledger: PrivacyLedger, *, participants: int) -> None:
+    def __init__(
+        self,
+        settings: PrivacySettings,
+        ledger: PrivacyLedger,
+        *,
+        participants: int,
+        run_id: str | None = None,
+    ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.participants = participants
-        self.threshold = settings.threshold or default_threshold(participants)
-        if not 1 <= self.threshold <= participants:
-            raise PrivacyError(f"threshold {self.threshold} must lie in [1, {participants}]")
-        tolerated = max_colluders(participants, self.threshold)
+        # Validated here, before any ledger event: t > (n + c) / 2 for the colluders assumed.
+        self.threshold = resolve_threshold(
+            settings.threshold, participants=participants, colluders=settings.colluders or 0
+        )
+        tolerated = tolerated_colluders(participants, self.threshold)
         self.colluders = tolerated if settings.colluders is None else settings.colluders
         if self.colluders > tolerated:
             raise PrivacyError(
                 f"colluders {self.colluders} exceeds what threshold {self.threshold} of {participants} tolerates "
                 f"({tolerated}: c < t and t > (n + c) / 2)"
             )
+        self.run_id = run_id or uuid.uuid4().hex
         self._randomizers = (
             [RandomizedResponse(epsilon0=settings.epsilon0) for _ in range(participants)]  # type: ignore[arg-type]
             if settings.randomizes_bits
@@ -203,7 +209,12 @@ class PrivateVoteAggregation:
                 )
             vectors.append(bits.astype(np.uint8))
         if self.settings.secure_aggregation:
-            sums = aggregate_in_process(vectors, threshold=self.threshold)
+            sums = aggregate_in_process(
+                vectors,
+                threshold=self.threshold,
+                colluders=self.colluders,
+                context=SessionContext.fresh(run_id=self.run_id, round=round_index, block=round_index),
+            )
             self.ledger.record(
                 MechanismEvent(
                     mechanism=Mechanism.SECURE_AGGREGATION,

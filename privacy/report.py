@@ -89,6 +89,11 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def tolerated_colluders(participants: int, threshold: int) -> int:
+    """Return the most colluders c that threshold t tolerates among n: c < t and t > (n + c) / 2."""
+    return max(0, min(threshold - 1, 2 * threshold - participants - 1))
+
+
 class ThreatModel(_Frozen):
     """Who is trusted with what; the assumptions under which the guarantees hold.
 
@@ -104,7 +109,8 @@ class ThreatModel(_Frozen):
     max_colluding_participants: int | None = Field(
         default=None,
         ge=0,
-        description="c: participants assumed to collude with the coordinator; t - 1 when not given",
+        description="c: participants assumed to collude with the coordinator; when not given, the most "
+        "the threshold tolerates (c < t and t > (n + c) / 2)",
     )
     minimum_honest_survivors: int | None = Field(
         default=None,
@@ -119,14 +125,19 @@ class ThreatModel(_Frozen):
     def _default_collusion(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("max_colluding_participants") is None:
             threshold = data.get("secure_aggregation_threshold")
-            if isinstance(threshold, int):
-                data = {**data, "max_colluding_participants": threshold - 1}
+            participants = data.get("participants")
+            if isinstance(threshold, int) and isinstance(participants, int):
+                data = {**data, "max_colluding_participants": tolerated_colluders(participants, threshold)}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ThreatModel:
         n, t = self.participants, self.secure_aggregation_threshold
-        c = self.max_colluding_participants if self.max_colluding_participants is not None else t - 1
+        c = (
+            self.max_colluding_participants
+            if self.max_colluding_participants is not None
+            else tolerated_colluders(n, t)
+        )
         if t > n:
             raise ValueError(
                 f"threat_model.secure_aggregation_threshold ({t}) cannot exceed threat_model.participants ({n})"
@@ -136,6 +147,13 @@ class ThreatModel(_Frozen):
             raise ValueError(
                 f"threat_model.max_colluding_participants ({c}) must be below "
                 f"threat_model.secure_aggregation_threshold ({t})"
+            )
+        if n > 1 and 2 * t <= n + c:
+            # A coordinator that tells survivors different stories about who dropped collects both share
+            # kinds of one participant unless t > (n + c) / 2 (docs/SECURE_AGGREGATION.md, split view).
+            raise ValueError(
+                f"threat_model.secure_aggregation_threshold ({t}) must exceed (participants + "
+                f"max_colluding_participants) / 2 = ({n} + {c}) / 2"
             )
         honest = self.minimum_honest_survivors
         if honest is not None and c + honest > n:

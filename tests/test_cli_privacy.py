@@ -99,7 +99,7 @@ def signed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
             mechanism=Mechanism.SECURE_AGGREGATION,
             participant="coordinator",
             count=1000,
-            parameters={"participants": 3, "threshold": 2, "survivors": 3, "colluders": 1},
+            parameters={"participants": 3, "threshold": 3, "survivors": 3, "colluders": 1},
         )
     )
     from privacy.signing import sign_participant_statement
@@ -109,7 +109,9 @@ def signed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     )
     report = build_report(
         ledger=ledger,
-        threat_model=ThreatModel(participants=3, secure_aggregation_threshold=2),
+        threat_model=ThreatModel(
+            participants=3, secure_aggregation_threshold=3, max_colluding_participants=1
+        ),
         delta=1e-6,
         run_id="cli-run",
         participant_statements=[statement],
@@ -154,7 +156,9 @@ def test_audit_verify_refuses_a_threat_model_the_ledger_contradicts(
     # A forger edits the participants to 100,000 (so the aggregation bound would turn valid) and re-signs.
     path, _ = signed_report
     data = json.loads(path.read_text(encoding="utf-8"))
-    data["threat_model"].update(participants=100_000, minimum_honest_survivors=99_999)
+    data["threat_model"].update(
+        participants=100_000, secure_aggregation_threshold=99_999, minimum_honest_survivors=99_998
+    )
     data.pop("signature")
     forged = tmp_path / "forged.json"
     forged.write_text(sign_report(PrivacyReport.model_validate(data), Ed25519PrivateKey.generate()).to_json())

@@ -117,7 +117,16 @@ def register(subparsers: Any) -> None:
         default=0.1,
         help="largest relative RDP/PRV disagreement accepted; subsampled runs need about 0.2 [0.1]",
     )
-    privacy.add_argument("--threshold", type=int, help="secure-aggregation threshold t [floor(2n/3)+1]")
+    privacy.add_argument(
+        "--threshold",
+        type=int,
+        help="secure-aggregation threshold t, above (n + colluders)/2 [floor(2n/3)+1]",
+    )
+    privacy.add_argument(
+        "--colluders",
+        type=int,
+        help="participants assumed to collude with the coordinator [the most the threshold tolerates]",
+    )
     evaluation = parser.add_argument_group("baselines")
     evaluation.add_argument(
         "--baselines",
@@ -149,6 +158,7 @@ def _privacy_settings(args: argparse.Namespace) -> Any:
         delta=args.delta,
         sample_rate=args.sample_rate,
         threshold=args.threshold,
+        colluders=args.colluders,
         accountant_tolerance=args.accountant_tolerance,
     )
 
@@ -364,7 +374,6 @@ def _print_outlook(
 def _write_report(privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_key: Path | None) -> Path:
     """Build and check the privacy report, sign it with the long-term key and write it; return its path."""
     import os
-    import uuid
 
     from privacy.report import ThreatModel, build_report, write_signed_report
     from privacy.signing import grouped_fingerprint, load_or_create_signing_key
@@ -384,7 +393,7 @@ def _write_report(privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_k
         ledger=ledger,
         threat_model=threat,
         delta=privacy.delta,
-        run_id=str(uuid.uuid4()),
+        run_id=votes.run_id,
         exclusions=exclusions,
         accountant_tolerance=privacy.accountant_tolerance,
     )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from privacy.calibration_dp import DPStatisticAggregator
 from privacy.ledger import GENESIS_HASH, ChainError, Mechanism, MechanismEvent, PrivacyLedger, verify_chain
@@ -67,7 +68,7 @@ def _run_ledger() -> PrivacyLedger:
             mechanism=Mechanism.SECURE_AGGREGATION,
             participant="coordinator",
             count=100,
-            parameters={"participants": 4, "threshold": 3, "survivors": 4, "colluders": 2},
+            parameters={"participants": 4, "threshold": 3, "survivors": 4, "colluders": 1},
         )
     )
     return ledger
@@ -94,15 +95,16 @@ def _tampered(text: str, change) -> str:
 def test_a_signed_report_verifies_and_recomputes_every_figure(signed_json: str) -> None:
     verified = verify_report(signed_json, trusted_public_key=KEY.public_key())
     assert verified.signer_trusted and verified.checked_figures >= 10
-    assert verified.report.threat_model.minimum_honest_survivors == 2  # 4 survivors - 2 colluders
+    # c defaults to the most t = 3 of 4 tolerates: c < t and t > (n + c) / 2 give c = 1.
+    assert verified.report.threat_model.minimum_honest_survivors == 3  # 4 survivors - 1 colluder
     layers = [g.layer for g in verified.report.guarantees]
     assert layers == ["calibration_statistics", "mask_bits", "aggregation"]
     mask = verified.report.guarantees[1]
     assert mask.epsilon == pytest.approx(79.84, abs=0.05)  # 100 coordinates at eps0 = 1: never "1-DP"
     assert mask.details["epsilon0_per_coordinate"] == pytest.approx(1.0)
     aggregation = verified.report.guarantees[2]
-    assert aggregation.epsilon is None and aggregation.details["valid"] is False  # n = 2 is far too small
-    assert verified.report.threat_model.max_colluding_participants == 2
+    assert aggregation.epsilon is None and aggregation.details["valid"] is False  # n = 3 is far too small
+    assert verified.report.threat_model.max_colluding_participants == 1
 
 
 @pytest.mark.parametrize(
@@ -210,18 +212,19 @@ def _secagg(*, participants: int, threshold: int, survivors: int, colluders: int
 
 
 def test_honest_survivors_are_the_fewest_survivors_minus_the_colluders() -> None:
-    # n = 10,000 with t = 6,667: t - 1 colluders leave 3,334 honest voters, not t = 6,667.
+    # n = 10,000 with t = 6,667 tolerates c = 3,333 colluders (t > (n + c) / 2); with 9,000 survivors in the
+    # worst session 5,667 honest voters are guaranteed, not t = 6,667.
     ledger = PrivacyLedger()
-    ledger.record(_secagg(participants=10_000, threshold=6_667, survivors=10_000, colluders=6_666))
-    ledger.record(_secagg(participants=10_000, threshold=6_667, survivors=9_000, colluders=6_666))
+    ledger.record(_secagg(participants=10_000, threshold=6_667, survivors=10_000, colluders=3_333))
+    ledger.record(_secagg(participants=10_000, threshold=6_667, survivors=9_000, colluders=3_333))
     report = build_report(
         ledger=ledger,
         threat_model=ThreatModel(participants=10_000, secure_aggregation_threshold=6_667),
         delta=1e-5,
         run_id="large",
     )
-    assert report.threat_model.max_colluding_participants == 6_666
-    assert report.threat_model.minimum_honest_survivors == 9_000 - 6_666
+    assert report.threat_model.max_colluding_participants == 3_333
+    assert report.threat_model.minimum_honest_survivors == 9_000 - 3_333
 
 
 def test_a_caller_cannot_choose_the_honest_survivors() -> None:
@@ -246,7 +249,16 @@ def test_a_caller_cannot_choose_the_honest_survivors() -> None:
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"participants": 4, "secure_aggregation_threshold": 3, "minimum_honest_survivors": 3}, "+"),
+        (
+            {
+                "participants": 4,
+                "secure_aggregation_threshold": 3,
+                "max_colluding_participants": 1,
+                "minimum_honest_survivors": 4,
+            },
+            "+",
+        ),
+        ({"participants": 6, "secure_aggregation_threshold": 3, "max_colluding_participants": 0}, "exceed"),
         ({"participants": 4, "secure_aggregation_threshold": 5}, "secure_aggregation_threshold"),
         ({"participants": 4, "secure_aggregation_threshold": 2, "max_colluding_participants": 2}, "below"),
     ],
@@ -259,18 +271,35 @@ def test_the_threat_model_refuses_contradictions(fields: dict, named: str) -> No
 
 
 def _resigned(text: str, change, key: Ed25519PrivateKey) -> str:
+    """Return the report edited and re-signed as a forger would: any JSON, signed with a fresh key."""
+    from privacy.ledger import canonical_json
+    from privacy.report import REPORT_SIGNATURE_CONTEXT
+
     data = json.loads(text)
     change(data)
     data.pop("signature")
-    return sign_report(PrivacyReport.model_validate(data), key).to_json()
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    data["signature"] = {
+        "algorithm": "Ed25519",
+        "public_key": public.hex(),
+        "value": key.sign(REPORT_SIGNATURE_CONTEXT + canonical_json(data)).hex(),
+    }
+    return json.dumps(data)
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda d: d["threat_model"].__setitem__("participants", 100_000), "threat_model.participants"),
+        # Alone, 100,000 participants break the threshold rule t > (n + c) / 2 of the model itself.
         (
-            lambda d: d["threat_model"].update(participants=100_000, minimum_honest_survivors=99_998),
+            lambda d: d["threat_model"].__setitem__("participants", 100_000),
+            "threat_model.secure_aggregation_threshold",
+        ),
+        (
+            # Self-consistent on its own (t > (n + c) / 2), so only the ledger can refute it.
+            lambda d: d["threat_model"].update(
+                participants=100_000, secure_aggregation_threshold=99_999, minimum_honest_survivors=99_998
+            ),
             "threat_model.participants",
         ),
         (
@@ -293,7 +322,8 @@ def test_a_re_signed_threat_model_that_contradicts_the_ledger_fails(
     forged = _resigned(signed_json, change, Ed25519PrivateKey.generate())
     with pytest.raises(ReportVerificationError) as error:
         verify_report(forged)
-    assert error.value.field == field
+    # Either the threat model refuses itself (naming the rule) or the ledger contradicts it (naming the field).
+    assert error.value.field == field or (error.value.field == "threat_model" and field in str(error.value))
 
 
 @pytest.mark.parametrize("missing", ["participants", "threshold", "survivors", "colluders"])
