@@ -66,10 +66,22 @@ class RetryPolicy:
         return cap * (0.5 + secrets.randbelow(1 << 16) / float(1 << 17))
 
 
+# Under TLS 1.3 the client finishes its half of the handshake before the server checks the client
+# certificate, so a refused certificate reads only as a connection the server closes at once. A coordinator
+# that is down refuses the TCP connection instead; one that restarts closes a connection once, not always.
+CLOSED_CONNECTIONS_BEFORE_REFUSAL = 4
+
+
 def handshake_refused(error: grpc.RpcError) -> bool:
     """Return True when a failed call's details say the TLS handshake was refused."""
     details = (error.details() or "").lower() if hasattr(error, "details") else ""
     return error.code() is grpc.StatusCode.UNAVAILABLE and any(sign in details for sign in _HANDSHAKE_SIGNS)
+
+
+def connection_closed(error: grpc.RpcError) -> bool:
+    """Return True when the server accepted the connection and closed it before answering."""
+    details = (error.details() or "").lower() if hasattr(error, "details") else ""
+    return error.code() is grpc.StatusCode.UNAVAILABLE and "socket closed" in details
 
 
 R = TypeVar("R")
@@ -85,7 +97,7 @@ def with_retries(
 ) -> R:
     """Return ``call()``'s result, retrying transient failures under ``policy``; raise the others."""
     started = clock()
-    attempt = 0
+    attempt = closed = 0
     while True:
         try:
             return call()
@@ -95,6 +107,12 @@ def with_retries(
                 raise ConfigurationError(
                     f"{what}: the coordinator refused the TLS handshake: check tls.certificate (issued by "
                     f"the run's CA?) and tls.ca ({error.details()})"
+                ) from None
+            closed = closed + 1 if connection_closed(error) else 0
+            if closed >= CLOSED_CONNECTIONS_BEFORE_REFUSAL:
+                raise ConfigurationError(
+                    f"{what}: the coordinator closed every connection during the TLS handshake: it refuses "
+                    "this participant's certificate (tls.certificate not issued by the run's CA?)"
                 ) from None
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 raise ConfigurationError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -246,14 +247,20 @@ class Process:
         self._handle.close()
 
 
+def free_address() -> str:
+    """Return a loopback address whose port was free a moment ago (processes then start side by side)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
 def start_coordinator(federation: Federation, name: str = "coordinator") -> tuple[Process, str]:
-    """Return the coordinator process and the address it listens on."""
-    process = Process(
-        federation.root / f"{name}.log", "coordinator", "--config", str(federation.coordinator_config())
-    )
-    output = process.wait_for("listening on", timeout=60)
-    line = next(line for line in output.splitlines() if "listening on" in line)
-    return process, line.rsplit(" ", 1)[-1]
+    """Return the coordinator process and the address it will listen on (participants retry until it does)."""
+    if "address" not in federation.server:
+        federation.server["address"] = free_address()
+    config = federation.coordinator_config()
+    process = Process(federation.root / f"{name}.log", "coordinator", "--config", str(config))
+    return process, str(federation.server["address"])
 
 
 def start_participant(federation: Federation, name: str, address: str, **options: object) -> Process:
