@@ -18,12 +18,14 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "install: NVIDIA GPU found, installing torch with CUDA support" >&2
-    "${pip[@]}" install -q torch
+    "${pip[@]}" install -q torch numpy
   elif [ -n "${FEDPRUNE_TORCH_INDEX_URL:-}" ]; then
     "${pip[@]}" install -q torch==2.13.0 --index-url "$FEDPRUNE_TORCH_INDEX_URL"
+    "${pip[@]}" install -q numpy
   else
     echo "install: no GPU, installing the CPU build of torch 2.13.0" >&2
-    "${pip[@]}" install -q -c constraints/cpu.txt torch==2.13.0
+    # numpy comes with torch: importing torch without it prints a warning.
+    "${pip[@]}" install -q -c constraints/cpu.txt torch==2.13.0 numpy
   fi
 fi
 
@@ -31,5 +33,7 @@ fi
 pins="$(mktemp)"
 trap 'rm -f "$pins"' EXIT
 "$venv/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$pins"
-"${pip[@]}" install -q -c "$pins" -e ".[dev]"
+# The editable install's notice ("folders ... with the same name as your package") is informational: the
+# top-level folders here are the packages themselves.
+PYTHONWARNINGS="ignore:Editable installation:UserWarning" "${pip[@]}" install -q -c "$pins" -e ".[dev]"
 "$venv/bin/python" -c "import torch, transformers, fedprune; print(f'install: fedprune {fedprune.__version__}, torch {torch.__version__}, transformers {transformers.__version__}')"
