@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ from pruning.model_io import check_samples_fit, load_model, load_tokenizer, voca
 logger = logging.getLogger(__name__)
 
 AWAIT_S = 20.0
+FAULT_AFTER_SHARES_ENV = "FEDPRUNE_TEST_KILL_AFTER_SHARES"
+"""Tests only: a block index after whose ShareKeys the participant kills itself (SIGKILL)."""
 SOFTWARE_VERSION = "fedprune-participant/1"
 
 _METHODS = {
@@ -331,7 +334,16 @@ class ParticipantRun:
         request = pb.ShareKeysRequest(
             session=self._ref(task.session), share_keys=convert.share_keys_to_proto(message)
         )
-        return lambda: self.client.share_keys(request)
+        block = task.session.block
+
+        def send() -> None:
+            self.client.share_keys(request)
+            logger.info("block %d: shares sent", block)
+            if os.environ.get(FAULT_AFTER_SHARES_ENV) == str(block):
+                # Fault injection for the dropout tests: die as abruptly as a crashed host would.
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return send
 
     def _masked_input(self, task: pb.MaskedInputTask) -> Callable[[], None]:
         secagg = self._client_for(task.session)

@@ -190,11 +190,11 @@ class Federation:
         return write_toml(self.root / f"{name}.toml", sections)
 
 
-def make_federation(root: Path) -> Federation:
+def make_federation(root: Path, *, layers: int = 2) -> Federation:
     """Return a federation of three sites with their own data, certificates and a tiny base model."""
     root.mkdir(parents=True, exist_ok=True)
     pki = make_pki(root / "pki", *NAMES, "outsider")
-    model = make_model(root / "model")
+    model = make_model(root / "model", layers=layers)
     data = {name: make_data(root / f"{name}.jsonl", seed=i) for i, name in enumerate(NAMES)}
     return Federation(root=root, pki=pki, model=model, data=data)
 
@@ -202,7 +202,7 @@ def make_federation(root: Path) -> Federation:
 class Process:
     """A running ``fedprune`` process whose output goes to a log file; killed at the end of the test."""
 
-    def __init__(self, log: Path, *args: str) -> None:
+    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
@@ -211,7 +211,7 @@ class Process:
             stdout=self._handle,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(),
+            env={**_env(), **(env or {})},
         )
 
     def output(self) -> str:
@@ -263,7 +263,9 @@ def start_coordinator(federation: Federation, name: str = "coordinator") -> tupl
     return process, str(federation.server["address"])
 
 
-def start_participant(federation: Federation, name: str, address: str, **options: object) -> Process:
+def start_participant(
+    federation: Federation, name: str, address: str, *, env: dict[str, str] | None = None, **options: object
+) -> Process:
     """Return a started participant process for ``name``."""
     config = federation.participant_config(name, address, **options)  # type: ignore[arg-type]
-    return Process(federation.root / f"{name}.log", "participant", "--config", str(config))
+    return Process(federation.root / f"{name}.log", "participant", "--config", str(config), env=env)
