@@ -22,6 +22,7 @@ from privacy.secagg.history import SessionHistory
 from privacy.secagg.messages import MaskedInputChunk
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
+    MAX_BIT_WIDTH,
     SessionContext,
     SessionParameters,
     resolve_threshold,
@@ -150,12 +151,15 @@ def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None
                          chunk_coordinates: int = DEFAULT_CHUNK_COORDINATES,
                          drop_before_masked_input: Collection[int] = (),
                          workdir: str | os.PathLike[str] | None = None,
-                         context: SessionContext | None = None, colluders: int = 0) -> np.ndarray:
+                         context: SessionContext | None = None, colluders: int = 0,
+                         max_input: int | None = None, max_bit_width: int = MAX_BIT_WIDTH) -> np.ndarray:
     """Return the exact per-coordinate sums (int64) of `vectors`, computed by a full secure aggregation.
 
     Participant i (0-based position in `vectors`) takes id i + 1. Inputs are 0/1 keep-votes or small
-    non-negative integers; the session's max_input is the largest entry (at least 1), which sets the
-    ring width b = ceil(log2(2 * n * max_input + 1)) (at most 16). `threshold` defaults to
+    non-negative integers; the session's max_input is the largest entry (at least 1) unless the caller
+    gives a public bound `max_input` (it must, when the largest entry would itself reveal something, as
+    for fixed-point values), which sets the ring width b = ceil(log2(2 * n * max_input + 1)), at most
+    `max_bit_width` (16 by default; up to 64 for a wide ring). `threshold` defaults to
     `default_threshold(n, colluders=colluders)` (1 for a lone participant, where the sum is that
     participant's input and nothing can be hidden); an explicit one must satisfy t > (n + colluders)/2
     and is checked before anything runs. `context` defaults to a fresh one (run id "in-process", a new
@@ -171,13 +175,17 @@ def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None
     dropped = set(drop_before_masked_input)
     if not dropped <= set(range(n)):
         raise PrivacyError(f"drop_before_masked_input must hold positions in [0, {n})")
-    max_input = max(1, *(int(a.max()) for a in arrays))
+    largest = max(1, *(int(a.max()) for a in arrays))
+    if max_input is None:
+        max_input = largest
+    elif largest > max_input:
+        raise PrivacyError(f"an input entry ({largest}) exceeds max_input ({max_input})")
     ids = tuple(range(1, n + 1))
     if context is None:
         context = SessionContext.fresh(run_id="in-process", round=0, block=0)
     parameters = SessionParameters(
         participant_ids=ids, threshold=resolved, dimension=dimension, chunk_coordinates=chunk_coordinates,
-        max_input=max_input, context=context.encode(), colluders=colluders)
+        max_input=max_input, context=context.encode(), colluders=colluders, max_bit_width=max_bit_width)
     if n == 1:
         logger.warning("secure aggregation with a single participant: the sum is its input, nothing is hidden")
     run = run_session(parameters, {p: arrays[p - 1] for p in ids},

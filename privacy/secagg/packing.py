@@ -6,12 +6,14 @@ coordinates is padded with zero values to a multiple of 8 coordinates, so every 
 is exactly b bytes and a payload has ceil(c/8)*b bytes.
 
 Ring arithmetic happens in "lanes": one uint8 per coordinate for b <= 8, one little-endian uint16 for
-b <= 16, where natural wrap-around is compatible with reduction mod 2**b. Only the low b bits of a lane
-are meaningful; packing drops the rest.
+b <= 16, uint32 for b <= 32 and uint64 for b <= 64 (wide rings for fixed-point sums), where natural
+wrap-around is compatible with reduction mod 2**b. Only the low b bits of a lane are meaningful; packing
+drops the rest.
 
 For b <= 7 packing is a SWAR compaction on uint64 words (8 lanes per word, three halving stages of
-shift/and/or), about 13 vector passes per chunk; b = 8 is a copy; b > 8 uses numpy's bit (un)packing,
-which is also the reference implementation the tests compare the fast path against.
+shift/and/or), about 13 vector passes per chunk; b = 8, 16, 32 and 64 (a whole lane) are a copy of the
+little-endian lane bytes; any other b > 8 uses numpy's bit (un)packing, which is also the reference
+implementation the tests compare the fast paths against.
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 from privacy.errors import PrivacyError
+from privacy.secagg.parameters import ring_lane_dtype
 
 _U64 = np.dtype("<u8")
 
 
 def lane_dtype(bit_width: int) -> np.dtype:
-    """Return the lane type for ring Z_(2^b): uint8 up to b = 8, little-endian uint16 up to b = 16."""
-    if not 1 <= bit_width <= 16:
-        raise PrivacyError(f"bit width must be in [1, 16], got {bit_width}")
-    return np.dtype(np.uint8) if bit_width <= 8 else np.dtype("<u2")
+    """Return the lane type for ring Z_(2^b): uint8 up to b = 8, then little-endian uint16, uint32, uint64."""
+    return ring_lane_dtype(bit_width)
 
 
 def packed_size(coordinates: int, bit_width: int) -> int:
@@ -72,6 +73,7 @@ class BitPacker:
         self.dtype = lane_dtype(bit_width)
         groups = -(-max_coordinates // 8)
         self._capacity_groups = groups
+        self._whole_lanes = bit_width == 8 * self.dtype.itemsize
         self._swar = bit_width <= 7
         if self._swar:
             b = bit_width
@@ -106,8 +108,8 @@ class BitPacker:
         self._check_capacity(groups)
         if out is None:
             out = np.empty(groups * b, dtype=np.uint8)
-        if b == 8:
-            np.copyto(out, lanes)
+        if self._whole_lanes:
+            np.copyto(out, np.ascontiguousarray(lanes).view(np.uint8))
             return out
         if not self._swar:
             np.copyto(out, pack_reference(lanes, b))
@@ -142,8 +144,8 @@ class BitPacker:
         self._check_capacity(groups)
         if out is None:
             out = np.empty(groups * 8, dtype=self.dtype)
-        if b == 8:
-            np.copyto(out, packed)
+        if self._whole_lanes:
+            np.copyto(out, np.asarray(packed, dtype=np.uint8).view(self.dtype))
             return out
         if not self._swar:
             np.copyto(out, unpack_reference(packed, b, groups * 8, self.dtype))

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,12 @@ DEFAULT_CHUNK_COORDINATES = 1 << 20
 
 MAX_PARTICIPANT_ID = (1 << 32) - 1
 MAX_BIT_WIDTH = 16
+"""The widest ring a session accepts unless it asks for more (`SessionParameters.max_bit_width`): keep-vote
+counts of up to 2**15 - 1 participants with headroom, in uint16 lanes."""
+WIDE_MAX_BIT_WIDTH = 64
+"""The widest ring the library implements (uint64 lanes): fixed-point sums, e.g. averaged weights."""
+MAX_INPUT = (1 << 32) - 1
+"""The largest `max_input`: it travels as a uint32 (wire and parameter digest)."""
 NONCE_BYTES = 32
 MAX_RUN_ID_BYTES = 256
 _CONTEXT_LABEL = b"fedprune/secagg/context"
@@ -108,6 +114,19 @@ def ring_bit_width(participants: int, max_input: int = 1, *, headroom: bool = Tr
     return (2 * top if headroom else top).bit_length()
 
 
+def ring_lane_dtype(bit_width: int) -> np.dtype:
+    """Return the lane type of ring Z_(2^b): little-endian uint8, uint16, uint32 or uint64, the narrowest that fits.
+
+    Natural wrap-around of the lane type is compatible with reduction mod 2**b because b <= lane bits.
+    """
+    if not 1 <= bit_width <= WIDE_MAX_BIT_WIDTH:
+        raise PrivacyError(f"bit width must be in [1, {WIDE_MAX_BIT_WIDTH}], got {bit_width}")
+    for bits, name in ((8, "u1"), (16, "<u2"), (32, "<u4")):
+        if bit_width <= bits:
+            return np.dtype(name)
+    return np.dtype("<u8")
+
+
 @dataclass(frozen=True)
 class SessionContext:
     """What makes one session unique: run id, round, block and a fresh random nonce from the coordinator.
@@ -172,6 +191,11 @@ class SessionParameters:
     digest. `colluders` is the number c of participants assumed to collude with the coordinator; the
     threshold must satisfy t > (n + c)/2 unless `allow_unsafe_threshold` (tests only) is set.
     `ring_headroom` adds the bit that makes every underflow visible to the range check.
+    `max_bit_width` (an init-only value, not a field) is this party's acceptance limit, not a protocol
+    parameter, so it is neither on the wire nor in the digest: b itself follows from
+    the digested n, `max_input` and `ring_headroom`, so two parties that accept a session agree on b.
+    It defaults to `MAX_BIT_WIDTH` (16, keep-vote counts); a session that sums wider values (fixed-point
+    weights) raises it, up to `WIDE_MAX_BIT_WIDTH`, on both sides.
     """
 
     participant_ids: tuple[int, ...]
@@ -184,8 +208,9 @@ class SessionParameters:
     ring_headroom: bool = True
     allow_unsafe_threshold: bool = False
     protocol_version: int = field(default=PROTOCOL_VERSION)
+    max_bit_width: InitVar[int] = MAX_BIT_WIDTH
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, max_bit_width: int) -> None:
         ids = self.participant_ids
         if not ids:
             raise PrivacyError("participant_ids must not be empty")
@@ -205,11 +230,14 @@ class SessionParameters:
             raise PrivacyError(f"dimension must be >= 1, got {self.dimension}")
         if self.chunk_coordinates < 64 or self.chunk_coordinates % 64:
             raise PrivacyError(f"chunk_coordinates must be a positive multiple of 64, got {self.chunk_coordinates}")
-        if self.max_input < 1:
-            raise PrivacyError(f"max_input must be >= 1, got {self.max_input}")
-        if self.bit_width > MAX_BIT_WIDTH:
-            raise PrivacyError(f"ring bit width {self.bit_width} exceeds {MAX_BIT_WIDTH}: too many "
-                               "participants or too large max_input")
+        if not 1 <= self.max_input <= MAX_INPUT:
+            raise PrivacyError(f"max_input must be in [1, {MAX_INPUT}], got {self.max_input}")
+        if not 1 <= max_bit_width <= WIDE_MAX_BIT_WIDTH:
+            raise PrivacyError(f"max_bit_width must be in [1, {WIDE_MAX_BIT_WIDTH}], got {max_bit_width}")
+        if self.bit_width > max_bit_width:
+            raise PrivacyError(f"ring bit width {self.bit_width} exceeds {max_bit_width}: too many "
+                               "participants or too large max_input (raise max_bit_width, at most "
+                               f"{WIDE_MAX_BIT_WIDTH}, for a wide ring)")
         if self.protocol_version != PROTOCOL_VERSION:
             raise PrivacyError(f"unsupported protocol_version {self.protocol_version}")
 
@@ -230,8 +258,13 @@ class SessionParameters:
 
     @property
     def lane_dtype(self) -> np.dtype:
-        """Return the numpy lane type used for ring arithmetic (uint8 for b <= 8, else uint16)."""
-        return np.dtype(np.uint8) if self.bit_width <= 8 else np.dtype("<u2")
+        """Return the numpy lane type used for ring arithmetic: the narrowest of uint8/16/32/64 that holds b bits."""
+        return ring_lane_dtype(self.bit_width)
+
+    @property
+    def sum_dtype(self) -> np.dtype:
+        """Return the dtype of the unmasked sums: uint16 up to b = 16 (keep-vote counts), else the lane type."""
+        return np.dtype(np.uint16) if self.bit_width <= 16 else self.lane_dtype
 
     @property
     def chunk_count(self) -> int:

@@ -404,7 +404,7 @@ class SecAggServer:
             raise ShamirError(f"participant {owner} dealt inconsistent shares: {exc}") from exc
 
     def finalize(self, *, out: np.ndarray | None = None) -> AggregateResult:
-        """Return the per-coordinate sum of the survivors' inputs (uint16), unmasked chunk by chunk.
+        """Return the per-coordinate sum of the survivors' inputs (`parameters.sum_dtype`), unmasked chunk by chunk.
 
         Reconstructs survivors' self seeds and dropouts' mask keys from at least `threshold` responses,
         removes the survivors' self masks and the survivor-dropout pairwise masks, and raises
@@ -437,9 +437,9 @@ class SecAggServer:
             self.abort(f"reconstruction failed: {exc}")
             raise
         if out is None:
-            out = np.empty(params.dimension, dtype=np.uint16)
-        if out.shape != (params.dimension,) or out.dtype != np.uint16:
-            raise PrivacyError(f"out must be a uint16 array of shape ({params.dimension},)")
+            out = np.empty(params.dimension, dtype=params.sum_dtype)
+        if out.shape != (params.dimension,) or out.dtype != params.sum_dtype:
+            raise PrivacyError(f"out must be a {params.sum_dtype} array of shape ({params.dimension},)")
         applier = MaskApplier(params.lane_dtype, block_bytes=self._block_bytes)
         low_bits = (1 << params.bit_width) - 1
         bound = params.max_input * len(request.survivors)

@@ -1,0 +1,122 @@
+"""Wide rings (up to 64 bits) and fixed-point sums: what FedSpaLLM's averaged weights need from secagg."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privacy.errors import PrivacyError
+from privacy.secagg import SessionContext, SessionParameters, aggregate_in_process
+from privacy.secagg.fixed_point import FixedPointCodec
+from privacy.secagg.packing import BitPacker, lane_dtype, pack_reference, unpack_reference
+from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
+
+
+def _context() -> bytes:
+    return SessionContext.fresh(run_id="wide", round=0, block=0).encode()
+
+
+def test_lane_types_grow_with_the_ring() -> None:
+    assert [lane_dtype(b).itemsize for b in (1, 8, 9, 16, 17, 32, 33, 64)] == [1, 1, 2, 2, 4, 4, 8, 8]
+    with pytest.raises(PrivacyError, match="bit width"):
+        lane_dtype(65)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bit_width=st.integers(17, 64), groups=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_wide_packing_round_trips_and_matches_the_reference(bit_width: int, groups: int, seed: int) -> None:
+    dtype = lane_dtype(bit_width)
+    lanes = np.random.default_rng(seed).integers(
+        0, np.iinfo(dtype).max, groups * 8, dtype=dtype, endpoint=True
+    )
+    packer = BitPacker(bit_width, groups * 8)
+    packed = packer.pack(lanes)
+    assert packed.size == groups * bit_width
+    assert np.array_equal(packed, pack_reference(lanes, bit_width))
+    low = lanes & dtype.type((1 << bit_width) - 1)
+    assert np.array_equal(packer.unpack(packed), low)
+    assert np.array_equal(unpack_reference(packed, bit_width, lanes.size), low)
+
+
+def test_a_session_refuses_a_wide_ring_unless_it_asks_for_one() -> None:
+    base = {"participant_ids": (1, 2, 3, 4), "threshold": 3, "dimension": 10, "context": _context()}
+    with pytest.raises(PrivacyError, match="bit width 35 exceeds 16"):
+        SessionParameters(**base, max_input=1 << 31)  # type: ignore[arg-type]
+    wide = SessionParameters(**base, max_input=1 << 31, max_bit_width=WIDE_MAX_BIT_WIDTH)  # type: ignore[arg-type]
+    assert wide.bit_width == 35 and wide.lane_dtype == np.dtype("<u8") and wide.sum_dtype == np.dtype("<u8")
+    # the acceptance limit is local: the same session has the same digest whoever accepts it
+    assert (
+        wide.digest()
+        == SessionParameters(
+            **base,
+            max_input=1 << 31,
+            max_bit_width=40,  # type: ignore[arg-type]
+        ).digest()
+    )
+    with pytest.raises(PrivacyError, match="max_input must be in"):
+        SessionParameters(**base, max_input=1 << 32, max_bit_width=64)  # type: ignore[arg-type]
+    assert MAX_BIT_WIDTH == 16  # keep-vote sessions keep their 16-bit limit
+
+
+@pytest.mark.parametrize("max_input", [(1 << 20) - 1, (1 << 28), (1 << 32) - 1])
+def test_wide_sums_are_exact_with_a_dropout(max_input: int) -> None:
+    rng = np.random.default_rng(max_input)
+    vectors = [rng.integers(0, max_input, 300, dtype=np.uint64, endpoint=True) for _ in range(5)]
+    sums = aggregate_in_process(
+        vectors,
+        chunk_coordinates=128,
+        max_input=max_input,
+        max_bit_width=WIDE_MAX_BIT_WIDTH,
+        drop_before_masked_input={2},
+    )
+    expected = sum(v.astype(object) for i, v in enumerate(vectors) if i != 2)
+    assert [int(x) for x in sums] == [int(x) for x in expected]
+
+
+def test_a_public_max_input_is_enforced() -> None:
+    with pytest.raises(PrivacyError, match="exceeds max_input"):
+        aggregate_in_process([np.array([3, 9], dtype=np.uint64)] * 3, max_input=8)
+
+
+def test_fixed_point_codec_fits_the_ring_and_bounds_its_error() -> None:
+    codec = FixedPointCodec.for_ring(participants=4, ring_bits=32)
+    assert codec.ring_bits == 32 and codec.max_input % 2 == 0
+    assert FixedPointCodec(participants=4, max_input=codec.max_input + 2).ring_bits == 33
+    bound = 0.75
+    assert codec.max_error(bound) == pytest.approx(bound / codec.max_input)
+    assert codec.max_error(bound) < 3e-9
+
+
+def test_fixed_point_secure_sum_equals_the_plain_sum_within_the_documented_error() -> None:
+    rng = np.random.default_rng(7)
+    n, size, bound = 4, 500, 0.5
+    codec = FixedPointCodec.for_ring(participants=n)
+    values = [rng.uniform(-bound, bound, size) for _ in range(n)]
+    contributes = [rng.random(size) < 0.6 for _ in range(n)]
+    encoded = [codec.encode(v, bound=bound, contributes=c) for v, c in zip(values, contributes, strict=True)]
+    assert all(e.clipped == 0 for e in encoded)
+    sums = aggregate_in_process(
+        [e.inputs for e in encoded],
+        chunk_coordinates=128,
+        max_input=codec.max_input,
+        max_bit_width=codec.ring_bits,
+    )
+    counts = np.sum(contributes, axis=0)
+    decoded = codec.decode_sum(sums, counts, bound=bound)
+    plain = np.sum([np.where(c, v, 0.0) for v, c in zip(values, contributes, strict=True)], axis=0)
+    assert np.max(np.abs(decoded - plain)) <= counts.max() * codec.max_error(bound)
+    mean_error = np.abs(decoded - plain)[counts > 0] / counts[counts > 0]
+    assert mean_error.max() <= codec.max_error(bound)
+
+
+def test_values_beyond_the_bound_are_clipped_and_counted() -> None:
+    codec = FixedPointCodec.for_ring(participants=2)
+    encoded = codec.encode(
+        np.array([0.1, 3.0, -7.0, 5.0]), bound=1.0, contributes=np.array([1, 1, 1, 0], bool)
+    )
+    assert encoded.clipped == 2
+    assert encoded.inputs.tolist() == [codec.offset + round(0.1 * codec.scale(1.0)), codec.max_input, 0, 0]
+    with pytest.raises(PrivacyError, match="bound must be positive"):
+        codec.scale(0.0)
