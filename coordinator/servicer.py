@@ -109,6 +109,7 @@ def run_parameters_to_proto(run: CoordinatorRun) -> pb.RunParameters:
         record_level_dp=privacy.record_level_dp,
         delta=privacy.delta,
         sample_rate=privacy.sample_rate,
+        accountant_tolerance=privacy.accountant_tolerance,
     )
     if privacy.noise_multiplier is not None:
         privacy_message.noise_multiplier = privacy.noise_multiplier

@@ -13,8 +13,17 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from privacy.signing import SigningKeyError, TrustedKey
 from proto.tls import check_address
 
 if sys.version_info >= (3, 11):
@@ -25,6 +34,7 @@ else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls i
 logger = logging.getLogger(__name__)
 
 IDENTITY_KEY_NAME = "identity_key.pem"
+BUDGET_FILE_NAME = "privacy_budget.json"
 
 
 class ConfigError(ValueError):
@@ -85,6 +95,14 @@ class DataSection(_Section):
     """``.txt``, or ``.jsonl`` with ``text`` or ``input_ids`` per line."""
     seed: int = 0
     """Seed for drawing calibration windows."""
+    dataset: str | None = Field(None, min_length=1)
+    """Name of the dataset in the lifetime privacy budget; default the calibration file's name. Every
+    config that calibrates on the same records must use the same name and the same budget file."""
+
+    @property
+    def dataset_name(self) -> str:
+        """Return the name under which runs on this data are charged to the lifetime budget."""
+        return self.dataset if self.dataset is not None else self.calibration.name
 
 
 class RuntimeSection(_Section):
@@ -99,6 +117,13 @@ class RuntimeSection(_Section):
     ``<state>/identity_key.pem``, created 0600 if absent."""
     progress: bool = True
     """Show a progress bar (off under systemd, where the journal gets the log lines)."""
+    budget: ConfigPath | None = None
+    """The lifetime privacy budget ledger of ``data.dataset``; default ``<state>/privacy_budget.json``."""
+
+    @property
+    def budget_path(self) -> Path:
+        """Return where the lifetime privacy budget ledger lives."""
+        return self.budget if self.budget is not None else self.state / BUDGET_FILE_NAME
 
     @property
     def identity_key_path(self) -> Path:
@@ -119,6 +144,11 @@ class PrivacyMinimums(_Section):
     """Largest record-level epsilon accepted (the run's target, or what its noise multiplier gives)."""
     max_delta: float | None = Field(None, gt=0, lt=1)
     min_noise_multiplier: float | None = Field(None, gt=0)
+    lifetime_epsilon: float | None = Field(None, gt=0)
+    """Record-level epsilon this site may spend on ``data.dataset`` over all runs (basic composition);
+    a run that would pass it, or that has no record-level DP, is refused. None: no lifetime budget."""
+    lifetime_delta: float | None = Field(None, gt=0, lt=1)
+    """The deltas' sum over all runs may not pass this (checked only with ``lifetime_epsilon``)."""
 
     def violations(
         self,
@@ -186,6 +216,30 @@ class ParticipantConfig(_Section):
     runtime: RuntimeSection
     privacy: PrivacyMinimums | None = None
     """None: accept the coordinator's privacy parameters (they are logged)."""
+    peers: dict[str, str] = Field(default_factory=dict)
+    """Pinned identity keys, certificate name -> public-key file (relative to this file) or fingerprint,
+    obtained from each site out of band. With pins, a session whose roster holds any other key is
+    refused; without them the keys the coordinator relays are trusted (logged as a warning)."""
+
+    @field_validator("peers")
+    @classmethod
+    def _pins_parse(cls, peers: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        base = (info.context or {}).get("base_dir")
+        resolved = {}
+        for name, value in peers.items():
+            candidate = Path(value).expanduser()
+            if base is not None and not candidate.is_absolute() and (Path(base) / candidate).is_file():
+                value = str(Path(base) / candidate)
+            try:
+                TrustedKey.parse(value)
+            except SigningKeyError as error:
+                raise ValueError(f"{name}: {error}") from None
+            resolved[name] = value
+        return resolved
+
+    def pinned_keys(self) -> dict[str, TrustedKey]:
+        """Return the pinned identity keys by certificate name (empty: trust the coordinator's relay)."""
+        return {name: TrustedKey.parse(value) for name, value in self.peers.items()}
 
     def check_paths(self) -> None:
         """Return None if the input files exist; raise ConfigError naming the field otherwise."""

@@ -15,8 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import signal
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,13 @@ from tqdm.auto import tqdm
 
 from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig
-from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class
+from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class, record_level_epsilon
 from participant.voting import KeepVotes, iterative_votes, one_shot_votes
+from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.budget import BudgetExceeded, LifetimeBudget
 from privacy.errors import PrivacyError
 from privacy.secagg import PROTOCOL_VERSION, SecAggClient, SessionContext, SessionHistory
-from privacy.signing import load_or_create_signing_key, raw_public_key
+from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_key, raw_public_key
 from proto import convert
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.calibration import resolve_device
@@ -45,8 +46,6 @@ from pruning.model_io import check_samples_fit, load_model, load_tokenizer, voca
 logger = logging.getLogger(__name__)
 
 AWAIT_S = 20.0
-FAULT_AFTER_SHARES_ENV = "FEDPRUNE_TEST_KILL_AFTER_SHARES"
-"""Tests only: a block index after whose ShareKeys the participant kills itself (SIGKILL)."""
 SOFTWARE_VERSION = "fedprune-participant/1"
 
 _METHODS = {
@@ -65,8 +64,41 @@ class RunRefusedError(Exception):
     """This participant refuses the run (or the coordinator refused its model); the message says why."""
 
 
+class PeerKeyError(RunRefusedError):
+    """A session's roster holds an identity key that this participant's pins (or first sight) refuse."""
+
+
 class RunAbortedError(Exception):
     """The coordinator aborted the run."""
+
+
+def run_privacy(privacy: pb.PrivacyParameters) -> RunPrivacy:
+    """Return the run's privacy parameters as announced (raises PrivacyError when they are inconsistent)."""
+    return RunPrivacy(
+        randomized_response=privacy.randomized_response,
+        epsilon0=privacy.epsilon0,
+        record_level_dp=privacy.record_level_dp,
+        noise_multiplier=privacy.noise_multiplier if privacy.HasField("noise_multiplier") else None,
+        target_epsilon=privacy.target_epsilon if privacy.HasField("target_epsilon") else None,
+        delta=privacy.delta,
+        sample_rate=privacy.sample_rate,
+        accountant_tolerance=(
+            privacy.accountant_tolerance
+            if privacy.HasField("accountant_tolerance")
+            else DEFAULT_ACCOUNTANT_TOLERANCE
+        ),
+    )
+
+
+def planned_spend(run: pb.RunParameters) -> tuple[float | None, float]:
+    """Return the (record-level epsilon, delta) the run will spend on this site's data.
+
+    Magnitude pruning reads no data: (0, 0). Record-level DP off: (None, delta), unbounded.
+    """
+    if run.method == pb.METHOD_MAGNITUDE:
+        return 0.0, 0.0
+    settings = run_privacy(run.privacy)
+    return record_level_epsilon(settings, blocks=run.blocks), settings.delta
 
 
 def refusals(config: ParticipantConfig, run: pb.RunParameters) -> list[str]:
@@ -74,16 +106,15 @@ def refusals(config: ParticipantConfig, run: pb.RunParameters) -> list[str]:
     if config.privacy is None:
         return []
     privacy = run.privacy
-    noise = privacy.noise_multiplier if privacy.HasField("noise_multiplier") else None
-    target = privacy.target_epsilon if privacy.HasField("target_epsilon") else None
+    settings = run_privacy(privacy)
     return config.privacy.violations(
         randomized_response=privacy.randomized_response,
         epsilon0=privacy.epsilon0,
         threshold=run.threshold,
         record_level_dp=privacy.record_level_dp,
-        record_epsilon=target,
+        record_epsilon=record_level_epsilon(settings, blocks=run.blocks),
         delta=privacy.delta,
-        noise_multiplier=noise,
+        noise_multiplier=settings.noise_multiplier,
     )
 
 
@@ -113,6 +144,20 @@ class ParticipantRun:
         self._block: int | None = None
         self._replay: tuple[int, Callable[[], None]] | None = None
         self._size_class = "small"
+        self.pins: dict[str, TrustedKey] = config.pinned_keys()
+        self._first_seen: dict[str, bytes] = {}
+        minimums = config.privacy
+        self.budget = (
+            LifetimeBudget(
+                config.runtime.budget_path,
+                dataset=config.data.dataset_name,
+                lifetime_epsilon=minimums.lifetime_epsilon,
+                lifetime_delta=minimums.lifetime_delta,
+            )
+            if minimums is not None and minimums.lifetime_epsilon is not None
+            else None
+        )
+        self._spend: tuple[str, float, float] | None = None
 
     # ------------------------------------------------------------------ joining
     def join(self) -> pb.JoinReply:
@@ -141,7 +186,10 @@ class ParticipantRun:
         VoteLayout.for_model(self.model).check_fingerprint(
             run.vote_layout_fingerprint, what="the run's vote layout"
         )
-        problems = refusals(self.config, run)
+        try:
+            problems = refusals(self.config, run)
+        except PrivacyError as error:
+            raise RunRefusedError(f"the run's privacy parameters cannot be accounted: {error}") from None
         if problems:
             raise RunRefusedError(
                 "the run is weaker than this participant's [privacy] minimums: " + "; ".join(problems)
@@ -150,10 +198,55 @@ class ParticipantRun:
             logger.info(
                 "no [privacy] minimums configured: accepting the run's parameters %s", _describe(run.privacy)
             )
+        self._check_budget(run)
+        if not self.pins:
+            logger.warning(
+                "no [peers] identity keys pinned: trusting the keys the coordinator relays for the other "
+                "participants (trust on first use within the run). Pin each peer's key, obtained out of "
+                "band, so that a coordinator cannot impersonate peers"
+            )
         logger.info(
             "joined run %s as %s (participant %d)", run.run_id.hex(), reply.name, reply.participant_id
         )
         return reply
+
+    # ------------------------------------------------------------------ lifetime budget
+    def _check_budget(self, run: pb.RunParameters) -> None:
+        """Refuse the run (RunRefusedError) if it would pass the lifetime budget; remember its spend."""
+        if self.budget is None:
+            return
+        epsilon, delta = planned_spend(run)
+        if epsilon is None:
+            # Exact statistics have no finite epsilon: counting them as 0 would under-count, so the safe
+            # reading of a lifetime budget is to refuse them.
+            raise RunRefusedError(
+                f"the run has no record-level DP (exact calibration statistics, unbounded epsilon), which "
+                f"privacy.lifetime_epsilon {self.budget.lifetime_epsilon:g} cannot account for"
+            )
+        run_id = run.run_id.hex()
+        try:
+            after = self.budget.check(epsilon, delta, run_id=run_id)
+        except BudgetExceeded as error:
+            raise RunRefusedError(str(error)) from None
+        self._spend = (run_id, epsilon, delta)
+        logger.info(
+            "lifetime budget of dataset %r: this run spends epsilon %.4g (delta %g); %.4g of %g after it",
+            self.budget.dataset,
+            epsilon,
+            delta,
+            after.epsilon,
+            self.budget.lifetime_epsilon,
+        )
+
+    def _commit_budget(self) -> None:
+        """Record the run's spend durably before anything computed from the data exists (idempotent)."""
+        if self.budget is None or self._spend is None:
+            return
+        run_id, epsilon, delta = self._spend
+        try:
+            self.budget.commit(run_id, epsilon=epsilon, delta=delta)
+        except BudgetExceeded as error:
+            raise RunRefusedError(str(error)) from None
 
     # ------------------------------------------------------------------ votes
     def _prepare(self, reply: pb.JoinReply) -> None:
@@ -162,20 +255,8 @@ class ParticipantRun:
         self.run_id = run.run_id.hex()
         self.name = reply.name
         self.participant_id = reply.participant_id
-        privacy = run.privacy
         self.privacy = ParticipantPrivacy(
-            name=reply.name,
-            run_id=self.run_id,
-            settings=RunPrivacy(
-                randomized_response=privacy.randomized_response,
-                epsilon0=privacy.epsilon0,
-                record_level_dp=privacy.record_level_dp,
-                noise_multiplier=privacy.noise_multiplier if privacy.HasField("noise_multiplier") else None,
-                target_epsilon=privacy.target_epsilon if privacy.HasField("target_epsilon") else None,
-                delta=privacy.delta,
-                sample_rate=privacy.sample_rate,
-            ),
-            blocks=run.blocks,
+            name=reply.name, run_id=self.run_id, settings=run_privacy(run.privacy), blocks=run.blocks
         )
         self.history = self._load_history()
         self.method = _METHODS[run.method]
@@ -303,6 +384,7 @@ class ParticipantRun:
         minimum = self.config.privacy.min_threshold if self.config.privacy is not None else None
         if minimum is not None and parameters.threshold < minimum:
             raise PrivacyError(f"session threshold {parameters.threshold} is below privacy.min_threshold")
+        self._check_roster_keys(task.members)
         keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_public_key) for m in task.members
         }
@@ -323,6 +405,39 @@ class ParticipantRun:
         logger.info("block %d: session started with %d participants", block, len(task.members))
         return lambda: self.client.advertise_keys(request)
 
+    def _check_roster_keys(self, members: Iterable[pb.Member]) -> None:
+        """Refuse the run (PeerKeyError) if a member's identity key is not the one pinned or first seen."""
+        own = raw_public_key(self.identity_key)
+        for member in members:
+            key = bytes(member.identity_public_key)
+            if member.participant_id == self.participant_id:
+                if key != own:
+                    raise PeerKeyError(
+                        f"the coordinator announced another identity key for this participant "
+                        f"({member.name!r}): {key_fingerprint(key)} instead of {key_fingerprint(own)}"
+                    )
+                continue
+            if self.pins:
+                pin = self.pins.get(member.name)
+                if pin is None:
+                    raise PeerKeyError(
+                        f"the session's roster holds {member.name!r}, which has no pinned key in [peers]: "
+                        "refusing a peer whose key only the coordinator vouches for"
+                    )
+                if not pin.matches(key):
+                    raise PeerKeyError(
+                        f"the identity key the coordinator relays for {member.name!r} "
+                        f"({key_fingerprint(key)}) differs from the one pinned in peers.{member.name} "
+                        f"({pin.fingerprint}): refusing the run"
+                    )
+                continue
+            seen = self._first_seen.setdefault(member.name, key)
+            if seen != key:
+                raise PeerKeyError(
+                    f"the coordinator relays a new identity key for {member.name!r} ({key_fingerprint(key)}; "
+                    f"earlier in this run {key_fingerprint(seen)}): refusing the run"
+                )
+
     def _client_for(self, session: pb.SessionRef) -> SecAggClient:
         if self._secagg is None or self._block != session.block:
             raise PrivacyError(f"no session of block {session.block} in progress here")
@@ -339,9 +454,6 @@ class ParticipantRun:
         def send() -> None:
             self.client.share_keys(request)
             logger.info("block %d: shares sent", block)
-            if os.environ.get(FAULT_AFTER_SHARES_ENV) == str(block):
-                # Fault injection for the dropout tests: die as abruptly as a crashed host would.
-                os.kill(os.getpid(), signal.SIGKILL)
 
         return send
 
@@ -426,6 +538,7 @@ class ParticipantRun:
     def run(self) -> None:
         """Return once the run is complete; raise RunRefusedError / RunAbortedError otherwise."""
         reply = self.join()
+        self._commit_budget()
         self._prepare(reply)
         while True:
             task = self.client.await_task(self.params.run_id, max_wait_s=AWAIT_S)
@@ -454,7 +567,9 @@ class ParticipantRun:
                 ):
                     raise
                 logger.warning("%s answer not taken (%s): %s", kind, error.code().name, error.details())
-            except PrivacyError as error:
+            except ValueError as error:
+                # PrivacyError and the conversions' InvalidMessageError are ValueErrors: a malformed or
+                # unexpected task is refused and logged; the participant waits for the next one.
                 logger.warning("%s refused by this participant: %s", kind, error)
 
 

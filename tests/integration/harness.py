@@ -202,11 +202,13 @@ def make_federation(root: Path, *, layers: int = 2) -> Federation:
 class Process:
     """A running ``fedprune`` process whose output goes to a log file; killed at the end of the test."""
 
-    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, log: Path, *args: str, env: dict[str, str] | None = None, module: str = "fedprune.cli"
+    ) -> None:
         self.log = log
         self._handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "fedprune.cli", *args],
+            [sys.executable, "-m", module, *args],
             cwd=REPO,
             stdout=self._handle,
             stderr=subprocess.STDOUT,
@@ -264,8 +266,29 @@ def start_coordinator(federation: Federation, name: str = "coordinator") -> tupl
 
 
 def start_participant(
-    federation: Federation, name: str, address: str, *, env: dict[str, str] | None = None, **options: object
+    federation: Federation,
+    name: str,
+    address: str,
+    *,
+    env: dict[str, str] | None = None,
+    kill_after_shares: int | None = None,
+    **options: object,
 ) -> Process:
-    """Return a started participant process for ``name``."""
+    """Return a started participant process for ``name``.
+
+    ``kill_after_shares``: run the test harness ``tests.integration.crashing_participant`` instead, which
+    SIGKILLs itself once that block's ShareKeys is acknowledged.
+    """
     config = federation.participant_config(name, address, **options)  # type: ignore[arg-type]
-    return Process(federation.root / f"{name}.log", "participant", "--config", str(config), env=env)
+    log = federation.root / f"{name}.log"
+    if kill_after_shares is not None:
+        return Process(
+            log,
+            "--config",
+            str(config),
+            "--kill-after-shares",
+            str(kill_after_shares),
+            env=env,
+            module="tests.integration.crashing_participant",
+        )
+    return Process(log, "participant", "--config", str(config), env=env)

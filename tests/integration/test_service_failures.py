@@ -19,11 +19,13 @@ def test_a_participant_killed_after_sharing_keys_does_not_stop_the_run_when_t_re
     federation.server = {"round_timeout_s": 3.0}
     federation.privacy = {"randomized_response": False, "record_level_dp": False}
     coordinator, address = start_coordinator(federation)
-    kill = {"site-c": {"FEDPRUNE_TEST_KILL_AFTER_SHARES": "0"}}
-    participants = {name: start_participant(federation, name, address, env=kill.get(name)) for name in NAMES}
+    kill = {"site-c": 0}
+    participants = {
+        name: start_participant(federation, name, address, kill_after_shares=kill.get(name)) for name in NAMES
+    }
     try:
         assert participants["site-c"].wait(timeout=60) == -9
-        assert "block 0: shares sent" in participants["site-c"].output()
+        assert "block 0: shares accepted; killing this participant now" in participants["site-c"].output()
         for name in ("site-a", "site-b"):
             assert participants[name].wait(timeout=60) == 0, participants[name].output()
         assert coordinator.wait(timeout=30) == 0, coordinator.output()

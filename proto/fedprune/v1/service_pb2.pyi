@@ -61,7 +61,7 @@ class SparsityPattern(_message.Message):
     def __init__(self, sparsity: _Optional[float] = ..., n: _Optional[int] = ..., m: _Optional[int] = ...) -> None: ...
 
 class PrivacyParameters(_message.Message):
-    __slots__ = ("randomized_response", "epsilon0", "record_level_dp", "noise_multiplier", "target_epsilon", "delta", "sample_rate")
+    __slots__ = ("randomized_response", "epsilon0", "record_level_dp", "noise_multiplier", "target_epsilon", "delta", "sample_rate", "accountant_tolerance")
     RANDOMIZED_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     EPSILON0_FIELD_NUMBER: _ClassVar[int]
     RECORD_LEVEL_DP_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class PrivacyParameters(_message.Message):
     TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     randomized_response: bool
     epsilon0: float
     record_level_dp: bool
@@ -76,7 +77,8 @@ class PrivacyParameters(_message.Message):
     target_epsilon: float
     delta: float
     sample_rate: float
-    def __init__(self, randomized_response: _Optional[bool] = ..., epsilon0: _Optional[float] = ..., record_level_dp: _Optional[bool] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., sample_rate: _Optional[float] = ...) -> None: ...
+    accountant_tolerance: float
+    def __init__(self, randomized_response: _Optional[bool] = ..., epsilon0: _Optional[float] = ..., record_level_dp: _Optional[bool] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., sample_rate: _Optional[float] = ..., accountant_tolerance: _Optional[float] = ...) -> None: ...
 
 class Capabilities(_message.Message):
     __slots__ = ("devices", "memory_bytes", "max_message_bytes", "protocol_versions")
