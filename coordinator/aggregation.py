@@ -114,3 +114,65 @@ def check_counts(keep_votes: torch.Tensor, contributors: int, *, name: str) -> N
         raise ValueError(
             f"{name}: keep-vote counts span [{low}, {high}] but only {contributors} participants contributed"
         )
+
+
+# --------------------------------------------------------------------------- FedSpaLLM: l0-norm averaging
+UPDATE_RANGE_FACTOR = 4.0
+"""The public bound on a participant's weight update |w_i - W0| is this factor times max |W0| of the matrix.
+
+SparseGPT's reconstruction moves a kept weight by the compensated error of the pruned ones; on the demo
+and tiny models the largest move is below 1.5 max|W0| at 50-70% sparsity, so 4 leaves room (noisy,
+record-level DP Hessians move more) while the fixed-point error stays ~1e-8 of max|W0| in a 32-bit ring.
+An update beyond it is clipped to it and the run warns with the count.
+"""
+
+
+def update_bound(base_weight: torch.Tensor) -> float:
+    """Return the public bound on one matrix's weight updates: UPDATE_RANGE_FACTOR x max |W0| (at least 1e-8)."""
+    largest = float(base_weight.detach().abs().max()) if base_weight.numel() else 0.0
+    return max(UPDATE_RANGE_FACTOR * largest, 1e-8)
+
+
+def true_keepers_estimate(
+    keep_votes: torch.Tensor, *, participants: int, flip_probability: float = 0.0
+) -> torch.Tensor:
+    """Return, per weight, the estimated number of keep-votes that are true keeps (float64).
+
+    Under randomized response with flip probability p, a weight that k of the n participants truly keep
+    receives S = A + F keep-votes: A ~ Bin(k, 1 - p) true keeps that stayed keeps, F ~ Bin(n - k, p) prunes
+    flipped to keep. Only the A true keeps carry a weight update (a flipped vote adds a zero update), so
+    dividing the update sum by S shrinks the average toward W0 by A/S. The moment estimate
+    k^ = (S - n p)/(1 - 2p), A^ = (1 - p) k^ is unbiased for E[A]; it is clipped to [min(1, S), S] (a
+    count cannot exceed the votes, and a single vote is taken at its word). Without randomization A = S.
+    """
+    votes = keep_votes.to(torch.float64)
+    if not 0.0 <= flip_probability < 0.5:
+        raise ValueError(f"flip_probability must lie in [0, 0.5), got {flip_probability}")
+    if flip_probability == 0.0:
+        return votes
+    p = flip_probability
+    estimate = (1.0 - p) * (votes - participants * p) / (1.0 - 2.0 * p)
+    return torch.minimum(torch.maximum(estimate, votes.clamp(max=1.0)), votes)
+
+
+def averaged_weight(
+    base_weight: torch.Tensor,
+    pruned: torch.Tensor,
+    update_sums: torch.Tensor,
+    contributors: torch.Tensor,
+) -> torch.Tensor:
+    """Return the l0-norm average of the participants' kept weights, zero where ``pruned``.
+
+    With m_i participant i's keep bit and w_i its reconstructed weight, the global weight of a kept
+    position is sum_i m_i w_i / sum_i m_i = W0 + sum_i m_i (w_i - W0) / sum_i m_i: ``update_sums`` is the
+    numerator's sum of updates (w_i - W0) and ``contributors`` its divisor (the keep-vote count, or its
+    randomized-response correction :func:`true_keepers_estimate`). A kept position nobody voted for (a
+    row or column group can need one) keeps the public base weight W0.
+    """
+    if not (base_weight.shape == pruned.shape == update_sums.shape == contributors.shape):
+        raise ValueError("base_weight, pruned, update_sums and contributors must have one shape")
+    base = base_weight.detach().to(device="cpu", dtype=torch.float64)
+    divisor = contributors.to(torch.float64)
+    update = torch.where(divisor > 0, update_sums.to(torch.float64) / divisor.clamp(min=1e-12), 0.0)
+    averaged = torch.where(pruned.to("cpu"), 0.0, base + update)
+    return averaged.to(base_weight.dtype)

@@ -17,6 +17,7 @@ import logging
 import math
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -240,6 +241,168 @@ class PrivateVoteAggregation:
             )
             offset += size
         return result
+
+
+class PrivateBlockAggregation:
+    """FedSpaLLM's sums for one block over its assigned participants: randomized votes, fixed-point updates.
+
+    Per block, over the block's participants only (``members``, at least the threshold t of them):
+    1. each participant randomizes its keep bits m with eps0-randomized response into r (one noisy bit per
+       weight per run, as in the FedPrLLM recipe);
+    2. a secure-aggregation session sums r: the keep-vote counts S;
+    3. a second session, in a wide ring (:mod:`privacy.secagg.fixed_point`, 32 bits), sums the fixed-point
+       encoding of r * m * (w - W0), the participant's SparseGPT update at the positions it votes keep
+       and truly kept (a vote flipped to keep carries a zero update, i.e. the public base weight W0),
+       with every r = 1 coordinate carrying the codec's offset so that S decodes it;
+    4. the divisor of the l0-norm average is the estimated number of true keeps among the S votes
+       (:func:`coordinator.aggregation.true_keepers_estimate`), which undoes the shrinkage toward W0.
+    Both sessions run at the run's threshold t over the block's k >= t participants (t > (n + c)/2 >=
+    (k + c)/2, so t is safe for every subset) and are recorded in the ledger with their block and k.
+    The weight updates are post-processing of the record-level DP statistics; randomized response covers
+    the vote counts only (docs/PRIVACY.md, "FedSpaLLM: averaged weights").
+    """
+
+    def __init__(
+        self,
+        settings: PrivacySettings,
+        ledger: PrivacyLedger,
+        *,
+        participants: int,
+        run_id: str | None = None,
+        ring_bits: int | None = None,
+    ) -> None:
+        from privacy.secagg.fixed_point import DEFAULT_RING_BITS
+
+        # The run-level checks (threshold, colluders, run id) are the FedPrLLM recipe's, unchanged.
+        votes = PrivateVoteAggregation(settings, ledger, participants=participants, run_id=run_id)
+        self.settings = settings
+        self.ledger = ledger
+        self.participants = participants
+        self.threshold = votes.threshold
+        self.colluders = votes.colluders
+        self.run_id = votes.run_id
+        self.ring_bits = ring_bits or DEFAULT_RING_BITS
+        self._randomizers = votes._randomizers
+        self.clipped = 0
+
+    @property
+    def coverage(self) -> int:
+        """Return t: every block's session needs at least t participants."""
+        return self.threshold
+
+    @property
+    def flip_probability(self) -> float:
+        """Return the randomized-response flip probability p of the vote bits (0 without randomization)."""
+        return self._randomizers[0].flip_probability if self._randomizers else 0.0
+
+    def _sum(self, vectors: list[np.ndarray], *, block: int, max_input: int | None = None) -> np.ndarray:
+        if not self.settings.secure_aggregation:
+            return np.sum(np.stack(vectors).astype(np.int64), axis=0)
+        from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
+
+        sums = aggregate_in_process(
+            vectors,
+            threshold=self.threshold,
+            colluders=self.colluders,
+            context=SessionContext.fresh(run_id=self.run_id, round=block, block=block),
+            max_input=max_input,
+            max_bit_width=WIDE_MAX_BIT_WIDTH if max_input is not None else MAX_BIT_WIDTH,
+        )
+        self.ledger.record(
+            MechanismEvent(
+                mechanism=Mechanism.SECURE_AGGREGATION,
+                participant="*",
+                round=block,
+                block=block,
+                count=int(vectors[0].size),
+                parameters={
+                    "participants": len(vectors),
+                    "threshold": self.threshold,
+                    "survivors": len(vectors),
+                    "colluders": self.colluders,
+                },
+            )
+        )
+        return sums
+
+    def aggregate_block(
+        self,
+        block: int,
+        members: Sequence[int],
+        results: Sequence[dict[str, Any]],
+        base_weights: dict[str, torch.Tensor],
+    ) -> Any:
+        """Return the block's :class:`fedprune.simulate.BlockSums`, every sum computed by secure aggregation."""
+        from coordinator.aggregation import true_keepers_estimate, update_bound
+        from fedprune.simulate import BlockSums, local_updates
+        from privacy.secagg.fixed_point import FixedPointCodec
+
+        k = len(members)
+        if k < self.threshold:
+            raise PrivacyError(
+                f"block {block} has {k} participants, fewer than the threshold {self.threshold}"
+            )
+        if len(results) != k:
+            raise PrivacyError(f"block {block}: {len(results)} results for {k} members")
+        names = list(results[0])
+        shapes = [tuple(base_weights[name].shape) for name in names]
+        bounds = {name: update_bound(base_weights[name]) for name in names}
+        codec = FixedPointCodec.for_ring(participants=k, ring_bits=self.ring_bits)
+        clipped_before = self.clipped
+        vote_vectors, update_vectors = [], []
+        for member, result in zip(members, results, strict=True):
+            true_keep = np.concatenate([result[name].keep_votes.numpy().reshape(-1) for name in names])
+            bits = true_keep
+            if self._randomizers is not None:
+                randomizer = self._randomizers[member]
+                bits = randomizer.randomize(true_keep, layer=f"block-{block}")
+                self.ledger.record(
+                    MechanismEvent(
+                        mechanism=Mechanism.RANDOMIZED_RESPONSE,
+                        participant=participant_name(member),
+                        round=block,
+                        block=block,
+                        count=int(bits.size),
+                        parameters={
+                            "epsilon0": randomizer.epsilon0,
+                            "requested_epsilon0": randomizer.requested_epsilon0,
+                            "threshold": randomizer.threshold,
+                            "threshold_bits": THRESHOLD_BITS,
+                            "flip_probability": randomizer.flip_probability,
+                        },
+                    )
+                )
+            vote_vectors.append(bits.astype(np.uint8))
+            updates = local_updates(result, base_weights)
+            encoded, offset = [], 0
+            for name in names:
+                size = updates[name].numel()
+                sent = bits[offset : offset + size]  # r = 1: the update (0 where m = 0, a flipped vote)
+                values = updates[name].numpy().reshape(-1)
+                piece = codec.encode(values, bound=bounds[name], contributes=sent)
+                self.clipped += piece.clipped
+                encoded.append(piece.inputs)
+                offset += size
+            update_vectors.append(np.concatenate(encoded))
+        vote_sums = self._sum(vote_vectors, block=block)
+        update_sums = self._sum(update_vectors, block=block, max_input=codec.max_input)
+        keep_votes, sums, contributors, offset = {}, {}, {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            size = math.prod(shape)
+            counts = np.asarray(vote_sums[offset : offset + size], dtype=np.int64)
+            decoded = codec.decode_sum(update_sums[offset : offset + size], counts, bound=bounds[name])
+            keep_votes[name] = torch.from_numpy(counts.astype(np.int32).reshape(shape))
+            sums[name] = torch.from_numpy(decoded.reshape(shape))
+            contributors[name] = true_keepers_estimate(
+                keep_votes[name], participants=k, flip_probability=self.flip_probability
+            )
+            offset += size
+        return BlockSums(
+            keep_votes=keep_votes,
+            update_sums=sums,
+            contributors=contributors,
+            clipped=self.clipped - clipped_before,
+        )
 
 
 def released_dimension(block: torch.nn.Module, *, gram: bool) -> int:

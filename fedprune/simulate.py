@@ -20,13 +20,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from coordinator.aggregation import ComparisonGroup, VoteTally, check_counts, global_mask, scaled_weight
-from participant.voting import KeepVotes, iterative_votes, one_shot_votes
-from pruning.adapters import iter_prunable, qualified_name
+from coordinator.aggregation import (
+    ComparisonGroup,
+    VoteTally,
+    averaged_weight,
+    check_counts,
+    global_mask,
+    scaled_weight,
+)
+from coordinator.assignment import BlockAssignment, assign_blocks, full_assignment
+from participant.voting import KeepVotes, iterative_votes, one_shot_votes, sparsegpt_local_results
+from pruning.adapters import LinearSublayer, decoder_blocks, iter_prunable, qualified_name
 from pruning.data import CalibrationSet, calibration_records, calibration_samples, pooled
 from pruning.local import check_pattern_fits, prune_model
 from pruning.masks import SparsityPattern
-from pruning.methods import Method
+from pruning.methods import LocalDecision, Method
 from pruning.perplexity import perplexity
 from pruning.statistics import StatisticAggregator
 
@@ -40,6 +48,16 @@ class Mode(enum.Enum):
     """Each participant prunes its own copy and votes on every block; one aggregation."""
     ITERATIVE = "iterative"
     """One aggregation per decoder block; block l's global mask is applied before block l+1 is scored."""
+
+
+class Recipe(enum.Enum):
+    """What participants send and how the coordinator builds the global model."""
+
+    FEDPRLLM = "fedprllm"
+    """Keep-votes only; the global model is the public base weights under the voted mask (the default)."""
+    FEDSPALLM = "fedspallm"
+    """SparseGPT masks and reconstructed weights; kept weights are l0-norm averaged over the participants
+    that kept them; each block is pruned by its assigned participants (resource-aware block assignment)."""
 
 
 class VoteAggregator(Protocol):
@@ -76,6 +94,9 @@ class SimulationSettings:
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    recipe: Recipe = Recipe.FEDPRLLM
+    budgets: tuple[int, ...] | None = None
+    """FedSpaLLM: the number of blocks each participant can prune (None: every participant, every block)."""
 
 
 @dataclasses.dataclass
@@ -87,6 +108,10 @@ class SimulationResult:
     keep_votes: dict[str, torch.Tensor]
     participants: int
     local_models: list[nn.Module] | None = None
+    assignment: BlockAssignment | None = None
+    """FedSpaLLM: which participants pruned each block."""
+    clipped_updates: int = 0
+    """FedSpaLLM: weight updates clipped to the public fixed-point bound (0 in a healthy run)."""
 
 
 def load_participant_samples(
@@ -180,16 +205,32 @@ def simulate(
     statistic_aggregators: Callable[[int], StatisticAggregator] | None = None,
     keep_local_models: bool = False,
     progress: bool = True,
+    block_aggregator: BlockAggregator | None = None,
+    assignment: BlockAssignment | None = None,
 ) -> SimulationResult:
     """Return the federated global model built from every participant's votes; ``base`` is not modified.
 
     ``statistic_aggregators(i)`` gives participant i's calibration-statistics aggregator (exact by default;
     a private one makes the statistics record-level DP). In one-shot mode ``keep_local_models`` also returns
-    each participant's own locally pruned copy (the local-only baseline).
+    each participant's own locally pruned copy (the local-only baseline). The FedSpaLLM recipe sums through
+    ``block_aggregator`` (plain by default) over ``assignment`` (by default from ``settings.budgets`` and the
+    aggregator's coverage).
     """
     if not participant_samples:
         raise ValueError("simulation needs at least one participant")
     check_pattern_fits(base, settings.pattern)
+    if settings.recipe is Recipe.FEDSPALLM:
+        return _simulate_fedspallm(
+            base,
+            participant_samples,
+            settings=settings,
+            device=device,
+            block_aggregator=block_aggregator,
+            statistic_aggregators=statistic_aggregators,
+            assignment=assignment,
+            keep_local_models=keep_local_models,
+            progress=progress,
+        )
     vote_aggregator = vote_aggregator or PlainVoteSum()
     n = len(participant_samples)
 
@@ -253,6 +294,187 @@ def simulate(
     )
 
 
+LocalResults = dict[str, LocalDecision]
+"""One participant's SparseGPT decisions (mask and reconstructed weight, on the CPU) by matrix name."""
+
+
+@dataclasses.dataclass
+class BlockSums:
+    """What the coordinator learns about one block under FedSpaLLM: sums only, per matrix."""
+
+    keep_votes: dict[str, torch.Tensor]
+    """Summed keep-votes (int32), as in the FedPrLLM recipe."""
+    update_sums: dict[str, torch.Tensor]
+    """Sum over the keep-voters of their weight update w_i - W0 (float64)."""
+    contributors: dict[str, torch.Tensor]
+    """The divisor of the l0-norm average: the keep-vote count, or its randomized-response correction."""
+    clipped: int = 0
+
+
+class BlockAggregator(Protocol):
+    """Sums one block's FedSpaLLM contributions over the block's assigned participants."""
+
+    @property
+    def coverage(self) -> int:
+        """Return how many participants every block needs (the secure-aggregation threshold t)."""
+
+    def aggregate_block(
+        self,
+        block: int,
+        members: Sequence[int],
+        results: Sequence[LocalResults],
+        base_weights: dict[str, torch.Tensor],
+    ) -> BlockSums:
+        """Return the block's sums; ``results[j]`` belongs to participant ``members[j]``."""
+
+
+def local_updates(result: LocalResults, base_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return each matrix's update w_i - W0 at the participant's kept positions, 0 at its pruned ones (float64)."""
+    updates = {}
+    for name, decision in result.items():
+        if decision.weight is None:
+            raise ValueError(f"{name}: FedSpaLLM needs reconstructed weights (method sparsegpt)")
+        update = decision.weight.to(torch.float64) - base_weights[name].to(torch.float64)
+        updates[name] = torch.where(decision.pruned, 0.0, update)
+    return updates
+
+
+class PlainBlockSum:
+    """The research baseline: the coordinator sees every participant's mask and weights and sums them."""
+
+    def __init__(self, *, coverage: int = 1) -> None:
+        if coverage < 1:
+            raise ValueError(f"coverage must be >= 1, got {coverage}")
+        self._coverage = coverage
+
+    @property
+    def coverage(self) -> int:
+        return self._coverage
+
+    def aggregate_block(
+        self,
+        block: int,
+        members: Sequence[int],
+        results: Sequence[LocalResults],
+        base_weights: dict[str, torch.Tensor],
+    ) -> BlockSums:
+        keep_votes, update_sums = {}, {}
+        for name in results[0]:
+            rows, columns = results[0][name].pruned.shape
+            tally = VoteTally((rows, columns))
+            total = torch.zeros(tally.keep_votes.shape, dtype=torch.float64)
+            for result in results:
+                tally.add(result[name].keep_votes)
+                total += local_updates({name: result[name]}, base_weights)[name]
+            keep_votes[name], update_sums[name] = tally.keep_votes, total
+        contributors = {name: votes.to(torch.float64) for name, votes in keep_votes.items()}
+        return BlockSums(keep_votes=keep_votes, update_sums=update_sums, contributors=contributors)
+
+
+def resolve_assignment(
+    base: nn.Module, *, participants: int, budgets: Sequence[int] | None, coverage: int
+) -> BlockAssignment:
+    """Return the block assignment: every block to every participant without budgets, else :func:`assign_blocks`."""
+    blocks = len(decoder_blocks(base))
+    if budgets is None:
+        return full_assignment(participants=participants, blocks=blocks)
+    if len(budgets) != participants:
+        raise ValueError(f"budgets has {len(budgets)} entries for {participants} participants")
+    return assign_blocks(budgets, blocks=blocks, threshold=coverage)
+
+
+def _simulate_fedspallm(
+    base: nn.Module,
+    participant_samples: Sequence[torch.Tensor | CalibrationSet | None],
+    *,
+    settings: SimulationSettings,
+    device: torch.device,
+    block_aggregator: BlockAggregator | None,
+    statistic_aggregators: Callable[[int], StatisticAggregator] | None,
+    assignment: BlockAssignment | None,
+    keep_local_models: bool,
+    progress: bool,
+) -> SimulationResult:
+    """Return the FedSpaLLM global model: voted masks, l0-norm averaged kept weights, per-block subsets."""
+    if settings.method is not Method.SPARSEGPT:
+        raise ValueError(f"the fedspallm recipe needs method sparsegpt, got {settings.method.value}")
+    if settings.mode is not Mode.ONE_SHOT:
+        raise ValueError("the fedspallm recipe runs one-shot (mode iterative is a FedPrLLM variant)")
+    if settings.weight_scaling:
+        raise ValueError("weight_scaling does not apply to the fedspallm recipe (kept weights are averaged)")
+    n = len(participant_samples)
+    block_aggregator = block_aggregator or PlainBlockSum(coverage=1)
+    if assignment is None:
+        assignment = resolve_assignment(
+            base, participants=n, budgets=settings.budgets, coverage=block_aggregator.coverage
+        )
+    if assignment.participants != n or len(assignment.blocks) != len(decoder_blocks(base)):
+        raise ValueError("assignment does not match the participants and the model's blocks")
+
+    results: list[LocalResults] = []
+    local_models: list[nn.Module] | None = [] if keep_local_models else None
+    for i, samples in enumerate(tqdm(participant_samples, desc="participants", disable=not progress)):
+        if samples is None:
+            raise ValueError(f"participant {i} has no calibration data (sparsegpt needs it)")
+        own = copy.deepcopy(base)
+        decisions: LocalResults = {}
+
+        def keep(name: str, decision: LocalDecision, into: LocalResults = decisions) -> None:
+            weight = decision.weight.cpu() if decision.weight is not None else None
+            into[name] = LocalDecision(decision.pruned.cpu(), weight)
+
+        sparsegpt_local_results(
+            own,
+            samples,
+            pattern=settings.pattern,
+            device=device,
+            blocks=assignment.blocks_of(i),
+            aggregator=statistic_aggregators(i) if statistic_aggregators else None,
+            on_decision=keep,
+        )
+        results.append(decisions)
+        if local_models is not None:
+            local_models.append(own)
+
+    model = copy.deepcopy(base)
+    masks: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
+    clipped = 0
+    by_block: dict[int, dict[str, LinearSublayer]] = {}
+    for block_index, name, sublayer in iter_prunable(model):
+        by_block.setdefault(block_index, {})[qualified_name(block_index, name)] = sublayer
+    for block_index, members in enumerate(assignment.blocks):
+        sublayers = by_block.get(block_index, {})
+        base_weights = {key: sub.weight().detach().cpu() for key, sub in sublayers.items()}
+        member_results = [{key: results[i][key] for key in sublayers} for i in members]
+        block_sums = block_aggregator.aggregate_block(block_index, members, member_results, base_weights)
+        clipped += block_sums.clipped
+        for key, sub in sublayers.items():
+            check_counts(block_sums.keep_votes[key], len(members), name=key)
+            mask = global_mask(
+                block_sums.keep_votes[key], base_weights[key], pattern=settings.pattern, group=settings.group
+            )
+            weight = averaged_weight(
+                base_weights[key], mask, block_sums.update_sums[key], block_sums.contributors[key]
+            )
+            sub.set_weight(weight)
+            sub.apply_pruned(mask)
+            masks[key], sums[key] = mask, block_sums.keep_votes[key]
+    if clipped:
+        logger.warning(
+            "%d weight updates exceeded the public fixed-point bound and were clipped to it", clipped
+        )
+    return SimulationResult(
+        model=model,
+        global_masks=masks,
+        keep_votes=sums,
+        participants=n,
+        local_models=local_models,
+        assignment=assignment,
+        clipped_updates=clipped,
+    )
+
+
 def global_model_from_votes(
     base: nn.Module, keep_votes: dict[str, torch.Tensor], *, settings: SimulationSettings, participants: int
 ) -> nn.Module:
@@ -298,8 +520,13 @@ def evaluate(model: nn.Module, stream: torch.Tensor, *, seqlen: int, device: tor
 
 
 __all__ = [
+    "BlockAggregator",
+    "BlockSums",
+    "LocalResults",
     "Mode",
+    "PlainBlockSum",
     "PlainVoteSum",
+    "Recipe",
     "SimulationResult",
     "SimulationSettings",
     "VoteAggregator",
@@ -308,6 +535,8 @@ __all__ = [
     "global_model_from_votes",
     "load_participant_records",
     "load_participant_samples",
+    "local_updates",
     "magnitude_model",
+    "resolve_assignment",
     "simulate",
 ]

@@ -3,21 +3,25 @@
 One-shot: the participant prunes its own copy of the model block by block with its own masks (its inputs
 to block l come from its own pruned blocks 0..l-1) and votes on every block. Iterative: after voting on
 block l the participant receives the global mask of block l, applies it, and only then scores block l+1.
+FedSpaLLM (:func:`sparsegpt_local_results`): one-shot SparseGPT on the blocks assigned to the participant,
+handing on both the mask and the reconstructed weights of every matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 
 import torch
 from torch import nn
 
-from pruning.adapters import qualified_name
+from pruning.adapters import decoder_blocks, qualified_name
+from pruning.calibration import BlockRunner
 from pruning.data import CalibrationSet
+from pruning.errors import PruningInputError
 from pruning.local import check_pattern_fits, prune_model, scored_blocks
 from pruning.masks import SparsityPattern
-from pruning.methods import Method, decide
-from pruning.statistics import StatisticAggregator
+from pruning.methods import LocalDecision, Method, apply_decision, decide
+from pruning.statistics import ExactSum, StatisticAggregator
 
 KeepVotes = dict[str, torch.Tensor]
 """Qualified matrix name -> bool tensor ``[out, in]``, True = keep."""
@@ -71,3 +75,38 @@ def iterative_votes(
         global_masks = yield votes
         for name, sublayer in sublayers.items():
             sublayer.apply_pruned(global_masks[qualified_name(index, name)])
+
+
+@torch.no_grad()
+def sparsegpt_local_results(
+    model: nn.Module,
+    samples: torch.Tensor | CalibrationSet,
+    *,
+    pattern: SparsityPattern,
+    device: torch.device,
+    blocks: Collection[int] | None = None,
+    aggregator: StatisticAggregator | None = None,
+    on_decision: Callable[[str, LocalDecision], None],
+) -> None:
+    """Prune ``model`` in place with SparseGPT on ``blocks`` (all by default), handing on each decision.
+
+    A block outside ``blocks`` (not assigned to this participant) stays dense and only carries the
+    calibration inputs on to the next block: no statistic of it is collected, so nothing of it is
+    released. With every block assigned this is exactly ``pruning.local.prune_model`` with
+    ``Method.SPARSEGPT`` (what ``fedprune prune --method sparsegpt`` runs): the same statistics, masks and
+    reconstructed weights.
+    """
+    check_pattern_fits(model, pattern)
+    count = len(decoder_blocks(model))
+    assigned = set(range(count)) if blocks is None else set(blocks)
+    if not assigned <= set(range(count)):
+        raise PruningInputError(f"blocks must lie in [0, {count}), got {sorted(assigned)}")
+    aggregator = aggregator or ExactSum()
+    for step in BlockRunner(model, samples, device=device):
+        if step.index not in assigned:
+            continue
+        statistics = step.collect(Method.SPARSEGPT.statistic, aggregator)
+        for name, sublayer in step.sublayers.items():
+            decision = decide(Method.SPARSEGPT, sublayer, pattern, statistics[name])
+            apply_decision(sublayer, decision)
+            on_decision(qualified_name(step.index, name), decision)

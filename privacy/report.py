@@ -104,7 +104,11 @@ class ThreatModel(_Frozen):
     """
 
     coordinator: Literal["honest-but-curious"] = "honest-but-curious"
-    participants: int = Field(ge=1, description="n: participants in every secure-aggregation session")
+    participants: int = Field(
+        ge=1,
+        description="n: participants in every secure-aggregation session; under block assignment a block's "
+        "session (its ledger event names the block) runs over a subset of at least t of them",
+    )
     secure_aggregation_threshold: int = Field(ge=1, description="t: shares needed to reconstruct")
     max_colluding_participants: int | None = Field(
         default=None,
@@ -178,6 +182,8 @@ class SecureAggregationSession:
     """Participants whose inputs were summed."""
     colluders: int
     """Participants assumed to collude with the coordinator (c)."""
+    block: int | None = None
+    """The decoder block the session summed, when the event names one."""
 
 
 def secure_aggregation_sessions(entries: Sequence[LedgerEntry]) -> list[SecureAggregationSession]:
@@ -212,6 +218,7 @@ def secure_aggregation_sessions(entries: Sequence[LedgerEntry]) -> list[SecureAg
             threshold=int(params["threshold"]),
             survivors=int(params["survivors"]),
             colluders=int(params["colluders"]),
+            block=event.block,
         )
         if not 1 <= session.threshold <= session.participants:
             raise ReportVerificationError(f"{where}.threshold", "must be in [1, participants]")
@@ -240,11 +247,24 @@ def check_threat_model(threat_model: ThreatModel, entries: Sequence[LedgerEntry]
     assert c is not None  # filled in by the model's validator
     for session in sessions:
         at = f"the secure-aggregation session at ledger[{session.position}]"
+        if session.participants != threat_model.participants and session.block is not None:
+            # Resource-aware block assignment (FedSpaLLM): a block's session runs over the block's own
+            # subset, which must still hold at least t of the run's participants (t > (n + c)/2 >= (k + c)/2
+            # keeps t safe for the subset).
+            t = threat_model.secure_aggregation_threshold
+            if not t <= session.participants <= threat_model.participants:
+                raise ReportVerificationError(
+                    "threat_model.participants",
+                    f"{at} (block {session.block}) recorded {session.participants} participants; a block's "
+                    f"subset must hold between t = {t} and n = {threat_model.participants}",
+                )
         for field, claimed, recorded in (
             ("participants", threat_model.participants, session.participants),
             ("secure_aggregation_threshold", threat_model.secure_aggregation_threshold, session.threshold),
             ("max_colluding_participants", c, session.colluders),
         ):
+            if field == "participants" and session.block is not None:
+                continue  # checked above: a block's subset
             if claimed != recorded:
                 raise ReportVerificationError(
                     f"threat_model.{field}", f"is {claimed}, but {at} recorded {recorded}"

@@ -381,6 +381,20 @@ def _statement_rows(report: PrivacyReport, verification: VerifiedReport | None) 
     return rows
 
 
+def _block_subset_rows(report: PrivacyReport) -> list[list[str]]:
+    """Return the contributors per block (counts, never identities) when block assignment gave subsets."""
+    sessions = secure_aggregation_sessions(report.ledger)
+    if all(s.participants == report.threat_model.participants for s in sessions):
+        return []
+    per_block: dict[int, int] = {}
+    for session in sessions:
+        if session.block is not None:
+            previous = per_block.get(session.block, session.survivors)
+            per_block[session.block] = min(previous, session.survivors)
+    listed = ", ".join(f"block {block}: {count}" for block, count in sorted(per_block.items()))
+    return [["contributors per block (block assignment; smallest survivors of its sessions)", listed]]
+
+
 def _rows(
     report: PrivacyReport, verification: VerifiedReport | None, failure: str | None
 ) -> list[tuple[str, list[list[str]]]]:
@@ -417,6 +431,7 @@ def _rows(
                 ],
                 ["input-validity proof for votes", "yes" if tm.input_validity_proof else "no"],
                 ["transport", tm.transport],
+                *_block_subset_rows(report),
             ],
         ),
         (

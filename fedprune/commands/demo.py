@@ -31,6 +31,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--epsilon0", default="4", help="randomized response per coordinate [4]")
     parser.add_argument(
+        "--recipe",
+        default="fedprllm",
+        choices=("fedprllm", "fedspallm"),
+        help="fedprllm (Wanda keep-votes) or fedspallm (SparseGPT, averaged weights) [fedprllm]",
+    )
+    parser.add_argument(
         "--cache-dir", help="where the demo model is cached [$FEDPRUNE_CACHE or ~/.cache/fedprune]"
     )
     parser.add_argument("--out", default="fedprune-demo", help="output directory [./fedprune-demo]")
@@ -67,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         str(demo.seq_len),
         "--epsilon0",
         args.epsilon0,
+        "--recipe",
+        args.recipe,
         "--device",
         args.device,
         "--baselines",

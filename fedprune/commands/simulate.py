@@ -7,6 +7,9 @@ on each participant's keep-vote bits, secure aggregation of the votes, and a sig
 ``--privacy off`` is the research baseline and says so loudly.
 With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
 participant's local-only model, evaluates them all on ``--eval-data`` and prints the table.
+``--recipe fedspallm`` (SparseGPT) also averages the kept weights over the participants that kept them
+(l0-norm, through a second, fixed-point secure-aggregation session per block) and, with ``--budgets``,
+lets each participant prune only as many blocks as it declares (every block still covered by t of them).
 """
 
 from __future__ import annotations
@@ -51,7 +54,20 @@ def register(subparsers: Any) -> None:
         help="one participant's calibration file (repeat once per participant)",
     )
     parser.add_argument("--sparsity", type=float, help="fraction of weights to prune, in (0, 1)")
-    parser.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt [wanda]")
+    parser.add_argument(
+        "--recipe",
+        default="fedprllm",
+        choices=("fedprllm", "fedspallm"),
+        help="fedprllm: keep-votes only; fedspallm: SparseGPT masks and l0-norm averaged weights [fedprllm]",
+    )
+    parser.add_argument(
+        "--method", help="magnitude, wanda or sparsegpt [wanda; sparsegpt with --recipe fedspallm]"
+    )
+    parser.add_argument(
+        "--budgets",
+        metavar="B1,B2,...",
+        help="fedspallm: decoder blocks each participant can prune, one per --participant-data [every block]",
+    )
     parser.add_argument("--pattern", default="unstructured", help="unstructured or N:M [unstructured]")
     parser.add_argument(
         "--group",
@@ -163,6 +179,24 @@ def _privacy_settings(args: argparse.Namespace) -> Any:
     )
 
 
+def _budgets(args: argparse.Namespace) -> tuple[int, ...] | None:
+    from fedprune.errors import CommandError
+
+    if args.budgets is None:
+        return None
+    if args.recipe != "fedspallm":
+        raise CommandError("--budgets needs --recipe fedspallm")
+    try:
+        budgets = tuple(int(part) for part in args.budgets.split(","))
+    except ValueError:
+        raise CommandError(f"--budgets must be comma-separated integers, got {args.budgets!r}") from None
+    if len(budgets) != len(args.participant_data):
+        raise CommandError(
+            f"--budgets has {len(budgets)} entries for {len(args.participant_data)} --participant-data files"
+        )
+    return budgets
+
+
 def _format_table(rows: list[tuple[str, float]]) -> str:
     width = max(len(name) for name, _ in rows)
     return "\n".join(
@@ -176,12 +210,15 @@ def run(args: argparse.Namespace) -> int:
     from fedprune.errors import CommandError
     from fedprune.simulate import (
         Mode,
+        PlainBlockSum,
+        Recipe,
         SimulationSettings,
         centralized_model,
         evaluate,
         load_participant_records,
         load_participant_samples,
         magnitude_model,
+        resolve_assignment,
         simulate,
     )
     from pruning.adapters import decoder_blocks
@@ -202,7 +239,14 @@ def run(args: argparse.Namespace) -> int:
     )
     from pruning.sparsity import sparsity_table, write_sparsity_json
 
-    method = Method.parse(args.method)
+    recipe = Recipe(args.recipe)
+    method = Method.parse(args.method or ("sparsegpt" if recipe is Recipe.FEDSPALLM else "wanda"))
+    if recipe is Recipe.FEDSPALLM:
+        if method is not Method.SPARSEGPT:
+            raise CommandError("--recipe fedspallm needs --method sparsegpt")
+        if args.mode != "one-shot" or args.weight_scaling:
+            raise CommandError("--recipe fedspallm runs one-shot without --weight-scaling")
+    budgets = _budgets(args)
     pattern = parse_pattern(args.pattern, args.sparsity)
     if args.baselines and not args.eval_data:
         raise CommandError("--baselines needs --eval-data FILE (held-out text to evaluate on)")
@@ -221,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         nsamples=args.nsamples,
         seqlen=resolve_seqlen(base, args.seqlen),
         seed=args.seed,
+        recipe=recipe,
+        budgets=budgets,
     )
     vocab = vocabulary_size(base)
     record_level = privacy is not None and privacy.private_statistics and method is not Method.MAGNITUDE
@@ -245,15 +291,36 @@ def run(args: argparse.Namespace) -> int:
     eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
     n = len(samples)
 
-    vote_aggregator = statistic_aggregators = ledger = None
+    vote_aggregator: Any = None
+    block_aggregator: Any = None
+    statistic_aggregators: Any = None
+    ledger: Any = None
+    assignment: Any = None
     if privacy is None:
         print(PRIVACY_OFF_BANNER, file=sys.stderr)
+        if recipe is Recipe.FEDSPALLM:
+            from privacy.secagg import default_threshold
+
+            block_aggregator = PlainBlockSum(coverage=default_threshold(n))
     else:
-        from fedprune.private_votes import PrivateVoteAggregation, statistic_aggregator
+        from fedprune.private_votes import (
+            PrivateBlockAggregation,
+            PrivateVoteAggregation,
+            statistic_aggregator,
+        )
         from privacy.ledger import PrivacyLedger
 
         ledger = PrivacyLedger()
-        vote_aggregator = PrivateVoteAggregation(privacy, ledger, participants=n)
+        if recipe is Recipe.FEDSPALLM:
+            block_aggregator = PrivateBlockAggregation(privacy, ledger, participants=n)
+            vote_aggregator = block_aggregator
+        else:
+            vote_aggregator = PrivateVoteAggregation(privacy, ledger, participants=n)
+    if block_aggregator is not None:
+        assignment = resolve_assignment(
+            base, participants=n, budgets=budgets, coverage=block_aggregator.coverage
+        )
+    if privacy is not None:
         if not privacy.private_statistics:
             print(NO_RECORD_DP_BANNER, file=sys.stderr)
         elif record_level:
@@ -261,7 +328,9 @@ def run(args: argparse.Namespace) -> int:
             _print_outlook(privacy, base, samples, method=method, args=args)
 
             def statistic_aggregators(i: int) -> Any:
-                return statistic_aggregator(privacy, ledger, participant=i, blocks=blocks)
+                # Under block assignment a participant releases statistics of its own blocks only.
+                releases = assignment.load(i) if assignment is not None else blocks
+                return statistic_aggregator(privacy, ledger, participant=i, blocks=max(1, releases))
 
     started = time.perf_counter()
     result = simulate(
@@ -271,9 +340,12 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         vote_aggregator=vote_aggregator,
         statistic_aggregators=statistic_aggregators,
+        block_aggregator=block_aggregator,
+        assignment=assignment,
         keep_local_models=args.baselines
         and settings.mode is Mode.ONE_SHOT
-        and (privacy is None or not privacy.private_statistics),
+        and (privacy is None or not privacy.private_statistics)
+        and budgets is None,
         progress=not args.no_progress,
     )
     elapsed = time.perf_counter() - started
@@ -281,12 +353,15 @@ def run(args: argparse.Namespace) -> int:
     if ledger is not None:
         # The report is built and checked before any model output exists: a DP output never goes out
         # without the report that accounts for it.
-        report_path = _write_report(privacy, ledger, vote_aggregator, out, signing_key=args.signing_key)
+        report_path = _write_report(
+            privacy, ledger, vote_aggregator, out, signing_key=args.signing_key, recipe=recipe.value
+        )
     save_model(result.model, tokenizer, out)
     table = sparsity_table(result.model)
     write_sparsity_json(table, out / "sparsity.json")
     summary: dict[str, Any] = {
         "participants": n,
+        "recipe": recipe.value,
         "method": method.value,
         "pattern": str(pattern),
         "group": args.group,
@@ -298,8 +373,12 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 2),
         "sparsity": table["total"]["sparsity"],
     }
+    if result.assignment is not None:
+        summary["participants_per_block"] = [len(members) for members in result.assignment.blocks]
+        summary["budgets"] = list(budgets) if budgets is not None else None
+        summary["clipped_weight_updates"] = result.clipped_updates
     print(
-        f"federated {method.value} ({pattern}, {args.group} group, {args.mode}) over {n} participants "
+        f"federated {method.value} ({recipe.value}, {pattern}, {args.group} group, {args.mode}) over {n} participants "
         f"in {elapsed:.1f} s; total sparsity {table['total']['sparsity']:.4f}; saved to {out}"
     )
     if report_path is not None:
@@ -371,7 +450,9 @@ def _print_outlook(
         )
 
 
-def _write_report(privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_key: Path | None) -> Path:
+def _write_report(
+    privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_key: Path | None, recipe: str = "fedprllm"
+) -> Path:
     """Build and check the privacy report, sign it with the long-term key and write it; return its path."""
     import os
 
@@ -389,6 +470,12 @@ def _write_report(privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_k
         if privacy.private_statistics
         else ["calibration statistics are exact: no record-level guarantee is claimed (--record-dp off)"]
     )
+    if recipe == "fedspallm":
+        exclusions.append(
+            "fedspallm: the coordinator also learns per-block sums of the kept weights' updates; randomized "
+            "response covers the keep-vote counts only, the weight sums are covered by secure aggregation "
+            "and, as post-processing, by the record-level DP of the calibration statistics"
+        )
     report = build_report(
         ledger=ledger,
         threat_model=threat,
