@@ -80,8 +80,11 @@ def main() -> int:
     sites: list[CalibrationSet] = []
     for whole in load_participant_records(files, tokenizer, seqlen=demo.seq_len, vocab_size=vocab):
         ids = sorted(set(whole.record_of_window))
-        chosen = {ids[int(i * len(ids) / args.documents)] for i in range(args.documents)}
-        kept = [(w, r) for w, r in zip(whole.windows, whole.record_of_window, strict=True) if r in chosen]
+        # the chosen documents, renumbered 0..D-1 in file order
+        chosen = {ids[int(i * len(ids) / args.documents)]: i for i in range(args.documents)}
+        kept = [
+            (w, chosen[r]) for w, r in zip(whole.windows, whole.record_of_window, strict=True) if r in chosen
+        ]
         sites.append(
             CalibrationSet(
                 windows=tuple(w for w, _ in kept),

@@ -11,7 +11,7 @@ ring b = ceil(log2(2 * n * max_input + 1)), one bit of headroom, then fits ``rin
 ``MAX_INPUT`` (2**32 - 1, the wire's uint32). Rounding error: each encoded value is off by at most
 1 / (2 * scale) = bound / max_input, so the sum of k values is off by at most k * bound / max_input and
 their mean by at most bound / max_input (:meth:`FixedPointCodec.max_error`). At 32 bits and n = 4 that is
-about 3.7e-9 * bound. Values beyond ``bound`` are clipped to it, counted, and the caller says so.
+about 1.9e-9 * bound. Values beyond ``bound`` are clipped to it, counted, and the caller says so.
 """
 
 from __future__ import annotations
