@@ -166,6 +166,8 @@ class _Session:
     names: dict[int, str]
     phase: Phase = Phase.ADVERTISE
     answered: set[int] = dataclasses.field(default_factory=set)
+    received_chunks: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Masked-input chunks accepted per participant: a stream cut and sent again resumes after them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +378,13 @@ class CoordinatorRun:
                 session, participant = self._answer(name, block, part.session_id, Phase.MASKED_INPUT)
                 self._sender(part.participant, participant)
                 if isinstance(part, MaskedInputChunk):
+                    if part.chunk_index < session.received_chunks.get(participant, 0):
+                        # Sent again after a cut stream: the first copy is already in the sum. A copy that
+                        # differs is caught by the closing digest, which covers the chunks received.
+                        chunks += 1
+                        continue
                     self._feed(session.server.receive_masked_chunk, part)
+                    session.received_chunks[participant] = part.chunk_index + 1
                     chunks += 1
                     continue
                 self._feed(session.server.receive_masked_done, part)

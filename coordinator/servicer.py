@@ -202,8 +202,12 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
         if run_id != bytes.fromhex(self.run.run_id):
             raise StaleMessageError("the message names another run (did the coordinator's state change?)")
 
-    def _check_session(self, ref: pb.SessionRef) -> int:
+    def _check_session(self, ref: pb.SessionRef, session_id: bytes | None = None) -> int:
         self._check_run(ref.run_id)
+        if session_id is not None and ref.session_id and bytes(ref.session_id) != bytes(session_id):
+            raise MalformedMessageError(
+                "session.session_id differs from the session id of the message it carries"
+            )
         return int(ref.block)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
@@ -242,7 +246,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
 
     def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.ShareKeysReply:
-            block = self._check_session(request.session)
+            block = self._check_session(request.session, request.share_keys.session_id)
             self.run.share_keys(name, block, convert.share_keys_from_proto(request.share_keys))
             return pb.ShareKeysReply()
 
@@ -256,11 +260,12 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
 
             def parts() -> Iterator[Any]:
                 for part in request_iterator:
-                    block = self._check_session(part.session)
+                    kind = part.WhichOneof("part")
+                    carried = part.chunk.session_id if kind == "chunk" else part.done.session_id
+                    block = self._check_session(part.session, carried if kind else None)
                     if blocks and blocks[0] != block:
                         raise MalformedMessageError("one masked-input stream carries one block")
                     blocks.append(block)
-                    kind = part.WhichOneof("part")
                     if kind == "chunk":
                         if len(part.chunk.payload) > MAX_CHUNK_PAYLOAD_BYTES:
                             raise TooLargeError(f"chunk payload exceeds {MAX_CHUNK_PAYLOAD_BYTES} bytes")
@@ -286,7 +291,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
 
     def SignSurvivors(self, request: pb.SignSurvivorsRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.SignSurvivorsReply:
-            block = self._check_session(request.session)
+            block = self._check_session(request.session, request.signature.session_id)
             self.run.sign_survivors(name, block, convert.survivor_signature_from_proto(request.signature))
             return pb.SignSurvivorsReply()
 
@@ -294,7 +299,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
 
     def Unmask(self, request: pb.UnmaskSubmission, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.UnmaskReply:
-            block = self._check_session(request.session)
+            block = self._check_session(request.session, request.response.session_id)
             self.run.unmask(name, block, convert.unmask_response_from_proto(request.response))
             return pb.UnmaskReply()
 

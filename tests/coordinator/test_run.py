@@ -1,0 +1,396 @@
+"""coordinator.run without a network: who may join, the per-block sessions, resume, and hostile messages.
+
+Participants are the real ``participant.run.ParticipantRun`` objects, talking to the real servicer over
+an in-memory transport (``tests.coordinator.loopback``) that presents each one's certificate name. What
+the coordinator knows of a caller is that name: these tests check that nothing else moves it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.config import CoordinatorConfig, parse_config
+from coordinator.errors import (
+    MalformedMessageError,
+    ModelMismatchError,
+    RunClosedError,
+    UnknownParticipantError,
+)
+from coordinator.run import CoordinatorRun, RunSummary, WaitTask
+from coordinator.servicer import CoordinatorServicer
+from participant.config import parse_config as parse_participant_config
+from participant.run import ParticipantRun
+from privacy.signing import raw_public_key
+from proto.fedprune.v1 import service_pb2 as pb
+from tests.coordinator.loopback import Loopback, LoopbackClient, LoopbackRpcError
+from tests.tiny import random_text
+
+NAMES = ("site-a", "site-b", "site-c")
+BLOCKS = 3
+
+
+@pytest.fixture
+def federation(tmp_path: Path, model_dir: Callable[..., Path]) -> Callable[..., CoordinatorConfig]:
+    """Return a factory of coordinator configs (one state directory per ``label``) on one tiny model."""
+    model = model_dir("llama", layers=BLOCKS)
+    for index, name in enumerate(NAMES):
+        lines = [json.dumps({"text": random_text(40, seed=10 * index + d)}) for d in range(8)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def make(label: str = "run", **run: Any) -> CoordinatorConfig:
+        root = tmp_path / label
+        return parse_config(
+            {
+                "server": {"address": "127.0.0.1:0", "await_poll_s": 0.2, "round_timeout_s": 20.0},
+                "tls": {"ca": "ca.pem", "certificate": "c.pem", "private_key": "c.key"},
+                "run": {
+                    "model": str(model),
+                    "participants": list(NAMES),
+                    "method": "wanda",
+                    "sparsity": 0.5,
+                    "nsamples": 4,
+                    "seqlen": 8,
+                    **run,
+                },
+                "privacy": {"randomized_response": False, "record_level_dp": False},
+                "output": {
+                    "directory": str(root / "out"),
+                    "state": str(root / "state"),
+                    "signing_key": str(tmp_path / "report.key"),
+                },
+            }
+        )
+
+    return make
+
+
+def _participant_config(coordinator: CoordinatorConfig, name: str, label: str) -> Any:
+    root = coordinator.output.state.parent
+    return parse_participant_config(
+        {
+            "coordinator": {"address": "127.0.0.1:1"},
+            "tls": {"ca": "ca.pem", "certificate": f"{name}.pem", "private_key": f"{name}.key"},
+            "model": {"directory": str(coordinator.run.model)},
+            "data": {"calibration": str(root.parent / f"{name}.jsonl")},
+            "runtime": {"device": "cpu", "state": str(root / f"state-{name}-{label}"), "progress": False},
+        }
+    )
+
+
+class Threads:
+    """Threads that record their exception (or BaseException) instead of losing it."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.errors: dict[str, BaseException] = {}
+        self.results: dict[str, Any] = {}
+
+    def start(self, label: str, body: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                self.results[label] = body()
+            except BaseException as error:  # noqa: BLE001 - reported by the test
+                self.errors[label] = error
+
+        thread = threading.Thread(target=run, name=label, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def join(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            assert not thread.is_alive(), f"{thread.name} still running after {timeout} s"
+
+
+def _start_participants(
+    threads: Threads, config: CoordinatorConfig, loopback: Loopback, **clients: Any
+) -> None:
+    for name in NAMES:
+        client = clients.get(name) or LoopbackClient(loopback, name)
+        participant = ParticipantRun(_participant_config(config, name, "p"), client)
+        threads.start(name, participant.run)
+
+
+def _masks(run: CoordinatorRun) -> list[bytes]:
+    return [run.state.packed_mask(block) for block in range(run.blocks)]
+
+
+def _run_to_end(config: CoordinatorConfig, **clients: Any) -> tuple[CoordinatorRun, RunSummary]:
+    run = CoordinatorRun(config)
+    loopback = Loopback(CoordinatorServicer(run))
+    threads = Threads()
+    threads.start("coordinator", run.run)
+    _start_participants(threads, config, loopback, **clients)
+    threads.join()
+    assert not threads.errors, threads.errors
+    return run, threads.results["coordinator"]
+
+
+# ---------------------------------------------------------------------- join rules
+def test_join_admits_only_listed_names_with_the_base_model_and_one_identity_key_for_good(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    config = federation()
+    run = CoordinatorRun(config)
+    key = raw_public_key(Ed25519PrivateKey.generate())
+    fingerprint = run.model_fingerprint
+
+    with pytest.raises(UnknownParticipantError, match="'outsider' is not in run.participants"):
+        run.join("outsider", model_fingerprint=fingerprint, identity_key=key)
+    with pytest.raises(ModelMismatchError) as mismatch:
+        run.join("site-a", model_fingerprint=b"\x07" * 32, identity_key=key)
+    assert ("07" * 32) in str(mismatch.value) and fingerprint.hex() in str(mismatch.value)
+    with pytest.raises(MalformedMessageError, match="32 bytes"):
+        run.join("site-a", model_fingerprint=fingerprint, identity_key=b"short")
+
+    first = run.join("site-a", model_fingerprint=fingerprint, identity_key=key)
+    assert run.join("site-a", model_fingerprint=fingerprint, identity_key=key) == first  # a retried Join
+    other = raw_public_key(Ed25519PrivateKey.generate())
+    with pytest.raises(UnknownParticipantError, match="another identity key"):
+        run.join("site-a", model_fingerprint=fingerprint, identity_key=other)
+    run.close()
+
+    # The binding is durable: a restarted coordinator refuses the other key too.
+    restarted = CoordinatorRun(config)
+    with pytest.raises(UnknownParticipantError, match="another identity key"):
+        restarted.join("site-a", model_fingerprint=fingerprint, identity_key=other)
+    assert restarted.join("site-a", model_fingerprint=fingerprint, identity_key=key) == first
+    restarted.close()
+
+
+def test_identity_is_the_certificate_name_never_a_field_of_a_message(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    run = CoordinatorRun(federation())
+    servicer = Loopback(CoordinatorServicer(run))
+    key = raw_public_key(Ed25519PrivateKey.generate())
+    request = pb.JoinRequest(base_model_fingerprint=run.model_fingerprint, identity_public_key=key)
+    reply = servicer.call("site-b", "Join", request)
+    assert reply.name == "site-b" and reply.participant_id == 1
+    with pytest.raises(LoopbackRpcError) as no_name:
+        servicer.call(None, "Join", request)
+    assert no_name.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(LoopbackRpcError) as outsider:
+        servicer.call("outsider", "Join", request)
+    assert outsider.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # A member asking for tasks before joining is told to join, by name.
+    with pytest.raises(LoopbackRpcError) as early:
+        servicer.call("site-c", "Await", pb.AwaitRequest(max_wait_ms=0))
+    assert (
+        early.value.code() is grpc.StatusCode.PERMISSION_DENIED and "call Join first" in early.value.details()
+    )
+    run.close()
+
+
+def test_no_session_starts_before_min_participants_joined_and_latecomers_are_refused(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    config = federation(min_participants=2, threshold=2)
+    run = CoordinatorRun(config)
+    keys = {name: raw_public_key(Ed25519PrivateKey.generate()) for name in NAMES}
+    threads = Threads()
+    threads.start("coordinator", run._wait_for_participants)
+    run.join("site-a", model_fingerprint=run.model_fingerprint, identity_key=keys["site-a"])
+    task = run.await_task("site-a", max_wait_s=0.3).task
+    assert isinstance(task, WaitTask) and task.reason == "waiting for 1 more participants"
+    assert threads.threads[0].is_alive()
+    run.join("site-b", model_fingerprint=run.model_fingerprint, identity_key=keys["site-b"])
+    threads.join(timeout=10)
+    with pytest.raises(RunClosedError, match="started without 'site-c'"):
+        run.join("site-c", model_fingerprint=run.model_fingerprint, identity_key=keys["site-c"])
+    run.close()
+
+
+# ---------------------------------------------------------------------- one block in memory; resume
+def test_at_most_one_block_is_accumulated_at_a_time_and_nothing_is_left_behind(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    config = federation()
+    state = config.output.state
+    most = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if state.is_dir():
+                open_blocks = len(list(state.glob("counts-*.u16"))) + len(list(state.glob("session-*")))
+                most[0] = max(
+                    most[0], len(list(state.glob("counts-*.u16"))), len(list(state.glob("session-*")))
+                )
+                assert open_blocks <= 2  # one block's session directory and its counts file
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    run, summary = _run_to_end(config)
+    done.set()
+    watcher.join(5)
+    assert most[0] == 1
+    assert not list(state.glob("counts-*.u16")) and not list(state.glob("session-*"))
+    assert summary.blocks == BLOCKS and (summary.output / "privacy_report.json").is_file()
+    assert [b.contributors for b in run.state.completed_blocks().values()] == [3] * BLOCKS
+    run.close()
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL: nothing in the run catches it, nothing is cleaned up."""
+
+
+def test_a_coordinator_killed_after_acknowledging_a_block_resumes_without_counting_it_twice(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    clean, _ = _run_to_end(federation("clean"))
+    expected = _masks(clean)
+    clean.close()
+
+    config = federation("crashed")
+    first = CoordinatorRun(config)
+    complete_block = first._complete_block
+
+    def complete_then_die(block: int, *args: Any, **kwargs: Any) -> None:
+        complete_block(block, *args, **kwargs)  # on disk, acknowledged ...
+        if block == 0:
+            raise Crash  # ... and killed before the next step
+
+    first._complete_block = complete_then_die  # type: ignore[method-assign]
+    loopback = Loopback(CoordinatorServicer(first))
+    threads = Threads()
+    threads.start("coordinator-1", first.run)
+    _start_participants(threads, config, loopback)
+    deadline = time.monotonic() + 60
+    while "coordinator-1" not in threads.errors:
+        assert time.monotonic() < deadline, "block 0 never completed"
+        time.sleep(0.01)
+    assert isinstance(threads.errors.pop("coordinator-1"), Crash)
+
+    second = CoordinatorRun(config)  # same state directory: resumes at block 1
+    assert second.run_id == first.run_id and sorted(second.state.completed_blocks()) == [0]
+    loopback.servicer = CoordinatorServicer(second)  # the participants reconnect to the new process
+    threads.start("coordinator-2", second.run)
+    threads.join()
+    assert not threads.errors, threads.errors
+    assert _masks(second) == expected
+    completed = second.state.completed_blocks()
+    assert sorted(completed) == list(range(BLOCKS)) and all(b.contributors == 3 for b in completed.values())
+    report = json.loads((config.output.directory / "privacy_report.json").read_text(encoding="utf-8"))
+    text = json.dumps(report)
+    assert text.count('"mechanism": "secure_aggregation"') == BLOCKS, "one session event per block, never two"
+    second.close()
+
+
+# ---------------------------------------------------------------------- hostile messages
+class MeddlingClient(LoopbackClient):
+    """site-a's client, which first sends a malformed or foreign variant of each message it sends."""
+
+    def __init__(self, loopback: Loopback, name: str) -> None:
+        super().__init__(loopback, name)
+        self.refusals: list[tuple[str, grpc.StatusCode]] = []
+
+    def _refused(self, what: str, method: str, request: Any, *, name: str | None = None) -> None:
+        try:
+            self.loopback.call(self.name if name is None else name, method, request)
+        except LoopbackRpcError as error:
+            self.refusals.append((what, error.code()))
+            return
+        raise AssertionError(f"{what} was accepted")
+
+    def advertise_keys(self, request: pb.AdvertiseKeysRequest) -> None:
+        claims_other = pb.AdvertiseKeysRequest()
+        claims_other.CopyFrom(request)
+        claims_other.advertisement.participant = request.advertisement.participant % 3 + 1
+        self._refused("advertisement claiming another sender", "AdvertiseKeys", claims_other)
+        junk = pb.AdvertiseKeysRequest()
+        junk.CopyFrom(request)
+        junk.advertisement.signature = b"\x00" * 3
+        self._refused("advertisement with a junk signature", "AdvertiseKeys", junk)
+        foreign = pb.AdvertiseKeysRequest()
+        foreign.CopyFrom(request)
+        foreign.session.run_id = b"\x09" * 16
+        self._refused("advertisement for another run", "AdvertiseKeys", foreign)
+        self._refused("advertisement from an outsider", "AdvertiseKeys", request, name="outsider")
+        super().advertise_keys(request)
+
+    def share_keys(self, request: pb.ShareKeysRequest) -> None:
+        stale = pb.ShareKeysRequest()
+        stale.CopyFrom(request)
+        stale.session.session_id = stale.share_keys.session_id = b"\x01" * 32
+        self._refused("shares for another session", "ShareKeys", stale)
+        mismatched = pb.ShareKeysRequest()
+        mismatched.CopyFrom(request)
+        mismatched.session.session_id = b"\x01" * 32
+        self._refused("shares whose envelope names another session", "ShareKeys", mismatched)
+        self._refused("shares of another block", "ShareKeys", _other_block(request))
+        super().share_keys(request)
+
+    def masked_input(self, parts: Callable[[], Iterator[pb.MaskedInputPart]]) -> pb.MaskedInputReply:
+        chunks_only = [part for part in parts() if part.WhichOneof("part") == "chunk"]
+        self._refused("a stream without its closing digest", "MaskedInput", iter(chunks_only))
+        self._refused("an empty stream", "MaskedInput", iter([]))
+        self._refused(
+            "a part with neither chunk nor done",
+            "MaskedInput",
+            iter([pb.MaskedInputPart(session=chunks_only[0].session)]),
+        )
+        return super().masked_input(parts)
+
+    def unmask(self, request: pb.UnmaskSubmission) -> None:
+        self._refused("unmask of another block", "Unmask", _other_block(request))
+        super().unmask(request)
+
+    def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
+        forged = pb.SubmitStatementRequest()
+        forged.CopyFrom(request)
+        forged.statement.statement = b"{not json"
+        self._refused("a statement that is not JSON", "SubmitStatement", forged)
+        super().submit_statement(request)
+
+
+def _other_block(request: Any) -> Any:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.session.block = request.session.block + 7
+    return copy
+
+
+def test_malformed_foreign_and_stale_messages_are_refused_with_their_status_and_change_nothing(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    clean, _ = _run_to_end(federation("clean"))
+    expected = _masks(clean)
+    clean.close()
+
+    config = federation("meddled")
+    run = CoordinatorRun(config)
+    loopback = Loopback(CoordinatorServicer(run))
+    meddler = MeddlingClient(loopback, "site-a")
+    threads = Threads()
+    threads.start("coordinator", run.run)
+    _start_participants(threads, config, loopback, **{"site-a": meddler})
+    threads.join()
+    assert not threads.errors, threads.errors
+    assert _masks(run) == expected  # same global masks as the untouched run: nothing was counted twice
+    codes = dict(meddler.refusals)
+    assert codes["advertisement claiming another sender"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["advertisement with a junk signature"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["advertisement for another run"] is grpc.StatusCode.FAILED_PRECONDITION
+    assert codes["advertisement from an outsider"] is grpc.StatusCode.PERMISSION_DENIED
+    assert codes["shares for another session"] is grpc.StatusCode.FAILED_PRECONDITION
+    assert codes["shares whose envelope names another session"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["shares of another block"] is grpc.StatusCode.FAILED_PRECONDITION
+    assert codes["a stream without its closing digest"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["an empty stream"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["a part with neither chunk nor done"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["unmask of another block"] is grpc.StatusCode.FAILED_PRECONDITION
+    assert codes["a statement that is not JSON"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(meddler.refusals) == 4 * BLOCKS + 3 * BLOCKS + 3 * BLOCKS + BLOCKS + 1
+    run.close()
