@@ -133,6 +133,11 @@ class ParticipantRun:
         self.device = resolve_device(config.runtime.device)
         config.runtime.state.mkdir(parents=True, exist_ok=True)
         self.identity_key: Ed25519PrivateKey = load_or_create_signing_key(config.runtime.identity_key_path)
+        logger.info(
+            "identity key %s, fingerprint %s: give it to your peers ([peers]) and to auditors out of band",
+            config.runtime.identity_key_path,
+            key_fingerprint(self.identity_key),
+        )
         self.model = load_model(config.model.directory)
         self.tokenizer = load_tokenizer(config.model.directory)
         self.fingerprint = base_model_fingerprint(self.model)
