@@ -167,7 +167,9 @@ class Federation:
         model: Path | None = None,
         minimums: dict[str, object] | None = None,
         max_retry_time_s: float = 30.0,
+        label: str | None = None,
     ) -> Path:
+        """Write ``name``'s config (file ``<label or name>.toml``; its state is ``state-<name>`` either way)."""
         pki = pki or self.pki
         sections: dict[str, dict[str, object]] = {
             "coordinator": {
@@ -187,7 +189,7 @@ class Federation:
         }
         if minimums is not None:
             sections["privacy"] = minimums
-        return write_toml(self.root / f"{name}.toml", sections)
+        return write_toml(self.root / f"{label or name}.toml", sections)
 
 
 def make_federation(root: Path, *, layers: int = 2) -> Federation:
@@ -280,7 +282,7 @@ def start_participant(
     SIGKILLs itself once that block's ShareKeys is acknowledged.
     """
     config = federation.participant_config(name, address, **options)  # type: ignore[arg-type]
-    log = federation.root / f"{name}.log"
+    log = federation.root / f"{options.get('label') or name}.log"
     if kill_after_shares is not None:
         return Process(
             log,

@@ -1,4 +1,10 @@
-"""Who the service refuses, and how each refusal reads to the operator of the refused side."""
+"""Who the service refuses, how each refusal reads to the refused side, and that none disturbs the run.
+
+One federation: the three sites of the run take part with privacy on (the default) while four others are
+refused beside them (a certificate from another CA, a name not in the run, another base model, a site
+whose minimums the run does not meet); the run completes and its signed report verifies with every
+participant's signature.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import (
+    NAMES,
+    fedprune,
     make_federation,
     make_model,
     make_pki,
@@ -18,7 +26,13 @@ from tests.integration.harness import (
 pytestmark = pytest.mark.slow
 
 
-def test_foreign_certificates_unknown_names_other_models_and_weaker_runs_are_refused(tmp_path: Path) -> None:
+def test_refusals_beside_a_private_run_whose_signed_report_verifies_with_every_signature(
+    tmp_path: Path,
+) -> None:
+    from privacy.signing import key_fingerprint, load_or_create_signing_key
+    from pruning.layout import base_model_fingerprint
+    from pruning.model_io import load_model
+
     federation = make_federation(tmp_path / "fed")
     # A certificate for a listed name, but from another CA; the participant trusts the real CA.
     foreign = make_pki(tmp_path / "foreign-ca", "site-b")
@@ -28,33 +42,61 @@ def test_foreign_certificates_unknown_names_other_models_and_weaker_runs_are_ref
     for suffix in ("pem", "key"):
         shutil.copy(foreign / f"site-b.{suffix}", mixed / f"site-b.{suffix}")
     other_model = make_model(tmp_path / "other-model", seed=7)
+    # A refused process shares its site's state directory, so both hold the site's one identity key.
+    for name in NAMES:
+        load_or_create_signing_key(federation.root / f"state-{name}" / "identity_key.pem")
 
     coordinator, address = start_coordinator(federation)
+    participants = [start_participant(federation, name, address) for name in NAMES]
     refused = {
-        "foreign CA": start_participant(federation, "site-b", address, pki=mixed, max_retry_time_s=20.0),
+        "foreign CA": start_participant(
+            federation, "site-b", address, pki=mixed, max_retry_time_s=20.0, label="foreign-ca"
+        ),
         "unknown name": start_participant(federation, "outsider", address),
-        "other model": start_participant(federation, "site-c", address, model=other_model),
-        "weaker run": start_participant(federation, "site-a", address, minimums={"max_epsilon0": 1.0}),
+        "other model": start_participant(
+            federation, "site-c", address, model=other_model, label="other-model"
+        ),
+        "weaker run": start_participant(
+            federation, "site-a", address, minimums={"max_epsilon0": 1.0}, label="weaker-run"
+        ),
     }
     try:
         outputs = {}
         for why, process in refused.items():
-            assert process.wait(timeout=60) != 0, f"{why}:\n{process.output()}"
+            assert process.wait(timeout=90) != 0, f"{why}:\n{process.output()}"
             outputs[why] = process.output()
         assert "TLS handshake" in outputs["foreign CA"], outputs["foreign CA"]
         assert "PERMISSION_DENIED" in outputs["unknown name"] and "outsider" in outputs["unknown name"]
         assert "configuration error" in outputs["unknown name"]
         assert refused["weaker run"].popen.returncode == 1
         assert "epsilon0 4 exceeds max_epsilon0 1" in outputs["weaker run"]
-        log = coordinator.output()
-        assert "FAILED_PRECONDITION" in log or "FAILED_PRECONDITION" in outputs["other model"]
-        from pruning.layout import base_model_fingerprint
-        from pruning.model_io import load_model
-
         for model in (federation.model, other_model):
             assert base_model_fingerprint(load_model(model)).hex() in outputs["other model"]
-        assert coordinator.popen.poll() is None, "a refused participant must not stop the coordinator"
+
+        # None of them stopped the coordinator or the sites of the run.
+        for process in participants:
+            assert process.wait(timeout=120) == 0, process.output()
+        assert coordinator.wait(timeout=30) == 0, coordinator.output()
+        assert (
+            "FAILED_PRECONDITION" in coordinator.output() or "FAILED_PRECONDITION" in outputs["other model"]
+        )
     finally:
-        coordinator.stop()
-        for process in refused.values():
+        for process in (coordinator, *refused.values(), *participants):
             process.stop()
+
+    report = federation.out / "privacy_report.json"
+    assert report.is_file() and (federation.out / "config.json").is_file()
+    args = [
+        "audit",
+        "verify",
+        str(report),
+        "--trusted-key",
+        key_fingerprint(load_or_create_signing_key(federation.signing_key)),
+    ]
+    for name in NAMES:
+        key = load_or_create_signing_key(federation.root / f"state-{name}" / "identity_key.pem")
+        args += ["--participant-key", f"{name}={key_fingerprint(key)}"]
+    result = fedprune(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in NAMES:
+        assert f"statement of {name}" in result.stdout

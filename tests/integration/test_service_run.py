@@ -73,26 +73,3 @@ def test_without_randomized_response_the_mask_equals_simulate_privacy_off(tmp_pa
     for name in service:
         assert torch.equal(service[name], reference[name]), name
     assert (federation.out / "sparsity.json").is_file()
-
-
-def test_with_privacy_on_the_signed_report_verifies_with_every_participant_signature(tmp_path: Path) -> None:
-    from privacy.signing import key_fingerprint, load_or_create_signing_key
-
-    federation = make_federation(tmp_path / "fed")
-    _run(federation)
-    report = federation.out / "privacy_report.json"
-    assert report.is_file() and (federation.out / "config.json").is_file()
-    args = [
-        "audit",
-        "verify",
-        str(report),
-        "--trusted-key",
-        key_fingerprint(load_or_create_signing_key(federation.signing_key)),
-    ]
-    for name in NAMES:
-        key = load_or_create_signing_key(federation.root / f"state-{name}" / "identity_key.pem")
-        args += ["--participant-key", f"{name}={key_fingerprint(key)}"]
-    result = fedprune(*args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for name in NAMES:
-        assert f"statement of {name}" in result.stdout
