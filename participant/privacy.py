@@ -65,6 +65,33 @@ def record_level_epsilon(settings: RunPrivacy, *, blocks: int) -> float | None:
     return gaussian_epsilon([release], delta=settings.delta, tolerance=settings.accountant_tolerance).epsilon
 
 
+def planned_noise_multiplier(settings: RunPrivacy, *, blocks: int) -> float | None:
+    """Return the noise multiplier of the run's DP statistics (None when record-level DP is off)."""
+    from privacy.accounting import noise_multiplier_for_epsilon
+
+    if not settings.record_level_dp:
+        return None
+    if settings.noise_multiplier is not None:
+        return settings.noise_multiplier
+    assert settings.target_epsilon is not None
+    return noise_multiplier_for_epsilon(
+        target_epsilon=settings.target_epsilon,
+        delta=settings.delta,
+        releases=blocks,
+        sample_rate=settings.sample_rate,
+        tolerance=settings.accountant_tolerance,
+    )
+
+
+def released_dimension(block: object, *, gram: bool) -> int:
+    """Return D, the coordinates of one block's joint DP release (inputs shared by sublayers counted once)."""
+    from privacy.calibration_dp import shared_input_group
+    from pruning.adapters import linear_sublayers
+
+    widths = {shared_input_group(name): sub.in_features for name, sub in linear_sublayers(block).items()}  # type: ignore[arg-type]
+    return sum(w * (w + 1) // 2 if gram else w for w in widths.values())
+
+
 class ParticipantPrivacy:
     """One participant's mechanisms for one run: its DP statistics, its randomized response, its ledger."""
 

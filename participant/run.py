@@ -304,6 +304,7 @@ class ParticipantRun:
         if self.params.privacy.record_level_dp:
             samples = calibration_records(path, self.tokenizer, seqlen=self.params.seqlen, vocab_size=vocab)
             self._size_class = data_size_class(samples.records)
+            self._log_signal_outlook(samples.records)
         else:
             samples = calibration_samples(
                 path,
@@ -315,6 +316,31 @@ class ParticipantRun:
             )
         check_samples_fit(self.model, samples)
         return samples
+
+    def _log_signal_outlook(self, records: int) -> None:
+        """Tell this site's operator, before any release, what the DP noise will leave of its statistics."""
+        from participant.privacy import planned_noise_multiplier, released_dimension
+        from privacy.calibration_dp import signal_outlook
+        from pruning.adapters import decoder_blocks
+        from pruning.statistics import StatisticKind
+
+        blocks = decoder_blocks(self.model)
+        sigma = planned_noise_multiplier(self.privacy.settings, blocks=len(blocks))
+        if sigma is None:
+            return
+        outlook = signal_outlook(
+            records=records,
+            noise_multiplier=sigma,
+            sample_rate=self.privacy.settings.sample_rate,
+            dimension=released_dimension(blocks[0], gram=self.method.statistic is StatisticKind.GRAM),
+        )
+        logger.info(
+            "record-level DP: %d documents, noise multiplier %.3g, signal/noise %.2f: %s",
+            records,
+            sigma,
+            outlook.ratio,
+            outlook.verdict,
+        )
 
     def _store_vector(self, block: int, keep_votes: np.ndarray) -> None:
         self._vectors[block] = self.privacy.randomize_block(block, keep_votes)
