@@ -1,99 +1,163 @@
-"""``fedprune demo``: the whole pipeline on one machine with the embedded demo model.
+"""``fedprune demo``: private federated pruning on this machine, with the real coordinator and sites.
 
-Builds (or finds in the cache) the small Llama the project trains on the Python standard library's
-docstrings, splits its corpus into non-IID participant shards (one document per docstring), runs private
-federated Wanda pruning (record-level DP statistics at a stated epsilon, randomized response, secure
-aggregation, signed privacy report), compares it with the dense, magnitude, centralized and local-only
-models on the union of the participants' held-out text, and verifies the report.
+Opens the demo model shipped with fedprune (its SHA-256 checked), gives each of N sites its own documents
+(non-IID topics of the Python standard library's docstrings), makes a throwaway CA, and runs the real
+``fedprune coordinator`` and ``fedprune participant`` processes on loopback over mutual TLS with the full
+privacy stack: record-level DP on each site's calibration statistics (one document the unit), randomized
+response on the keep-votes, secure aggregation. Meanwhile it prunes the baselines (dense, magnitude,
+centralized, local-only); then it scores every model on held-out text, verifies the signed privacy report
+against the signing key's fingerprint, prints the table and writes summary.json and summary.html.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from fedprune.commands.common import add_device_argument, positive_int
+from fedprune.commands.common import positive_int
+from fedprune.errors import CommandError
+
+EXIT_INTERRUPTED = 130
+EXIT_RUN_FAILED = 1
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return number
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run private federated pruning end to end on the embedded demo model",
+        help="private federated pruning end to end: real coordinator and sites on loopback",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    parser.add_argument("--participants", type=positive_int, default=4, help="number of sites [4]")
-    parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights to prune [0.5]")
+    parser.add_argument("--sites", type=positive_int, default=4, help="number of sites, 2 to 16 [4]")
+    parser.add_argument(
+        "--documents", type=positive_int, default=128, help="documents (records) per site [128]"
+    )
+    parser.add_argument("--sparsity", type=float, default=0.7, help="fraction of weights to prune [0.7]")
     parser.add_argument(
         "--target-epsilon",
-        default="8",
-        help="record-level epsilon per site at delta 1e-5, one document the unit [8]",
+        type=_positive_float,
+        default=8.0,
+        help="record-level epsilon per site at --delta, one document the unit [8]",
     )
-    parser.add_argument("--epsilon0", default="4", help="randomized response per coordinate [4]")
+    parser.add_argument("--delta", type=_positive_float, default=1e-5, help="delta of the guarantees [1e-5]")
     parser.add_argument(
-        "--recipe",
-        default="fedprllm",
-        choices=("fedprllm", "fedspallm"),
-        help="fedprllm (Wanda keep-votes) or fedspallm (SparseGPT, averaged weights) [fedprllm]",
+        "--epsilon0", type=_positive_float, default=4.0, help="randomized response per keep-vote bit [4]"
     )
     parser.add_argument(
-        "--cache-dir", help="where the demo model is cached [$FEDPRUNE_CACHE or ~/.cache/fedprune]"
+        "--eval-windows",
+        type=positive_int,
+        default=None,
+        help="score on this many held-out windows, evenly spread (faster) [all 343]",
     )
-    parser.add_argument("--out", default="fedprune-demo", help="output directory [./fedprune-demo]")
+    parser.add_argument(
+        "--out", type=Path, default=Path("fedprune-demo"), help="output folder [./fedprune-demo]"
+    )
     parser.add_argument(
         "--signing-key",
         type=Path,
         default=None,
-        help="the demo's long-term report key [<out>/../.fedprune-demo-signing.key]",
+        help="the coordinator's report key, created if absent [.fedprune-demo-signing.key beside --out]",
     )
-    add_device_argument(parser)
+    parser.add_argument(
+        "--trained-model",
+        action="store_true",
+        help="use the model trained on this machine (fedprune demo-model --rebuild) instead of the shipped one",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the demo model is unpacked [$FEDPRUNE_CACHE or ~/.cache/fedprune]",
+    )
+    parser.add_argument("--device", default="cpu", help="compute device of every process: cpu or cuda [cpu]")
+    parser.add_argument(
+        "--timeout", type=positive_int, default=900, help="give up when the run takes longer, seconds [900]"
+    )
     parser.set_defaults(handler=run)
 
 
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
-    from fedprune.cli import main
-    from fedprune.demo import locate_or_build, participant_document_files
+    from fedprune.commands.common import quiet_transformers
+    from fedprune.demo.pipeline import DemoSettings, describe_result, run_demo
+    from fedprune.demo.service import ServiceError
 
-    if args.signing_key is None:
-        # Outside the output folder: the key that signs a report never ships beside it.
-        args.signing_key = Path(args.out).resolve().parent / ".fedprune-demo-signing.key"
-    demo = locate_or_build(cache_dir=args.cache_dir)
-    print(f"demo model: {demo.model_dir}")
-    sites = participant_document_files(demo, args.participants)
-    out = Path(args.out)
-    command = [
-        "simulate",
-        "--model",
-        str(demo.model_dir),
-        "--sparsity",
-        str(args.sparsity),
-        "--target-epsilon",
-        args.target_epsilon,
-        "--seqlen",
-        str(demo.seq_len),
-        "--epsilon0",
-        args.epsilon0,
-        "--recipe",
-        args.recipe,
-        "--device",
-        args.device,
-        "--baselines",
-        "--eval-data",
-        str(demo.eval_file),
-        "--out",
-        str(out),
-        "--overwrite",
-        "--signing-key",
-        str(args.signing_key),
-    ]
-    for site in sites:
-        command += ["--participant-data", str(site)]
-    print("running: fedprune " + " ".join(command))
-    code = main(command)
-    if code:
-        return code
-    from privacy.signing import key_fingerprint, load_or_create_signing_key
+    quiet_transformers()
+    if not getattr(args, "verbose", False):
+        # The demo prints its own progress lines; library INFO logs (certificates written, keys created)
+        # would bury them. The processes' full logs are in the output folder.
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        settings = DemoSettings(
+            out=args.out,
+            sites=args.sites,
+            documents=args.documents,
+            sparsity=args.sparsity,
+            epsilon0=args.epsilon0,
+            target_epsilon=args.target_epsilon,
+            delta=args.delta,
+            device=args.device,
+            eval_windows=args.eval_windows,
+            signing_key=args.signing_key,
+            cache_dir=args.cache_dir,
+            trained_model=args.trained_model,
+            timeout_s=float(args.timeout),
+        )
+    except ValueError as error:
+        raise CommandError(_as_flag(str(error))) from None
+    # A supervisor's SIGTERM stops the demo like Ctrl-C: every process it started is stopped first.
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        summary = run_demo(settings, write=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(
+            f"fedprune demo: interrupted; stopped every process it started. Partial output in {args.out} "
+            f"(logs in {args.out / 'service' / 'logs'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
+    except ServiceError as error:
+        print(f"fedprune demo: the federated run failed: {error}", file=sys.stderr, flush=True)
+        return EXIT_RUN_FAILED
+    except ValueError as error:
+        raise CommandError(_as_flag(str(error))) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(describe_result(summary), flush=True)
+    return 0
 
-    report = out / "privacy_report.json"
-    fingerprint = key_fingerprint(load_or_create_signing_key(args.signing_key))
-    return main(["audit", "verify", str(report), "--trusted-key", fingerprint])
+
+_FLAGS = {
+    "sites": "--sites",
+    "documents": "--documents",
+    "sparsity": "--sparsity",
+    "epsilon0": "--epsilon0",
+    "target_epsilon": "--target-epsilon",
+    "delta": "--delta",
+    "out": "--out",
+    "max_windows": "--eval-windows",
+}
+
+
+def _as_flag(message: str) -> str:
+    """Return a library message with its leading parameter name replaced by the command's flag."""
+    name, separator, rest = message.partition(":")
+    flag = _FLAGS.get(name.strip())
+    return f"{flag}:{rest}" if flag and separator else message
