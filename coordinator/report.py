@@ -18,6 +18,8 @@ from privacy.signing import ParticipantStatement, StatementError, verify_stateme
 
 logger = logging.getLogger(__name__)
 
+SERVICE_TRANSPORT = "gRPC over mutual TLS (fedprune coordinator / participant)"
+
 
 def secure_aggregation_event(
     *, block: int, coordinates: int, participants: int, threshold: int, survivors: int, colluders: int
@@ -78,13 +80,17 @@ def build_run_report(
     record_level_dp: bool,
     statements: Sequence[ParticipantStatement],
     coordinator_events: Sequence[MechanismEvent],
+    transport: str = SERVICE_TRANSPORT,
 ) -> PrivacyReport:
-    """Return the unsigned, checked report of a service run (raises ReportVerificationError naming a field)."""
+    """Return the unsigned, checked report of a service run (raises ReportVerificationError naming a field).
+
+    ``transport`` says how the roles talked (the threat model's transport line).
+    """
     threat = ThreatModel(
         participants=participants,
         secure_aggregation_threshold=threshold,
         max_colluding_participants=colluders,
-        transport="gRPC over mutual TLS (fedprune coordinator / participant)",
+        transport=transport,
     )
     exclusions = (
         []

@@ -34,7 +34,13 @@ from coordinator.errors import (
     StaleMessageError,
     UnknownParticipantError,
 )
-from coordinator.report import build_run_report, check_statement, secure_aggregation_event, write_run_report
+from coordinator.report import (
+    SERVICE_TRANSPORT,
+    build_run_report,
+    check_statement,
+    secure_aggregation_event,
+    write_run_report,
+)
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
@@ -191,8 +197,10 @@ class RunSummary:
 class CoordinatorRun:
     """One run of the coordinator, resumable from its state directory (all public methods thread-safe)."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, *, transport: str = SERVICE_TRANSPORT) -> None:
+        """``transport`` is what the report's threat model says the roles talked over."""
         self.config = config
+        self.transport = transport
         self.model: nn.Module = load_model(config.run.model)
         self.tokenizer = load_tokenizer(config.run.model)
         self.blocks = len(decoder_blocks(self.model))
@@ -443,6 +451,7 @@ class CoordinatorRun:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while len(self._active) < needed:
+                self._check_not_aborted()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise RunClosedError(
@@ -464,6 +473,7 @@ class CoordinatorRun:
                 self._push(session.names[participant], task(participant))
             self._cond.notify_all()
             while not expected <= session.answered:
+                self._check_not_aborted()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -601,6 +611,7 @@ class CoordinatorRun:
                 self._push(name, StatementTask())
             self._cond.notify_all()
             while wanted - set(self.state.statements()):
+                self._check_not_aborted()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     missing = sorted(wanted - set(self.state.statements()))
@@ -622,6 +633,7 @@ class CoordinatorRun:
             record_level_dp=config.privacy.record_level_dp,
             statements=list(self.state.statements().values()),
             coordinator_events=[completed[b].event for b in sorted(completed)],
+            transport=self.transport,
         )
         # The report is built and checked before the model exists: no output without its report.
         report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)
@@ -668,13 +680,29 @@ class CoordinatorRun:
             summary = self._write_outputs()
         except Exception as error:
             with self._cond:
-                self._aborted = str(error) or type(error).__name__
+                if self._aborted is None:
+                    self._aborted = str(error) or type(error).__name__
                 self._cond.notify_all()
             raise
         with self._cond:
             self._complete = True
             self._cond.notify_all()
         return summary
+
+    def abort(self, reason: str) -> None:
+        """Abort the run from outside (a host whose participant failed); the driver stops at its next wait.
+
+        Participants are told at their next Await; nothing is written.
+        """
+        with self._cond:
+            if self._aborted is None and not self._complete:
+                self._aborted = reason
+            self._cond.notify_all()
+
+    def _check_not_aborted(self) -> None:
+        """Raise RunClosedError when the run was aborted (call with ``_cond`` held)."""
+        if self._aborted is not None:
+            raise RunClosedError(f"the run was aborted: {self._aborted}")
 
     def wait_until_told(self, timeout_s: float) -> None:
         """Return once every active participant has seen the run's end, or after ``timeout_s``."""

@@ -145,6 +145,25 @@ def statistic_aggregator(
     )
 
 
+def threshold_and_colluders(settings: PrivacySettings, *, participants: int) -> tuple[int, int]:
+    """Return (t, c): the secure-aggregation threshold and the colluders assumed, checked together.
+
+    t is ``settings.threshold`` or the default for ``participants``; c is ``settings.colluders`` or the
+    most t tolerates. Raises PrivacyError unless t > (n + c) / 2 and c < t.
+    """
+    threshold = resolve_threshold(
+        settings.threshold, participants=participants, colluders=settings.colluders or 0
+    )
+    tolerated = tolerated_colluders(participants, threshold)
+    colluders = tolerated if settings.colluders is None else settings.colluders
+    if colluders > tolerated:
+        raise PrivacyError(
+            f"colluders {colluders} exceeds what threshold {threshold} of {participants} tolerates "
+            f"({tolerated}: c < t and t > (n + c) / 2)"
+        )
+    return threshold, colluders
+
+
 class PrivateVoteAggregation:
     """Randomizes every participant's keep-votes and sums them by secure aggregation."""
 
@@ -160,16 +179,7 @@ class PrivateVoteAggregation:
         self.ledger = ledger
         self.participants = participants
         # Validated here, before any ledger event: t > (n + c) / 2 for the colluders assumed.
-        self.threshold = resolve_threshold(
-            settings.threshold, participants=participants, colluders=settings.colluders or 0
-        )
-        tolerated = tolerated_colluders(participants, self.threshold)
-        self.colluders = tolerated if settings.colluders is None else settings.colluders
-        if self.colluders > tolerated:
-            raise PrivacyError(
-                f"colluders {self.colluders} exceeds what threshold {self.threshold} of {participants} tolerates "
-                f"({tolerated}: c < t and t > (n + c) / 2)"
-            )
+        self.threshold, self.colluders = threshold_and_colluders(settings, participants=participants)
         self.run_id = run_id or uuid.uuid4().hex
         self._randomizers = (
             [RandomizedResponse(epsilon0=settings.epsilon0) for _ in range(participants)]  # type: ignore[arg-type]

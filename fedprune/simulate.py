@@ -8,13 +8,14 @@ the global mask applied to the public base weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
 from pruning.perplexity import perplexity
 from pruning.statistics import StatisticAggregator
+
+if TYPE_CHECKING:
+    from fedprune.private_votes import PrivacySettings
 
 logger = logging.getLogger(__name__)
 
@@ -475,6 +479,161 @@ def _simulate_fedspallm(
     )
 
 
+@dataclasses.dataclass
+class ServiceSimulationResult:
+    """What the service's roles produced in one process (the outputs are already written)."""
+
+    model: nn.Module
+    """The global model, as written to ``output``."""
+    output: Path
+    report: Path
+    """The signed ``privacy_report.json``, carrying each site's signed statement."""
+    participants: tuple[str, ...]
+    """The sites' names, as the ledger and the statements name them."""
+
+
+IN_PROCESS_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
+"""How long the coordinator waits for one round in one process: nobody drops out here, and one-shot
+participants score every block before they answer the first session. A participant that fails aborts the
+run at once instead."""
+
+_UNUSED_ADDRESS = "127.0.0.1:1"
+"""In one process no address is bound or dialled; the configs still need one."""
+
+
+def simulate_service(
+    model_dir: str | Path,
+    calibration_files: Sequence[str | Path],
+    *,
+    settings: SimulationSettings,
+    privacy: PrivacySettings,
+    out: str | Path,
+    signing_key: str | Path,
+    device: str = "auto",
+    participant_samples: Sequence[torch.Tensor | CalibrationSet | None] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    state_dir: str | Path | None = None,
+) -> ServiceSimulationResult:
+    """Return the FedPrLLM run of the service's own roles in this process, its outputs written to ``out``.
+
+    One ``coordinator.run.CoordinatorRun`` and one ``participant.run.ParticipantRun`` per calibration file
+    talk over ``fedprune.inprocess`` (no network): per-block secure-aggregation sessions, randomized
+    response and DP statistics at each site, each site's signed statement, and the coordinator's report
+    signed with ``signing_key`` (built and checked before the model is written). Sites are named
+    ``participant-000``, ``participant-001``, ...; their identity keys are made in ``state_dir`` (a temporary
+    directory by default) and pinned by every peer. ``participant_samples[i]``, when given, is site i's
+    calibration data already read (records when ``privacy.record_level_dp``); otherwise each site reads
+    its file.
+    """
+    import tempfile
+
+    from coordinator.config import parse_config
+    from fedprune.inprocess import Site, quiet_roles, run_federation
+    from fedprune.private_votes import participant_name, threshold_and_colluders
+    from participant.config import parse_config as parse_participant_config
+    from privacy.signing import key_fingerprint, load_or_create_signing_key
+
+    if settings.recipe is not Recipe.FEDPRLLM:
+        raise ValueError(
+            f"settings.recipe must be fedprllm for the service's roles, got {settings.recipe.value}"
+        )
+    if not calibration_files:
+        raise ValueError("calibration_files must name at least one participant's file")
+    if participant_samples is not None and len(participant_samples) != len(calibration_files):
+        raise ValueError(
+            f"participant_samples has {len(participant_samples)} entries for {len(calibration_files)} files"
+        )
+    n = len(calibration_files)
+    threshold, colluders = threshold_and_colluders(privacy, participants=n)
+    names = tuple(participant_name(i) for i in range(n))
+    pattern = settings.pattern
+    privacy_section: dict[str, object] = {
+        "randomized_response": privacy.randomizes_bits,
+        "record_level_dp": privacy.record_level_dp,
+        "delta": privacy.delta,
+        "sample_rate": privacy.sample_rate,
+        "colluders": colluders,
+        "accountant_tolerance": privacy.accountant_tolerance,
+    }
+    for key, value in (
+        ("epsilon0", privacy.epsilon0 if privacy.randomizes_bits else None),
+        ("noise_multiplier", privacy.noise_multiplier),
+        ("target_epsilon", privacy.target_epsilon),
+    ):
+        if value is not None:
+            privacy_section[key] = value
+
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedprune-simulate-"))
+        root = Path(state_dir)
+        unused_tls = {
+            name: str(root / f"unused-in-process.{name}") for name in ("ca", "certificate", "private_key")
+        }
+        fingerprints = {}
+        with quiet_roles("privacy.signing"):  # the sites' identity keys live and die with this run
+            for name in names:
+                identity = load_or_create_signing_key(root / name / "identity_key.pem")
+                fingerprints[name] = key_fingerprint(identity)
+        config = parse_config(
+            {
+                "server": {"address": _UNUSED_ADDRESS, "round_timeout_s": IN_PROCESS_ROUND_TIMEOUT_S},
+                "tls": unused_tls,
+                "run": {
+                    "model": str(model_dir),
+                    "participants": list(names),
+                    "min_participants": n,
+                    "threshold": threshold,
+                    "method": settings.method.value,
+                    "pattern": f"{pattern.n}:{pattern.m}" if pattern.is_n_m else "unstructured",
+                    "sparsity": None if pattern.is_n_m else pattern.sparsity,
+                    "group": settings.group.value,
+                    "mode": settings.mode.value,
+                    "nsamples": settings.nsamples,
+                    "seqlen": settings.seqlen,
+                    "weight_scaling": settings.weight_scaling,
+                },
+                "privacy": privacy_section,
+                "output": {
+                    "directory": str(out),
+                    "state": str(root / "coordinator"),
+                    "signing_key": str(signing_key),
+                    "overwrite": overwrite,
+                },
+            },
+            source="in-process coordinator",
+        )
+        sites = []
+        for i, (name, path) in enumerate(zip(names, calibration_files, strict=True)):
+            site_config = parse_participant_config(
+                {
+                    "coordinator": {"address": _UNUSED_ADDRESS},
+                    "tls": unused_tls,
+                    "model": {"directory": str(model_dir)},
+                    "data": {"calibration": str(path), "seed": settings.seed},
+                    "runtime": {
+                        "device": device,
+                        "state": str(root / name),
+                        "identity_key": str(root / name / "identity_key.pem"),
+                        "progress": False,
+                    },
+                    "peers": {peer: fingerprints[peer] for peer in names if peer != name},
+                },
+                source=f"in-process {name}",
+            )
+            samples = participant_samples[i] if participant_samples is not None else None
+            sites.append(Site(name=name, config=site_config, samples=samples))
+        with quiet_roles():
+            result = run_federation(config, sites, progress=progress)
+    return ServiceSimulationResult(
+        model=result.run.model,
+        output=result.summary.output,
+        report=result.summary.report,
+        participants=names,
+    )
+
+
 def global_model_from_votes(
     base: nn.Module, keep_votes: dict[str, torch.Tensor], *, settings: SimulationSettings, participants: int
 ) -> nn.Module:
@@ -527,6 +686,7 @@ __all__ = [
     "PlainBlockSum",
     "PlainVoteSum",
     "Recipe",
+    "ServiceSimulationResult",
     "SimulationResult",
     "SimulationSettings",
     "VoteAggregator",
@@ -539,4 +699,5 @@ __all__ = [
     "magnitude_model",
     "resolve_assignment",
     "simulate",
+    "simulate_service",
 ]

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -131,6 +131,29 @@ def with_retries(
                 delay = min(delay, max(0.0, policy.max_retry_time_s - elapsed))
             logger.info("%s: %s, retrying in %.1f s", what, code.name, delay)
             sleep(delay)
+
+
+class CoordinatorCalls(Protocol):
+    """The calls a participant makes to its coordinator: ``CoordinatorClient`` over gRPC, or an in-memory
+    transport (``fedprune.inprocess``) that hands them to the servicer in the same process."""
+
+    def join(self, request: pb.JoinRequest) -> pb.JoinReply: ...
+
+    def await_task(self, run_id: bytes, *, max_wait_s: float) -> pb.Task: ...
+
+    def advertise_keys(self, request: pb.AdvertiseKeysRequest) -> None: ...
+
+    def share_keys(self, request: pb.ShareKeysRequest) -> None: ...
+
+    def masked_input(self, parts: Callable[[], Iterator[pb.MaskedInputPart]]) -> pb.MaskedInputReply: ...
+
+    def sign_survivors(self, request: pb.SignSurvivorsRequest) -> None: ...
+
+    def unmask(self, request: pb.UnmaskSubmission) -> None: ...
+
+    def block_mask(self, request: pb.BlockMaskRequest) -> list[pb.BlockMaskChunk]: ...
+
+    def submit_statement(self, request: pb.SubmitStatementRequest) -> None: ...
 
 
 class CoordinatorClient:

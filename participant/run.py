@@ -25,7 +25,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from tqdm.auto import tqdm
 
-from participant.client import CoordinatorClient
+from participant.client import CoordinatorCalls
 from participant.config import ParticipantConfig
 from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class, record_level_epsilon
 from participant.voting import KeepVotes, iterative_votes, one_shot_votes
@@ -37,7 +37,7 @@ from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_
 from proto import convert
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.calibration import resolve_device
-from pruning.data import calibration_records, calibration_samples
+from pruning.data import CalibrationSet, calibration_records, calibration_samples
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.masks import SparsityPattern
 from pruning.methods import Method
@@ -124,11 +124,21 @@ class ParticipantRun:
     def __init__(
         self,
         config: ParticipantConfig,
-        client: CoordinatorClient,
+        client: CoordinatorCalls,
         *,
         on_block_done: Callable[[int, int], None] | None = None,
+        samples: torch.Tensor | CalibrationSet | None = None,
+        strict: bool = False,
     ) -> None:
+        """``samples``: calibration data already read (an in-process host); None reads ``data.calibration``.
+
+        ``strict`` raises on a task this participant refuses or an answer the coordinator does not take,
+        instead of logging it and waiting for the next task (an in-process host, where both sides are
+        this code and such a refusal is a fault, not a hostile message).
+        """
         self.config = config
+        self._given_samples = samples
+        self._strict = strict
         self.client = client
         self.device = resolve_device(config.runtime.device)
         config.runtime.state.mkdir(parents=True, exist_ok=True)
@@ -298,6 +308,8 @@ class ParticipantRun:
     def _samples(self) -> Any:
         if self.method is Method.MAGNITUDE:
             return None
+        if self._given_samples is not None:
+            return self._checked_given_samples(self._given_samples)
         vocab = vocabulary_size(self.model)
         path = self.config.data.calibration
         samples: Any
@@ -314,6 +326,18 @@ class ParticipantRun:
                 seed=self.config.data.seed,
                 vocab_size=vocab,
             )
+        check_samples_fit(self.model, samples)
+        return samples
+
+    def _checked_given_samples(self, samples: torch.Tensor | CalibrationSet) -> Any:
+        """Return calibration data handed over by the host after checking it suits the run's privacy."""
+        if self.params.privacy.record_level_dp:
+            if not isinstance(samples, CalibrationSet):
+                raise RunRefusedError(
+                    "the run has record-level DP, which needs calibration records (windows tagged by "
+                    "document); samples holds untagged windows"
+                )
+            self._size_class = data_size_class(samples.records)
         check_samples_fit(self.model, samples)
         return samples
 
@@ -592,15 +616,18 @@ class ParticipantRun:
                     self._replay = (task.sequence, send)
                 send()
             except grpc.RpcError as error:
-                if error.code() not in (
+                answer_refused = error.code() in (
                     grpc.StatusCode.FAILED_PRECONDITION,
                     grpc.StatusCode.INVALID_ARGUMENT,
-                ):
+                )
+                if not answer_refused or self._strict:
                     raise
                 logger.warning("%s answer not taken (%s): %s", kind, error.code().name, error.details())
             except ValueError as error:
                 # PrivacyError and the conversions' InvalidMessageError are ValueErrors: a malformed or
                 # unexpected task is refused and logged; the participant waits for the next one.
+                if self._strict:
+                    raise
                 logger.warning("%s refused by this participant: %s", kind, error)
 
 

@@ -220,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         magnitude_model,
         resolve_assignment,
         simulate,
+        simulate_service,
     )
     from pruning.adapters import decoder_blocks
     from pruning.calibration import resolve_device
@@ -290,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
             check_samples_fit(base, participant_samples)
     eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
     n = len(samples)
+    # FedPrLLM with privacy runs the service's own coordinator and participants in this process; the
+    # research baseline (--privacy off) and FedSpaLLM (no service recipe yet) run the library path.
+    service = privacy is not None and recipe is Recipe.FEDPRLLM
 
     vote_aggregator: Any = None
     block_aggregator: Any = None
@@ -302,20 +306,17 @@ def run(args: argparse.Namespace) -> int:
             from privacy.secagg import default_threshold
 
             block_aggregator = PlainBlockSum(coverage=default_threshold(n))
+    elif service:
+        from fedprune.private_votes import threshold_and_colluders
+
+        threshold_and_colluders(privacy, participants=n)  # refused before any work, naming the parameter
     else:
-        from fedprune.private_votes import (
-            PrivateBlockAggregation,
-            PrivateVoteAggregation,
-            statistic_aggregator,
-        )
+        from fedprune.private_votes import PrivateBlockAggregation, statistic_aggregator
         from privacy.ledger import PrivacyLedger
 
         ledger = PrivacyLedger()
-        if recipe is Recipe.FEDSPALLM:
-            block_aggregator = PrivateBlockAggregation(privacy, ledger, participants=n)
-            vote_aggregator = block_aggregator
-        else:
-            vote_aggregator = PrivateVoteAggregation(privacy, ledger, participants=n)
+        block_aggregator = PrivateBlockAggregation(privacy, ledger, participants=n)
+        vote_aggregator = block_aggregator
     if block_aggregator is not None:
         assignment = resolve_assignment(
             base, participants=n, budgets=budgets, coverage=block_aggregator.coverage
@@ -327,38 +328,63 @@ def run(args: argparse.Namespace) -> int:
             blocks = len(decoder_blocks(base))
             _print_outlook(privacy, base, samples, method=method, args=args)
 
+        if record_level and not service:
+
             def statistic_aggregators(i: int) -> Any:
                 # Under block assignment a participant releases statistics of its own blocks only.
                 releases = assignment.load(i) if assignment is not None else blocks
                 return statistic_aggregator(privacy, ledger, participant=i, blocks=max(1, releases))
 
     started = time.perf_counter()
-    result = simulate(
-        base,
-        samples,
-        settings=settings,
-        device=device,
-        vote_aggregator=vote_aggregator,
-        statistic_aggregators=statistic_aggregators,
-        block_aggregator=block_aggregator,
-        assignment=assignment,
-        keep_local_models=args.baselines
-        and settings.mode is Mode.ONE_SHOT
-        and (privacy is None or not privacy.private_statistics)
-        and budgets is None,
-        progress=not args.no_progress,
-    )
-    elapsed = time.perf_counter() - started
     report_path = None
-    if ledger is not None:
-        # The report is built and checked before any model output exists: a DP output never goes out
-        # without the report that accounts for it.
-        report_path = _write_report(
-            privacy, ledger, vote_aggregator, out, signing_key=args.signing_key, recipe=recipe.value
+    result: Any = None
+    if service:
+        # The coordinator builds and checks the report (with every site's signed statement) before it
+        # writes the checkpoint and sparsity.json, as the service does.
+        key_path = _signing_key_path(args.signing_key)
+        served = simulate_service(
+            args.model,
+            args.participant_data,
+            settings=settings,
+            privacy=privacy,
+            out=out,
+            signing_key=key_path,
+            device=str(device),
+            participant_samples=samples,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
         )
-    save_model(result.model, tokenizer, out)
-    table = sparsity_table(result.model)
-    write_sparsity_json(table, out / "sparsity.json")
+        elapsed = time.perf_counter() - started
+        global_model, report_path = served.model, served.report
+        _announce_report(report_path, key_path)
+        table = sparsity_table(global_model)
+    else:
+        result = simulate(
+            base,
+            samples,
+            settings=settings,
+            device=device,
+            vote_aggregator=vote_aggregator,
+            statistic_aggregators=statistic_aggregators,
+            block_aggregator=block_aggregator,
+            assignment=assignment,
+            keep_local_models=args.baselines
+            and settings.mode is Mode.ONE_SHOT
+            and (privacy is None or not privacy.private_statistics)
+            and budgets is None,
+            progress=not args.no_progress,
+        )
+        elapsed = time.perf_counter() - started
+        global_model = result.model
+        if ledger is not None:
+            # The report is built and checked before any model output exists: a DP output never goes out
+            # without the report that accounts for it.
+            report_path = _write_report(
+                privacy, ledger, vote_aggregator, out, signing_key=args.signing_key, recipe=recipe.value
+            )
+        save_model(global_model, tokenizer, out)
+        table = sparsity_table(global_model)
+        write_sparsity_json(table, out / "sparsity.json")
     summary: dict[str, Any] = {
         "participants": n,
         "recipe": recipe.value,
@@ -373,7 +399,9 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 2),
         "sparsity": table["total"]["sparsity"],
     }
-    if result.assignment is not None:
+    if service:
+        summary["transport"] = "in process: the service's coordinator and participants, no network"
+    if result is not None and result.assignment is not None:
         summary["participants_per_block"] = [len(members) for members in result.assignment.blocks]
         summary["budgets"] = list(budgets) if budgets is not None else None
         summary["clipped_weight_updates"] = result.clipped_updates
@@ -397,10 +425,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             (
                 f"federated ({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})",
-                ppl(result.model),
+                ppl(global_model),
             )
         )
-        local_models = result.local_models
+        local_models = result.local_models if result is not None else None
         if local_models is None:
             local_models = []
             for own in samples:
@@ -453,11 +481,8 @@ def _print_outlook(
 def _write_report(
     privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_key: Path | None, recipe: str = "fedprllm"
 ) -> Path:
-    """Build and check the privacy report, sign it with the long-term key and write it; return its path."""
-    import os
-
+    """Build and check the FedSpaLLM privacy report, sign it with the long-term key, write it; return its path."""
     from privacy.report import ThreatModel, build_report, write_signed_report
-    from privacy.signing import grouped_fingerprint, load_or_create_signing_key
 
     threat = ThreatModel(
         participants=votes.participants,
@@ -484,16 +509,30 @@ def _write_report(
         exclusions=exclusions,
         accountant_tolerance=privacy.accountant_tolerance,
     )
-    key_path = signing_key or Path(
-        os.environ.get("FEDPRUNE_SIGNING_KEY") or Path.home() / ".config" / "fedprune" / "signing.key"
-    )
+    key_path = _signing_key_path(signing_key)
     key_path.parent.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     path = write_signed_report(report, key_path, out / "privacy_report.json")
+    _announce_report(path, key_path)
+    return path
+
+
+def _signing_key_path(signing_key: Path | None) -> Path:
+    """Return the long-term report key's path: --signing-key, $FEDPRUNE_SIGNING_KEY, or the user's default."""
+    import os
+
+    return signing_key or Path(
+        os.environ.get("FEDPRUNE_SIGNING_KEY") or Path.home() / ".config" / "fedprune" / "signing.key"
+    )
+
+
+def _announce_report(path: Path, key_path: Path) -> None:
+    """Say where the report is, which key signed it, and how an auditor verifies it."""
+    from privacy.signing import grouped_fingerprint, load_or_create_signing_key
+
     fingerprint = grouped_fingerprint(load_or_create_signing_key(key_path))
     print(
         f"privacy report: {path}, signed by the key {key_path} (fingerprint {fingerprint}); auditors verify "
         f"with: fedprune audit verify {path} --trusted-key FINGERPRINT, the fingerprint obtained from you "
         "out of band"
     )
-    return path
