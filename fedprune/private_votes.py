@@ -8,6 +8,11 @@
 - Aggregation: the randomized bits are summed by a full secure-aggregation session (``privacy.secagg``),
   so the coordinator's view is the per-weight count only.
 Every mechanism use is recorded in a hash-chained ledger, from which the signed privacy report is built.
+
+``fedprune simulate`` runs the FedPrLLM recipe through the service's own roles instead
+(``fedprune.simulate.simulate_service``). What stays here is the library path of the FedSpaLLM recipe
+(``PrivateBlockAggregation``, whose sites randomize and add noise with ``participant.privacy``), the
+benchmarks' FedPrLLM aggregation (``PrivateVoteAggregation``), and the settings both take.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from participant.privacy import ParticipantPrivacy, RunPrivacy
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.calibration_dp import DEFAULT_TARGET_EPSILON, DPStatisticAggregator
 from privacy.errors import PrivacyError
@@ -89,6 +95,19 @@ class PrivacySettings:
         """Return True when calibration statistics are record-level DP."""
         return self.record_level_dp
 
+    def run_privacy(self) -> RunPrivacy:
+        """Return these settings as the run's privacy parameters a participant applies."""
+        return RunPrivacy(
+            randomized_response=self.randomizes_bits,
+            epsilon0=self.epsilon0 if self.randomizes_bits and self.epsilon0 is not None else 0.0,
+            record_level_dp=self.record_level_dp,
+            noise_multiplier=self.noise_multiplier,
+            target_epsilon=self.target_epsilon,
+            delta=self.delta,
+            sample_rate=self.sample_rate,
+            accountant_tolerance=self.accountant_tolerance,
+        )
+
     def describe(self) -> dict[str, object]:
         """Return the layers of the run in words and numbers (for ``simulation.json`` and logs)."""
         return {
@@ -120,29 +139,27 @@ def participant_name(index: int) -> str:
     return f"participant-{index:03d}"
 
 
+def site_privacy(
+    settings: PrivacySettings, ledger: PrivacyLedger, *, participant: int, blocks: int, run_id: str = ""
+) -> ParticipantPrivacy:
+    """Return participant ``participant``'s own mechanisms (``participant.privacy``), recording into ``ledger``."""
+    return ParticipantPrivacy(
+        name=participant_name(participant),
+        run_id=run_id,
+        settings=settings.run_privacy(),
+        blocks=blocks,
+        ledger=ledger,
+    )
+
+
 def statistic_aggregator(
     settings: PrivacySettings, ledger: PrivacyLedger, *, participant: int, blocks: int
 ) -> DPStatisticAggregator:
-    """Return participant ``participant``'s record-level DP statistics aggregator."""
-    name = participant_name(participant)
-    if settings.target_epsilon is not None:
-        return DPStatisticAggregator.for_target(
-            target_epsilon=settings.target_epsilon,
-            delta=settings.delta,
-            blocks=blocks,
-            sample_rate=settings.sample_rate,
-            accountant_tolerance=settings.accountant_tolerance,
-            ledger=ledger,
-            participant=name,
-        )
-    assert settings.noise_multiplier is not None
-    return DPStatisticAggregator(
-        noise_multiplier=settings.noise_multiplier,
-        sample_rate=settings.sample_rate,
-        accountant_tolerance=settings.accountant_tolerance,
-        ledger=ledger,
-        participant=name,
-    )
+    """Return participant ``participant``'s record-level DP statistics aggregator (the participant's own)."""
+    aggregator = site_privacy(settings, ledger, participant=participant, blocks=blocks).statistic_aggregator()
+    if aggregator is None:
+        raise PrivacyError("statistic_aggregator needs settings.record_level_dp")
+    return aggregator
 
 
 def threshold_and_colluders(settings: PrivacySettings, *, participants: int) -> tuple[int, int]:
@@ -292,7 +309,12 @@ class PrivateBlockAggregation:
         self.colluders = votes.colluders
         self.run_id = votes.run_id
         self.ring_bits = ring_bits or DEFAULT_RING_BITS
-        self._randomizers = votes._randomizers
+        self._flip_probability = (
+            RandomizedResponse(epsilon0=settings.epsilon0).flip_probability  # type: ignore[arg-type]
+            if settings.randomizes_bits
+            else 0.0
+        )
+        self._sites: dict[int, ParticipantPrivacy] = {}
         self.clipped = 0
 
     @property
@@ -303,7 +325,15 @@ class PrivateBlockAggregation:
     @property
     def flip_probability(self) -> float:
         """Return the randomized-response flip probability p of the vote bits (0 without randomization)."""
-        return self._randomizers[0].flip_probability if self._randomizers else 0.0
+        return self._flip_probability
+
+    def _site(self, member: int) -> ParticipantPrivacy:
+        """Return participant ``member``'s own mechanisms (it randomizes each block's votes once)."""
+        if member not in self._sites:
+            self._sites[member] = site_privacy(
+                self.settings, self.ledger, participant=member, blocks=1, run_id=self.run_id
+            )
+        return self._sites[member]
 
     def _sum(self, vectors: list[np.ndarray], *, block: int, max_input: int | None = None) -> np.ndarray:
         if not self.settings.secure_aggregation:
@@ -362,26 +392,7 @@ class PrivateBlockAggregation:
         vote_vectors, update_vectors = [], []
         for member, result in zip(members, results, strict=True):
             true_keep = np.concatenate([result[name].keep_votes.numpy().reshape(-1) for name in names])
-            bits = true_keep
-            if self._randomizers is not None:
-                randomizer = self._randomizers[member]
-                bits = randomizer.randomize(true_keep, layer=f"block-{block}")
-                self.ledger.record(
-                    MechanismEvent(
-                        mechanism=Mechanism.RANDOMIZED_RESPONSE,
-                        participant=participant_name(member),
-                        round=block,
-                        block=block,
-                        count=int(bits.size),
-                        parameters={
-                            "epsilon0": randomizer.epsilon0,
-                            "requested_epsilon0": randomizer.requested_epsilon0,
-                            "threshold": randomizer.threshold,
-                            "threshold_bits": THRESHOLD_BITS,
-                            "flip_probability": randomizer.flip_probability,
-                        },
-                    )
-                )
+            bits = self._site(member).randomize_block(block, true_keep)
             vote_vectors.append(bits.astype(np.uint8))
             updates = local_updates(result, base_weights)
             encoded, offset = [], 0
@@ -413,28 +424,3 @@ class PrivateBlockAggregation:
             contributors=contributors,
             clipped=self.clipped - clipped_before,
         )
-
-
-def released_dimension(block: torch.nn.Module, *, gram: bool) -> int:
-    """Return D, the number of coordinates one block's joint release has (shared inputs counted once)."""
-    from privacy.calibration_dp import shared_input_group
-    from pruning.adapters import linear_sublayers
-
-    widths = {shared_input_group(name): sub.in_features for name, sub in linear_sublayers(block).items()}
-    return sum(w * (w + 1) // 2 if gram else w for w in widths.values())
-
-
-def planned_noise_multiplier(settings: PrivacySettings, *, blocks: int) -> float:
-    """Return the noise multiplier the run's record-level DP will use over ``blocks`` releases."""
-    from privacy.accounting import noise_multiplier_for_epsilon
-
-    if settings.noise_multiplier is not None:
-        return settings.noise_multiplier
-    assert settings.target_epsilon is not None
-    return noise_multiplier_for_epsilon(
-        target_epsilon=settings.target_epsilon,
-        delta=settings.delta,
-        releases=blocks,
-        sample_rate=settings.sample_rate,
-        tolerance=settings.accountant_tolerance,
-    )

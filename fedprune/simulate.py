@@ -1,9 +1,13 @@
-"""One-process federated pruning: every participant and the coordinator's aggregation, no network.
+"""One-process federated pruning: every participant and the coordinator, no network.
 
-This is the research harness and the reference behaviour of the service: the same participant code
-(``participant.voting``) computes keep-votes, a vote aggregator sums them (plainly, or through the privacy
-pipeline), and the coordinator's pure aggregation functions (``coordinator.aggregation``) turn the sums into
-the global mask applied to the public base weights.
+- ``simulate_service``: the FedPrLLM recipe with privacy, run by the service's own roles
+  (``coordinator.run`` and one ``participant.run`` per site) over the in-memory transport of
+  ``fedprune.inprocess``: the same sessions, mechanisms, statements and signed report as the service.
+- ``simulate``: the research harness. The same participant code (``participant.voting``) computes
+  keep-votes, a vote aggregator sums them (plainly for the ``--privacy off`` baseline, or through
+  ``fedprune.private_votes`` for FedSpaLLM and the benchmarks), and the coordinator's pure aggregation
+  functions (``coordinator.aggregation``) turn the sums into the global mask applied to the base weights.
+- The baselines: centralized, magnitude, and the per-participant local-only models.
 """
 
 from __future__ import annotations

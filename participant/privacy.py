@@ -95,14 +95,23 @@ def released_dimension(block: object, *, gram: bool) -> int:
 class ParticipantPrivacy:
     """One participant's mechanisms for one run: its DP statistics, its randomized response, its ledger."""
 
-    def __init__(self, *, name: str, run_id: str, settings: RunPrivacy, blocks: int) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        run_id: str,
+        settings: RunPrivacy,
+        blocks: int,
+        ledger: PrivacyLedger | None = None,
+    ) -> None:
+        """``ledger``: where the events go (a fresh one of this participant's own by default)."""
         if blocks < 1:
             raise PrivacyError(f"blocks must be >= 1, got {blocks}")
         self.name = name
         self.run_id = run_id
         self.settings = settings
         self.blocks = blocks
-        self.ledger = PrivacyLedger()
+        self.ledger = ledger if ledger is not None else PrivacyLedger()
         self._randomizer = (
             RandomizedResponse(epsilon0=settings.epsilon0) if settings.randomized_response else None
         )
@@ -167,8 +176,8 @@ class ParticipantPrivacy:
         return noisy
 
     def events(self) -> list[MechanismEvent]:
-        """Return every mechanism event this participant recorded, in order."""
-        return list(self.ledger.events())
+        """Return every mechanism event this participant recorded, in order (its own only, in a shared ledger)."""
+        return [event for event in self.ledger.events() if event.participant == self.name]
 
     def statement(
         self, identity_key: Ed25519PrivateKey, *, data_size_class: str | None = None

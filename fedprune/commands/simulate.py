@@ -1,8 +1,10 @@
 """``fedprune simulate``: every participant and the aggregation in one process, no network.
 
-With privacy on (the default) it runs the service's privacy pipeline: record-level DP on the calibration
+With privacy on (the default) the FedPrLLM recipe runs the service's own coordinator and participants in
+this process over an in-memory transport (``fedprune.inprocess``): record-level DP on the calibration
 statistics (the record is one document; epsilon 8 at delta 1e-5 unless told otherwise), randomized response
-on each participant's keep-vote bits, secure aggregation of the votes, and a signed privacy report.
+on each participant's keep-vote bits, one secure-aggregation session per block, each site's signed
+statement, and the coordinator's signed privacy report.
 ``--record-dp off`` keeps the statistics exact (no record-level guarantee, and the output says so);
 ``--privacy off`` is the research baseline and says so loudly.
 With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
@@ -449,13 +451,14 @@ def _print_outlook(
     privacy: Any, base: Any, samples: list[Any], *, method: Any, args: argparse.Namespace
 ) -> None:
     """Say before the run what the record-level noise will leave of each participant's statistics."""
-    from fedprune.private_votes import planned_noise_multiplier, released_dimension
+    from participant.privacy import planned_noise_multiplier, released_dimension
     from privacy.calibration_dp import signal_outlook
     from pruning.adapters import decoder_blocks
     from pruning.statistics import StatisticKind
 
     blocks = decoder_blocks(base)
-    sigma = planned_noise_multiplier(privacy, blocks=len(blocks))
+    sigma = planned_noise_multiplier(privacy.run_privacy(), blocks=len(blocks))
+    assert sigma is not None  # the outlook is printed with record-level DP only
     dimension = released_dimension(blocks[0], gram=method.statistic is StatisticKind.GRAM)
     target = (
         f"epsilon {privacy.target_epsilon:g}" if privacy.target_epsilon is not None else f"sigma {sigma:.3g}"
