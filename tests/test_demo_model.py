@@ -192,13 +192,24 @@ def test_demo_model_command_prints_location_and_perplexities(
     demo: DemoModel, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(fedprune.demo, "DEFAULT", TINY)  # the cached tiny build stands in for DEFAULT
-    assert main(["demo-model", "--cache-dir", str(cache_dir), "--json"]) == 0
+    assert main(["demo-model", "--trained", "--cache-dir", str(cache_dir), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["directory"] == str(demo.directory)
     assert summary["dense_perplexity"] == demo.manifest["eval"]["dense_perplexity"]
-    assert main(["demo-model", "--cache-dir", str(cache_dir)]) == 0
+    assert summary["shipped"] is False
+    assert main(["demo-model", "--trained", "--cache-dir", str(cache_dir)]) == 0
     text = capsys.readouterr().out
     assert str(demo.directory) in text and "unigram" in text
+
+
+def test_demo_model_command_opens_the_shipped_model_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo-model", "--cache-dir", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shipped"] is True
+    assert Path(summary["directory"]).parent == tmp_path
+    assert summary["dense_perplexity"] == pytest.approx(136.12, abs=0.01)
 
 
 def test_demo_model_command_rejects_a_file_as_cache_dir(

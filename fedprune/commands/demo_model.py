@@ -1,4 +1,4 @@
-"""``fedprune demo-model``: build or locate the embedded demo model and say where it is."""
+"""``fedprune demo-model``: open the shipped demo model (or train the recipe locally) and say where it is."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ def register(subparsers: Any) -> None:
     """Add the ``demo-model`` parser to ``subparsers``."""
     parser = subparsers.add_parser(
         "demo-model",
-        help="build (first time, minutes on CPU) or locate the embedded demo model",
+        help="open the shipped demo model (or train its recipe locally) and say where it is",
         description=(
-            "Build or locate the demo model: a small Llama trained on the docstrings of the Python "
-            "standard library, with non-IID participant shards and a held-out evaluation text. "
-            "Prints its cache directory, its files and its dense and unigram perplexity."
+            "Open the demo model shipped with fedprune (its SHA-256 fingerprints checked), a small Llama "
+            "trained on the docstrings of the Python standard library, with non-IID participant shards and "
+            "a held-out evaluation text; or, with --trained/--rebuild, the same recipe trained on this "
+            "machine (minutes on CPU; not bit-for-bit the shipped one). Prints its directory, its files "
+            "and its dense and unigram perplexity."
         ),
     )
     parser.add_argument(
@@ -27,7 +29,20 @@ def register(subparsers: Any) -> None:
         default=None,
         help="cache directory (default: $FEDPRUNE_CACHE, $XDG_CACHE_HOME/fedprune or ~/.cache/fedprune)",
     )
-    parser.add_argument("--rebuild", action="store_true", help="train again even when a build is cached")
+    parser.add_argument(
+        "--trained",
+        action="store_true",
+        help="the recipe trained on this machine (built on first use) instead of the shipped model",
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true", help="train the recipe on this machine again (implies --trained)"
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="maintainers: write the trained build as shippable assets to DIR and print their SHA-256",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads for training (default: all available cores)"
@@ -63,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         "dense_perplexity": demo.manifest["eval"]["dense_perplexity"],
         "unigram_perplexity": demo.manifest["eval"]["unigram_perplexity"],
         "training_seconds": demo.manifest["training"]["seconds"],
+        "shipped": "packaged" in demo.manifest,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
