@@ -102,7 +102,7 @@ def format_table(summary: dict[str, Any]) -> str:
     for key, label, _ in ROWS:
         value = perplexity[key]
         change = "" if key == "dense" else f"{100 * (value / dense - 1):+7.1f}%"
-        lines.append(f"{label:<{width}}  {value:10.2f}  {change:>8}")
+        lines.append(f"{label:<{width}}  {value:10.2f}  {change:>8}".rstrip())
     sparsity = summary["sparsity"]
     lines.append(
         f"sparsity: target {sparsity['target']:.0%} of the decoder blocks' linear weights, reached "
