@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build or locate the demo model, print where it is; return the exit code."""
+    """Open the shipped demo model (or build/locate the trained one), print where it is; return the exit code."""
     from fedprune.demo import DEFAULT, build_demo_model, locate_or_build
 
     cache_dir: Path | None = args.cache_dir
@@ -63,10 +63,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.rebuild:
             demo = build_demo_model(DEFAULT, cache_dir, progress, num_threads=args.threads)
-        else:
+        elif args.trained or args.export is not None:
             demo = locate_or_build(DEFAULT, cache_dir=cache_dir, progress=progress, num_threads=args.threads)
+        else:
+            from fedprune.demo.packaged import open_packaged
+
+            demo = open_packaged(cache_dir=cache_dir)
     except PermissionError as error:
         raise CommandError(f"cannot write the cache: {error}") from error
+    if args.export is not None:
+        from fedprune.demo.packaged import export_assets
+
+        fingerprints = export_assets(demo, args.export)
+        print(f"assets of {demo.directory} written to {args.export}; pin these in fedprune/demo/packaged.py:")
+        print(json.dumps(fingerprints, indent=4, sort_keys=True))
+        return 0
     summary = {
         "directory": str(demo.directory),
         "model": str(demo.model_dir),
