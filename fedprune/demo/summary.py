@@ -84,11 +84,12 @@ def guarantees_in_words(report: dict[str, Any]) -> list[str]:
         sentences.append(generic)
     threat = report.get("threat_model", {})
     if threat:
+        colluders = threat.get("max_colluding_participants")
+        sites = "site" if colluders == 1 else "sites"
         sentences.append(
             f"Threat model: {threat.get('participants')} sites, secure-aggregation threshold "
-            f"{threat.get('secure_aggregation_threshold')}, at most "
-            f"{threat.get('max_colluding_participants')} sites colluding with the coordinator; "
-            f"transport: {threat.get('transport')}."
+            f"{threat.get('secure_aggregation_threshold')}, at most {colluders} {sites} colluding with the "
+            f"coordinator; transport: {threat.get('transport')}."
         )
     return sentences
 
