@@ -122,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise CommandError(_as_flag(str(error))) from None
-    # A supervisor's SIGTERM stops the demo like Ctrl-C: every process it started is stopped first.
+    # A supervisor's SIGTERM stops the demo like Ctrl-C: every process it started is stopped first. Ctrl-C
+    # itself is armed too: a shell that starts a job in the background hands it SIGINT ignored.
     previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    previous_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         summary = run_demo(settings, write=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(_as_flag(str(error))) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_interrupt)
     print(describe_result(summary), flush=True)
     return 0
 
