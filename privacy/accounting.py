@@ -199,7 +199,10 @@ def shuffle_amplification(*, epsilon0: float, honest_voters: int, delta: float) 
             delta,
             False,
             None,
-            f"bound invalid: needs eps0 <= ln(n / (16 ln(4/delta))) = {limit:.4f} for n = {n}",
+            # Equivalently n >= 16 e^eps0 ln(4/delta); stated that way, it reads for any n (for small n the
+            # limit on eps0 is negative or -inf, which says nothing to a reader).
+            f"bound invalid: needs n >= 16 e^eps0 ln(4/delta) = "
+            f"{16.0 * math.exp(epsilon0) * math.log(4.0 / delta):.2f} honest voters, has {n}",
         )
     a = 8.0 * math.sqrt(math.exp(epsilon0) * math.log(4.0 / delta)) / math.sqrt(n)
     c = 8.0 * math.exp(epsilon0) / n
