@@ -519,18 +519,19 @@ def signal_outlook(
     if records < 0 or dimension < 1:
         raise PrivacyError(f"records must be >= 0 and dimension >= 1, got {records} and {dimension}")
     ratio = sample_rate * records / (noise_multiplier * math.sqrt(dimension))
+    counted = f"{records} record" if records == 1 else f"{records} records"
     if ratio < 1.0:
         verdict = (
-            f"with {records} records the noise dominates: the statistics will be shrunk to the public prior "
+            f"with {counted} the noise dominates: the statistics will be shrunk to the public prior "
             "and the mask will be close to magnitude pruning"
         )
     elif ratio < 10.0:
         verdict = (
-            f"with {records} records only strongly outlying features will stand out of the noise: expect a "
+            f"with {counted} only strongly outlying features will stand out of the noise: expect a "
             "mask between magnitude pruning and non-private pruning"
         )
     else:
-        verdict = f"with {records} records the statistics will keep most of their signal"
+        verdict = f"with {counted} the statistics will keep most of their signal"
     return SignalOutlook(
         records=records,
         noise_multiplier=noise_multiplier,

@@ -476,7 +476,8 @@ def _print_outlook(
             dimension=dimension,
         )
         print(
-            f"  participant {i}: {calibration.documents} documents, {len(calibration.windows)} windows; "
+            f"  participant {i}: {calibration.documents} document{'s' if calibration.documents != 1 else ''}, "
+            f"{len(calibration.windows)} windows; "
             f"signal/noise {outlook.ratio:.2f}: {outlook.verdict}"
         )
 
