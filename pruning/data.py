@@ -130,18 +130,19 @@ def calibration_samples(
 
     Text is cut into ``nsamples`` windows of ``seqlen`` tokens at start positions drawn uniformly with
     ``seed`` (as Wanda draws C4 windows). With ``disjoint`` the windows are distinct non-overlapping chunks
-    of the text (no token is in two samples), which record-level differential privacy needs: there, one
-    sample is one protected record. ``input_ids`` lines are taken as they are: the first ``nsamples``
-    lines, all of one length (``seqlen`` does not apply).
+    of the text (no token is in two samples). This is the input of exact statistics; record-level DP
+    takes every document instead (:func:`calibration_records`), since a fixed number of drawn windows
+    would make its neighbouring relation replace-one. ``input_ids`` lines are taken as they are: the first
+    ``nsamples`` lines, all of one length (``seqlen`` does not apply).
     """
     if nsamples < 1:
-        raise PruningInputError(f"--nsamples must be at least 1, got {nsamples}")
+        raise PruningInputError(f"nsamples must be at least 1, got {nsamples}")
     path = Path(path)
     data = read_data(path, tokenizer)
     if data.samples is not None:
         if len(data.samples) < nsamples:
             logger.warning(
-                "%s has %d input_ids lines; using all of them (--nsamples %d)",
+                "%s has %d input_ids lines; using all of them (nsamples %d)",
                 path,
                 len(data.samples),
                 nsamples,
@@ -160,11 +161,11 @@ def calibration_samples(
         return samples
     assert data.stream is not None
     if seqlen < 2:
-        raise PruningInputError(f"--seqlen must be at least 2, got {seqlen}")
+        raise PruningInputError(f"seqlen must be at least 2, got {seqlen}")
     stream = data.stream
     if stream.numel() < seqlen:
         raise PruningInputError(
-            f"{path} has {stream.numel()} tokens, fewer than one window of --seqlen {seqlen}"
+            f"{path} has {stream.numel()} tokens, fewer than one window of seqlen {seqlen}"
         )
     _check_vocabulary(path, stream, vocab_size)
     generator = torch.Generator().manual_seed(seed)
@@ -172,7 +173,7 @@ def calibration_samples(
         chunks = stream.numel() // seqlen
         if nsamples > chunks:
             raise PruningInputError(
-                f"{path} holds {chunks} disjoint windows of {seqlen} tokens, fewer than --nsamples {nsamples}"
+                f"{path} holds {chunks} disjoint windows of {seqlen} tokens, fewer than nsamples {nsamples}"
             )
         picked = torch.randperm(chunks, generator=generator)[:nsamples]
         return stream[: chunks * seqlen].reshape(chunks, seqlen)[picked]

@@ -1,4 +1,4 @@
-"""Calibration files: text windows by seed, disjoint windows for record-level DP, jsonl formats."""
+"""Calibration files: text windows by seed, disjoint windows, jsonl formats (documents: test_document_unit)."""
 
 from __future__ import annotations
 
