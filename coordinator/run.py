@@ -43,6 +43,7 @@ from coordinator.report import (
 )
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
+from privacy.report import tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.messages import (
     ConsistencyCheck,
@@ -240,8 +241,7 @@ class CoordinatorRun:
         """Return c: as configured, or the most the threshold tolerates for n participants."""
         if self.config.privacy.colluders is not None:
             return self.config.privacy.colluders
-        n, t = self.participants, self.threshold
-        return max(0, min(t - 1, 2 * t - n - 1))
+        return tolerated_colluders(self.participants, self.threshold)
 
     # ------------------------------------------------------------------ calls from participants
     def _member(self, name: str) -> Member:
