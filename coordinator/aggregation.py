@@ -117,23 +117,6 @@ def check_counts(keep_votes: torch.Tensor, contributors: int, *, name: str) -> N
 
 
 # --------------------------------------------------------------------------- FedSpaLLM: l0-norm averaging
-UPDATE_RANGE_FACTOR = 4.0
-"""The public bound on a participant's weight update |w_i - W0| is this factor times max |W0| of the matrix.
-
-SparseGPT's reconstruction moves a kept weight by the compensated error of the pruned ones; on the tiny
-test models the largest move is 1.2 max|W0| at 50% and 1.5 max|W0| at 70% sparsity, and no update was
-clipped in any row of the demo benchmark (docs/BENCHMARKS.md), private or not. 4 leaves room while the
-fixed-point error stays below 1e-8 max|W0| in a 32-bit ring (4 max|W0| / 536,870,910 at n = 4). An update
-beyond the bound is clipped to it and the run warns with the count.
-"""
-
-
-def update_bound(base_weight: torch.Tensor) -> float:
-    """Return the public bound on one matrix's weight updates: UPDATE_RANGE_FACTOR x max |W0| (at least 1e-8)."""
-    largest = float(base_weight.detach().abs().max()) if base_weight.numel() else 0.0
-    return max(UPDATE_RANGE_FACTOR * largest, 1e-8)
-
-
 def true_keepers_estimate(
     keep_votes: torch.Tensor, *, participants: int, flip_probability: float = 0.0
 ) -> torch.Tensor:

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 # Mode of fedprune.simulate.Mode by value; a Literal because coordinator/ cannot import fedprune/.
 RunMode = Literal["one-shot", "iterative"]
+RunRecipe = Literal["fedprllm", "fedspallm"]
 
 # The widest masked chunk: b bits a coordinate with b <= MAX_BIT_WIDTH must fit one 4 MiB message.
 MAX_CHUNK_COORDINATES = MAX_CHUNK_PAYLOAD_BYTES * 8 // MAX_BIT_WIDTH
@@ -124,6 +125,9 @@ class RunSection(_Section):
     seqlen: int | None = Field(None, ge=1)
     """Tokens per calibration sample; default 2048 capped at the model's context length."""
     weight_scaling: bool = False
+    recipe: RunRecipe = "fedprllm"
+    """``fedprllm`` (keep-votes only) or ``fedspallm`` (SparseGPT votes and l0-norm averaged kept weights,
+    each block over the participants assigned to it within their declared ``max_blocks``)."""
     chunk_coordinates: int = Field(DEFAULT_CHUNK_COORDINATES, ge=64, le=MAX_CHUNK_COORDINATES, multiple_of=64)
     """Coordinates per masked-input chunk; at b bits a coordinate the payload stays under 4 MiB."""
 
@@ -155,6 +159,20 @@ class RunSection(_Section):
             except ValueError as error:
                 raise ValueError(f"{error} (pattern {pattern!r})") from None
         return sparsity
+
+    @model_validator(mode="after")
+    def _recipe_fits(self) -> RunSection:
+        if self.recipe == "fedspallm":
+            problems = []
+            if self.method is not Method.SPARSEGPT:
+                problems.append(f"method = \"sparsegpt\" (got {self.method.value!r})")
+            if self.mode != "one-shot":
+                problems.append(f"mode = \"one-shot\" (got {self.mode!r})")
+            if self.weight_scaling:
+                problems.append("weight_scaling = false (the kept weights are averaged instead)")
+            if problems:
+                raise ValueError("recipe \"fedspallm\" needs " + ", ".join(problems))
+        return self
 
     @property
     def min_participants_or_default(self) -> int:

@@ -6,6 +6,14 @@ is one ``SecAggServer`` session whose context binds the run id, the block and a 
 live in a memory-mapped file, its global mask is selected with ``coordinator.aggregation`` exactly as the
 one-process simulator does, and it is on disk before any participant is told. At the end the report is
 built and checked first, then the model is written.
+
+Under the FedSpaLLM recipe (``run.recipe = "fedspallm"``) the participants' declared ``max_blocks`` decide,
+once at the start and durably, which of them prune each block (``coordinator.assignment``); each block's
+session runs over its own subset and sums, in one wide ring, each participant's keep-vote and its fixed-point
+SparseGPT weight update packed together (``privacy.secagg.fixed_point.VoteValueCodec``), so the votes and
+the updates are sums over exactly the same survivors. The kept weights become the l0-norm average of the
+keep-voters' weights (``coordinator.aggregation.averaged_weight``, with the randomized-response correction
+of the divisor), and the block's final weights are on disk before anyone is told.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import shutil
 import threading
 import time
@@ -25,7 +34,14 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from torch import nn
 
-from coordinator.aggregation import check_counts, global_mask, scaled_weight
+from coordinator.aggregation import (
+    averaged_weight,
+    check_counts,
+    global_mask,
+    scaled_weight,
+    true_keepers_estimate,
+)
+from coordinator.assignment import AssignmentError, assign_blocks
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import (
     MalformedMessageError,
@@ -43,8 +59,10 @@ from coordinator.report import (
 )
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
+from privacy.randomized_response import RandomizedResponse
 from privacy.report import tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
+from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.messages import (
     ConsistencyCheck,
     KeyAdvertisement,
@@ -57,16 +75,25 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH, ring_bit_width
 from privacy.signing import ParticipantStatement, StatementError
+from proto.tls import MAX_CHUNK_PAYLOAD_BYTES
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen, save_model
 from pruning.sparsity import sparsity_table, write_sparsity_json
+from pruning.updates import update_bound
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_KEY_BYTES = 32
 MAX_SESSION_ATTEMPTS = 3
+
+
+def wide_chunk_coordinates(bit_width: int, *, limit: int) -> int:
+    """Return the coordinates per masked-input chunk at ``bit_width`` bits: at most ``limit``, payload <= 4 MiB."""
+    fitting = (MAX_CHUNK_PAYLOAD_BYTES * 8 // bit_width) // 64 * 64
+    return max(64, min(limit, fitting))
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -220,6 +247,16 @@ class CoordinatorRun:
         self._aborted: str | None = None
         self._told_final: set[str] = set()
         self._started = bool(self.state.members()) and bool(self.state.completed_blocks())
+        self.fedspallm = config.run.recipe == "fedspallm"
+        self._budgets: dict[str, int | None] = {}
+        self._assignment: dict[int, tuple[str, ...]] | None = None
+        self._codec = VoteValueCodec(participants=len(config.run.participants)) if self.fedspallm else None
+        privacy = config.privacy
+        self._flip_probability = (
+            RandomizedResponse(epsilon0=privacy.epsilon0).flip_probability
+            if self.fedspallm and privacy.randomized_response
+            else 0.0
+        )
 
     def _parameters_digest(self) -> str:
         return RunState.digest_of(
@@ -252,8 +289,13 @@ class CoordinatorRun:
             raise UnknownParticipantError(f"{name!r} has not joined the run (call Join first)")
         return member
 
-    def join(self, name: str, *, model_fingerprint: bytes, identity_key: bytes) -> JoinAnswer:
-        """Return ``name``'s participant id after checking its name, base model and identity key."""
+    def join(
+        self, name: str, *, model_fingerprint: bytes, identity_key: bytes, max_blocks: int | None = None
+    ) -> JoinAnswer:
+        """Return ``name``'s participant id after checking its name, base model and identity key.
+
+        ``max_blocks`` is the participant's declared compute budget (FedSpaLLM; None: no limit).
+        """
         if name not in self.config.run.participants:
             raise UnknownParticipantError(
                 f"certificate name {name!r} is not in run.participants of this coordinator"
@@ -283,6 +325,7 @@ class CoordinatorRun:
                 )
             if name not in self._active:
                 logger.info("%s joined as participant %d", name, member.participant_id)
+            self._budgets[name] = max_blocks
             self._active.add(name)
             self._cond.notify_all()
         return JoinAnswer(participant_id=member.participant_id, name=name)
@@ -489,8 +532,13 @@ class CoordinatorRun:
 
     def _run_session(self, block: int, layout: VoteLayout) -> np.ndarray:
         with self._cond:
+            assigned = None if self._assignment is None else set(self._assignment[block])
             members = sorted(
-                (m for m in self.state.members().values() if m.name in self._active),
+                (
+                    m
+                    for m in self.state.members().values()
+                    if m.name in self._active and (assigned is None or m.name in assigned)
+                ),
                 key=lambda m: m.participant_id,
             )
         if len(members) < self.threshold:
@@ -498,14 +546,20 @@ class CoordinatorRun:
                 f"block {block}: only {len(members)} participants remain, below the threshold {self.threshold}"
             )
         context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
+        max_input, chunk, max_bit_width = 1, self.config.run.chunk_coordinates, None
+        if self._codec is not None:
+            max_input = self._codec.max_input
+            chunk = wide_chunk_coordinates(ring_bit_width(len(members), max_input), limit=chunk)
+            max_bit_width = WIDE_MAX_BIT_WIDTH
         parameters = SessionParameters(
             participant_ids=tuple(m.participant_id for m in members),
             threshold=self.threshold,
             dimension=layout.dimension,
             context=context.encode(),
-            chunk_coordinates=self.config.run.chunk_coordinates,
-            max_input=1,
+            chunk_coordinates=chunk,
+            max_input=max_input,
             colluders=self.colluders,
+            **({} if max_bit_width is None else {"max_bit_width": max_bit_width}),
         )
         identity_keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in members
@@ -550,45 +604,143 @@ class CoordinatorRun:
             signers = [s.sender for s in request.signatures]
             self._collect(session, Phase.UNMASK, signers, lambda p: UnmaskTask(block, sid, request))
             with self._cond:
-                result = server.finalize(out=self.state.counts(block, layout.dimension))
+                result = server.finalize(
+                    out=self.state.counts(block, layout.dimension, dtype=parameters.sum_dtype)
+                )
         finally:
             with self._cond:
                 self._session = None
             server.close()
             shutil.rmtree(workdir, ignore_errors=True)
-        self._complete_block(block, layout, result.keep_votes, contributors=len(result.contributors))
+        self._complete_block(
+            block,
+            layout,
+            result.keep_votes,
+            contributors=len(result.contributors),
+            session_participants=len(members),
+        )
         return result.keep_votes
 
     def _complete_block(
-        self, block: int, layout: VoteLayout, counts: np.ndarray, *, contributors: int
+        self,
+        block: int,
+        layout: VoteLayout,
+        counts: np.ndarray,
+        *,
+        contributors: int,
+        session_participants: int,
     ) -> None:
-        votes = layout.unflatten(torch.from_numpy(np.asarray(counts[: layout.dimension], dtype=np.int32)))
         weights = {
             qualified_name(i, name): sub.weight() for i, name, sub in iter_prunable(self.model) if i == block
         }
-        masks = {}
-        for name, keep_votes in votes.items():
-            check_counts(keep_votes, contributors, name=name)
-            masks[name] = global_mask(
-                keep_votes,
-                weights[name],
-                pattern=self.config.run.sparsity_pattern,
-                group=self.config.run.group,
-            )
+        final_weights: bytes | None = None
+        if self._codec is not None:
+            votes, masks, final_weights = self._average_block(layout, counts, weights, contributors=contributors)
+        else:
+            votes = layout.unflatten(torch.from_numpy(np.asarray(counts[: layout.dimension], dtype=np.int32)))
+            masks = {}
+            for name, keep_votes in votes.items():
+                check_counts(keep_votes, contributors, name=name)
+                masks[name] = global_mask(
+                    keep_votes,
+                    weights[name],
+                    pattern=self.config.run.sparsity_pattern,
+                    group=self.config.run.group,
+                )
         bits = layout.flatten(masks, dtype=torch.bool).numpy()
         packed = np.packbits(bits, bitorder="little").tobytes()
         event = secure_aggregation_event(
             block=block,
             coordinates=layout.dimension,
-            participants=self.participants,
+            # FedSpaLLM: the block's own subset (the report states how many, never who, pruned each block).
+            participants=session_participants if self._codec is not None else self.participants,
             threshold=self.threshold,
             survivors=contributors,
             colluders=self.colluders,
         )
-        self.state.complete_block(block, packed_mask=packed, contributors=contributors, event=event)
+        if self.config.run.weight_scaling and isinstance(counts, np.memmap):
+            counts.flush()  # the counts are read back when the model is written, possibly after a restart
+            with open(self.state.counts_file(block), "rb+") as handle:
+                os.fsync(handle.fileno())
+        self.state.complete_block(
+            block, packed_mask=packed, contributors=contributors, event=event, weights=final_weights
+        )
         if not self.config.run.weight_scaling:
-            self.state.counts_file(block).unlink(missing_ok=True)
+            self.state.counts_file(block, counts.dtype).unlink(missing_ok=True)
         logger.info("block %d/%d complete: %d contributors", block + 1, self.blocks, contributors)
+
+    def _average_block(
+        self,
+        layout: VoteLayout,
+        sums: np.ndarray,
+        base_weights: dict[str, torch.Tensor],
+        *,
+        contributors: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bytes]:
+        """Return (keep-votes, global masks, final weights as safetensors) of a FedSpaLLM block's sums."""
+        from safetensors.torch import save as save_safetensors
+
+        assert self._codec is not None
+        votes, masks, final = {}, {}, {}
+        for entry in layout:
+            base = base_weights[entry.name]
+            bound = update_bound(base)
+            try:
+                decoded = self._codec.decode(
+                    np.asarray(sums[entry.coordinates]), bound=bound, contributors=contributors
+                )
+            except PrivacyError as error:
+                raise ValueError(f"{entry.name}: {error}") from None
+            keep_votes = torch.from_numpy(decoded.counts.astype(np.int32).reshape(entry.shape))
+            check_counts(keep_votes, contributors, name=entry.name)
+            mask = global_mask(
+                keep_votes, base, pattern=self.config.run.sparsity_pattern, group=self.config.run.group
+            )
+            divisor = true_keepers_estimate(
+                keep_votes, participants=contributors, flip_probability=self._flip_probability
+            )
+            update_sums = torch.from_numpy(decoded.value_sums.reshape(entry.shape))
+            votes[entry.name], masks[entry.name] = keep_votes, mask
+            final[entry.name] = averaged_weight(base, mask, update_sums, divisor).contiguous()
+        return votes, masks, save_safetensors(final)
+
+    def _assign_blocks(self) -> None:
+        """Fix, once and durably, which participants prune each block (FedSpaLLM); a restart reuses it."""
+        if not self.fedspallm:
+            return
+        stored = self.state.assignment()
+        if stored is None:
+            with self._cond:
+                members = sorted(
+                    (m for m in self.state.members().values() if m.name in self._active),
+                    key=lambda m: m.participant_id,
+                )
+                budgets = {m.name: self._budgets.get(m.name) for m in members}
+            try:
+                assignment = assign_blocks(
+                    [budgets[m.name] if budgets[m.name] is not None else self.blocks for m in members],
+                    blocks=self.blocks,
+                    threshold=self.threshold,
+                )
+            except AssignmentError as error:
+                raise RunClosedError(
+                    f"no block assignment fits the participants' max_blocks ({budgets}): {error}"
+                ) from None
+            stored = {
+                "budgets": budgets,
+                "blocks": [[members[i].name for i in block] for block in assignment.blocks],
+            }
+            self.state.save_assignment(stored)
+        blocks = stored["blocks"]
+        assert isinstance(blocks, list)
+        self._assignment = {index: tuple(names) for index, names in enumerate(blocks)}
+        coverage = sorted({len(names) for names in self._assignment.values()})
+        logger.info(
+            "block assignment: %d blocks, %s participants per block (max_blocks %s)",
+            self.blocks,
+            "/".join(str(c) for c in coverage),
+            stored["budgets"],
+        )
 
     def _run_block(self, block: int) -> None:
         layout = VoteLayout.for_block(self.model, block)
@@ -652,6 +804,11 @@ class CoordinatorRun:
             count=layout.dimension,
         )
         masks = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
+        final = None
+        if self._codec is not None:
+            from safetensors.torch import load as load_safetensors
+
+            final = load_safetensors(self.state.block_weights(block))
         counts = None
         if self.config.run.weight_scaling:
             raw = np.fromfile(self.state.counts_file(block), dtype=np.uint16)[: layout.dimension]
@@ -660,6 +817,8 @@ class CoordinatorRun:
             if index != block:
                 continue
             key = qualified_name(index, name)
+            if final is not None:
+                sublayer.set_weight(final[key].to(device=sublayer.weight().device))
             if counts is not None:
                 sublayer.set_weight(scaled_weight(sublayer.weight(), counts[key], contributors))
             sublayer.apply_pruned(masks[key])
@@ -670,6 +829,7 @@ class CoordinatorRun:
             if not self.config.output.overwrite and not self.state.completed_blocks():
                 prepare_output_dir(self.config.output.directory, overwrite=False)
             self._wait_for_participants()
+            self._assign_blocks()
             completed = self.state.completed_blocks()
             if completed:
                 logger.info("resuming: blocks %s already complete", sorted(completed))
@@ -736,6 +896,7 @@ class CoordinatorRun:
             "base_model_fingerprint": self.model_fingerprint,
             "weight_scaling": run.weight_scaling,
             "protocol_version": PROTOCOL_VERSION,
+            "recipe": run.recipe,
         }
 
     def close(self) -> None:

@@ -133,6 +133,7 @@ def run_parameters_to_proto(run: CoordinatorRun) -> pb.RunParameters:
         base_model_fingerprint=values["base_model_fingerprint"],
         weight_scaling=values["weight_scaling"],
         protocol_version=values["protocol_version"],
+        recipe=pb.RECIPE_FEDSPALLM if values["recipe"] == "fedspallm" else pb.RECIPE_FEDPRLLM,
     )
 
 
@@ -216,6 +217,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
                 name,
                 model_fingerprint=bytes(request.base_model_fingerprint),
                 identity_key=bytes(request.identity_public_key),
+                max_blocks=int(request.capabilities.max_blocks) or None,
             )
             return pb.JoinReply(
                 run=run_parameters_to_proto(self.run), participant_id=answer.participant_id, name=answer.name

@@ -5,6 +5,8 @@ parameters, the roster (certificate name -> participant id -> identity key), eac
 secure-aggregation ledger event, and the participants' signed statements. Each finished block's global
 mask is a small bit-packed file written and fsync'd before its row is committed; the counts of the block in
 progress live in a memory-mapped file (``counts_file``), so at most one block's counts are in memory.
+Under the FedSpaLLM recipe a finished block also has its final (masked, averaged) weights in a safetensors
+file written the same way, and the block assignment made at the start is kept so that a restart reuses it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     block INTEGER PRIMARY KEY,
     contributors INTEGER NOT NULL,
     event TEXT NOT NULL,
-    mask_digest BLOB NOT NULL
+    mask_digest BLOB NOT NULL,
+    weights_digest BLOB
 );
 CREATE TABLE IF NOT EXISTS statements (name TEXT PRIMARY KEY, statement TEXT NOT NULL);
 """
@@ -65,6 +68,7 @@ class CompletedBlock:
     contributors: int
     event: MechanismEvent
     mask_digest: bytes
+    weights_digest: bytes | None = None
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -93,6 +97,7 @@ class RunState:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "masks").mkdir(exist_ok=True)
+        (directory / "weights").mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(directory / "run.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -169,33 +174,51 @@ class RunState:
         """Return where block ``block``'s bit-packed global mask is kept."""
         return self.directory / "masks" / f"block-{block:05d}.bits"
 
-    def counts_file(self, block: int) -> Path:
-        """Return the memory-mapped counts file of block ``block`` (uint16 per coordinate)."""
-        return self.directory / f"counts-{block:05d}.u16"
+    def counts_file(self, block: int, dtype: np.dtype | type = np.uint16) -> Path:
+        """Return the memory-mapped sums file of block ``block`` (``dtype`` per coordinate, uint16 for counts)."""
+        return self.directory / f"counts-{block:05d}.{np.dtype(dtype).name}"
 
-    def counts(self, block: int, dimension: int) -> np.memmap:
-        """Return a writable memory map of block ``block``'s counts."""
-        return np.memmap(self.counts_file(block), dtype=np.uint16, mode="w+", shape=(dimension,))
+    def counts(self, block: int, dimension: int, dtype: np.dtype | type = np.uint16) -> np.memmap:
+        """Return a writable memory map of block ``block``'s sums."""
+        return np.memmap(self.counts_file(block, dtype), dtype=dtype, mode="w+", shape=(dimension,))
+
+    def weights_file(self, block: int) -> Path:
+        """Return where block ``block``'s final weights are kept (FedSpaLLM; safetensors)."""
+        return self.directory / "weights" / f"block-{block:05d}.safetensors"
 
     def complete_block(
-        self, block: int, *, packed_mask: bytes, contributors: int, event: MechanismEvent
+        self,
+        block: int,
+        *,
+        packed_mask: bytes,
+        contributors: int,
+        event: MechanismEvent,
+        weights: bytes | None = None,
     ) -> None:
-        """Return None once block ``block``'s mask and ledger event are on disk (before anyone is told)."""
+        """Return None once block ``block``'s mask, weights and ledger event are on disk (before anyone is told)."""
         write_durably(self.mask_file(block), packed_mask)
         digest = hashlib.sha256(packed_mask).digest()
+        weights_digest = None
+        if weights is not None:
+            write_durably(self.weights_file(block), weights)
+            weights_digest = hashlib.sha256(weights).digest()
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)",
-                (block, contributors, event.model_dump_json(), digest),
+                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
+                (block, contributors, event.model_dump_json(), digest, weights_digest),
             )
 
     def completed_blocks(self) -> dict[int, CompletedBlock]:
         """Return every finished block, by index."""
         with self._lock:
-            rows = self._db.execute("SELECT block, contributors, event, mask_digest FROM blocks").fetchall()
+            rows = self._db.execute(
+                "SELECT block, contributors, event, mask_digest, weights_digest FROM blocks"
+            ).fetchall()
         return {
-            int(b): CompletedBlock(int(b), int(c), MechanismEvent.model_validate_json(e), bytes(d))
-            for b, c, e, d in rows
+            int(b): CompletedBlock(
+                int(b), int(c), MechanismEvent.model_validate_json(e), bytes(d), None if w is None else bytes(w)
+            )
+            for b, c, e, d, w in rows
         }
 
     def packed_mask(self, block: int) -> bytes:
@@ -207,6 +230,29 @@ class RunState:
         if hashlib.sha256(data).digest() != completed.mask_digest:
             raise StateError(f"{self.mask_file(block)} does not match its recorded digest")
         return data
+
+    def block_weights(self, block: int) -> bytes:
+        """Return block ``block``'s final weights (safetensors bytes), checked against their recorded digest."""
+        completed = self.completed_blocks().get(block)
+        if completed is None or completed.weights_digest is None:
+            raise StateError(f"block {block} has no final weights recorded")
+        data = self.weights_file(block).read_bytes()
+        if hashlib.sha256(data).digest() != completed.weights_digest:
+            raise StateError(f"{self.weights_file(block)} does not match its recorded digest")
+        return data
+
+    # -------------------------------------------------------------- assignment
+    def save_assignment(self, assignment: dict[str, object]) -> None:
+        """Record the block assignment (JSON-ready) once; a restart reads it back with :meth:`assignment`."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('assignment', ?)", (json.dumps(assignment, sort_keys=True),)
+            )
+
+    def assignment(self) -> dict[str, object] | None:
+        """Return the recorded block assignment, or None before the run started."""
+        text = self._meta("assignment")
+        return None if text is None else json.loads(text)
 
     # -------------------------------------------------------------- statements
     def save_statement(self, statement: ParticipantStatement) -> None:

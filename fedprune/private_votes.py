@@ -276,15 +276,16 @@ class PrivateBlockAggregation:
     Per block, over the block's participants only (``members``, at least the threshold t of them):
     1. each participant randomizes its keep bits m with eps0-randomized response into r (one noisy bit per
        weight per run, as in the FedPrLLM recipe);
-    2. a secure-aggregation session sums r: the keep-vote counts S;
-    3. a second session, in a wide ring (:mod:`privacy.secagg.fixed_point`, 32 bits), sums the fixed-point
-       encoding of r * m * (w - W0), the participant's SparseGPT update at the positions it votes keep
-       and truly kept (a vote flipped to keep carries a zero update, i.e. the public base weight W0),
-       with every r = 1 coordinate carrying the codec's offset so that S decodes it;
-    4. the divisor of the l0-norm average is the estimated number of true keeps among the S votes
+    2. one secure-aggregation session in a wide ring sums, per weight, r packed with the fixed-point
+       encoding of r * m * (w - W0) (:class:`privacy.secagg.fixed_point.VoteValueCodec`): the
+       participant's SparseGPT update at the positions it votes keep and truly kept (a vote flipped to
+       keep carries a zero update, i.e. the public base weight W0); the sum splits into the keep-vote
+       counts S and the update sums, over exactly the same survivors;
+    3. the divisor of the l0-norm average is the estimated number of true keeps among the S votes
        (:func:`coordinator.aggregation.true_keepers_estimate`), which undoes the shrinkage toward W0.
-    Both sessions run at the run's threshold t over the block's k >= t participants (t > (n + c)/2 >=
-    (k + c)/2, so t is safe for every subset) and are recorded in the ledger with their block and k.
+    The session runs at the run's threshold t over the block's k >= t participants (t > (n + c)/2 >=
+    (k + c)/2, so t is safe for every subset) and is recorded in the ledger with its block and k. This is
+    what the service's coordinator and participants do (``run.recipe = "fedspallm"``).
     The weight updates are post-processing of the record-level DP statistics; randomized response covers
     the vote counts only (docs/PRIVACY.md, "FedSpaLLM: averaged weights").
     """
@@ -296,10 +297,7 @@ class PrivateBlockAggregation:
         *,
         participants: int,
         run_id: str | None = None,
-        ring_bits: int | None = None,
     ) -> None:
-        from privacy.secagg.fixed_point import DEFAULT_RING_BITS
-
         # The run-level checks (threshold, colluders, run id) are the FedPrLLM recipe's, unchanged.
         votes = PrivateVoteAggregation(settings, ledger, participants=participants, run_id=run_id)
         self.settings = settings
@@ -308,7 +306,6 @@ class PrivateBlockAggregation:
         self.threshold = votes.threshold
         self.colluders = votes.colluders
         self.run_id = votes.run_id
-        self.ring_bits = ring_bits or DEFAULT_RING_BITS
         self._flip_probability = (
             RandomizedResponse(epsilon0=settings.epsilon0).flip_probability  # type: ignore[arg-type]
             if settings.randomizes_bits
@@ -373,9 +370,10 @@ class PrivateBlockAggregation:
         base_weights: dict[str, torch.Tensor],
     ) -> Any:
         """Return the block's :class:`fedprune.simulate.BlockSums`, every sum computed by secure aggregation."""
-        from coordinator.aggregation import true_keepers_estimate, update_bound
-        from fedprune.simulate import BlockSums, local_updates
-        from privacy.secagg.fixed_point import FixedPointCodec
+        from coordinator.aggregation import true_keepers_estimate
+        from fedprune.simulate import BlockSums
+        from privacy.secagg.fixed_point import VoteValueCodec
+        from pruning.updates import local_updates, update_bound
 
         k = len(members)
         if k < self.threshold:
@@ -387,33 +385,31 @@ class PrivateBlockAggregation:
         names = list(results[0])
         shapes = [tuple(base_weights[name].shape) for name in names]
         bounds = {name: update_bound(base_weights[name]) for name in names}
-        codec = FixedPointCodec.for_ring(participants=k, ring_bits=self.ring_bits)
+        codec = VoteValueCodec(participants=self.participants)
         clipped_before = self.clipped
-        vote_vectors, update_vectors = [], []
+        vectors = []
         for member, result in zip(members, results, strict=True):
             true_keep = np.concatenate([result[name].keep_votes.numpy().reshape(-1) for name in names])
             bits = self._site(member).randomize_block(block, true_keep)
-            vote_vectors.append(bits.astype(np.uint8))
             updates = local_updates(result, base_weights)
             encoded, offset = [], 0
             for name in names:
                 size = updates[name].numel()
-                sent = bits[offset : offset + size]  # r = 1: the update (0 where m = 0, a flipped vote)
-                values = updates[name].numpy().reshape(-1)
-                piece = codec.encode(values, bound=bounds[name], contributes=sent)
+                # r = 1: the update rides with the vote (0 where m = 0, a vote flipped to keep).
+                piece = codec.encode(
+                    updates[name].numpy().reshape(-1), bound=bounds[name], votes=bits[offset : offset + size]
+                )
                 self.clipped += piece.clipped
                 encoded.append(piece.inputs)
                 offset += size
-            update_vectors.append(np.concatenate(encoded))
-        vote_sums = self._sum(vote_vectors, block=block)
-        update_sums = self._sum(update_vectors, block=block, max_input=codec.max_input)
+            vectors.append(np.concatenate(encoded))
+        packed_sums = self._sum(vectors, block=block, max_input=codec.max_input)
         keep_votes, sums, contributors, offset = {}, {}, {}, 0
         for name, shape in zip(names, shapes, strict=True):
             size = math.prod(shape)
-            counts = np.asarray(vote_sums[offset : offset + size], dtype=np.int64)
-            decoded = codec.decode_sum(update_sums[offset : offset + size], counts, bound=bounds[name])
-            keep_votes[name] = torch.from_numpy(counts.astype(np.int32).reshape(shape))
-            sums[name] = torch.from_numpy(decoded.reshape(shape))
+            decoded = codec.decode(packed_sums[offset : offset + size], bound=bounds[name], contributors=k)
+            keep_votes[name] = torch.from_numpy(decoded.counts.astype(np.int32).reshape(shape))
+            sums[name] = torch.from_numpy(decoded.value_sums.reshape(shape))
             contributors[name] = true_keepers_estimate(
                 keep_votes[name], participants=k, flip_probability=self.flip_probability
             )

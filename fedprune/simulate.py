@@ -42,6 +42,7 @@ from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
 from pruning.perplexity import perplexity
 from pruning.statistics import StatisticAggregator
+from pruning.updates import local_updates
 
 if TYPE_CHECKING:
     from fedprune.private_votes import PrivacySettings
@@ -334,17 +335,6 @@ class BlockAggregator(Protocol):
         base_weights: dict[str, torch.Tensor],
     ) -> BlockSums:
         """Return the block's sums; ``results[j]`` belongs to participant ``members[j]``."""
-
-
-def local_updates(result: LocalResults, base_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Return each matrix's update w_i - W0 at the participant's kept positions, 0 at its pruned ones (float64)."""
-    updates = {}
-    for name, decision in result.items():
-        if decision.weight is None:
-            raise ValueError(f"{name}: FedSpaLLM needs reconstructed weights (method sparsegpt)")
-        update = decision.weight.to(torch.float64) - base_weights[name].to(torch.float64)
-        updates[name] = torch.where(decision.pruned, 0.0, update)
-    return updates
 
 
 class PlainBlockSum:

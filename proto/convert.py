@@ -29,7 +29,7 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from privacy.secagg.parameters import MAX_PARTICIPANT_ID, SessionParameters
+from privacy.secagg.parameters import MAX_BIT_WIDTH, MAX_PARTICIPANT_ID, SessionParameters
 from proto.fedprune.v1 import secagg_pb2 as pb
 
 SESSION_ID_BYTES = 32
@@ -94,11 +94,15 @@ def session_parameters_to_proto(parameters: SessionParameters) -> pb.SessionPara
     )
 
 
-def session_parameters_from_proto(message: pb.SessionParameters) -> SessionParameters:
+def session_parameters_from_proto(
+    message: pb.SessionParameters, *, max_bit_width: int = MAX_BIT_WIDTH
+) -> SessionParameters:
     """Return validated SessionParameters (PrivacyError names the bad field).
 
     ``allow_unsafe_threshold`` is always False here: it has no wire field, so a coordinator can never
-    talk a participant into a threshold below the safe minimum.
+    talk a participant into a threshold below the safe minimum. ``max_bit_width`` is the receiver's own
+    acceptance limit on the ring (16 for keep-votes; a FedSpaLLM participant raises it for the packed
+    vote-and-weight ring), never read from the wire.
     """
     return SessionParameters(
         participant_ids=_participants(message.participant_ids, "SessionParameters.participant_ids"),
@@ -111,6 +115,7 @@ def session_parameters_from_proto(message: pb.SessionParameters) -> SessionParam
         colluders=message.colluders,
         ring_headroom=message.ring_headroom,
         allow_unsafe_threshold=False,
+        max_bit_width=max_bit_width,
     )
 
 

@@ -105,3 +105,93 @@ class FixedPointCodec:
             raise PrivacyError(f"counts must lie in [0, {self.participants}]")
         centred = sums.astype(np.int64) - counts.astype(np.int64) * self.offset
         return centred.astype(np.float64) / self.scale(bound)
+
+
+COUNT_SHIFT = 31
+"""Bit position of the keep-vote in a :class:`VoteValueCodec` input: inputs stay below 2**32 (the wire's uint32)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedVotesAndValues:
+    """One session's sums split into the keep-vote counts and the sums of the values voted with them."""
+
+    counts: np.ndarray
+    """Keep-votes per coordinate (int64, in [0, participants])."""
+    value_sums: np.ndarray
+    """Sum of the values sent with those votes (float64)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VoteValueCodec:
+    """Packs a keep-vote bit and a fixed-point value into one input, so one session sums both.
+
+    FedSpaLLM needs, per weight, the keep-vote count S and the sum of the keep-voters' weight updates; the
+    two must be sums over exactly the same survivors. One input carries both: a participant sends
+    r * (2**COUNT_SHIFT + offset + round(v * scale)) for its vote bit r and its value v (0 where r = 0).
+    Over at most ``participants`` contributors the value parts sum to less than 2**COUNT_SHIFT, so the
+    secure sum is S * 2**COUNT_SHIFT + (offset * S + sum of the rounded values): S is the sum shifted right by
+    COUNT_SHIFT and the value sum is read from the low bits exactly as :class:`FixedPointCodec` decodes it.
+    The values' codec has max_input = the largest even m with participants * m < 2**COUNT_SHIFT, so each
+    value is off by at most bound / m (about participants * bound / 2**31: 1.9e-9 * bound at 4). A session
+    carrying it has max_input = 2**COUNT_SHIFT + m < 2**32 and ring b = ceil(log2(2 n max_input + 1)):
+    35 bits at n = 4, 39 at n = 64, about what the keep-vote session and a 32-bit value session would send
+    together, in one session with one survivor set.
+
+    The codec is fixed by ``participants`` alone (the run's n, not a session's size), so a participant's
+    vector for a block does not change when a session is retried with fewer members.
+    """
+
+    participants: int
+
+    def __post_init__(self) -> None:
+        if self.participants < 1:
+            raise PrivacyError(f"participants must be >= 1, got {self.participants}")
+
+    @property
+    def values(self) -> FixedPointCodec:
+        """Return the codec of the value part (the low COUNT_SHIFT bits)."""
+        return FixedPointCodec(
+            participants=self.participants,
+            max_input=((1 << COUNT_SHIFT) - 1) // self.participants & ~1,
+        )
+
+    @property
+    def max_input(self) -> int:
+        """Return the largest input one participant sends: a keep-vote with the largest value."""
+        return (1 << COUNT_SHIFT) + self.values.max_input
+
+    def max_error(self, bound: float) -> float:
+        """Return the largest rounding error of one decoded value, and so of a decoded mean."""
+        return self.values.max_error(bound)
+
+    def encode(self, values: np.ndarray, *, bound: float, votes: np.ndarray) -> EncodedValues:
+        """Return the inputs (uint64): vote * 2**COUNT_SHIFT plus the value's fixed-point code where vote is 1."""
+        votes = np.asarray(votes)
+        if votes.size and (votes.min() < 0 or votes.max() > 1):
+            raise PrivacyError("votes must be 0 or 1")
+        voted = votes.astype(np.bool_)
+        encoded = self.values.encode(values, bound=bound, contributes=voted)
+        inputs = encoded.inputs + (voted.astype(np.uint64) << np.uint64(COUNT_SHIFT))
+        return EncodedValues(inputs=inputs, clipped=encoded.clipped)
+
+    def decode(self, sums: np.ndarray, *, bound: float, contributors: int) -> DecodedVotesAndValues:
+        """Return the keep-vote counts and value sums of ``contributors`` participants' summed inputs.
+
+        Raises PrivacyError naming how many coordinates are inconsistent: a count above ``contributors``
+        or a value part that ``count`` honest inputs cannot produce (both mean a participant sent an input
+        outside the encoding, or the sums are corrupt).
+        """
+        if not 1 <= contributors <= self.participants:
+            raise PrivacyError(f"contributors must be in [1, {self.participants}], got {contributors}")
+        sums = np.asarray(sums).astype(np.uint64)
+        counts = (sums >> np.uint64(COUNT_SHIFT)).astype(np.int64)
+        low = (sums & np.uint64((1 << COUNT_SHIFT) - 1)).astype(np.int64)
+        bad = (counts > contributors) | (low > counts * self.values.max_input)
+        if bad.any():
+            raise PrivacyError(
+                f"{int(bad.sum())} of {sums.size} coordinates are not a sum of {contributors} encoded "
+                "vote-and-value inputs (a count above the contributors or a value part too large for its count)"
+            )
+        return DecodedVotesAndValues(
+            counts=counts, value_sums=self.values.decode_sum(low, counts, bound=bound)
+        )

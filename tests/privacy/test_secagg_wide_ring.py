@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from privacy.errors import PrivacyError
 from privacy.secagg import SessionContext, SessionParameters, aggregate_in_process
-from privacy.secagg.fixed_point import FixedPointCodec
+from privacy.secagg.fixed_point import COUNT_SHIFT, FixedPointCodec, VoteValueCodec
 from privacy.secagg.packing import BitPacker, lane_dtype, pack_reference, unpack_reference
-from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
+from privacy.secagg.parameters import MAX_BIT_WIDTH, MAX_INPUT, WIDE_MAX_BIT_WIDTH, ring_bit_width
 
 
 def _context() -> bytes:
@@ -120,3 +120,58 @@ def test_values_beyond_the_bound_are_clipped_and_counted() -> None:
     assert encoded.inputs.tolist() == [codec.offset + round(0.1 * codec.scale(1.0)), codec.max_input, 0, 0]
     with pytest.raises(PrivacyError, match="bound must be positive"):
         codec.scale(0.0)
+
+
+# ------------------------------------------------------------------ votes and values in one session
+@pytest.mark.parametrize("n", [1, 2, 4, 16, 64, 1000])
+def test_a_vote_and_value_input_fits_the_wire_and_a_64_bit_ring(n: int) -> None:
+    codec = VoteValueCodec(participants=n)
+    assert codec.max_input <= MAX_INPUT  # travels as a uint32
+    assert n * codec.values.max_input < 2**COUNT_SHIFT  # the value parts never carry into the count
+    assert ring_bit_width(n, codec.max_input) <= WIDE_MAX_BIT_WIDTH
+    # about as fine as a 32-bit value session of its own: bound / max_input, max_input ~ 2**31 / n
+    assert codec.max_error(1.0) == pytest.approx(1.0 / codec.values.max_input)
+    assert codec.max_error(1.0) <= 2.0 * n / 2**31
+
+
+@pytest.mark.parametrize(("n", "survivors"), [(4, (1, 2, 3, 4)), (5, (1, 3, 4, 5)), (3, (1, 2))])
+def test_votes_and_values_summed_in_one_session_decode_to_both_sums(
+    n: int, survivors: tuple[int, ...]
+) -> None:
+    rng = np.random.default_rng(n)
+    size, bound = 700, 0.25
+    codec = VoteValueCodec(participants=n)
+    votes = [rng.random(size) < 0.55 for _ in range(n)]
+    values = [rng.uniform(-bound, bound, size) for _ in range(n)]
+    inputs = {
+        i + 1: codec.encode(values[i], bound=bound, votes=votes[i]).inputs for i in range(n)
+    }
+    threshold = max(1, n // 2 + 1)
+    sums = aggregate_in_process(
+        [inputs[i] for i in range(1, n + 1)],
+        threshold=min(threshold, len(survivors)),
+        chunk_coordinates=128,
+        max_input=codec.max_input,
+        max_bit_width=WIDE_MAX_BIT_WIDTH,
+        drop_before_masked_input=tuple(i - 1 for i in range(1, n + 1) if i not in survivors),
+    )
+    decoded = codec.decode(sums, bound=bound, contributors=len(survivors))
+    alive = [i - 1 for i in survivors]
+    counts = np.sum([votes[i] for i in alive], axis=0)
+    plain = np.sum([np.where(votes[i], values[i], 0.0) for i in alive], axis=0)
+    assert np.array_equal(decoded.counts, counts)
+    assert np.max(np.abs(decoded.value_sums - plain)) <= counts.max() * codec.max_error(bound)
+
+
+def test_vote_and_value_decoding_rejects_sums_no_honest_inputs_make() -> None:
+    codec = VoteValueCodec(participants=4)
+    honest = codec.encode(np.array([0.1, -0.2]), bound=1.0, votes=np.array([1, 0])).inputs
+    assert honest[1] == 0  # a prune vote sends nothing, whatever its value
+    three = np.uint64(3) << np.uint64(COUNT_SHIFT)
+    with pytest.raises(PrivacyError, match="1 of 1 coordinates"):
+        codec.decode(np.array([three]), bound=1.0, contributors=2)  # three votes from two contributors
+    with pytest.raises(PrivacyError, match="value part too large"):
+        codec.decode(np.array([np.uint64(codec.values.max_input + 1)]), bound=1.0, contributors=2)  # no vote
+    with pytest.raises(PrivacyError, match="votes must be 0 or 1"):
+        codec.encode(np.array([0.1]), bound=1.0, votes=np.array([2]))
+    assert codec.decode(np.array([honest[0]]), bound=1.0, contributors=1).counts.tolist() == [1]

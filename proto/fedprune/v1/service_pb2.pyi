@@ -22,6 +22,12 @@ class ComparisonGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPARISON_GROUP_ROW: _ClassVar[ComparisonGroup]
     COMPARISON_GROUP_COLUMN: _ClassVar[ComparisonGroup]
 
+class Recipe(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECIPE_UNSPECIFIED: _ClassVar[Recipe]
+    RECIPE_FEDPRLLM: _ClassVar[Recipe]
+    RECIPE_FEDSPALLM: _ClassVar[Recipe]
+
 class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODE_UNSPECIFIED: _ClassVar[Mode]
@@ -42,6 +48,9 @@ COMPARISON_GROUP_UNSPECIFIED: ComparisonGroup
 COMPARISON_GROUP_LAYER: ComparisonGroup
 COMPARISON_GROUP_ROW: ComparisonGroup
 COMPARISON_GROUP_COLUMN: ComparisonGroup
+RECIPE_UNSPECIFIED: Recipe
+RECIPE_FEDPRLLM: Recipe
+RECIPE_FEDSPALLM: Recipe
 MODE_UNSPECIFIED: Mode
 MODE_ONE_SHOT: Mode
 MODE_ITERATIVE: Mode
@@ -81,16 +90,18 @@ class PrivacyParameters(_message.Message):
     def __init__(self, randomized_response: _Optional[bool] = ..., epsilon0: _Optional[float] = ..., record_level_dp: _Optional[bool] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., sample_rate: _Optional[float] = ..., accountant_tolerance: _Optional[float] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("devices", "memory_bytes", "max_message_bytes", "protocol_versions")
+    __slots__ = ("devices", "memory_bytes", "max_message_bytes", "protocol_versions", "max_blocks")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedScalarFieldContainer[str]
     memory_bytes: int
     max_message_bytes: int
     protocol_versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, devices: _Optional[_Iterable[str]] = ..., memory_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., protocol_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_blocks: int
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., memory_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., protocol_versions: _Optional[_Iterable[int]] = ..., max_blocks: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("base_model_fingerprint", "data_size_class", "capabilities", "identity_public_key", "software_version")
@@ -107,7 +118,7 @@ class JoinRequest(_message.Message):
     def __init__(self, base_model_fingerprint: _Optional[bytes] = ..., data_size_class: _Optional[_Union[DataSizeClass, str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., identity_public_key: _Optional[bytes] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class RunParameters(_message.Message):
-    __slots__ = ("run_id", "method", "pattern", "group", "mode", "nsamples", "seqlen", "privacy", "participants", "min_participants", "threshold", "chunk_coordinates", "blocks", "vote_layout_fingerprint", "base_model_fingerprint", "weight_scaling", "protocol_version")
+    __slots__ = ("run_id", "method", "pattern", "group", "mode", "nsamples", "seqlen", "privacy", "participants", "min_participants", "threshold", "chunk_coordinates", "blocks", "vote_layout_fingerprint", "base_model_fingerprint", "weight_scaling", "protocol_version", "recipe")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +136,7 @@ class RunParameters(_message.Message):
     BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_SCALING_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     run_id: bytes
     method: Method
     pattern: SparsityPattern
@@ -142,7 +154,8 @@ class RunParameters(_message.Message):
     base_model_fingerprint: bytes
     weight_scaling: bool
     protocol_version: int
-    def __init__(self, run_id: _Optional[bytes] = ..., method: _Optional[_Union[Method, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., group: _Optional[_Union[ComparisonGroup, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., nsamples: _Optional[int] = ..., seqlen: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyParameters, _Mapping]] = ..., participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., threshold: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., blocks: _Optional[int] = ..., vote_layout_fingerprint: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., weight_scaling: _Optional[bool] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    recipe: Recipe
+    def __init__(self, run_id: _Optional[bytes] = ..., method: _Optional[_Union[Method, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., group: _Optional[_Union[ComparisonGroup, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., nsamples: _Optional[int] = ..., seqlen: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyParameters, _Mapping]] = ..., participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., threshold: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., blocks: _Optional[int] = ..., vote_layout_fingerprint: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., weight_scaling: _Optional[bool] = ..., protocol_version: _Optional[int] = ..., recipe: _Optional[_Union[Recipe, str]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("run", "participant_id", "name")
