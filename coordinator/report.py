@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 
 SERVICE_TRANSPORT = "gRPC over mutual TLS (fedprune coordinator / participant)"
 
+FEDSPALLM_EXCLUSION = (
+    "fedspallm: the coordinator also learns per-block sums of the kept weights' updates (with the keep-vote "
+    "counts, over the same survivors); randomized response covers the keep-vote counts only, the weight sums "
+    "are covered by secure aggregation and, as post-processing, by the record-level DP of the calibration "
+    "statistics (none without it)"
+)
+
 
 def secure_aggregation_event(
     *, block: int, coordinates: int, participants: int, threshold: int, survivors: int, colluders: int
@@ -81,10 +88,13 @@ def build_run_report(
     statements: Sequence[ParticipantStatement],
     coordinator_events: Sequence[MechanismEvent],
     transport: str = SERVICE_TRANSPORT,
+    recipe: str = "fedprllm",
 ) -> PrivacyReport:
     """Return the unsigned, checked report of a service run (raises ReportVerificationError naming a field).
 
-    ``transport`` says how the roles talked (the threat model's transport line).
+    ``transport`` says how the roles talked (the threat model's transport line). Under ``recipe``
+    ``fedspallm`` each block's event counts the participants assigned to it, and the exclusions say what
+    the weight sums add.
     """
     threat = ThreatModel(
         participants=participants,
@@ -99,6 +109,8 @@ def build_run_report(
             "calibration statistics are exact: no record-level guarantee is claimed (privacy.record_level_dp off)"
         ]
     )
+    if recipe == "fedspallm":
+        exclusions.append(FEDSPALLM_EXCLUSION)
     return build_report(
         ledger=run_ledger(statements, coordinator_events),
         threat_model=threat,

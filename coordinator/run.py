@@ -704,6 +704,11 @@ class CoordinatorRun:
             final[entry.name] = averaged_weight(base, mask, update_sums, divisor).contiguous()
         return votes, masks, save_safetensors(final)
 
+    @property
+    def assignment(self) -> dict[int, tuple[str, ...]] | None:
+        """Return which participants prune each block (FedSpaLLM, once the run started), else None."""
+        return None if self._assignment is None else dict(self._assignment)
+
     def _assign_blocks(self) -> None:
         """Fix, once and durably, which participants prune each block (FedSpaLLM); a restart reuses it."""
         if not self.fedspallm:
@@ -711,9 +716,9 @@ class CoordinatorRun:
         stored = self.state.assignment()
         if stored is None:
             with self._cond:
+                # By name, not by join order: the same budgets always give the same assignment.
                 members = sorted(
-                    (m for m in self.state.members().values() if m.name in self._active),
-                    key=lambda m: m.participant_id,
+                    (m for m in self.state.members().values() if m.name in self._active), key=lambda m: m.name
                 )
                 budgets = {m.name: self._budgets.get(m.name) for m in members}
             try:
@@ -786,6 +791,7 @@ class CoordinatorRun:
             statements=list(self.state.statements().values()),
             coordinator_events=[completed[b].event for b in sorted(completed)],
             transport=self.transport,
+            recipe=config.run.recipe,
         )
         # The report is built and checked before the model exists: no output without its report.
         report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)

@@ -484,6 +484,8 @@ class ServiceSimulationResult:
     """The signed ``privacy_report.json``, carrying each site's signed statement."""
     participants: tuple[str, ...]
     """The sites' names, as the ledger and the statements name them."""
+    participants_per_block: list[int] | None = None
+    """FedSpaLLM: how many participants the coordinator assigned to each block."""
 
 
 IN_PROCESS_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
@@ -509,7 +511,7 @@ def simulate_service(
     progress: bool = True,
     state_dir: str | Path | None = None,
 ) -> ServiceSimulationResult:
-    """Return the FedPrLLM run of the service's own roles in this process, its outputs written to ``out``.
+    """Return the run of the service's own roles in this process, its outputs written to ``out``.
 
     One ``coordinator.run.CoordinatorRun`` and one ``participant.run.ParticipantRun`` per calibration file
     talk over ``fedprune.inprocess`` (no network): per-block secure-aggregation sessions, randomized
@@ -518,7 +520,8 @@ def simulate_service(
     ``participant-000``, ``participant-001``, ...; their identity keys are made in ``state_dir`` (a temporary
     directory by default) and pinned by every peer. ``participant_samples[i]``, when given, is site i's
     calibration data already read (records when ``privacy.record_level_dp``); otherwise each site reads
-    its file.
+    its file. ``settings.recipe`` picks FedPrLLM or FedSpaLLM; under FedSpaLLM ``settings.budgets[i]`` is
+    site i's ``runtime.max_blocks``.
     """
     import tempfile
 
@@ -528,10 +531,9 @@ def simulate_service(
     from participant.config import parse_config as parse_participant_config
     from privacy.signing import key_fingerprint, load_or_create_signing_key
 
-    if settings.recipe is not Recipe.FEDPRLLM:
-        raise ValueError(
-            f"settings.recipe must be fedprllm for the service's roles, got {settings.recipe.value}"
-        )
+    budgets = settings.budgets
+    if budgets is not None and (settings.recipe is not Recipe.FEDSPALLM or len(budgets) != len(calibration_files)):
+        raise ValueError("settings.budgets needs the fedspallm recipe and one budget per calibration file")
     if not calibration_files:
         raise ValueError("calibration_files must name at least one participant's file")
     if participant_samples is not None and len(participant_samples) != len(calibration_files):
@@ -587,6 +589,7 @@ def simulate_service(
                     "nsamples": settings.nsamples,
                     "seqlen": settings.seqlen,
                     "weight_scaling": settings.weight_scaling,
+                    "recipe": settings.recipe.value,
                 },
                 "privacy": privacy_section,
                 "output": {
@@ -611,6 +614,7 @@ def simulate_service(
                         "state": str(root / name),
                         "identity_key": str(root / name / "identity_key.pem"),
                         "progress": False,
+                        "max_blocks": budgets[i] if budgets is not None else None,
                     },
                     "peers": {peer: fingerprints[peer] for peer in names if peer != name},
                 },
@@ -625,6 +629,11 @@ def simulate_service(
         output=result.summary.output,
         report=result.summary.report,
         participants=names,
+        participants_per_block=(
+            None
+            if result.run.assignment is None
+            else [len(result.run.assignment[b]) for b in sorted(result.run.assignment)]
+        ),
     )
 
 

@@ -119,6 +119,9 @@ class RuntimeSection(_Section):
     """Show a progress bar (off under systemd, where the journal gets the log lines)."""
     budget: ConfigPath | None = None
     """The lifetime privacy budget ledger of ``data.dataset``; default ``<state>/privacy_budget.json``."""
+    max_blocks: int | None = Field(None, ge=1)
+    """FedSpaLLM: the most decoder blocks this site prunes in one run (its compute budget), declared at
+    join; the coordinator assigns no more and the site refuses more. Default: no limit."""
 
     @property
     def budget_path(self) -> Path:

@@ -6,6 +6,11 @@ it needs (``Await``) and answers each task with the matching call. Its keep-vote
 mask is applied before the next block is scored), flattened in ``VoteLayout`` order, randomized once per
 block (``participant.privacy``) and masked by a ``SecAggClient`` per session. A repeated session for the
 same block (after a coordinator restart) sends the same randomized vector again, never fresh noise.
+
+Under the FedSpaLLM recipe the participant declares ``runtime.max_blocks`` at join and prunes, with
+SparseGPT, only the blocks whose sessions the coordinator starts with it (``AssignedBlockPruner``); each
+block's vector packs the randomized keep-vote and the fixed-point weight update of every weight
+(``privacy.secagg.fixed_point.VoteValueCodec`` for the run's n), so one session sums both.
 """
 
 from __future__ import annotations
@@ -28,20 +33,24 @@ from tqdm.auto import tqdm
 from participant.client import CoordinatorCalls
 from participant.config import ParticipantConfig
 from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class, record_level_epsilon
-from participant.voting import KeepVotes, iterative_votes, one_shot_votes
+from participant.voting import AssignedBlockPruner, KeepVotes, iterative_votes, one_shot_votes
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, LifetimeBudget
 from privacy.errors import PrivacyError
 from privacy.secagg import PROTOCOL_VERSION, SecAggClient, SessionContext, SessionHistory
+from privacy.secagg.fixed_point import VoteValueCodec
+from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
 from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_key, raw_public_key
 from proto import convert
 from proto.fedprune.v1 import service_pb2 as pb
+from pruning.adapters import iter_prunable, qualified_name
 from pruning.calibration import resolve_device
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.masks import SparsityPattern
-from pruning.methods import Method
+from pruning.methods import LocalDecision, Method
 from pruning.model_io import check_samples_fit, load_model, load_tokenizer, vocabulary_size
+from pruning.updates import UPDATE_RANGE_FACTOR, local_updates, update_bound
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +182,9 @@ class ParticipantRun:
             else None
         )
         self._spend: tuple[str, float, float] | None = None
+        self.fedspallm = False
+        self._pruner: AssignedBlockPruner | None = None
+        self._codec: VoteValueCodec | None = None
 
     # ------------------------------------------------------------------ joining
     def join(self) -> pb.JoinReply:
@@ -180,7 +192,11 @@ class ParticipantRun:
         request = pb.JoinRequest(
             base_model_fingerprint=self.fingerprint,
             data_size_class=pb.DATA_SIZE_CLASS_UNSPECIFIED,
-            capabilities=pb.Capabilities(devices=[self.device.type], protocol_versions=[PROTOCOL_VERSION]),
+            capabilities=pb.Capabilities(
+                devices=[self.device.type],
+                protocol_versions=[PROTOCOL_VERSION],
+                max_blocks=self.config.runtime.max_blocks or 0,
+            ),
             identity_public_key=raw_public_key(self.identity_key),
             software_version=SOFTWARE_VERSION,
         )
@@ -276,10 +292,23 @@ class ParticipantRun:
         self.history = self._load_history()
         self.method = _METHODS[run.method]
         self.pattern = SparsityPattern(sparsity=run.pattern.sparsity, n=run.pattern.n, m=run.pattern.m)
+        self.fedspallm = run.recipe == pb.RECIPE_FEDSPALLM
+        if self.fedspallm and (
+            self.method is not Method.SPARSEGPT or run.mode != pb.MODE_ONE_SHOT or run.weight_scaling
+        ):
+            raise RunRefusedError(
+                "the run's recipe is fedspallm, which needs method sparsegpt, one-shot mode and no weight "
+                "scaling; the coordinator announced otherwise"
+            )
         samples = self._samples()
         aggregator = self.privacy.statistic_aggregator() if samples is not None else None
         own = copy.deepcopy(self.model)
-        if run.mode == pb.MODE_ONE_SHOT:
+        if self.fedspallm:
+            self._codec = VoteValueCodec(participants=run.participants)
+            self._pruner = AssignedBlockPruner(
+                own, samples, pattern=self.pattern, device=self.device, aggregator=aggregator
+            )
+        elif run.mode == pb.MODE_ONE_SHOT:
             votes: KeepVotes = {}
             one_shot_votes(
                 own,
@@ -371,6 +400,8 @@ class ParticipantRun:
 
     def _vector(self, block: int) -> np.ndarray:
         """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
+        if self._pruner is not None and block not in self._vectors:
+            self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block))
         while block not in self._vectors:
             assert self._iterative is not None
             scored = len(self._vectors)
@@ -378,6 +409,38 @@ class ParticipantRun:
             layout = VoteLayout.for_block(self.model, scored)
             self._store_vector(scored, layout.flatten(votes, dtype=torch.bool).numpy())
         return self._vectors[block]
+
+    def _fedspallm_vector(self, block: int, decisions: dict[str, LocalDecision]) -> np.ndarray:
+        """Return block ``block``'s vote-and-update inputs: each randomized keep bit with its weight update."""
+        assert self._codec is not None
+        layout = VoteLayout.for_block(self.model, block)
+        keep = layout.flatten({name: d.keep_votes for name, d in decisions.items()}, dtype=torch.bool)
+        bits = self.privacy.randomize_block(block, keep.numpy())
+        base = {
+            qualified_name(i, name): sub.weight().detach().cpu()
+            for i, name, sub in iter_prunable(self.model)
+            if i == block
+        }
+        updates = local_updates(decisions, base)
+        inputs = np.empty(layout.dimension, dtype=np.uint64)
+        clipped = 0
+        for entry in layout:
+            encoded = self._codec.encode(
+                updates[entry.name].numpy().reshape(-1),
+                bound=update_bound(base[entry.name]),
+                votes=bits[entry.coordinates],
+            )
+            inputs[entry.coordinates] = encoded.inputs
+            clipped += encoded.clipped
+        if clipped:
+            logger.warning(
+                "block %d: %d weight updates exceeded the public bound (%g x max |W0| of their matrix) and "
+                "were clipped to it",
+                block,
+                clipped,
+                UPDATE_RANGE_FACTOR,
+            )
+        return inputs
 
     def _mask(self, block: int) -> dict[str, torch.Tensor]:
         """Return block ``block``'s global mask (True = pruned), fetched and checked once."""
@@ -423,7 +486,9 @@ class ParticipantRun:
         return pb.SessionRef(run_id=self.params.run_id, block=session.block, session_id=session.session_id)
 
     def _start_session(self, task: pb.StartSession) -> Callable[[], None]:
-        parameters = convert.session_parameters_from_proto(task.parameters)
+        parameters = convert.session_parameters_from_proto(
+            task.parameters, max_bit_width=WIDE_MAX_BIT_WIDTH if self.fedspallm else MAX_BIT_WIDTH
+        )
         context = SessionContext.decode(parameters.context)
         block = task.session.block
         if (
@@ -440,6 +505,8 @@ class ParticipantRun:
         if minimum is not None and parameters.threshold < minimum:
             raise PrivacyError(f"session threshold {parameters.threshold} is below privacy.min_threshold")
         self._check_roster_keys(task.members)
+        if self._codec is not None:
+            self._check_assignment(block, parameters.max_input)
         keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_public_key) for m in task.members
         }
@@ -459,6 +526,21 @@ class ParticipantRun:
         )
         logger.info("block %d: session started with %d participants", block, len(task.members))
         return lambda: self.client.advertise_keys(request)
+
+    def _check_assignment(self, block: int, max_input: int) -> None:
+        """Refuse (PrivacyError) a FedSpaLLM session with another encoding, or one past ``runtime.max_blocks``."""
+        assert self._codec is not None and self._pruner is not None
+        if max_input != self._codec.max_input:
+            raise PrivacyError(
+                f"session max_input {max_input} is not the run's vote-and-update encoding "
+                f"({self._codec.max_input} for {self.params.participants} participants)"
+            )
+        budget = self.config.runtime.max_blocks
+        if budget is not None and block not in self._vectors and len(self._pruner.pruned) >= budget:
+            raise PrivacyError(
+                f"block {block} would be block {len(self._pruner.pruned) + 1} this participant prunes, over "
+                f"runtime.max_blocks = {budget}"
+            )
 
     def _check_roster_keys(self, members: Iterable[pb.Member]) -> None:
         """Refuse the run (PeerKeyError) if a member's identity key is not the one pinned or first seen."""

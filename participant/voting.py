@@ -110,3 +110,60 @@ def sparsegpt_local_results(
             decision = decide(Method.SPARSEGPT, sublayer, pattern, statistics[name])
             apply_decision(sublayer, decision)
             on_decision(qualified_name(step.index, name), decision)
+
+
+class AssignedBlockPruner:
+    """FedSpaLLM at a participant: SparseGPT on the blocks the coordinator assigns, one block on request.
+
+    The coordinator assigns blocks in increasing order and tells a participant only by starting a block's
+    session with it, so the pruner walks the model forward lazily: :meth:`prune` of block l passes every
+    block before l it was not asked for (dense, carrying the calibration inputs only: no statistic of it
+    is collected, so nothing of it is released) and prunes l with SparseGPT, applying the mask and the
+    reconstructed weights to this participant's copy before l's outputs feed the next block. With every
+    block asked for in order this is exactly :func:`sparsegpt_local_results` with all blocks, and so
+    ``fedprune prune --method sparsegpt``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: torch.Tensor | CalibrationSet,
+        *,
+        pattern: SparsityPattern,
+        device: torch.device,
+        aggregator: StatisticAggregator | None = None,
+    ) -> None:
+        check_pattern_fits(model, pattern)
+        self.pattern = pattern
+        self.blocks = len(decoder_blocks(model))
+        self._aggregator = aggregator or ExactSum()
+        self._steps = iter(BlockRunner(model, samples, device=device))
+        self._next = 0
+        self.pruned: list[int] = []
+
+    def prune(self, block: int) -> dict[str, LocalDecision]:
+        """Return block ``block``'s decisions (mask and reconstructed weight on the CPU) by qualified name.
+
+        Raises PruningInputError for a block already passed (blocks only go forward) or out of range.
+        """
+        if not 0 <= block < self.blocks:
+            raise PruningInputError(f"block must lie in [0, {self.blocks}), got {block}")
+        if block < self._next:
+            raise PruningInputError(
+                f"block {block} was already {'pruned' if block in self.pruned else 'passed unpruned'}; "
+                "blocks are pruned in increasing order, once"
+            )
+        while True:
+            step = next(self._steps)
+            self._next = step.index + 1
+            if step.index == block:
+                break
+        statistics = step.collect(Method.SPARSEGPT.statistic, self._aggregator)
+        decisions = {}
+        for name, sublayer in step.sublayers.items():
+            decision = decide(Method.SPARSEGPT, sublayer, self.pattern, statistics[name])
+            apply_decision(sublayer, decision)
+            weight = decision.weight.cpu() if decision.weight is not None else None
+            decisions[qualified_name(block, name)] = LocalDecision(decision.pruned.cpu(), weight)
+        self.pruned.append(block)
+        return decisions

@@ -1,6 +1,6 @@
 """``fedprune simulate``: every participant and the aggregation in one process, no network.
 
-With privacy on (the default) the FedPrLLM recipe runs the service's own coordinator and participants in
+With privacy on (the default) both recipes run the service's own coordinator and participants in
 this process over an in-memory transport (``fedprune.inprocess``): record-level DP on the calibration
 statistics (the record is one document; epsilon 8 at delta 1e-5 unless told otherwise), randomized response
 on each participant's keep-vote bits, one secure-aggregation session per block, each site's signed
@@ -10,8 +10,9 @@ statement, and the coordinator's signed privacy report.
 With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
 participant's local-only model, evaluates them all on ``--eval-data`` and prints the table.
 ``--recipe fedspallm`` (SparseGPT) also averages the kept weights over the participants that kept them
-(l0-norm, through a second, fixed-point secure-aggregation session per block) and, with ``--budgets``,
-lets each participant prune only as many blocks as it declares (every block still covered by t of them).
+(l0-norm; each weight's keep-vote and fixed-point update packed in the block's one secure-aggregation
+session) and, with ``--budgets``, lets each participant prune only as many blocks as it declares (its
+``runtime.max_blocks``; every block still covered by t of them).
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def _format_table(rows: list[tuple[str, float]]) -> str:
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     from coordinator.aggregation import ComparisonGroup
+    from coordinator.assignment import AssignmentError
     from fedprune.errors import CommandError
     from fedprune.simulate import (
         Mode,
@@ -224,7 +226,6 @@ def run(args: argparse.Namespace) -> int:
         simulate,
         simulate_service,
     )
-    from pruning.adapters import decoder_blocks
     from pruning.calibration import resolve_device
     from pruning.data import evaluation_stream
     from pruning.local import prune_model
@@ -293,14 +294,11 @@ def run(args: argparse.Namespace) -> int:
             check_samples_fit(base, participant_samples)
     eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
     n = len(samples)
-    # FedPrLLM with privacy runs the service's own coordinator and participants in this process; the
-    # research baseline (--privacy off) and FedSpaLLM (no service recipe yet) run the library path.
-    service = privacy is not None and recipe is Recipe.FEDPRLLM
+    # With privacy the service's own coordinator and participants run in this process; the research
+    # baseline (--privacy off) runs the library path with plain sums.
+    service = privacy is not None
 
-    vote_aggregator: Any = None
     block_aggregator: Any = None
-    statistic_aggregators: Any = None
-    ledger: Any = None
     assignment: Any = None
     if privacy is None:
         print(PRIVACY_OFF_BANNER, file=sys.stderr)
@@ -308,34 +306,27 @@ def run(args: argparse.Namespace) -> int:
             from privacy.secagg import default_threshold
 
             block_aggregator = PlainBlockSum(coverage=default_threshold(n))
-    elif service:
+            try:
+                assignment = resolve_assignment(
+                    base, participants=n, budgets=budgets, coverage=block_aggregator.coverage
+                )
+            except AssignmentError as error:
+                raise CommandError(f"--budgets: {error}") from None
+    else:
         from fedprune.private_votes import threshold_and_colluders
 
-        threshold_and_colluders(privacy, participants=n)  # refused before any work, naming the parameter
-    else:
-        from fedprune.private_votes import PrivateBlockAggregation, statistic_aggregator
-        from privacy.ledger import PrivacyLedger
-
-        ledger = PrivacyLedger()
-        block_aggregator = PrivateBlockAggregation(privacy, ledger, participants=n)
-        vote_aggregator = block_aggregator
-    if block_aggregator is not None:
-        assignment = resolve_assignment(
-            base, participants=n, budgets=budgets, coverage=block_aggregator.coverage
-        )
-    if privacy is not None:
+        threshold, _ = threshold_and_colluders(privacy, participants=n)  # refused before any work
+        if budgets is not None:
+            # The coordinator assigns the blocks; checked here too, so that a budget too small is refused
+            # before any participant computes anything.
+            try:
+                resolve_assignment(base, participants=n, budgets=budgets, coverage=threshold)
+            except AssignmentError as error:
+                raise CommandError(f"--budgets: {error}") from None
         if not privacy.private_statistics:
             print(NO_RECORD_DP_BANNER, file=sys.stderr)
         elif record_level:
-            blocks = len(decoder_blocks(base))
             _print_outlook(privacy, base, samples, method=method, args=args)
-
-        if record_level and not service:
-
-            def statistic_aggregators(i: int) -> Any:
-                # Under block assignment a participant releases statistics of its own blocks only.
-                releases = assignment.load(i) if assignment is not None else blocks
-                return statistic_aggregator(privacy, ledger, participant=i, blocks=max(1, releases))
 
     started = time.perf_counter()
     report_path = None
@@ -360,30 +351,23 @@ def run(args: argparse.Namespace) -> int:
         global_model, report_path = served.model, served.report
         _announce_report(report_path, key_path)
         table = sparsity_table(global_model)
+        served_assignment = served.participants_per_block
     else:
         result = simulate(
             base,
             samples,
             settings=settings,
             device=device,
-            vote_aggregator=vote_aggregator,
-            statistic_aggregators=statistic_aggregators,
             block_aggregator=block_aggregator,
             assignment=assignment,
-            keep_local_models=args.baselines
-            and settings.mode is Mode.ONE_SHOT
-            and (privacy is None or not privacy.private_statistics)
-            and budgets is None,
+            keep_local_models=args.baselines and settings.mode is Mode.ONE_SHOT and budgets is None,
             progress=not args.no_progress,
         )
         elapsed = time.perf_counter() - started
         global_model = result.model
-        if ledger is not None:
-            # The report is built and checked before any model output exists: a DP output never goes out
-            # without the report that accounts for it.
-            report_path = _write_report(
-                privacy, ledger, vote_aggregator, out, signing_key=args.signing_key, recipe=recipe.value
-            )
+        served_assignment = (
+            [len(members) for members in result.assignment.blocks] if result.assignment is not None else None
+        )
         save_model(global_model, tokenizer, out)
         table = sparsity_table(global_model)
         write_sparsity_json(table, out / "sparsity.json")
@@ -403,10 +387,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if service:
         summary["transport"] = "in process: the service's coordinator and participants, no network"
-    if result is not None and result.assignment is not None:
-        summary["participants_per_block"] = [len(members) for members in result.assignment.blocks]
+    if recipe is Recipe.FEDSPALLM:
+        summary["participants_per_block"] = served_assignment
         summary["budgets"] = list(budgets) if budgets is not None else None
-        summary["clipped_weight_updates"] = result.clipped_updates
+        if result is not None:
+            summary["clipped_weight_updates"] = result.clipped_updates
     print(
         f"federated {method.value} ({recipe.value}, {pattern}, {args.group} group, {args.mode}) over {n} participants "
         f"in {elapsed:.1f} s; total sparsity {table['total']['sparsity']:.4f}; saved to {out}"
@@ -480,45 +465,6 @@ def _print_outlook(
             f"{len(calibration.windows)} windows; "
             f"signal/noise {outlook.ratio:.2f}: {outlook.verdict}"
         )
-
-
-def _write_report(
-    privacy: Any, ledger: Any, votes: Any, out: Path, *, signing_key: Path | None, recipe: str = "fedprllm"
-) -> Path:
-    """Build and check the FedSpaLLM privacy report, sign it with the long-term key, write it; return its path."""
-    from privacy.report import ThreatModel, build_report, write_signed_report
-
-    threat = ThreatModel(
-        participants=votes.participants,
-        secure_aggregation_threshold=votes.threshold,
-        max_colluding_participants=votes.colluders,
-        transport="in-process simulation (no network)",
-    )
-    exclusions = (
-        []
-        if privacy.private_statistics
-        else ["calibration statistics are exact: no record-level guarantee is claimed (--record-dp off)"]
-    )
-    if recipe == "fedspallm":
-        exclusions.append(
-            "fedspallm: the coordinator also learns per-block sums of the kept weights' updates; randomized "
-            "response covers the keep-vote counts only, the weight sums are covered by secure aggregation "
-            "and, as post-processing, by the record-level DP of the calibration statistics"
-        )
-    report = build_report(
-        ledger=ledger,
-        threat_model=threat,
-        delta=privacy.delta,
-        run_id=votes.run_id,
-        exclusions=exclusions,
-        accountant_tolerance=privacy.accountant_tolerance,
-    )
-    key_path = _signing_key_path(signing_key)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_signed_report(report, key_path, out / "privacy_report.json")
-    _announce_report(path, key_path)
-    return path
 
 
 def _signing_key_path(signing_key: Path | None) -> Path:
