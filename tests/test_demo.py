@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from fedprune.cli import main
 from fedprune.demo.packaged import ASSET_SHA256, ASSETS_DIR, DemoAssetError, open_packaged, verify_assets
+from fedprune.demo.pipeline import DemoSettings
 from fedprune.demo.summary import (
     ROWS,
     external_references,
@@ -26,6 +28,11 @@ from fedprune.demo.summary import (
     render_summary_html,
     write_summary_json,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,6 +137,34 @@ def test_summary_page_is_self_contained_with_table_chart_sparsity_and_report() -
     assert "<script" not in page
 
 
+def test_summary_names_the_recipe_and_the_method_that_ran() -> None:
+    summary = _summary()
+    summary["settings"] = {
+        "sites": 4,
+        "documents_per_site": 128,
+        "sparsity": 0.7,
+        "recipe": "fedspallm",
+        "method": "sparsegpt",
+    }
+    table = format_table(summary)
+    assert "recipe: fedspallm" in table and "with SparseGPT" in table
+    report = "<!doctype html><html><body>report</body></html>"
+    page = render_summary_html(summary, layers={}, report_html=report)
+    assert "SparseGPT" in page and "FedSpaLLM" in page and "Wanda" not in page
+    # A summary naming no recipe is the FedPrLLM one, with Wanda.
+    assert "recipe: fedprllm" in format_table(_summary()) and "with Wanda" in format_table(_summary())
+
+
+def test_the_demo_refuses_an_unknown_recipe(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--recipe", "bogus", "--out", str(tmp_path / "demo")])
+    assert refused.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+    with pytest.raises(ValueError, match="recipe must be one of fedprllm, fedspallm"):
+        DemoSettings(out=tmp_path / "demo", recipe="bogus")
+
+
 def test_external_references_are_found() -> None:
     assert external_references("<img src='https://example.org/x.png'>") == ["https://example.org/x.png"]
     assert external_references("<style>a{background:url(x.png)}</style>") == ["x.png"]
@@ -179,11 +214,11 @@ def _processes_naming(text: str) -> list[int]:
 SMALL = ["--sites", "3", "--documents", "6", "--sparsity", "0.5", "--eval-windows", "8", "--timeout", "150"]
 
 
-@pytest.mark.slow
-def test_demo_runs_the_service_and_writes_the_table_checkpoint_report_and_page(tmp_path: Path) -> None:
+def _run_demo(tmp_path: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Run ``fedprune demo`` at the small sizes; return its output folder and the finished process."""
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "fedprune.cli", "demo", *SMALL, "--out", str(out)],
+        [sys.executable, "-m", "fedprune.cli", "demo", *SMALL, *extra, "--out", str(out)],
         cwd=tmp_path,
         env=_environment(tmp_path / "cache"),
         capture_output=True,
@@ -191,7 +226,22 @@ def test_demo_runs_the_service_and_writes_the_table_checkpoint_report_and_page(t
         timeout=240,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out, result
+
+
+def _coordinator_run_section(out: Path) -> dict[str, object]:
+    config = out / "service" / "configs" / "coordinator.toml"
+    return tomllib.loads(config.read_text(encoding="utf-8"))["run"]
+
+
+@pytest.mark.slow
+def test_demo_runs_the_service_and_writes_the_table_checkpoint_report_and_page(tmp_path: Path) -> None:
+    out, result = _run_demo(tmp_path)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["settings"]["recipe"], summary["settings"]["method"]) == ("fedprllm", "wanda")
+    run = _coordinator_run_section(out)
+    assert (run["recipe"], run["method"]) == ("fedprllm", "wanda")
+    assert "recipe: fedprllm" in result.stdout
     assert set(summary["perplexity"]) == {key for key, _, _ in ROWS}
     assert all(value > 1 for value in summary["perplexity"].values())
     assert summary["sparsity"]["reached"] == pytest.approx(0.5, abs=0.01)
@@ -214,6 +264,31 @@ def test_demo_runs_the_service_and_writes_the_table_checkpoint_report_and_page(t
     # The report's signing key is not in the output folder.
     assert not list(out.rglob("*signing.key*"))
     assert (out / "service" / "configs" / "coordinator.toml").is_file()
+    assert _processes_naming(str(out)) == []
+
+
+@pytest.mark.slow
+def test_demo_with_the_fedspallm_recipe_runs_sparsegpt_in_the_service_and_the_baselines(
+    tmp_path: Path,
+) -> None:
+    out, result = _run_demo(tmp_path, "--recipe", "fedspallm")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["settings"]["recipe"], summary["settings"]["method"]) == ("fedspallm", "sparsegpt")
+    run = _coordinator_run_section(out)
+    assert (run["recipe"], run["method"], run["mode"]) == ("fedspallm", "sparsegpt", "one-shot")
+    assert set(summary["perplexity"]) == {key for key, _, _ in ROWS}
+    assert all(value > 1 for value in summary["perplexity"].values())
+    assert summary["sparsity"]["reached"] == pytest.approx(0.5, abs=0.01)
+    assert summary["report"]["verified"] is True
+    assert len(summary["report"]["site_statements"]) == 3
+    # The signed report states what the weight sums add; the summary repeats it.
+    report = json.loads(Path(summary["report"]["path"]).read_text(encoding="utf-8"))
+    assert any(text.startswith("fedspallm:") for text in report["exclusions"])
+    assert any("kept weights' updates" in sentence for sentence in summary["guarantees"])
+    assert "recipe: fedspallm" in result.stdout and "SparseGPT" in result.stdout
+    assert "weight updates summed under secure aggregation" in result.stdout
+    page = (out / "summary.html").read_text(encoding="utf-8")
+    assert "SparseGPT" in page and "Wanda" not in page.split("<div class='report'>")[0]
     assert _processes_naming(str(out)) == []
 
 

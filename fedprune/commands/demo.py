@@ -4,9 +4,12 @@ Opens the demo model shipped with fedprune (its SHA-256 checked), gives each of 
 (non-IID topics of the Python standard library's docstrings), makes a throwaway CA, and runs the real
 ``fedprune coordinator`` and ``fedprune participant`` processes on loopback over mutual TLS with the full
 privacy stack: record-level DP on each site's calibration statistics (one document the unit), randomized
-response on the keep-votes, secure aggregation. Meanwhile it prunes the baselines (dense, magnitude,
-centralized, local-only); then it scores every model on held-out text, verifies the signed privacy report
-against the signing key's fingerprint, prints the table and writes summary.json and summary.html.
+response on the keep-votes, secure aggregation. ``--recipe fedprllm`` (the default) federates Wanda
+keep-votes only; ``--recipe fedspallm`` federates SparseGPT keep-votes and averages the kept weights over
+the sites that kept them (l0-norm), the weight updates secret-shared with the votes. Meanwhile it prunes the
+baselines (dense, magnitude, and centralized and local-only with the recipe's method); then it scores every
+model on held-out text, verifies the signed privacy report against the signing key's fingerprint, prints
+the table and writes summary.json and summary.html.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ def register(subparsers: Any) -> None:
         "demo",
         help="private federated pruning end to end: real coordinator and sites on loopback",
         description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--recipe",
+        default="fedprllm",
+        choices=("fedprllm", "fedspallm"),
+        help="fedprllm: Wanda keep-votes only (the FedPrLLM recipe); fedspallm: SparseGPT masks plus "
+        "l0-norm averaged kept weights (the FedSpaLLM recipe); the centralized and local-only baselines "
+        "use the same method [fedprllm]",
     )
     parser.add_argument("--sites", type=positive_int, default=4, help="number of sites, 2 to 16 [4]")
     parser.add_argument(
@@ -119,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             trained_model=args.trained_model,
             timeout_s=float(args.timeout),
+            recipe=args.recipe,
         )
     except ValueError as error:
         raise CommandError(_as_flag(str(error))) from None
@@ -149,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 _FLAGS = {
+    "recipe": "--recipe",
     "sites": "--sites",
     "documents": "--documents",
     "sparsity": "--sparsity",

@@ -3,7 +3,8 @@
 Every model is scored on the same held-out text (the union of the sites' held-out tails). The baselines
 have no privacy layer, on purpose: local-only is what a site gets alone with its own data (nothing leaves
 it, so it needs none), and centralized is what pooling every site's documents at one place would give,
-which is exactly what the sites cannot do.
+which is exactly what the sites cannot do. Centralized and local-only prune with the recipe's method
+(Wanda under FedPrLLM, SparseGPT with its reconstructed weights under FedSpaLLM); magnitude uses no data.
 """
 
 from __future__ import annotations
@@ -86,9 +87,13 @@ def compute_baselines(
     *,
     sparsity: float,
     device: torch.device,
+    method: str = "wanda",
     on_result: Callable[[str, float, float], None] | None = None,
 ) -> Baselines:
-    """Return the baselines' perplexities; ``on_result(name, perplexity, seconds)`` follows each one."""
+    """Return the baselines' perplexities; ``on_result(name, perplexity, seconds)`` follows each one.
+
+    ``method`` (``wanda`` or ``sparsegpt``) prunes the centralized and local-only models.
+    """
     import time
 
     from pruning.data import calibration_records, pooled
@@ -101,6 +106,9 @@ def compute_baselines(
     tokenizer = load_tokenizer(model_dir)
     vocab = vocabulary_size(base)
     pattern = parse_pattern("unstructured", sparsity)
+    local_method = Method.parse(method)
+    if local_method is Method.MAGNITUDE:
+        raise ValueError("method: centralized and local-only need a calibrated method (wanda or sparsegpt)")
 
     def scored(name: str, build: Callable[[], nn.Module]) -> float:
         started = time.perf_counter()
@@ -120,9 +128,9 @@ def compute_baselines(
     }
     dense = scored("dense", lambda: base)
     magnitude = scored("magnitude", lambda: pruned(None, Method.MAGNITUDE))
-    centralized = scored("centralized", lambda: pruned(pooled(list(records.values())), Method.WANDA))
+    centralized = scored("centralized", lambda: pruned(pooled(list(records.values())), local_method))
     local = {
-        name: scored(f"local-only {name}", lambda own=own: pruned(own, Method.WANDA))  # type: ignore[misc]
+        name: scored(f"local-only {name}", lambda own=own: pruned(own, local_method))  # type: ignore[misc]
         for name, own in records.items()
     }
     return Baselines(dense=dense, magnitude=magnitude, centralized=centralized, local_only=local)

@@ -1,5 +1,7 @@
 """``fedprune demo`` end to end: the shipped model, a federation on loopback, the baselines, the summary.
 
+The recipe (``fedprllm``: Wanda keep-votes; ``fedspallm``: SparseGPT masks and l0-norm averaged kept
+weights) decides the sites' method and the centralized and local-only baselines' method alike.
 Phases, each timed: open the shipped model (fingerprint checked), cut the sites' documents, make the
 throwaway CA, certificates and configs, run the real coordinator and participant processes (the baselines
 are computed meanwhile, in this process), score the coordinator's checkpoint, verify the signed report
@@ -28,6 +30,8 @@ from fedprune.demo.baselines import (
 )
 from fedprune.demo.service import (
     COORDINATOR,
+    DEFAULT_RECIPE,
+    RECIPE_METHODS,
     Federation,
     ProgressBoard,
     ServiceFiles,
@@ -68,8 +72,12 @@ class DemoSettings:
     cache_dir: Path | None = None
     trained_model: bool = False
     timeout_s: float = 900.0
+    recipe: str = DEFAULT_RECIPE
+    """``fedprllm``: Wanda keep-votes only; ``fedspallm``: SparseGPT masks and l0-norm averaged kept weights."""
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPE_METHODS:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPE_METHODS)}, got {self.recipe!r}")
         if not 2 <= self.sites <= 16:
             raise ValueError(
                 f"sites must be between 2 and 16 (the demo corpus has 16 shards), got {self.sites}"
@@ -84,6 +92,11 @@ class DemoSettings:
             raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon}")
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+    @property
+    def method(self) -> str:
+        """Return the pruning method of the recipe: the sites' and the centralized and local-only baselines'."""
+        return RECIPE_METHODS[self.recipe]
 
     @property
     def key_path(self) -> Path:
@@ -169,7 +182,7 @@ def _run(
     # Absolute: the configs name these paths, and the processes read them from their own directory.
     out = settings.out.resolve()
     names = list(site_names(settings.sites))
-    board = ProgressBoard(names, write=write, started=started)
+    board = ProgressBoard(names, write=write, started=started, recipe=settings.recipe)
     phases = Phases(board)
     prepare_output(out)
     files = ServiceFiles(out / SERVICE_DIR)
@@ -210,6 +223,7 @@ def _run(
         device=settings.device,
         output_dir=checkpoint,
         signing_key=signing_key,
+        recipe=settings.recipe,
     )
     with phases.phase("certificates and configs"):
         site_keys = prepare(plan, files, address=free_loopback_address())
@@ -223,7 +237,8 @@ def _run(
             federation.start(name, "participant")
         board.say(
             "service",
-            f"started the coordinator and {settings.sites} participants (logs in {files.logs}); privacy: "
+            f"started the coordinator and {settings.sites} participants (logs in {files.logs}); recipe "
+            f"{settings.recipe} ({settings.method}); privacy: "
             f"record-level DP epsilon {settings.target_epsilon:g} at delta {settings.delta:g} per site, "
             f"randomized response epsilon0 {settings.epsilon0:g}, secure aggregation",
         )
@@ -237,6 +252,7 @@ def _run(
                 text,
                 sparsity=settings.sparsity,
                 device=torch.device(settings.device if settings.device != "auto" else "cpu"),
+                method=settings.method,
                 on_result=lambda name, value, seconds: _baseline_done(
                     board, federation, name, value, seconds
                 ),
@@ -272,7 +288,8 @@ def _run(
             "sites": settings.sites,
             "documents_per_site": settings.documents,
             "sparsity": settings.sparsity,
-            "method": "wanda",
+            "recipe": settings.recipe,
+            "method": settings.method,
             "pattern": "unstructured",
             "comparison_group": "layer",
             "mode": "one-shot",
@@ -296,7 +313,7 @@ def _run(
         "local_only": baselines.local_only,
         "evaluation": {"windows": text.windows, "total_windows": text.total_windows, "seqlen": text.seqlen},
         "sparsity": {"target": settings.sparsity, "reached": sparsity["total"]["sparsity"]},
-        "guarantees": guarantees_in_words(report),
+        "guarantees": guarantees_in_words(report, weight_updates=settings.recipe == "fedspallm"),
         "report": {
             "path": str(report_path),
             "verified": True,
@@ -342,7 +359,9 @@ def _baseline_done(
 
 
 def describe_result(summary: dict[str, Any]) -> str:
-    """Return the closing text: the table, the guarantees, the phase times and where everything is."""
+    """Return the closing text: the table, the recipe and its method, the guarantees, the phase times and
+    where everything is.
+    """
     lines = ["", format_table(summary), "", "privacy:"]
     lines += [f"  - {sentence}" for sentence in summary["guarantees"]]
     lines += ["", "time of each phase:"]

@@ -27,6 +27,9 @@ from typing import IO, Any
 logger = logging.getLogger(__name__)
 
 COORDINATOR = "coordinator"
+# The demo's recipes and the local pruning method each one runs (the coordinator's [run] recipe and method).
+RECIPE_METHODS = {"fedprllm": "wanda", "fedspallm": "sparsegpt"}
+DEFAULT_RECIPE = "fedprllm"
 # Bounded waits, so that processes orphaned by a killed demo end on their own.
 JOIN_TIMEOUT_S = 180.0
 RETRY_TIME_S = 60.0
@@ -49,14 +52,23 @@ class ServicePlan:
     output_dir: Path
     signing_key: Path
     threshold: int | None = None
+    recipe: str = DEFAULT_RECIPE
+    """``fedprllm`` (Wanda keep-votes only) or ``fedspallm`` (SparseGPT masks, l0-norm averaged kept weights)."""
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPE_METHODS:
+            raise ValueError(f"recipe: expected one of {', '.join(RECIPE_METHODS)}, got {self.recipe!r}")
         if len(self.site_files) != len(self.site_names):
             raise ValueError(
                 f"site_names: {len(self.site_names)} names for {len(self.site_files)} site_files"
             )
         if len(self.site_names) < 2:
             raise ValueError(f"site_names: a federation needs at least 2 sites, got {len(self.site_names)}")
+
+    @property
+    def method(self) -> str:
+        """Return the local pruning method the recipe runs: ``wanda`` or ``sparsegpt``."""
+        return RECIPE_METHODS[self.recipe]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +163,8 @@ def prepare(plan: ServicePlan, files: ServiceFiles, *, address: str) -> dict[str
                 "participants": list(plan.site_names),
                 "min_participants": len(plan.site_names),
                 **({"threshold": plan.threshold} if plan.threshold is not None else {}),
-                "method": "wanda",
+                "method": plan.method,
+                "recipe": plan.recipe,
                 "pattern": "unstructured",
                 "sparsity": plan.sparsity,
                 "group": "layer",
@@ -222,8 +235,16 @@ _LOG_LINE = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<sourc
 class ProgressBoard:
     """Condenses the processes' log lines into one line per event: a join, a block, a site's completion."""
 
-    def __init__(self, sites: Sequence[str], *, write: Callable[[str], None], started: float) -> None:
+    def __init__(
+        self,
+        sites: Sequence[str],
+        *,
+        write: Callable[[str], None],
+        started: float,
+        recipe: str = DEFAULT_RECIPE,
+    ) -> None:
         self.sites = tuple(sites)
+        self.recipe = recipe
         self._write = write
         self._started = started
         self._lock = threading.Lock()
@@ -270,11 +291,13 @@ class ProgressBoard:
             block, blocks = int(m[1]), int(m[2])
             self.completed_blocks = block
             seconds = time.perf_counter() - self._block_started
-            self.say(
-                f"block {block}/{blocks}",
-                f"{m[3]} sites' randomized votes summed under secure aggregation, mask published "
-                f"({seconds:.1f} s)",
+            summed = (
+                "randomized votes and weight updates summed under secure aggregation, mask and averaged "
+                "weights published"
+                if self.recipe == "fedspallm"
+                else "randomized votes summed under secure aggregation, mask published"
             )
+            self.say(f"block {block}/{blocks}", f"{m[3]} sites' {summed} ({seconds:.1f} s)")
         elif m := re.match(r"(\S+) submitted its signed privacy statement \((\d+) events\)", message):
             self.say(m[1], f"signed its privacy statement ({m[2]} ledger events)")
 
@@ -291,7 +314,13 @@ class ProgressBoard:
         if level in ("ERROR", "CRITICAL") or (level == "WARNING" and "transformers" not in match["source"]):
             self.say(name, f"{level.lower()}: {message}")
         elif message.startswith("block 0: session started"):
-            self.say(name, "votes of every block computed, randomized and ready to mask")
+            if self.recipe == "fedspallm":
+                # FedSpaLLM prunes lazily, one block when its session starts: here only block 1 is done.
+                self.say(
+                    name, "block 1 pruned with SparseGPT: votes randomized, weight updates ready to mask"
+                )
+            else:
+                self.say(name, "votes of every block computed, randomized and ready to mask")
         elif re.match(r"run \S+ complete", message):
             self.say(name, "done")
 

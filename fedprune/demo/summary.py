@@ -14,25 +14,70 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedprune.demo.service import RECIPE_METHODS
+
 SUMMARY_VERSION = 1
 
-# Rows of the table, in order: (key in summary["perplexity"], label, what it is).
+# The demo's recipes (RECIPE_METHODS: the method each runs) and what the coordinator's model is made of.
+METHOD_NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT", "magnitude": "magnitude"}
+RECIPE_NAMES = {"fedprllm": "FedPrLLM", "fedspallm": "FedSpaLLM"}
+RECIPE_SUMMARIES = {
+    "fedprllm": "Wanda keep-votes only",
+    "fedspallm": "SparseGPT masks plus l0-norm averaged kept weights",
+}
+FEDERATED_MODELS = {
+    "fedprllm": "randomized, secret-shared Wanda keep-votes of every site",
+    "fedspallm": "randomized, secret-shared SparseGPT keep-votes of every site; the kept weights "
+    "l0-norm averaged over the sites that kept them",
+}
+
+# Rows of the table, in order: (key in summary["perplexity"], label, what it is); ``{method}`` and
+# ``{federated}`` in a note stand for the run's method and recipe (see :func:`row_notes`).
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("dense", "dense", "the base model, nothing pruned"),
     ("magnitude", "magnitude", "smallest weights pruned; uses no data"),
-    ("centralized", "centralized", "Wanda on every site's documents pooled at one place (no privacy)"),
-    ("local_only_mean", "local-only (mean)", "each site prunes with its own documents alone"),
+    ("centralized", "centralized", "{method} on every site's documents pooled at one place (no privacy)"),
+    ("local_only_mean", "local-only (mean)", "each site prunes with {method} on its own documents alone"),
     ("local_only_worst", "local-only (worst)", "the worst of those sites"),
-    (
-        "private_federated",
-        "private federated",
-        "the coordinator's model: randomized, secret-shared votes of every site",
-    ),
+    ("private_federated", "private federated", "the coordinator's model: {federated}"),
 )
 
 
-def guarantee_in_words(guarantee: dict[str, Any]) -> str:
-    """Return one sentence stating a report guarantee with its number, delta and unit."""
+def recipe_of(summary: dict[str, Any]) -> tuple[str, str]:
+    """Return the run's (recipe, method); a summary that names neither is FedPrLLM with Wanda."""
+    settings = summary.get("settings", {})
+    recipe = settings.get("recipe", "fedprllm")
+    return recipe, settings.get("method", RECIPE_METHODS.get(recipe, "wanda"))
+
+
+def recipe_in_words(summary: dict[str, Any]) -> str:
+    """Return one line naming the recipe, its method and the baselines' method."""
+    recipe, method = recipe_of(summary)
+    name = METHOD_NAMES.get(method, method)
+    what = RECIPE_SUMMARIES.get(recipe, f"{name} keep-votes")
+    return (
+        f"recipe: {recipe} ({RECIPE_NAMES.get(recipe, recipe)}: {what}); centralized and local-only prune "
+        f"with {name} too"
+    )
+
+
+def row_notes(summary: dict[str, Any]) -> dict[str, str]:
+    """Return what each row of the table is, naming the run's method and recipe."""
+    recipe, method = recipe_of(summary)
+    values = {
+        "method": METHOD_NAMES.get(method, method),
+        "federated": FEDERATED_MODELS.get(
+            recipe, f"randomized, secret-shared {method} keep-votes of every site"
+        ),
+    }
+    return {key: note.format(**values) for key, _, note in ROWS}
+
+
+def guarantee_in_words(guarantee: dict[str, Any], *, weight_updates: bool = False) -> str:
+    """Return one sentence stating a report guarantee with its number, delta and unit.
+
+    ``weight_updates``: the sites also sent their kept weights' updates (FedSpaLLM) in the same sums.
+    """
     layer = guarantee["layer"]
     epsilon = guarantee.get("epsilon")
     delta = guarantee.get("delta")
@@ -57,24 +102,29 @@ def guarantee_in_words(guarantee: dict[str, Any]) -> str:
             f"{delta:g}, i.e. the whole mask is not hidden: the guarantee is per weight."
         )
     if layer == "aggregation":
+        updates = " and of their kept weights' updates" if weight_updates else ""
         if details.get("valid"):
             return (
-                f"Secure aggregation: the coordinator sees only per-weight sums of the sites' votes; "
+                f"Secure aggregation: the coordinator sees only per-weight sums of the sites' votes{updates}; "
                 f"amplified bound epsilon {epsilon:.3g} at delta {delta:g} per {unit}."
             )
         return (
             "Secure aggregation: the coordinator sees only the per-weight sums of the sites' randomized "
-            f"votes, never one site's vector; no amplified epsilon is claimed ({details.get('reason')})."
+            f"votes{updates}, never one site's vector; no amplified epsilon is claimed ({details.get('reason')})."
         )
     return f"{layer} for {who}: epsilon {epsilon} at delta {delta} per {unit}"
 
 
-def guarantees_in_words(report: dict[str, Any]) -> list[str]:
-    """Return the report's guarantees in words: one per layer, or one per site where the sites differ."""
+def guarantees_in_words(report: dict[str, Any], *, weight_updates: bool = False) -> list[str]:
+    """Return the report's guarantees in words: one per layer, or one per site where the sites differ.
+
+    Then the threat model, and each of the report's exclusions (what its figures do not cover).
+    ``weight_updates``: the run summed the kept weights' updates too (FedSpaLLM).
+    """
     sentences: list[str] = []
     seen: set[tuple[str, str]] = set()
     for guarantee in report.get("guarantees", []):
-        sentence = guarantee_in_words(guarantee)
+        sentence = guarantee_in_words(guarantee, weight_updates=weight_updates)
         # Sites with the same parameters get the same figure: say it once, for every site.
         generic = re.sub(r"for site \S+:", "for each site:", sentence)
         key = (guarantee["layer"], generic)
@@ -91,6 +141,7 @@ def guarantees_in_words(report: dict[str, Any]) -> list[str]:
             f"{threat.get('secure_aggregation_threshold')}, at most {colluders} {sites} colluding with the "
             f"coordinator; transport: {threat.get('transport')}."
         )
+    sentences += [f"Exclusion stated in the signed report: {text}" for text in report.get("exclusions", [])]
     return sentences
 
 
@@ -109,6 +160,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"sparsity: target {sparsity['target']:.0%} of the decoder blocks' linear weights, reached "
         f"{sparsity['reached']:.4f}"
     )
+    lines.append(recipe_in_words(summary))
     return "\n".join(lines)
 
 
@@ -208,14 +260,31 @@ def render_summary_html(summary: dict[str, Any], *, layers: dict[str, Any], repo
     settings = summary["settings"]
     perplexity = summary["perplexity"]
     dense = perplexity["dense"]
+    notes = row_notes(summary)
+    recipe, method = recipe_of(summary)
+    method_name = METHOD_NAMES.get(method, method)
+    if recipe == "fedspallm":
+        left = (
+            f"pruned the demo model to {settings['sparsity']:.0%} unstructured sparsity with {method_name} "
+            "(the FedSpaLLM recipe: the kept weights are averaged over the sites that kept them). Only "
+            "randomized keep-votes and the kept weights' updates left the sites, secret-shared (record-level "
+            "DP on the statistics both are computed from, randomized response on the votes, secure "
+            "aggregation)"
+        )
+    else:
+        left = (
+            f"pruned the demo model to {settings['sparsity']:.0%} unstructured sparsity with {method_name} "
+            f"(the {RECIPE_NAMES.get(recipe, recipe)} recipe). Only randomized, secret-shared keep-votes left "
+            "the sites (record-level DP on the statistics, randomized response, secure aggregation)"
+        )
     table = [
         "<table><tr><th>model</th><th>perplexity</th><th>vs dense</th><th>what it is</th></tr>",
         *(
             f"<tr{' class=highlight' if key == 'private_federated' else ''}><td>{html.escape(label)}</td>"
             f"<td class='num'>{perplexity[key]:.2f}</td>"
             f"<td class='num'>{'' if key == 'dense' else f'{100 * (perplexity[key] / dense - 1):+.1f}%'}</td>"
-            f"<td>{html.escape(note)}</td></tr>"
-            for key, label, note in ROWS
+            f"<td>{html.escape(notes[key])}</td></tr>"
+            for key, label, _ in ROWS
         ),
         "</table>",
     ]
@@ -239,9 +308,7 @@ def render_summary_html(summary: dict[str, Any], *, layers: dict[str, Any], repo
         "<h1>fedprune demo: private federated pruning</h1>",
         "<p class='lead'>"
         f"{settings['sites']} sites, each holding {settings['documents_per_site']} documents of its own topics, "
-        f"pruned the demo model to {settings['sparsity']:.0%} unstructured sparsity with Wanda. Only "
-        "randomized, secret-shared keep-votes left the sites (record-level DP on the statistics, "
-        "randomized response, secure aggregation); the coordinator signed the privacy report below.</p>",
+        f"{html.escape(left)}; the coordinator signed the privacy report below.</p>",
         f"<p class='ok'>Privacy report verified against the signing key's fingerprint "
         f"<code>{html.escape(report['signer_fingerprint'])}</code>.</p>",
         "<h2>Perplexity</h2>",
