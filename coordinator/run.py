@@ -75,7 +75,7 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH, ring_bit_width
+from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH, ring_bit_width
 from privacy.signing import ParticipantStatement, StatementError
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
@@ -88,6 +88,11 @@ logger = logging.getLogger(__name__)
 
 IDENTITY_KEY_BYTES = 32
 MAX_SESSION_ATTEMPTS = 3
+
+
+def _budget_or(budget: int | None, blocks: int) -> int:
+    """Return a declared ``max_blocks``, or ``blocks`` (no limit) when none was declared."""
+    return blocks if budget is None else budget
 
 
 def wide_chunk_coordinates(bit_width: int, *, limit: int) -> int:
@@ -546,7 +551,7 @@ class CoordinatorRun:
                 f"block {block}: only {len(members)} participants remain, below the threshold {self.threshold}"
             )
         context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
-        max_input, chunk, max_bit_width = 1, self.config.run.chunk_coordinates, None
+        max_input, chunk, max_bit_width = 1, self.config.run.chunk_coordinates, MAX_BIT_WIDTH
         if self._codec is not None:
             max_input = self._codec.max_input
             chunk = wide_chunk_coordinates(ring_bit_width(len(members), max_input), limit=chunk)
@@ -559,7 +564,7 @@ class CoordinatorRun:
             chunk_coordinates=chunk,
             max_input=max_input,
             colluders=self.colluders,
-            **({} if max_bit_width is None else {"max_bit_width": max_bit_width}),
+            max_bit_width=max_bit_width,
         )
         identity_keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in members
@@ -723,7 +728,7 @@ class CoordinatorRun:
                 budgets = {m.name: self._budgets.get(m.name) for m in members}
             try:
                 assignment = assign_blocks(
-                    [budgets[m.name] if budgets[m.name] is not None else self.blocks for m in members],
+                    [_budget_or(budgets[m.name], self.blocks) for m in members],
                     blocks=self.blocks,
                     threshold=self.threshold,
                 )

@@ -168,6 +168,7 @@ class Federation:
         minimums: dict[str, object] | None = None,
         max_retry_time_s: float = 30.0,
         label: str | None = None,
+        runtime: dict[str, object] | None = None,
     ) -> Path:
         """Write ``name``'s config (file ``<label or name>.toml``; its state is ``state-<name>`` either way)."""
         pki = pki or self.pki
@@ -185,7 +186,12 @@ class Federation:
             },
             "model": {"directory": model or self.model},
             "data": {"calibration": self.data.get(name, next(iter(self.data.values())))},
-            "runtime": {"device": "cpu", "state": self.root / f"state-{name}", "progress": False},
+            "runtime": {
+                "device": "cpu",
+                "state": self.root / f"state-{name}",
+                "progress": False,
+                **(runtime or {}),
+            },
         }
         if minimums is not None:
             sections["privacy"] = minimums
