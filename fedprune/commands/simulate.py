@@ -139,7 +139,8 @@ def register(subparsers: Any) -> None:
     privacy.add_argument(
         "--threshold",
         type=int,
-        help="secure-aggregation threshold t, above (n + colluders)/2 [floor(2n/3)+1]",
+        help="secure-aggregation threshold t, above (n + colluders)/2; with --privacy off, fedspallm still covers "
+        "every block with t participants [floor(2n/3)+1]",
     )
     privacy.add_argument(
         "--colluders",
@@ -305,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
         if recipe is Recipe.FEDSPALLM:
             from privacy.secagg import default_threshold
 
-            block_aggregator = PlainBlockSum(coverage=default_threshold(n))
+            # Blocks are still covered by t participants, so that a budgeted run compares with the service's.
+            block_aggregator = PlainBlockSum(coverage=args.threshold or default_threshold(n))
             try:
                 assignment = resolve_assignment(
                     base, participants=n, budgets=budgets, coverage=block_aggregator.coverage
