@@ -217,6 +217,13 @@ class ParticipantRun:
         VoteLayout.for_model(self.model).check_fingerprint(
             run.vote_layout_fingerprint, what="the run's vote layout"
         )
+        if self._released_marker(run.run_id.hex()).exists():
+            raise RunRefusedError(
+                f"this site already sent masked votes in run {run.run_id.hex()} before it restarted: "
+                "computing them again would release its data a second time (fresh DP noise) while its signed "
+                "statement could list only one release, so it stays out of the rest of this run (the run "
+                "goes on without it while the threshold is met)"
+            )
         try:
             problems = refusals(self.config, run)
         except PrivacyError as error:
@@ -462,6 +469,27 @@ class ParticipantRun:
             self._masks[block] = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
         return self._masks[block]
 
+    # ------------------------------------------------------------------ releases across restarts
+    def _released_marker(self, run_id: str) -> Path:
+        return self.config.runtime.state / f"released-{run_id}"
+
+    def _mark_released(self) -> None:
+        """Record durably, before the first masked vector leaves, that this run has data of this site."""
+        path = self._released_marker(self.run_id)
+        if path.exists():
+            return
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(f"{self.name}: masked votes sent in run {self.run_id}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
     # ------------------------------------------------------------------ session history
     def _history_path(self) -> Path:
         return self.config.runtime.state / f"session-history-{self.run_id}.json"
@@ -609,6 +637,7 @@ class ParticipantRun:
                 parts.append(pb.MaskedInputPart(session=ref, done=wire))
 
         def send() -> None:
+            self._mark_released()  # on disk before anything computed from the data leaves
             self.client.masked_input(lambda: iter(parts))
 
         return send

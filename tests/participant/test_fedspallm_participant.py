@@ -1,0 +1,141 @@
+"""A FedSpaLLM participant: declares its budget, refuses sessions past it or with another encoding; restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from coordinator.config import parse_config as parse_coordinator_config
+from coordinator.run import CoordinatorRun
+from coordinator.servicer import run_parameters_to_proto
+from participant.config import parse_config as parse_participant_config
+from participant.run import ParticipantRun, RunRefusedError
+from privacy.errors import PrivacyError
+from privacy.secagg.fixed_point import COUNT_SHIFT, VoteValueCodec
+from proto.fedprune.v1 import service_pb2 as pb
+from pruning.layout import VoteLayout
+from tests.tiny import random_ids
+
+
+class _JoinOnly:
+    """A coordinator that only answers Join (with the real coordinator's run parameters)."""
+
+    def __init__(self, reply: pb.JoinReply) -> None:
+        self.reply = reply
+        self.requests: list[pb.JoinRequest] = []
+
+    def join(self, request: pb.JoinRequest) -> pb.JoinReply:
+        self.requests.append(request)
+        return self.reply
+
+
+@pytest.fixture
+def setup(tmp_path: Path, model_dir) -> dict[str, Any]:
+    model = model_dir("llama", layers=2)
+    unused = {key: str(tmp_path / f"unused.{key}") for key in ("ca", "certificate", "private_key")}
+    coordinator = CoordinatorRun(
+        parse_coordinator_config(
+            {
+                "server": {"address": "127.0.0.1:1"},
+                "tls": unused,
+                "run": {
+                    "model": str(model),
+                    "participants": ["a", "b", "c"],
+                    "method": "sparsegpt",
+                    "recipe": "fedspallm",
+                    "sparsity": 0.5,
+                    "seqlen": 16,
+                    "threshold": 2,
+                },
+                "privacy": {"randomized_response": False, "record_level_dp": False},
+                "output": {
+                    "directory": str(tmp_path / "out"),
+                    "state": str(tmp_path / "coordinator"),
+                    "signing_key": str(tmp_path / "report.key"),
+                },
+            }
+        )
+    )
+    reply = pb.JoinReply(run=run_parameters_to_proto(coordinator), participant_id=1, name="a")
+    coordinator.close()
+    data = tmp_path / "a.jsonl"
+    data.write_text(json.dumps({"text": "unused here"}) + "\n", encoding="utf-8")
+
+    def participant(max_blocks: int | None) -> tuple[ParticipantRun, _JoinOnly]:
+        config = parse_participant_config(
+            {
+                "coordinator": {"address": "127.0.0.1:1"},
+                "tls": unused,
+                "model": {"directory": str(model)},
+                "data": {"calibration": str(data)},
+                "runtime": {"device": "cpu", "state": str(tmp_path / "site-a"), "max_blocks": max_blocks},
+            }
+        )
+        client = _JoinOnly(reply)
+        return ParticipantRun(config, client, samples=random_ids(4, 16, seed=3)), client  # type: ignore[arg-type]
+
+    return {"participant": participant, "reply": reply}
+
+
+def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_is_refused(
+    setup: dict[str, Any],
+) -> None:
+    site, client = setup["participant"](1)
+    reply = site.join()
+    assert client.requests[0].capabilities.max_blocks == 1
+    assert reply.run.recipe == pb.RECIPE_FEDSPALLM
+    site._prepare(reply)
+    codec = VoteValueCodec(participants=3)
+    with pytest.raises(PrivacyError, match="not the run's vote-and-update encoding"):
+        site._check_assignment(0, codec.max_input + 2)
+    site._check_assignment(0, codec.max_input)
+    vector = site._vector(0)
+    layout = VoteLayout.for_block(site.model, 0)
+    assert vector.dtype == np.uint64 and vector.size == layout.dimension
+    votes = vector >> np.uint64(COUNT_SHIFT)
+    assert set(np.unique(votes).tolist()) <= {0, 1}
+    # Half of each matrix is kept (50%, row-wise SparseGPT), and a prune vote sends nothing at all.
+    assert int(votes.sum()) == layout.dimension // 2
+    assert not vector[votes == 0].any()
+    site._check_assignment(0, codec.max_input)  # the same block again (a retried session) is fine
+    with pytest.raises(PrivacyError, match="over runtime.max_blocks = 1"):
+        site._check_assignment(1, codec.max_input)
+
+
+def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) -> None:
+    from participant.voting import sparsegpt_local_results
+    from pruning.masks import SparsityPattern
+
+    site, _ = setup["participant"](None)
+    site._prepare(site.join())
+    lazy = {**site._pruner.prune(0), **site._pruner.prune(1)}
+    reference: dict[str, Any] = {}
+    import copy
+
+    sparsegpt_local_results(
+        copy.deepcopy(site.model),
+        random_ids(4, 16, seed=3),
+        pattern=SparsityPattern(sparsity=0.5),
+        device=torch.device("cpu"),
+        on_decision=reference.__setitem__,
+    )
+    assert lazy.keys() == reference.keys()
+    for name, decision in reference.items():
+        assert torch.equal(lazy[name].pruned, decision.pruned.cpu()), name
+        assert torch.equal(lazy[name].weight, decision.weight.cpu()), name
+    with pytest.raises(ValueError, match="already pruned"):
+        site._pruner.prune(0)
+
+
+def test_a_site_restarted_after_sending_masked_votes_stays_out_of_the_run(setup: dict[str, Any]) -> None:
+    site, _ = setup["participant"](None)
+    site._prepare(site.join())
+    site._mark_released()
+    restarted, _ = setup["participant"](None)
+    with pytest.raises(RunRefusedError, match="already sent masked votes"):
+        restarted.join()
