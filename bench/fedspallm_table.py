@@ -10,8 +10,9 @@ perplexity on the union of the participants' held-out tails of:
 - local-only SparseGPT (mean and worst participant),
 
 without privacy, and with the privacy layers of ``fedprune simulate`` (record-level DP statistics at
-``--target-epsilon``, randomized response at ``--epsilon0``, secure aggregation; FedSpaLLM's weight sums in a
-32-bit fixed-point ring). Local-only with privacy uses the same DP statistics (no votes to randomize).
+``--target-epsilon``, randomized response at ``--epsilon0``, secure aggregation; FedSpaLLM's keep-votes and
+fixed-point weight updates packed in the block's one session, as the service sends them). Local-only with
+privacy uses the same DP statistics (no votes to randomize).
 The DP noise comes from the OS CSPRNG and cannot be seeded: each private figure is one run.
 
     python bench/fedspallm_table.py [--sparsities 0.5,0.7] [--documents 32] [--json]

@@ -6,6 +6,8 @@ timed alone (one core, one thread), as is the server's unmasking. The same run m
 raw AES-128-CTR keystream rate: n keystreams of one lane per coordinate is the physical limit of the
 design, and the ratio to it is printed. Votes are views into one random 0/1 buffer (they are not
 secrets here), so memory stays O(chunk) per participant; the sum is verified chunk by chunk.
+``--fedspallm`` runs the FedSpaLLM recipe's session instead: every input is a keep-vote packed with a
+fixed-point weight update (``privacy.secagg.fixed_point.VoteValueCodec`` for n), in the wide ring.
 
 Rates are coordinates per second of the timing thread's CPU time (`time.thread_time`), so that other
 processes on a shared machine do not distort them; the `*_wall` keys give wall-clock rates as well.
@@ -37,8 +39,9 @@ from privacy.secagg import (  # noqa: E402
     default_threshold,
 )
 from privacy.secagg.driver import identity_keys_for  # noqa: E402
+from privacy.secagg.fixed_point import VoteValueCodec  # noqa: E402
 from privacy.secagg.messages import wire_size  # noqa: E402
-from privacy.secagg.parameters import DEFAULT_CHUNK_COORDINATES  # noqa: E402
+from privacy.secagg.parameters import DEFAULT_CHUNK_COORDINATES, WIDE_MAX_BIT_WIDTH  # noqa: E402
 from privacy.secagg.prg import DEFAULT_BLOCK_BYTES  # noqa: E402
 
 VOTE_POOL_SLACK = 4096
@@ -73,9 +76,12 @@ def run(
     chunk_coordinates: int,
     workdir: str,
     ring_headroom: bool = True,
+    fedspallm: bool = False,
 ) -> dict[str, float]:
     """Return the figures of one session (see the module docstring)."""
     ids = tuple(range(1, participants + 1))
+    codec = VoteValueCodec(participants=participants) if fedspallm else None
+    wide = {} if codec is None else {"max_input": codec.max_input, "max_bit_width": WIDE_MAX_BIT_WIDTH}
     params = SessionParameters(
         participant_ids=ids,
         threshold=default_threshold(participants) if threshold is None else threshold,
@@ -83,8 +89,13 @@ def run(
         chunk_coordinates=chunk_coordinates,
         context=SessionContext.fresh(run_id="bench", round=0, block=0).encode(),
         ring_headroom=ring_headroom,
+        **wide,  # type: ignore[arg-type]
     )
-    pool = np.random.default_rng(0).integers(0, 2, chunk_coordinates + VOTE_POOL_SLACK).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 2, chunk_coordinates + VOTE_POOL_SLACK).astype(np.uint8)
+    if codec is not None:
+        updates = rng.uniform(-1.0, 1.0, pool.size)
+        pool = codec.encode(updates, bound=1.0, votes=pool).inputs
     private, public = identity_keys_for(ids)
     clients = {
         p: SecAggClient(
@@ -156,7 +167,7 @@ def run(
     verified = True
     for index in range(params.chunk_count):
         count = params.chunk_length(index)
-        plain = np.zeros(count, dtype=np.uint16)
+        plain = np.zeros(count, dtype=np.uint64 if codec is not None else np.uint16)
         for p in ids:
             plain += votes_for(pool, p, index, count)
         lo = index * chunk_coordinates
@@ -193,6 +204,7 @@ def run(
         "consistency_round_s": consistency_s,
         "receive_unmask_s": receive_unmask_s,
         "ring_headroom": ring_headroom,
+        "fedspallm": fedspallm,
         "verified": verified,
     }
 
@@ -212,6 +224,11 @@ def main() -> None:
         action="store_true",
         help="b = ceil(log2(n+1)) instead of ceil(log2(2n+1)): the cost of the underflow-detecting bit",
     )
+    parser.add_argument(
+        "--fedspallm",
+        action="store_true",
+        help="the FedSpaLLM session: keep-votes packed with fixed-point weight updates, wide ring",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="secagg-bench-", dir=args.workdir) as workdir:
@@ -222,6 +239,7 @@ def main() -> None:
             chunk_coordinates=args.chunk_coordinates,
             workdir=workdir,
             ring_headroom=not args.no_ring_headroom,
+            fedspallm=args.fedspallm,
         )
     if args.json:
         print(json.dumps(figures))

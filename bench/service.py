@@ -1,6 +1,6 @@
 """The networked service next to ``fedprune simulate``: coordinator peak memory and wall time by model depth.
 
-    python bench/service.py [--blocks 4 16] [--hidden 256] [--intermediate 688]
+    python bench/service.py [--blocks 4 16] [--hidden 256] [--intermediate 688] [--recipe fedprllm|fedspallm]
 
 For each depth it builds a tiny-but-not-trivial Llama (random weights, ``--hidden`` x ``--intermediate``),
 a trial CA with ``fedprune certs``, three sites with their own calibration documents, and runs a real
@@ -9,7 +9,8 @@ a trial CA with ``fedprune certs``, three sites with their own calibration docum
 record-level DP), the setting whose masks the integration tests prove equal, so the figures compare the
 same work. Prints the coordinator's peak resident set (``ru_maxrss`` of that one child, from ``wait4``),
 the size of the model's weights it must hold to write the checkpoint, one block's accumulator (uint16
-counts), and the wall times.
+counts; under ``--recipe fedspallm`` uint64 sums of the packed keep-votes and weight updates, with SparseGPT
+at every site), and the wall times.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def _service(federation: Federation) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss * 1024  # Linux reports kilobytes
 
 
-def _simulate(federation: Federation, out: Path) -> float:
+def _simulate(federation: Federation, out: Path, *, recipe: str) -> float:
     args = ["simulate", "--model", str(federation.model), "--sparsity", "0.5", "--nsamples", str(NSAMPLES)]
+    args += ["--recipe", recipe]
     args += ["--seqlen", str(SEQLEN), "--privacy", "off", "--out", str(out), "--no-progress"]
     args += ["--device", "cpu"]
     for name in NAMES:
@@ -84,8 +86,13 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--intermediate", type=int, default=688)
+    parser.add_argument("--recipe", choices=("fedprllm", "fedspallm"), default="fedprllm")
     args = parser.parse_args()
-    print(f"llama hidden {args.hidden}, intermediate {args.intermediate}; 3 participants; privacy off; cpu")
+    sum_bytes = 8 if args.recipe == "fedspallm" else 2
+    print(
+        f"llama hidden {args.hidden}, intermediate {args.intermediate}; 3 participants; privacy off; cpu; "
+        f"recipe {args.recipe}"
+    )
     header = (
         "| blocks | weights (MiB) | one block's counts (MiB) | coordinator peak RSS (MiB) "
         "| service wall (s) | simulate wall (s) |"
@@ -103,11 +110,13 @@ def main() -> None:
             )
             federation = Federation(root=run_root, pki=pki, model=run_root / "model", data=data)
             federation.privacy = {"randomized_response": False, "record_level_dp": False}
+            if args.recipe == "fedspallm":
+                federation.run = {"method": "sparsegpt", "recipe": "fedspallm"}
             federation.server = {"round_timeout_s": 120.0}
             service_s, peak = _service(federation)
-            simulate_s = _simulate(federation, run_root / "simulated")
+            simulate_s = _simulate(federation, run_root / "simulated", recipe=args.recipe)
             rows.append(
-                f"| {blocks} | {weights / 2**20:.1f} | {block * 2 / 2**20:.2f} | {peak / 2**20:.0f} "
+                f"| {blocks} | {weights / 2**20:.1f} | {block * sum_bytes / 2**20:.2f} | {peak / 2**20:.0f} "
                 f"| {service_s:.1f} | {simulate_s:.1f} |"
             )
             print(rows[-1], flush=True)
