@@ -9,10 +9,11 @@
   so the coordinator's view is the per-weight count only.
 Every mechanism use is recorded in a hash-chained ledger, from which the signed privacy report is built.
 
-``fedprune simulate`` runs the FedPrLLM recipe through the service's own roles instead
-(``fedprune.simulate.simulate_service``). What stays here is the library path of the FedSpaLLM recipe
-(``PrivateBlockAggregation``, whose sites randomize and add noise with ``participant.privacy``), the
-benchmarks' FedPrLLM aggregation (``PrivateVoteAggregation``), and the settings both take.
+``fedprune simulate`` runs both recipes through the service's own roles instead
+(``fedprune.simulate.simulate_service``). What stays here is what the benchmarks and library tests use: the
+FedSpaLLM sums of the library's ``simulate`` (``PrivateBlockAggregation``, whose sites randomize and add
+noise with ``participant.privacy`` and whose one packed session per block is the service's), the FedPrLLM
+aggregation (``PrivateVoteAggregation``), and the settings both take.
 """
 
 from __future__ import annotations

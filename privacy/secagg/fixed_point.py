@@ -4,7 +4,8 @@ A value v with |v| <= bound is sent as q = offset + round(v * scale), an integer
 offset = max_input / 2 and scale = offset / bound; a coordinate a participant does not contribute to is
 sent as 0. The secure sum of q over the contributors is then offset * count + sum(round(v * scale)), so
 the sum of the values is recovered as (sum - offset * count) / scale when the count of contributors per
-coordinate is known (for averaged weights: the keep-vote count, summed in its own session).
+coordinate is known (for averaged weights: the keep-vote count, which :class:`VoteValueCodec` packs into the
+same input so that one session sums both).
 
 Ring and scale: max_input is the largest even integer with 2 * n * max_input < 2**ring_bits (the session's
 ring b = ceil(log2(2 * n * max_input + 1)), one bit of headroom, then fits ``ring_bits``) and at most
