@@ -12,8 +12,12 @@ drops the rest.
 
 For b <= 7 packing is a SWAR compaction on uint64 words (8 lanes per word, three halving stages of
 shift/and/or), about 13 vector passes per chunk; b = 8, 16, 32 and 64 (a whole lane) are a copy of the
-little-endian lane bytes; any other b > 8 uses numpy's bit (un)packing, which is also the reference
-implementation the tests compare the fast paths against.
+little-endian lane bytes; any other b from 9 to 57 is written lane position by lane position: lane j of
+every group, shifted by (j b) mod 8, is OR-ed as one little-endian 8-byte word into its group's record at
+byte (j b) div 8 (eight vector passes, each over words at stride b >= 9 bytes, so a pass never overlaps
+itself, and the zero bits above a lane leave its neighbours intact). b = 58 to 63, where a shifted lane
+can need 9 bytes, uses numpy's bit (un)packing, which is also the reference implementation the tests
+compare the fast paths against.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from privacy.errors import PrivacyError
 from privacy.secagg.parameters import ring_lane_dtype
 
 _U64 = np.dtype("<u8")
+_STRIDED_MAX_BITS = 57
+"""Widest b whose lanes, shifted by up to 7 bits, still fit one 8-byte word."""
 
 
 def lane_dtype(bit_width: int) -> np.dtype:
@@ -75,6 +81,11 @@ class BitPacker:
         self._capacity_groups = groups
         self._whole_lanes = bit_width == 8 * self.dtype.itemsize
         self._swar = bit_width <= 7
+        self._strided = not self._whole_lanes and 8 < bit_width <= _STRIDED_MAX_BITS
+        if self._strided:
+            self._lanes64 = np.empty(groups * 8, dtype=_U64)
+            self._word = np.empty(groups, dtype=_U64)
+            self._strided_scratch = np.zeros(groups * bit_width + 8, dtype=np.uint8)
         if self._swar:
             b = bit_width
             self._low_bits = _replicated((1 << b) - 1, 8)
@@ -111,6 +122,8 @@ class BitPacker:
         if self._whole_lanes:
             np.copyto(out, np.ascontiguousarray(lanes).view(np.uint8))
             return out
+        if self._strided:
+            return self._pack_strided(lanes, groups, out)
         if not self._swar:
             np.copyto(out, pack_reference(lanes, b))
             return out
@@ -147,6 +160,8 @@ class BitPacker:
         if self._whole_lanes:
             np.copyto(out, np.asarray(packed, dtype=np.uint8).view(self.dtype))
             return out
+        if self._strided:
+            return self._unpack_strided(packed, groups, out)
         if not self._swar:
             np.copyto(out, unpack_reference(packed, b, groups * 8, self.dtype))
             return out
@@ -163,4 +178,43 @@ class BitPacker:
             np.bitwise_and(source, keep, out=work)
             np.bitwise_or(work, tmp, out=work)
             source = work
+        return out
+
+    def _words(self, groups: int, position: int) -> tuple[np.ndarray, np.uint64]:
+        """Return the 8-byte words (one per group) holding lane ``position``, and the lane's bit shift."""
+        b = self.bit_width
+        start, shift = divmod(position * b, 8)
+        words = np.ndarray(
+            shape=(groups,), dtype=_U64, buffer=self._strided_scratch, offset=start, strides=(b,)
+        )
+        return words, np.uint64(shift)
+
+    def _pack_strided(self, lanes: np.ndarray, groups: int, out: np.ndarray) -> np.ndarray:
+        b = self.bit_width
+        lanes64 = self._lanes64[: groups * 8]
+        np.copyto(lanes64, lanes, casting="safe")
+        np.bitwise_and(lanes64, np.uint64((1 << b) - 1), out=lanes64)
+        by_position = lanes64.reshape(groups, 8)
+        scratch = self._strided_scratch
+        scratch[: groups * b + 8] = 0
+        word = self._word[:groups]
+        for position in range(8):
+            words, shift = self._words(groups, position)
+            np.left_shift(by_position[:, position], shift, out=word)
+            np.bitwise_or(words, word, out=words)
+        np.copyto(out, scratch[: groups * b])
+        return out
+
+    def _unpack_strided(self, packed: np.ndarray, groups: int, out: np.ndarray) -> np.ndarray:
+        b = self.bit_width
+        self._strided_scratch[: groups * b] = packed
+        self._strided_scratch[groups * b : groups * b + 8] = 0
+        by_position = out.reshape(groups, 8)
+        word = self._word[:groups]
+        low = np.uint64((1 << b) - 1)
+        for position in range(8):
+            words, shift = self._words(groups, position)
+            np.right_shift(words, shift, out=word)
+            np.bitwise_and(word, low, out=word)
+            np.copyto(by_position[:, position], word, casting="unsafe")
         return out

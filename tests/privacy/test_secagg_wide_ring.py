@@ -175,3 +175,16 @@ def test_vote_and_value_decoding_rejects_sums_no_honest_inputs_make() -> None:
     with pytest.raises(PrivacyError, match="votes must be 0 or 1"):
         codec.encode(np.array([0.1]), bound=1.0, votes=np.array([2]))
     assert codec.decode(np.array([honest[0]]), bound=1.0, contributors=1).counts.tolist() == [1]
+
+
+@pytest.mark.parametrize("bit_width", range(1, WIDE_MAX_BIT_WIDTH + 1))
+def test_every_ring_width_packs_as_the_reference_does(bit_width: int) -> None:
+    dtype = lane_dtype(bit_width)
+    rng = np.random.default_rng(bit_width)
+    packer = BitPacker(bit_width, 8 * 37)
+    for groups in (1, 2, 7, 37):
+        lanes = rng.integers(0, np.iinfo(dtype).max, groups * 8, dtype=dtype, endpoint=True)
+        packed = packer.pack(lanes)
+        assert np.array_equal(packed, pack_reference(lanes, bit_width)), groups
+        low = lanes & dtype.type((1 << bit_width) - 1) if bit_width < 64 else lanes
+        assert np.array_equal(packer.unpack(packed), low), groups
