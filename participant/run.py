@@ -217,6 +217,12 @@ class ParticipantRun:
         VoteLayout.for_model(self.model).check_fingerprint(
             run.vote_layout_fingerprint, what="the run's vote layout"
         )
+        budget = self.config.runtime.max_blocks
+        if budget is not None and run.recipe != pb.RECIPE_FEDSPALLM and budget < run.blocks:
+            raise RunRefusedError(
+                f"the run's recipe (fedprllm) prunes all {run.blocks} decoder blocks at every site, over this "
+                f"site's runtime.max_blocks = {budget}"
+            )
         if self._released_marker(run.run_id.hex()).exists():
             raise RunRefusedError(
                 f"this site already sent masked votes in run {run.run_id.hex()} before it restarted: "

@@ -132,6 +132,14 @@ def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) ->
         site._pruner.prune(0)
 
 
+def test_a_fedprllm_run_over_the_sites_block_budget_is_refused(setup: dict[str, Any]) -> None:
+    site, client = setup["participant"](1)
+    client.reply.run.recipe = pb.RECIPE_FEDPRLLM
+    client.reply.run.method = pb.METHOD_WANDA
+    with pytest.raises(RunRefusedError, match="prunes all 2 decoder blocks.*max_blocks = 1"):
+        site.join()
+
+
 def test_a_site_restarted_after_sending_masked_votes_stays_out_of_the_run(setup: dict[str, Any]) -> None:
     site, _ = setup["participant"](None)
     site._prepare(site.join())
