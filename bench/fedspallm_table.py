@@ -38,6 +38,11 @@ def main() -> int:
     parser.add_argument("--epsilon0", type=float, default=4.0)
     parser.add_argument("--privacy", default="off,on", help="which halves of the table to run [off,on]")
     parser.add_argument("--cache-dir")
+    parser.add_argument(
+        "--trained-model",
+        action="store_true",
+        help="the build trained on this machine (fedprune demo-model --rebuild) instead of the shipped one",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -45,6 +50,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from fedprune.demo import locate_or_build, participant_document_files
+    from fedprune.demo.packaged import open_packaged
     from fedprune.private_votes import (
         PrivacySettings,
         PrivateBlockAggregation,
@@ -67,7 +73,11 @@ def main() -> int:
     from pruning.perplexity import perplexity
 
     device = torch.device("cpu")
-    demo = locate_or_build(cache_dir=args.cache_dir)
+    demo = (
+        locate_or_build(cache_dir=args.cache_dir)
+        if args.trained_model
+        else open_packaged(cache_dir=args.cache_dir)
+    )
     base = load_model(demo.model_dir)
     tokenizer = load_tokenizer(demo.model_dir)
     vocab = vocabulary_size(base)
