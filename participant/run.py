@@ -223,13 +223,6 @@ class ParticipantRun:
                 f"the run's recipe (fedprllm) prunes all {run.blocks} decoder blocks at every site, over this "
                 f"site's runtime.max_blocks = {budget}"
             )
-        if self._released_marker(run.run_id.hex()).exists():
-            raise RunRefusedError(
-                f"this site already sent masked votes in run {run.run_id.hex()} before it restarted: "
-                "computing them again would release its data a second time (fresh DP noise) while its signed "
-                "statement could list only one release, so it stays out of the rest of this run (the run "
-                "goes on without it while the threshold is met)"
-            )
         try:
             problems = refusals(self.config, run)
         except PrivacyError as error:
@@ -248,6 +241,14 @@ class ParticipantRun:
                 "no [peers] identity keys pinned: trusting the keys the coordinator relays for the other "
                 "participants (trust on first use within the run). Pin each peer's key, obtained out of "
                 "band, so that a coordinator cannot impersonate peers"
+            )
+        # Last: a run this site refuses anyway is refused for that reason first.
+        if self._released_marker(run.run_id.hex()).exists():
+            raise RunRefusedError(
+                f"this site already sent masked votes in run {run.run_id.hex()} before it restarted: "
+                "computing them again would release its data a second time (fresh DP noise) while its signed "
+                "statement could list only one release, so it stays out of the rest of this run (the run "
+                "goes on without it while the threshold is met)"
             )
         logger.info(
             "joined run %s as %s (participant %d)", run.run_id.hex(), reply.name, reply.participant_id
