@@ -307,6 +307,8 @@ def run(args: argparse.Namespace) -> int:
             from privacy.secagg import default_threshold
 
             # Blocks are still covered by t participants, so that a budgeted run compares with the service's.
+            if args.threshold is not None and not 1 <= args.threshold <= n:
+                raise CommandError(f"--threshold must be in [1, {n}] (the participants), got {args.threshold}")
             block_aggregator = PlainBlockSum(coverage=args.threshold or default_threshold(n))
             try:
                 assignment = resolve_assignment(
