@@ -50,8 +50,9 @@ def register(subparsers: Any) -> None:
         default="fedprllm",
         choices=("fedprllm", "fedspallm"),
         help="fedprllm: Wanda keep-votes only (the FedPrLLM recipe); fedspallm: SparseGPT masks plus "
-        "l0-norm averaged kept weights (the FedSpaLLM recipe); the centralized and local-only baselines "
-        "use the same method [fedprllm]",
+        "l0-norm averaged kept weights (the FedSpaLLM recipe; under record-level DP at the demo's scale "
+        "SparseGPT's Hessian is mostly noise, see docs/BENCHMARKS.md); the centralized and local-only "
+        "baselines use the same method [fedprllm]",
     )
     parser.add_argument("--sites", type=positive_int, default=4, help="number of sites, 2 to 16 [4]")
     parser.add_argument(
