@@ -416,6 +416,10 @@ class ParticipantRun:
         """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
         if self._pruner is not None and block not in self._vectors:
             self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block))
+            # Blocks run in order and a later block's session starts only once the earlier ones are final,
+            # so their vectors (8 bytes a weight here) are never sent again: free them.
+            for done in [b for b in self._vectors if b < block]:
+                del self._vectors[done]
         while block not in self._vectors:
             assert self._iterative is not None
             scored = len(self._vectors)

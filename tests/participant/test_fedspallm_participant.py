@@ -132,6 +132,19 @@ def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) ->
         site._pruner.prune(0)
 
 
+def test_a_later_blocks_vector_frees_the_earlier_ones_which_are_never_sent_again(
+    setup: dict[str, Any],
+) -> None:
+    site, _ = setup["participant"](None)
+    site._prepare(site.join())
+    first = site._vector(0)
+    assert site._vector(0) is first  # a retried session of the same block sends the same vector
+    site._vector(1)
+    assert list(site._vectors) == [1]
+    with pytest.raises(ValueError, match="already pruned"):
+        site._vector(0)  # an earlier block asked for again is refused, never recomputed
+
+
 def test_a_fedprllm_run_over_the_sites_block_budget_is_refused(setup: dict[str, Any]) -> None:
     site, client = setup["participant"](1)
     client.reply.run.recipe = pb.RECIPE_FEDPRLLM
