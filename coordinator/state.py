@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from privacy.durable import write_durably
 from privacy.ledger import MechanismEvent
 from privacy.signing import ParticipantStatement
 
@@ -69,25 +70,6 @@ class CompletedBlock:
     event: MechanismEvent
     mask_digest: bytes
     weights_digest: bytes | None = None
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync of the directory)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
 
 
 class RunState:

@@ -19,7 +19,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class,
 from participant.voting import AssignedBlockPruner, KeepVotes, iterative_votes, one_shot_votes
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, LifetimeBudget
+from privacy.durable import write_durably
 from privacy.errors import PrivacyError
 from privacy.secagg import PROTOCOL_VERSION, SecAggClient, SessionContext, SessionHistory
 from privacy.secagg.fixed_point import VoteValueCodec
@@ -489,17 +489,7 @@ class ParticipantRun:
         path = self._released_marker(self.run_id)
         if path.exists():
             return
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(f"{self.name}: masked votes sent in run {self.run_id}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_durably(path, f"{self.name}: masked votes sent in run {self.run_id}\n".encode())
 
     # ------------------------------------------------------------------ session history
     def _history_path(self) -> Path:
@@ -512,13 +502,7 @@ class ParticipantRun:
         return SessionHistory()
 
     def _save_history(self) -> None:
-        path = self._history_path()
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(self.history.export(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_durably(self._history_path(), json.dumps(self.history.export()).encode("utf-8"))
 
     # ------------------------------------------------------------------ tasks
     def _ref(self, session: pb.SessionRef) -> pb.SessionRef:

@@ -42,6 +42,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from privacy.durable import write_durably
 from privacy.errors import PrivacyError
 from privacy.ledger import canonical_json
 
@@ -106,14 +107,6 @@ def _check_figures(epsilon: float, delta: float) -> None:
         raise PrivacyError(f"run epsilon must be finite and >= 0, got {epsilon}")
     if not 0 <= delta < 1:
         raise PrivacyError(f"run delta must be in [0, 1), got {delta}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class LifetimeBudget:
@@ -279,16 +272,5 @@ class LifetimeBudget:
             "dataset": self.dataset,
             "entries": [e.model_dump(mode="json") for e in entries],
         }
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)  # atomic: readers see the old file or the new one
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        _fsync_directory(self.path.parent)  # the rename itself survives a power cut
+        text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+        write_durably(self.path, text.encode("utf-8"), mode=0o600)
