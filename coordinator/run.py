@@ -90,11 +90,6 @@ IDENTITY_KEY_BYTES = 32
 MAX_SESSION_ATTEMPTS = 3
 
 
-def _budget_or(budget: int | None, blocks: int) -> int:
-    """Return a declared ``max_blocks``, or ``blocks`` (no limit) when none was declared."""
-    return blocks if budget is None else budget
-
-
 def wide_chunk_coordinates(bit_width: int, *, limit: int) -> int:
     """Return the coordinates per masked-input chunk at ``bit_width`` bits: at most ``limit``, payload <= 4 MiB."""
     fitting = (MAX_CHUNK_PAYLOAD_BYTES * 8 // bit_width) // 64 * 64
@@ -640,7 +635,7 @@ class CoordinatorRun:
         }
         final_weights: bytes | None = None
         if self._codec is not None:
-            votes, masks, final_weights = self._average_block(layout, counts, weights, contributors=contributors)
+            masks, final_weights = self._average_block(layout, counts, weights, contributors=contributors)
         else:
             votes = layout.unflatten(torch.from_numpy(np.asarray(counts[: layout.dimension], dtype=np.int32)))
             masks = {}
@@ -681,12 +676,12 @@ class CoordinatorRun:
         base_weights: dict[str, torch.Tensor],
         *,
         contributors: int,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bytes]:
-        """Return (keep-votes, global masks, final weights as safetensors) of a FedSpaLLM block's sums."""
+    ) -> tuple[dict[str, torch.Tensor], bytes]:
+        """Return (global masks, final weights as safetensors) of a FedSpaLLM block's sums."""
         from safetensors.torch import save as save_safetensors
 
         assert self._codec is not None
-        votes, masks, final = {}, {}, {}
+        masks, final = {}, {}
         for entry in layout:
             base = base_weights[entry.name]
             bound = update_bound(base)
@@ -705,9 +700,9 @@ class CoordinatorRun:
                 keep_votes, participants=contributors, flip_probability=self._flip_probability
             )
             update_sums = torch.from_numpy(decoded.value_sums.reshape(entry.shape))
-            votes[entry.name], masks[entry.name] = keep_votes, mask
+            masks[entry.name] = mask
             final[entry.name] = averaged_weight(base, mask, update_sums, divisor).contiguous()
-        return votes, masks, save_safetensors(final)
+        return masks, save_safetensors(final)
 
     @property
     def assignment(self) -> dict[int, tuple[str, ...]] | None:
@@ -728,7 +723,7 @@ class CoordinatorRun:
                 budgets = {m.name: self._budgets.get(m.name) for m in members}
             try:
                 assignment = assign_blocks(
-                    [_budget_or(budgets[m.name], self.blocks) for m in members],
+                    [budgets[m.name] or self.blocks for m in members],  # None: no limit
                     blocks=self.blocks,
                     threshold=self.threshold,
                 )
