@@ -9,11 +9,18 @@ deterministically: first by the larger |W| of the public base weight (kept), the
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 
+from privacy.errors import PrivacyError
+from privacy.secagg.fixed_point import VoteValueCodec
+from pruning.layout import VoteLayout
 from pruning.masks import SparsityPattern, pruned_count
+from pruning.updates import update_bound
 
 VOTE_DTYPE = torch.int32
 """Keep-vote counts: exact for any realistic number of participants (up to 2^31 - 1)."""
@@ -160,3 +167,50 @@ def averaged_weight(
     update = torch.where(divisor > 0, update_sums.to(torch.float64) / divisor.clamp(min=1e-12), 0.0)
     averaged = torch.where(pruned.to("cpu"), 0.0, base + update)
     return averaged.to(base_weight.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixSums:
+    """What FedSpaLLM's secure sum says about one matrix: the votes, the updates' sum, its divisor."""
+
+    keep_votes: torch.Tensor
+    """Summed keep-votes S (int32), checked to lie in [0, contributors]."""
+    update_sums: torch.Tensor
+    """Sum of the keep-voters' weight updates (float64)."""
+    divisor: torch.Tensor
+    """The l0-norm average's divisor: S, or its randomized-response correction (float64)."""
+
+
+def decode_votes_and_updates(
+    codec: VoteValueCodec,
+    layout: VoteLayout,
+    sums: np.ndarray,
+    base_weights: Mapping[str, torch.Tensor],
+    *,
+    contributors: int,
+    flip_probability: float,
+) -> dict[str, MatrixSums]:
+    """Return each matrix's :class:`MatrixSums` from one block's packed secure sums (``layout`` order).
+
+    Raises ValueError naming the matrix when a sum is not one that ``contributors`` encoded inputs make.
+    """
+    decoded_block = {}
+    for entry in layout:
+        try:
+            decoded = codec.decode(
+                np.asarray(sums[entry.coordinates]),
+                bound=update_bound(base_weights[entry.name]),
+                contributors=contributors,
+            )
+        except PrivacyError as error:
+            raise ValueError(f"{entry.name}: {error}") from None
+        keep_votes = torch.from_numpy(decoded.counts.astype(np.int32).reshape(entry.shape))
+        check_counts(keep_votes, contributors, name=entry.name)
+        decoded_block[entry.name] = MatrixSums(
+            keep_votes=keep_votes,
+            update_sums=torch.from_numpy(decoded.value_sums.reshape(entry.shape)),
+            divisor=true_keepers_estimate(
+                keep_votes, participants=contributors, flip_probability=flip_probability
+            ),
+        )
+    return decoded_block

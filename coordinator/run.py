@@ -37,9 +37,9 @@ from torch import nn
 from coordinator.aggregation import (
     averaged_weight,
     check_counts,
+    decode_votes_and_updates,
     global_mask,
     scaled_weight,
-    true_keepers_estimate,
 )
 from coordinator.assignment import AssignmentError, assign_blocks
 from coordinator.config import CoordinatorConfig
@@ -82,7 +82,6 @@ from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen, save_model
 from pruning.sparsity import sparsity_table, write_sparsity_json
-from pruning.updates import update_bound
 
 logger = logging.getLogger(__name__)
 
@@ -681,27 +680,21 @@ class CoordinatorRun:
         from safetensors.torch import save as save_safetensors
 
         assert self._codec is not None
+        decoded = decode_votes_and_updates(
+            self._codec,
+            layout,
+            sums,
+            base_weights,
+            contributors=contributors,
+            flip_probability=self._flip_probability,
+        )
         masks, final = {}, {}
-        for entry in layout:
-            base = base_weights[entry.name]
-            bound = update_bound(base)
-            try:
-                decoded = self._codec.decode(
-                    np.asarray(sums[entry.coordinates]), bound=bound, contributors=contributors
-                )
-            except PrivacyError as error:
-                raise ValueError(f"{entry.name}: {error}") from None
-            keep_votes = torch.from_numpy(decoded.counts.astype(np.int32).reshape(entry.shape))
-            check_counts(keep_votes, contributors, name=entry.name)
-            mask = global_mask(
-                keep_votes, base, pattern=self.config.run.sparsity_pattern, group=self.config.run.group
+        for name, matrix in decoded.items():
+            base = base_weights[name]
+            masks[name] = global_mask(
+                matrix.keep_votes, base, pattern=self.config.run.sparsity_pattern, group=self.config.run.group
             )
-            divisor = true_keepers_estimate(
-                keep_votes, participants=contributors, flip_probability=self._flip_probability
-            )
-            update_sums = torch.from_numpy(decoded.value_sums.reshape(entry.shape))
-            masks[entry.name] = mask
-            final[entry.name] = averaged_weight(base, mask, update_sums, divisor).contiguous()
+            final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
         return masks, save_safetensors(final)
 
     @property

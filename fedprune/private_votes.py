@@ -371,10 +371,11 @@ class PrivateBlockAggregation:
         base_weights: dict[str, torch.Tensor],
     ) -> Any:
         """Return the block's :class:`fedprune.simulate.BlockSums`, every sum computed by secure aggregation."""
-        from coordinator.aggregation import true_keepers_estimate
+        from coordinator.aggregation import decode_votes_and_updates
         from fedprune.simulate import BlockSums
+        from participant.privacy import encode_votes_and_updates
         from privacy.secagg.fixed_point import VoteValueCodec
-        from pruning.updates import local_updates, update_bound
+        from pruning.layout import VoteLayout
 
         k = len(members)
         if k < self.threshold:
@@ -383,41 +384,24 @@ class PrivateBlockAggregation:
             )
         if len(results) != k:
             raise PrivacyError(f"block {block}: {len(results)} results for {k} members")
-        names = list(results[0])
-        shapes = [tuple(base_weights[name].shape) for name in names]
-        bounds = {name: update_bound(base_weights[name]) for name in names}
+        shapes = {name: base_weights[name].shape for name in results[0]}
+        layout = VoteLayout(tuple((name, (int(shape[0]), int(shape[1]))) for name, shape in shapes.items()))
         codec = VoteValueCodec(participants=self.participants)
         clipped_before = self.clipped
         vectors = []
         for member, result in zip(members, results, strict=True):
-            true_keep = np.concatenate([result[name].keep_votes.numpy().reshape(-1) for name in names])
-            bits = self._site(member).randomize_block(block, true_keep)
-            updates = local_updates(result, base_weights)
-            encoded, offset = [], 0
-            for name in names:
-                size = updates[name].numel()
-                # r = 1: the update rides with the vote (0 where m = 0, a vote flipped to keep).
-                piece = codec.encode(
-                    updates[name].numpy().reshape(-1), bound=bounds[name], votes=bits[offset : offset + size]
-                )
-                self.clipped += piece.clipped
-                encoded.append(piece.inputs)
-                offset += size
-            vectors.append(np.concatenate(encoded))
+            keep = layout.flatten({name: decision.keep_votes for name, decision in result.items()})
+            bits = self._site(member).randomize_block(block, keep.numpy())
+            inputs, clipped = encode_votes_and_updates(codec, layout, bits, result, base_weights)
+            self.clipped += clipped
+            vectors.append(inputs)
         packed_sums = self._sum(vectors, block=block, max_input=codec.max_input)
-        keep_votes, sums, contributors, offset = {}, {}, {}, 0
-        for name, shape in zip(names, shapes, strict=True):
-            size = math.prod(shape)
-            decoded = codec.decode(packed_sums[offset : offset + size], bound=bounds[name], contributors=k)
-            keep_votes[name] = torch.from_numpy(decoded.counts.astype(np.int32).reshape(shape))
-            sums[name] = torch.from_numpy(decoded.value_sums.reshape(shape))
-            contributors[name] = true_keepers_estimate(
-                keep_votes[name], participants=k, flip_probability=self.flip_probability
-            )
-            offset += size
+        decoded = decode_votes_and_updates(
+            codec, layout, packed_sums, base_weights, contributors=k, flip_probability=self.flip_probability
+        )
         return BlockSums(
-            keep_votes=keep_votes,
-            update_sums=sums,
-            contributors=contributors,
+            keep_votes={name: matrix.keep_votes for name, matrix in decoded.items()},
+            update_sums={name: matrix.update_sums for name, matrix in decoded.items()},
+            contributors={name: matrix.divisor for name, matrix in decoded.items()},
             clipped=self.clipped - clipped_before,
         )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE, GaussianRelease, gaussian_epsilon
@@ -20,7 +21,11 @@ from privacy.calibration_dp import DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
+from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.signing import ParticipantStatement, sign_participant_statement
+from pruning.layout import VoteLayout
+from pruning.methods import LocalDecision
+from pruning.updates import local_updates, update_bound
 
 logger = logging.getLogger(__name__)
 
@@ -207,3 +212,30 @@ def own_events_only(events: Sequence[MechanismEvent], *, name: str) -> list[Mech
         if event.participant != name:
             raise PrivacyError(f"events[{index}].participant is {event.participant!r}, expected {name!r}")
     return list(events)
+
+
+def encode_votes_and_updates(
+    codec: VoteValueCodec,
+    layout: VoteLayout,
+    bits: np.ndarray,
+    decisions: Mapping[str, LocalDecision],
+    base_weights: Mapping[str, torch.Tensor],
+) -> tuple[np.ndarray, int]:
+    """Return (one block's FedSpaLLM inputs in ``layout`` order, how many updates were clipped).
+
+    ``bits`` are the block's randomized keep bits (flat, ``layout`` order); each r = 1 coordinate carries
+    the site's SparseGPT update w - W0 of that weight (0 where it pruned: a vote flipped to keep), in fixed
+    point against the matrix's public bound (``pruning.updates.update_bound``).
+    """
+    updates = local_updates(decisions, base_weights)
+    inputs = np.empty(layout.dimension, dtype=np.uint64)
+    clipped = 0
+    for entry in layout:
+        encoded = codec.encode(
+            updates[entry.name].numpy().reshape(-1),
+            bound=update_bound(base_weights[entry.name]),
+            votes=bits[entry.coordinates],
+        )
+        inputs[entry.coordinates] = encoded.inputs
+        clipped += encoded.clipped
+    return inputs, clipped

@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 
 from participant.client import CoordinatorCalls
 from participant.config import ParticipantConfig
-from participant.privacy import ParticipantPrivacy, RunPrivacy, data_size_class, record_level_epsilon
+from participant.privacy import (
+    ParticipantPrivacy,
+    RunPrivacy,
+    data_size_class,
+    encode_votes_and_updates,
+    record_level_epsilon,
+)
 from participant.voting import AssignedBlockPruner, KeepVotes, iterative_votes, one_shot_votes
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, LifetimeBudget
@@ -50,7 +56,7 @@ from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
 from pruning.model_io import check_samples_fit, load_model, load_tokenizer, vocabulary_size
-from pruning.updates import UPDATE_RANGE_FACTOR, local_updates, update_bound
+from pruning.updates import UPDATE_RANGE_FACTOR
 
 logger = logging.getLogger(__name__)
 
@@ -439,17 +445,7 @@ class ParticipantRun:
             for i, name, sub in iter_prunable(self.model)
             if i == block
         }
-        updates = local_updates(decisions, base)
-        inputs = np.empty(layout.dimension, dtype=np.uint64)
-        clipped = 0
-        for entry in layout:
-            encoded = self._codec.encode(
-                updates[entry.name].numpy().reshape(-1),
-                bound=update_bound(base[entry.name]),
-                votes=bits[entry.coordinates],
-            )
-            inputs[entry.coordinates] = encoded.inputs
-            clipped += encoded.clipped
+        inputs, clipped = encode_votes_and_updates(self._codec, layout, bits, decisions, base)
         if clipped:
             logger.warning(
                 "block %d: %d weight updates exceeded the public bound (%g x max |W0| of their matrix) and "
