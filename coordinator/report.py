@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
-from privacy.report import PrivacyReport, ThreatModel, build_report, write_signed_report
+from privacy.report import (
+    PrivacyReport,
+    SummedInputs,
+    ThreatModel,
+    build_report,
+    contributors_parameter,
+    write_signed_report,
+)
 from privacy.signing import ParticipantStatement, StatementError, verify_statement_signature
 
 logger = logging.getLogger(__name__)
@@ -29,9 +36,20 @@ FEDSPALLM_EXCLUSION = (
 
 
 def secure_aggregation_event(
-    *, block: int, coordinates: int, participants: int, threshold: int, survivors: int, colluders: int
+    *,
+    block: int,
+    coordinates: int,
+    participants: int,
+    threshold: int,
+    contributors: Sequence[str],
+    colluders: int,
+    summed: SummedInputs = SummedInputs.KEEP_VOTES,
 ) -> MechanismEvent:
-    """Return the coordinator's ledger event for block ``block``'s secure-aggregation session."""
+    """Return the coordinator's ledger event for block ``block``'s secure-aggregation session.
+
+    ``contributors`` are the names of the survivors whose inputs were summed: the report lists each of
+    them, with its signed statement or a line saying it sent none. ``summed`` says what the sum showed.
+    """
     return MechanismEvent(
         mechanism=Mechanism.SECURE_AGGREGATION,
         participant="*",
@@ -41,8 +59,10 @@ def secure_aggregation_event(
         parameters={
             "participants": participants,
             "threshold": threshold,
-            "survivors": survivors,
+            "survivors": len(set(contributors)),
             "colluders": colluders,
+            "contributors": contributors_parameter(contributors),
+            "summed": summed.value,
         },
     )
 

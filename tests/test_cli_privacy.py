@@ -11,7 +11,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedprune.cli import main
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.randomized_response import RandomizedResponse
-from privacy.report import PrivacyReport, ThreatModel, build_report, sign_report, write_signed_report
+from privacy.report import (
+    PrivacyReport,
+    ThreatModel,
+    build_report,
+    contributors_parameter,
+    sign_report,
+    write_signed_report,
+)
 from privacy.signing import grouped_fingerprint, key_fingerprint, load_or_create_signing_key, public_key_path
 
 
@@ -72,6 +79,7 @@ def test_privacy_gaussian_accountant_disagreement_is_a_one_line_error(
 
 
 SITE_KEY = Ed25519PrivateKey.generate()
+OTHER_SITE_KEYS = (Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate())
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +107,26 @@ def signed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
             mechanism=Mechanism.SECURE_AGGREGATION,
             participant="coordinator",
             count=1000,
-            parameters={"participants": 3, "threshold": 3, "survivors": 3, "colluders": 1},
+            parameters={
+                "participants": 3,
+                "threshold": 3,
+                "survivors": 3,
+                "colluders": 1,
+                "contributors": contributors_parameter(["site-a", "site-b", "site-c"]),
+                "summed": "keep_votes",
+            },
         )
     )
     from privacy.signing import sign_participant_statement
 
+    # Every site whose votes were summed signs its statement (site-b and site-c applied no mechanism).
     statement = sign_participant_statement(
         participant="site-a", run_id="cli-run", events=[ledger.entries[0].event], private_key=SITE_KEY
     )
+    others = [
+        sign_participant_statement(participant=name, run_id="cli-run", events=[], private_key=key)
+        for name, key in (("site-b", OTHER_SITE_KEYS[0]), ("site-c", OTHER_SITE_KEYS[1]))
+    ]
     report = build_report(
         ledger=ledger,
         threat_model=ThreatModel(
@@ -114,7 +134,7 @@ def signed_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
         ),
         delta=1e-6,
         run_id="cli-run",
-        participant_statements=[statement],
+        participant_statements=[statement, *others],
     )
     key_path = directory / "keys" / "coordinator.key"
     path = write_signed_report(report, key_path, directory / "report.json")
@@ -125,13 +145,21 @@ def test_audit_verify_authenticates_only_against_a_pinned_key(
     signed_report: tuple[Path, Path], capsys
 ) -> None:
     path, key_path = signed_report
-    assert main(["audit", "verify", str(path)]) == 0
+    # No pin: UNAUTHENTICATED first, exit 1, unless asked for the self-consistency checks alone.
+    assert main(["audit", "verify", str(path)]) == 1
+    assert capsys.readouterr().out.startswith("UNAUTHENTICATED")
+    assert main(["audit", "verify", str(path), "--unauthenticated"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK") and "self-consistent, unauthenticated" in out and "trusted key" not in out
+    assert out.startswith("UNAUTHENTICATED") and "self-consistent, unauthenticated" in out
+    assert "signature valid" not in out and "trusted key" not in out
     assert ".pub" not in out  # never suggests a key shipped beside the report
-    fingerprint = grouped_fingerprint(load_or_create_signing_key(key_path))
-    for pin in (fingerprint, str(public_key_path(key_path))):
-        assert main(["audit", "verify", str(path), "--trusted-key", pin]) == 0
+    key = load_or_create_signing_key(key_path)
+    for option, pin in (
+        ("--trusted-key", grouped_fingerprint(key)),
+        ("--trusted-key", key_fingerprint(key)),
+        ("--trusted-key-file", str(public_key_path(key_path))),
+    ):
+        assert main(["audit", "verify", str(path), option, pin]) == 0
         assert "signature valid: authenticated" in capsys.readouterr().out
     other = key_fingerprint(Ed25519PrivateKey.generate())
     assert main(["audit", "verify", str(path), "--trusted-key", other, "--json"]) == 1
@@ -139,14 +167,15 @@ def test_audit_verify_authenticates_only_against_a_pinned_key(
 
 
 def test_audit_verify_pins_participants_keys(signed_report: tuple[Path, Path], capsys) -> None:
-    path, _ = signed_report
-    assert main(["audit", "verify", str(path)]) == 0
+    path, key_path = signed_report
+    trusted = ["--trusted-key", key_fingerprint(load_or_create_signing_key(key_path))]
+    assert main(["audit", "verify", str(path), *trusted]) == 0
     assert "statement of site-a: 1 events" in capsys.readouterr().out
     pin = f"site-a={key_fingerprint(SITE_KEY)}"
-    outcome = _json_out(capsys, ["audit", "verify", str(path), "--participant-key", pin, "--json"])
+    outcome = _json_out(capsys, ["audit", "verify", str(path), *trusted, "--participant-key", pin, "--json"])
     assert outcome["statements"][0]["authenticated"] is True
     wrong = f"site-a={key_fingerprint(Ed25519PrivateKey.generate())}"
-    assert main(["audit", "verify", str(path), "--participant-key", wrong, "--json"]) == 1
+    assert main(["audit", "verify", str(path), *trusted, "--participant-key", wrong, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["field"] == "participant_statements[0].public_key"
 
 
@@ -162,7 +191,7 @@ def test_audit_verify_refuses_a_threat_model_the_ledger_contradicts(
     data.pop("signature")
     forged = tmp_path / "forged.json"
     forged.write_text(sign_report(PrivacyReport.model_validate(data), Ed25519PrivateKey.generate()).to_json())
-    assert main(["audit", "verify", str(forged), "--json"]) == 1
+    assert main(["audit", "verify", str(forged), "--unauthenticated", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["field"] == "threat_model.participants"
 
 
@@ -174,7 +203,7 @@ def test_audit_verify_names_the_tampered_field(
     data["guarantees"][0]["epsilon"] = 1.0
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(data), encoding="utf-8")
-    assert main(["audit", "verify", str(tampered), "--json"]) == 1
+    assert main(["audit", "verify", str(tampered), "--unauthenticated", "--json"]) == 1
     outcome = json.loads(capsys.readouterr().out)
     assert outcome == {"ok": False, "field": "guarantees[0].epsilon", "error": outcome["error"]}
 
@@ -182,13 +211,15 @@ def test_audit_verify_names_the_tampered_field(
 def test_audit_show_renders_markdown_and_html(
     signed_report: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
-    path, _ = signed_report
-    assert main(["audit", "show", str(path)]) == 0
+    path, key_path = signed_report
+    trusted = ["--trusted-key", key_fingerprint(load_or_create_signing_key(key_path))]
+    assert main(["audit", "show", str(path), *trusted]) == 0
     out = capsys.readouterr().out
-    assert "# Privacy report `cli-run`" in out and "UNVERIFIED" not in out
-    assert "self-consistent, unauthenticated" in out and "Participant statements" in out
+    assert out.startswith("**verified: every figure recomputed, signature valid, authenticated")
+    assert "# Privacy report `cli-run`" in out and "UNVERIFIED" not in out and "UNAUTHENTICATED" not in out
+    assert "Participant statements" in out and "site-a (run); site-b (run); site-c (run)" in out
     page = tmp_path / "report.html"
-    assert main(["audit", "show", str(path), "--format", "html", "--output", str(page)]) == 0
+    assert main(["audit", "show", str(path), *trusted, "--format", "html", "--output", str(page)]) == 0
     assert "<table>" in page.read_text(encoding="utf-8")
 
 
@@ -200,7 +231,7 @@ def test_audit_show_puts_unverified_first_for_a_tampered_report(
     data["guarantees"][0]["epsilon"] = 1.0
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(data), encoding="utf-8")
-    assert main(["audit", "show", str(tampered)]) == 1
+    assert main(["audit", "show", str(tampered), "--unauthenticated"]) == 1
     captured = capsys.readouterr()
     assert captured.out.startswith("**UNVERIFIED") and "guarantees[0].epsilon" in captured.out.splitlines()[0]
     assert captured.err.startswith("UNVERIFIED")
