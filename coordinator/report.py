@@ -29,9 +29,12 @@ SERVICE_TRANSPORT = "gRPC over mutual TLS (fedprune coordinator / participant)"
 
 FEDSPALLM_EXCLUSION = (
     "fedspallm: the coordinator also learns per-block sums of the kept weights' updates (with the keep-vote "
-    "counts, over the same survivors); randomized response covers the keep-vote counts only, the weight sums "
-    "are covered by secure aggregation and, as post-processing, by the record-level DP of the calibration "
-    "statistics (none without it)"
+    "counts, over the same survivors). Randomized response covers the keep-vote counts only: where one "
+    "participant votes keep, the update sum is that participant's own update, nonzero exactly where its raw "
+    "(unrandomized) bit is keep, so its vote's randomization does not hide that bit, and no amplified "
+    "aggregation epsilon is claimed. The weight sums are covered by secure aggregation (hidden among two or "
+    "more keep-voters) and, as post-processing, by the record-level DP of the calibration statistics (none "
+    "without it)"
 )
 
 

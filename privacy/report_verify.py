@@ -447,9 +447,9 @@ def _statement_rows(report: PrivacyReport, verification: VerifiedReport | None) 
         if check is None:
             status = "not verified"
         elif check.authenticated:
-            status = "signature valid, authenticated (pinned key)"
+            status = "authenticated: signed by the key pinned for this site"
         else:
-            status = f"signature valid, {UNAUTHENTICATED}"
+            status = f"{UNAUTHENTICATED}: checked only under the key it carries (no key pinned for this site)"
         rows.append(
             [
                 statement.participant,

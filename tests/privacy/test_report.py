@@ -341,7 +341,9 @@ def test_a_re_signed_threat_model_that_contradicts_the_ledger_fails(
     assert error.value.field == field or (error.value.field == "threat_model" and field in str(error.value))
 
 
-@pytest.mark.parametrize("missing", ["participants", "threshold", "survivors", "colluders", "contributors", "summed"])
+@pytest.mark.parametrize(
+    "missing", ["participants", "threshold", "survivors", "colluders", "contributors", "summed"]
+)
 def test_secure_aggregation_events_must_record_the_session(missing: str) -> None:
     event = _secagg(participants=4, threshold=3, survivors=4, colluders=2)
     parameters = {k: v for k, v in event.parameters.items() if k != missing}
@@ -382,7 +384,9 @@ def test_write_signed_report_uses_the_long_term_key(signed_json: str, tmp_path) 
     signers = {PrivacyReport.from_json(p.read_text()).signature.public_key for p in (first, second)}
     assert len(signers) == 1  # the same long-term key, not one per run
     pin = TrustedKey.from_key_file(str(key_path) + ".pub")
-    assert verify_report(first.read_text(), trusted_public_key=pin, allow_missing_statements=True).signer_trusted
+    assert verify_report(
+        first.read_text(), trusted_public_key=pin, allow_missing_statements=True
+    ).signer_trusted
     assert not list(tmp_path.glob("*.pub"))  # no key ships beside the report
 
 
@@ -415,7 +419,9 @@ def test_statements_verify_and_pinned_ones_are_authenticated(with_statement: str
     unpinned = verify_report(with_statement, allow_missing_statements=True)
     assert [(s.participant, s.authenticated) for s in unpinned.statements] == [("site-a", False)]
     pinned = verify_report(
-        with_statement, trusted_participant_keys={"site-a": SITE_KEY.public_key()}, allow_missing_statements=True
+        with_statement,
+        trusted_participant_keys={"site-a": SITE_KEY.public_key()},
+        allow_missing_statements=True,
     )
     assert pinned.statements[0].authenticated
     assert pinned.unattested_participants == ("site-b", "site-c", "site-d")
@@ -523,3 +529,109 @@ def test_the_report_says_it_covers_one_run_and_how_runs_compose(signed_json: str
     with pytest.raises(ReportVerificationError) as error:
         verify_report(_resigned(signed_json, lambda d: d.__setitem__("composition_across_runs", "none"), KEY))
     assert error.value.field == "composition_across_runs"
+
+
+# -- the aggregation bound only where its assumption holds; the aborts the coordinator sees ---------------
+
+
+def _large_vote_ledger(summed: str) -> PrivacyLedger:
+    ledger = PrivacyLedger()
+    rr = RandomizedResponse(epsilon0=1.0)
+    ledger.record(
+        MechanismEvent(
+            mechanism=Mechanism.RANDOMIZED_RESPONSE,
+            participant="site-00000",
+            count=10,
+            parameters={
+                "epsilon0": rr.epsilon0,
+                "requested_epsilon0": 1.0,
+                "threshold": rr.threshold,
+                "threshold_bits": 32,
+                "flip_probability": rr.flip_probability,
+            },
+        )
+    )
+    ledger.record(_secagg(participants=1_000, threshold=501, survivors=1_000, colluders=0, summed=summed))
+    return ledger
+
+
+def test_no_amplified_epsilon_where_the_weight_updates_are_summed_too() -> None:
+    threat = ThreatModel(participants=1_000, secure_aggregation_threshold=501, max_colluding_participants=0)
+    votes = build_report(ledger=_large_vote_ledger("keep_votes"), threat_model=threat, delta=1e-5, run_id="v")
+    amplified = votes.guarantees[-1]
+    assert amplified.layer == "aggregation" and amplified.details["valid"] is True
+    assert amplified.epsilon is not None and 0 < amplified.epsilon < 1.0  # n = 1,000, eps0 = 1: amplified
+    spallm = build_report(
+        ledger=_large_vote_ledger("keep_votes_and_weight_updates"),
+        threat_model=threat,
+        delta=1e-5,
+        run_id="s",
+    )
+    bound = spallm.guarantees[-1]
+    assert bound.layer == "aggregation" and bound.details["valid"] is False
+    assert bound.epsilon is None and set(bound.epsilon_at.values()) == {None}
+    assert "weight updates" in str(bound.details["reason"]) and "raw bit" in str(bound.details["reason"])
+    assert "does not hold in this run" in bound.assumptions[0]
+    # A coordinator that re-signs the FedSpaLLM report with the amplified figure is caught by recomputation.
+    claimed = amplified.model_copy(update={"assumptions": bound.assumptions})
+    forged = spallm.model_copy(update={"guarantees": [*spallm.guarantees[:-1], claimed]})
+    with pytest.raises(ReportVerificationError) as error:
+        verify_report(sign_report(forged, KEY), allow_missing_statements=True)
+    assert error.value.field == f"guarantees[{len(spallm.guarantees) - 1}].epsilon"
+
+
+def test_the_service_reports_no_amplification_for_fedspallm() -> None:
+    from coordinator.report import build_run_report, secure_aggregation_event
+    from privacy.report import SummedInputs
+
+    ledger = _large_vote_ledger("keep_votes")
+    site = sign_participant_statement(
+        participant="site-00000", run_id="svc", events=[ledger.entries[0].event], private_key=SITE_KEY
+    )
+    for recipe, summed, valid in (
+        ("fedprllm", SummedInputs.KEEP_VOTES, True),
+        ("fedspallm", SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES, False),
+    ):
+        event = secure_aggregation_event(
+            block=0,
+            coordinates=10,
+            participants=1_000,
+            threshold=501,
+            contributors=[f"site-{i:05d}" for i in range(1_000)],
+            colluders=0,
+            summed=summed,
+        )
+        report = build_run_report(
+            run_id="svc",
+            participants=1_000,
+            threshold=501,
+            colluders=0,
+            delta=1e-5,
+            accountant_tolerance=0.15,
+            record_level_dp=False,
+            statements=[site],
+            coordinator_events=[event],
+            recipe=recipe,
+        )
+        assert report.guarantees[-1].details["valid"] is valid
+        if not valid:
+            assert any("raw (unrandomized) bit" in text for text in report.exclusions)
+
+
+def test_the_threat_model_states_the_data_dependent_aborts(signed_json: str) -> None:
+    from privacy.report import DATA_DEPENDENT_ABORTS
+    from pruning.data import MIN_WINDOW_TOKENS
+
+    report = PrivacyReport.from_json(signed_json)
+    assert report.threat_model.data_dependent_aborts == DATA_DEPENDENT_ABORTS
+    assert f"no document holds {MIN_WINDOW_TOKENS} or more tokens" in DATA_DEPENDENT_ABORTS
+    assert "nsamples" in DATA_DEPENDENT_ABORTS and "drop-out is visible" in DATA_DEPENDENT_ABORTS
+    markdown = render_markdown(report, verification=verify_report(report, allow_missing_statements=True))
+    assert "data-dependent aborts" in markdown
+    with pytest.raises(ReportVerificationError) as error:
+        verify_report(
+            _resigned(
+                signed_json, lambda d: d["threat_model"].__setitem__("data_dependent_aborts", "none"), KEY
+            )
+        )
+    assert error.value.field == "threat_model.data_dependent_aborts"

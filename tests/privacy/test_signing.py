@@ -87,7 +87,10 @@ def test_a_planted_file_named_after_a_fingerprint_is_never_the_pin(tmp_path: Pat
     pem = forger.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     for name in (key_fingerprint(operator), key_fingerprint(operator)[:32]):
         (tmp_path / name).write_bytes(pem)
-        for pin in (TrustedKey.parse(name), *(() if len(name) < 64 else (TrustedKey.from_fingerprint(name),))):
+        for pin in (
+            TrustedKey.parse(name),
+            *(() if len(name) < 64 else (TrustedKey.from_fingerprint(name),)),
+        ):
             assert pin.matches(operator.public_key()) and not pin.matches(forger.public_key())
 
 
