@@ -230,7 +230,8 @@ def run_verify(args: argparse.Namespace) -> int:
     if verified.signer_trusted:
         lines = [f"OK {args.report}: {checks}, signature valid: {verified.authentication}"]
     else:
-        lines = [f"UNAUTHENTICATED {args.report}: {checks}; {verified.authentication}"]
+        said = verified.authentication.removeprefix("UNAUTHENTICATED: ")
+        lines = [f"UNAUTHENTICATED {args.report}: {checks}; {said}"]
     for check in verified.statements:
         status = "authenticated (pinned key)" if check.authenticated else "self-consistent, unauthenticated"
         lines.append(
