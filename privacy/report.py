@@ -24,11 +24,17 @@ same data add up); budgets across runs are kept by :mod:`privacy.budget`.
 Guarantees (one per layer and participant, see docs/PRIVACY.md):
 
 * ``calibration_statistics``: unit one calibration document, add/remove-one; the releases of one
-  participant composed with Opacus RDP and PRV, the larger reported. Masks, votes and the pruned model are
-  post-processing, so this is the record-level guarantee of everything the participant sends.
+  participant composed with Opacus RDP and PRV, the larger reported. Masks, votes, weight updates and the
+  pruned model are post-processing, so it covers everything the participant computes from its statistics;
+  not whether it completes the run (``ThreatModel.data_dependent_aborts``).
 * ``mask_bits``: unit one participant's randomized mask; eps0 per coordinate (pure DP) and the exact
   optimal composition over all k coordinates it randomized. Never summarised as "eps0-DP".
-* ``aggregation``: the shuffle-model bound for one coordinate's sum, only where valid, with assumptions.
+* ``aggregation``: the shuffle-model bound for one coordinate's sum, only where valid, with assumptions;
+  never valid where a session also summed weight updates (``SummedInputs``), whose sums show a lone
+  keep-voter's raw bit.
+
+Each secure-aggregation event names its contributors (:func:`contributors_parameter`), so the report
+lists every site whose input was summed; ``audit verify`` fails on one without a signed statement.
 """
 
 from __future__ import annotations
