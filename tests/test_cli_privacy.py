@@ -170,7 +170,9 @@ def test_audit_verify_authenticates_only_against_a_pinned_key(
     assert json.loads(capsys.readouterr().out)["field"] == "signature.public_key"
 
 
-def test_audit_verify_pins_participants_keys(signed_report: tuple[Path, Path], capsys) -> None:
+def test_audit_verify_pins_participants_keys(
+    signed_report: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
     path, key_path = signed_report
     trusted = ["--trusted-key", key_fingerprint(load_or_create_signing_key(key_path))]
     assert main(["audit", "verify", str(path), *trusted]) == 0
@@ -181,6 +183,15 @@ def test_audit_verify_pins_participants_keys(signed_report: tuple[Path, Path], c
     wrong = f"site-a={key_fingerprint(Ed25519PrivateKey.generate())}"
     assert main(["audit", "verify", str(path), *trusted, "--participant-key", wrong, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["field"] == "participant_statements[0].public_key"
+    # A site's key file goes under its own option; under --participant-key it is refused, never read.
+    site_file = tmp_path / "site-a.pub"
+    site_file.write_bytes(SITE_KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    by_file = ["--participant-key-file", f"site-a={site_file}", "--json"]
+    assert _json_out(capsys, ["audit", "verify", str(path), *trusted, *by_file])["statements"][0][
+        "authenticated"
+    ]
+    assert main(["audit", "verify", str(path), *trusted, "--participant-key", f"site-a={site_file}"]) == 2
+    assert "--participant-key-file" in capsys.readouterr().err
 
 
 def test_audit_verify_refuses_a_threat_model_the_ledger_contradicts(
