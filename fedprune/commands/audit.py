@@ -134,7 +134,7 @@ def _pins(args: argparse.Namespace) -> tuple[TrustedKey | None, dict[str, Truste
     if args.trusted_key is not None:
         coordinator = _pin(args.trusted_key, option="--trusted-key", from_file=False)
     elif args.trusted_key_file is not None:
-        coordinator = _pin(str(args.trusted_key_file), option="--trusted-key", from_file=True)
+        coordinator = _pin(str(args.trusted_key_file), option="--trusted-key-file", from_file=True)
     participants: dict[str, TrustedKey] = {}
     for option, items, from_file in (
         ("--participant-key", args.participant_key, False),
@@ -147,7 +147,7 @@ def _pins(args: argparse.Namespace) -> tuple[TrustedKey | None, dict[str, Truste
                 raise CommandError(f"{option} expects NAME={value}, got {item!r}")
             if name in participants:
                 raise CommandError(f"{option}: {name!r} is pinned twice")
-            participants[name] = _pin(key, option="--participant-key", from_file=from_file)
+            participants[name] = _pin(key, option=option, from_file=from_file)
     return coordinator, participants
 
 
