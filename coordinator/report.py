@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
-from privacy.report import PrivacyReport, ThreatModel, build_report, write_signed_report
+from privacy.report import (
+    PrivacyReport,
+    SummedInputs,
+    ThreatModel,
+    build_report,
+    contributors_parameter,
+    write_signed_report,
+)
 from privacy.signing import ParticipantStatement, StatementError, verify_statement_signature
 
 logger = logging.getLogger(__name__)
@@ -22,16 +29,30 @@ SERVICE_TRANSPORT = "gRPC over mutual TLS (fedprune coordinator / participant)"
 
 FEDSPALLM_EXCLUSION = (
     "fedspallm: the coordinator also learns per-block sums of the kept weights' updates (with the keep-vote "
-    "counts, over the same survivors); randomized response covers the keep-vote counts only, the weight sums "
-    "are covered by secure aggregation and, as post-processing, by the record-level DP of the calibration "
-    "statistics (none without it)"
+    "counts, over the same survivors). Randomized response covers the keep-vote counts only: where one "
+    "participant votes keep, the update sum is that participant's own update, nonzero exactly where its raw "
+    "(unrandomized) bit is keep, so its vote's randomization does not hide that bit, and no amplified "
+    "aggregation epsilon is claimed. The weight sums are covered by secure aggregation (hidden among two or "
+    "more keep-voters) and, as post-processing, by the record-level DP of the calibration statistics (none "
+    "without it)"
 )
 
 
 def secure_aggregation_event(
-    *, block: int, coordinates: int, participants: int, threshold: int, survivors: int, colluders: int
+    *,
+    block: int,
+    coordinates: int,
+    participants: int,
+    threshold: int,
+    contributors: Sequence[str],
+    colluders: int,
+    summed: SummedInputs = SummedInputs.KEEP_VOTES,
 ) -> MechanismEvent:
-    """Return the coordinator's ledger event for block ``block``'s secure-aggregation session."""
+    """Return the coordinator's ledger event for block ``block``'s secure-aggregation session.
+
+    ``contributors`` are the names of the survivors whose inputs were summed: the report lists each of
+    them, with its signed statement or a line saying it sent none. ``summed`` says what the sum showed.
+    """
     return MechanismEvent(
         mechanism=Mechanism.SECURE_AGGREGATION,
         participant="*",
@@ -41,8 +62,10 @@ def secure_aggregation_event(
         parameters={
             "participants": participants,
             "threshold": threshold,
-            "survivors": survivors,
+            "survivors": len(set(contributors)),
             "colluders": colluders,
+            "contributors": contributors_parameter(contributors),
+            "summed": summed.value,
         },
     )
 

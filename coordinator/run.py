@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from coordinator.report import (
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.randomized_response import RandomizedResponse
-from privacy.report import tolerated_colluders
+from privacy.report import SummedInputs, tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.messages import (
@@ -617,6 +617,7 @@ class CoordinatorRun:
             result.keep_votes,
             contributors=len(result.contributors),
             session_participants=len(members),
+            contributor_names=[session.names[p] for p in result.contributors],
         )
         return result.keep_votes
 
@@ -628,6 +629,7 @@ class CoordinatorRun:
         *,
         contributors: int,
         session_participants: int,
+        contributor_names: Sequence[str],
     ) -> None:
         weights = {
             qualified_name(i, name): sub.weight() for i, name, sub in iter_prunable(self.model) if i == block
@@ -651,11 +653,15 @@ class CoordinatorRun:
         event = secure_aggregation_event(
             block=block,
             coordinates=layout.dimension,
-            # FedSpaLLM: the block's own subset (the report states how many, never who, pruned each block).
+            # FedSpaLLM: the block's own subset; the event names the survivors, so the report can list every
+            # site whose input was summed, statement or not.
             participants=session_participants if self._codec is not None else self.participants,
             threshold=self.threshold,
-            survivors=contributors,
+            contributors=contributor_names,
             colluders=self.colluders,
+            summed=SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES
+            if self._codec is not None
+            else SummedInputs.KEEP_VOTES,
         )
         if self.config.run.weight_scaling and isinstance(counts, np.memmap):
             counts.flush()  # the counts are read back when the model is written, possibly after a restart
@@ -765,7 +771,11 @@ class CoordinatorRun:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     missing = sorted(wanted - set(self.state.statements()))
-                    logger.warning("no signed statement from %s: only the coordinator attests them", missing)
+                    logger.warning(
+                        "no signed statement from %s: the report lists them without one, and audit verify "
+                        "fails on it unless the auditor allows missing statements",
+                        missing,
+                    )
                     break
                 self._cond.wait(remaining)
 

@@ -34,7 +34,7 @@ from privacy.calibration_dp import DEFAULT_TARGET_EPSILON, DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
-from privacy.report import tolerated_colluders
+from privacy.report import SummedInputs, contributors_parameter, tolerated_colluders
 from privacy.secagg import SessionContext, aggregate_in_process, resolve_threshold
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,10 @@ class PrivateVoteAggregation:
                         # In one process nobody drops out: every participant's vector is in the sum.
                         "survivors": self.participants,
                         "colluders": self.colluders,
+                        "contributors": contributors_parameter(
+                            participant_name(i) for i in range(self.participants)
+                        ),
+                        "summed": SummedInputs.KEEP_VOTES.value,
                     },
                 )
             )
@@ -333,7 +337,9 @@ class PrivateBlockAggregation:
             )
         return self._sites[member]
 
-    def _sum(self, vectors: list[np.ndarray], *, block: int, max_input: int | None = None) -> np.ndarray:
+    def _sum(
+        self, vectors: list[np.ndarray], *, block: int, members: Sequence[int], max_input: int | None = None
+    ) -> np.ndarray:
         if not self.settings.secure_aggregation:
             return np.sum(np.stack(vectors).astype(np.int64), axis=0)
         from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
@@ -358,6 +364,8 @@ class PrivateBlockAggregation:
                     "threshold": self.threshold,
                     "survivors": len(vectors),
                     "colluders": self.colluders,
+                    "contributors": contributors_parameter(participant_name(m) for m in members),
+                    "summed": SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES.value,
                 },
             )
         )
@@ -395,7 +403,7 @@ class PrivateBlockAggregation:
             inputs, clipped = encode_votes_and_updates(codec, layout, bits, result, base_weights)
             self.clipped += clipped
             vectors.append(inputs)
-        packed_sums = self._sum(vectors, block=block, max_input=codec.max_input)
+        packed_sums = self._sum(vectors, block=block, members=members, max_input=codec.max_input)
         decoded = decode_votes_and_updates(
             codec, layout, packed_sums, base_weights, contributors=k, flip_probability=self.flip_probability
         )

@@ -24,17 +24,25 @@ same data add up); budgets across runs are kept by :mod:`privacy.budget`.
 Guarantees (one per layer and participant, see docs/PRIVACY.md):
 
 * ``calibration_statistics``: unit one calibration document, add/remove-one; the releases of one
-  participant composed with Opacus RDP and PRV, the larger reported. Masks, votes and the pruned model are
-  post-processing, so this is the record-level guarantee of everything the participant sends.
+  participant composed with Opacus RDP and PRV, the larger reported. Masks, votes, weight updates and the
+  pruned model are post-processing, so it covers everything the participant computes from its statistics;
+  not whether it completes the run (``ThreatModel.data_dependent_aborts``).
 * ``mask_bits``: unit one participant's randomized mask; eps0 per coordinate (pure DP) and the exact
   optimal composition over all k coordinates it randomized. Never summarised as "eps0-DP".
-* ``aggregation``: the shuffle-model bound for one coordinate's sum, only where valid, with assumptions.
+* ``aggregation``: the shuffle-model bound for one coordinate's sum, only where valid, with assumptions;
+  never valid where a session also summed weight updates (``SummedInputs``), whose sums show a lone
+  keep-voter's raw bit.
+
+Each secure-aggregation event names its contributors (:func:`contributors_parameter`), so the report
+lists every site whose input was summed; ``audit verify`` fails on one without a signed statement.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
+import json
 import logging
 import math
 import os
@@ -70,6 +78,14 @@ ACROSS_RUNS = (
     "participant whose records took part in several runs has spent, by basic composition, the sum of the "
     "runs' epsilons and the sum of their deltas (conservative; tighter composition exists). This report "
     "does not show that total; each participant's lifetime budget ledger does."
+)
+DATA_DEPENDENT_ABORTS = (
+    "Whether each site completes the run depends on its data, and the coordinator sees it: a site that "
+    "joined stops before its first secure-aggregation session, and drops out of the run, when its "
+    "calibration file fails a data check: under record-level DP, no document holds 8 or more tokens; "
+    "without record-level DP, the file holds fewer tokens than one window or fewer windows than nsamples; "
+    "under either, a token outside the model's vocabulary or a window longer than the model's context. "
+    "The reason is not sent, but the drop-out is visible, and no guarantee of this report covers it."
 )
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 _LIBRARIES = ("fedprune", "torch", "opacus", "cryptography", "numpy", "pydantic", "transformers")
@@ -123,6 +139,10 @@ class ThreatModel(_Frozen):
     )
     input_validity_proof: bool = False
     transport: str = "gRPC over mutual TLS"
+    data_dependent_aborts: str = Field(
+        default=DATA_DEPENDENT_ABORTS,
+        description="what the coordinator observes of a site's data outside every guarantee: the aborts",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -168,7 +188,59 @@ class ThreatModel(_Frozen):
         return self
 
 
-SECURE_AGGREGATION_PARAMETERS = ("participants", "threshold", "survivors", "colluders")
+SECURE_AGGREGATION_PARAMETERS = (
+    "participants",
+    "threshold",
+    "survivors",
+    "colluders",
+    "contributors",
+    "summed",
+)
+_INTEGER_PARAMETERS = ("participants", "threshold", "survivors", "colluders")
+
+
+class SummedInputs(str, enum.Enum):
+    """What one secure-aggregation session summed, i.e. what its sum shows the coordinator."""
+
+    KEEP_VOTES = "keep_votes"
+    """FedPrLLM: per coordinate, the number of (randomized) keep-votes; nothing else."""
+    KEEP_VOTES_AND_WEIGHT_UPDATES = "keep_votes_and_weight_updates"
+    """FedSpaLLM: the keep-vote counts and, beside them, the sums of the keep-voters' weight updates."""
+
+
+AMPLIFICATION_INVALID_WITH_UPDATES = (
+    "bound not claimed: the sessions also summed the keep-voters' weight updates (FedSpaLLM), and where "
+    "one participant votes keep the update sum is that participant's own update, nonzero exactly where its "
+    "raw bit is keep, so the coordinator sees more than the sum of randomized keep-votes that the bound "
+    "assumes"
+)
+
+
+def contributors_parameter(names: Iterable[str]) -> str:
+    """Return the ``contributors`` parameter of a secure-aggregation event: the sorted names, as JSON.
+
+    JSON (not a separator-joined string) so that any certificate name survives the round trip.
+    """
+    listed = sorted(set(names))
+    return json.dumps(listed, separators=(",", ":"), ensure_ascii=False)
+
+
+def _parse_contributors(value: object, *, where: str, survivors: int) -> tuple[str, ...]:
+    try:
+        names = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and n != "*" for n in names):
+        raise ReportVerificationError(
+            where, "must be a JSON list of the names of the participants whose inputs were summed"
+        )
+    if names != sorted(set(names)):
+        raise ReportVerificationError(where, "must list each name once, sorted")
+    if len(names) != survivors:
+        raise ReportVerificationError(
+            where, f"lists {len(names)} names; the session had {survivors} survivors"
+        )
+    return tuple(names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +254,9 @@ class SecureAggregationSession:
     """Participants whose inputs were summed."""
     colluders: int
     """Participants assumed to collude with the coordinator (c)."""
+    contributors: tuple[str, ...] = ()
+    """The survivors by name: every site whose input is in this session's sum."""
+    summed: SummedInputs = SummedInputs.KEEP_VOTES
     block: int | None = None
     """The decoder block the session summed, when the event names one."""
 
@@ -190,7 +265,8 @@ def secure_aggregation_sessions(entries: Sequence[LedgerEntry]) -> list[SecureAg
     """Return the ledger's secure-aggregation sessions; raise ReportVerificationError naming a bad parameter.
 
     Each event must carry exactly ``participants``, ``threshold``, ``survivors`` and ``colluders`` as
-    integers with 0 <= colluders < threshold <= survivors <= participants.
+    integers with 0 <= colluders < threshold <= survivors <= participants, ``contributors`` (the
+    survivors' names, see :func:`contributors_parameter`) and ``summed`` (a :class:`SummedInputs`).
     """
     sessions: list[SecureAggregationSession] = []
     for position, entry in enumerate(entries):
@@ -200,24 +276,32 @@ def secure_aggregation_sessions(entries: Sequence[LedgerEntry]) -> list[SecureAg
         where = f"ledger[{position}].parameters"
         params = event.parameters
         for name in SECURE_AGGREGATION_PARAMETERS:
-            value = params.get(name)
-            if value is None:
+            if params.get(name) is None:
                 raise ReportVerificationError(
                     f"{where}.{name}",
                     "missing: secure_aggregation events must record "
                     + ", ".join(SECURE_AGGREGATION_PARAMETERS),
                 )
+        for name in _INTEGER_PARAMETERS:
+            value = params[name]
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ReportVerificationError(f"{where}.{name}", f"must be an integer, got {value!r}")
         unexpected = sorted(set(params) - set(SECURE_AGGREGATION_PARAMETERS))
         if unexpected:
             raise ReportVerificationError(f"{where}.{unexpected[0]}", "is not a secure_aggregation parameter")
+        try:
+            summed = SummedInputs(params["summed"])
+        except ValueError:
+            raise ReportVerificationError(
+                f"{where}.summed", f"must be one of {', '.join(s.value for s in SummedInputs)}"
+            ) from None
         session = SecureAggregationSession(
             position=position,
             participants=int(params["participants"]),
             threshold=int(params["threshold"]),
             survivors=int(params["survivors"]),
             colluders=int(params["colluders"]),
+            summed=summed,
             block=event.block,
         )
         if not 1 <= session.threshold <= session.participants:
@@ -227,8 +311,21 @@ def secure_aggregation_sessions(entries: Sequence[LedgerEntry]) -> list[SecureAg
             raise ReportVerificationError(f"{where}.survivors", "must be in [threshold, participants]")
         if not 0 <= session.colluders < session.threshold:
             raise ReportVerificationError(f"{where}.colluders", "must be in [0, threshold - 1]")
-        sessions.append(session)
+        contributors = _parse_contributors(
+            params["contributors"], where=f"{where}.contributors", survivors=session.survivors
+        )
+        sessions.append(dataclasses.replace(session, contributors=contributors))
     return sessions
+
+
+def contributions(sessions: Sequence[SecureAggregationSession]) -> dict[str, tuple[int | None, ...]]:
+    """Return, for every site whose input was summed in any session, the blocks of those sessions."""
+    blocks: dict[str, list[int | None]] = defaultdict(list)
+    for session in sessions:
+        for name in session.contributors:
+            if session.block not in blocks[name]:
+                blocks[name].append(session.block)
+    return {name: tuple(found) for name, found in sorted(blocks.items())}
 
 
 def derive_minimum_honest_survivors(
@@ -242,6 +339,10 @@ def derive_minimum_honest_survivors(
 
 def check_threat_model(threat_model: ThreatModel, entries: Sequence[LedgerEntry]) -> None:
     """Return None when the threat model agrees with the ledger; raise ReportVerificationError naming the field."""
+    if threat_model.data_dependent_aborts != DATA_DEPENDENT_ABORTS:
+        raise ReportVerificationError(
+            "threat_model.data_dependent_aborts", "is not the statement this version makes"
+        )
     sessions = secure_aggregation_sessions(entries)
     c = threat_model.max_colluding_participants
     assert c is not None  # filled in by the model's validator
@@ -281,6 +382,13 @@ def check_threat_model(threat_model: ThreatModel, entries: Sequence[LedgerEntry]
         raise ReportVerificationError(
             "threat_model.participants",
             f"is {threat_model.participants}, but the ledger has events of {len(names)} participants",
+        )
+    summed = set(contributions(sessions))
+    if len(summed) > threat_model.participants:
+        raise ReportVerificationError(
+            "threat_model.participants",
+            f"is {threat_model.participants}, but the secure-aggregation sessions summed the inputs of "
+            f"{len(summed)} participants",
         )
 
 
@@ -496,13 +604,22 @@ def compute_guarantees(
                 assumptions=["one noisy bit per weight per run; largest eps0 used when they differ"],
             )
         )
-    has_sums = any(e.event.mechanism is Mechanism.SECURE_AGGREGATION for e in entries)
-    if rr_usage and has_sums:
+    sessions = secure_aggregation_sessions(entries)
+    if rr_usage and sessions:
         epsilon0 = max(e0 for e0, _ in rr_usage.values())
         honest = threat_model.minimum_honest_survivors or 0
         bounds = [
             accounting.shuffle_amplification(epsilon0=epsilon0, honest_voters=honest, delta=d) for d in deltas
         ]
+        assumptions = list(accounting.SHUFFLE_ASSUMPTIONS)
+        if any(s.summed is not SummedInputs.KEEP_VOTES for s in sessions):
+            # The bound's first assumption is false: the coordinator also sees the weight-update sums,
+            # which show a lone keep-voter's raw bit. No amplified figure at any delta.
+            bounds = [
+                dataclasses.replace(b, valid=False, epsilon=None, reason=AMPLIFICATION_INVALID_WITH_UPDATES)
+                for b in bounds
+            ]
+            assumptions[0] += " (does not hold in this run: the weight-update sums are seen too)"
         guarantees.append(
             Guarantee(
                 layer="aggregation",
@@ -518,7 +635,7 @@ def compute_guarantees(
                     "epsilon0": epsilon0,
                     "honest_voters": honest,
                 },
-                assumptions=list(accounting.SHUFFLE_ASSUMPTIONS),
+                assumptions=assumptions,
             )
         )
     return guarantees
@@ -612,7 +729,10 @@ def write_signed_report(report: PrivacyReport, signing_key_path: str | Path, out
 
     key = load_or_create_signing_key(signing_key_path)
     signed = sign_report(report, key)
-    verify_report(signed, trusted_public_key=TrustedKey.from_public_key(key.public_key()))
+    # A site that sent no statement is listed as such in the report, not a reason to withhold it.
+    verify_report(
+        signed, trusted_public_key=TrustedKey.from_public_key(key.public_key()), allow_missing_statements=True
+    )
     target = Path(out)
     if target.is_dir():
         target = target / "privacy_report.json"

@@ -2,7 +2,8 @@
 
 Public API::
 
-    verify_report(report_or_json, trusted_public_key=None, trusted_participant_keys=None) -> VerifiedReport
+    verify_report(report_or_json, trusted_public_key=None, trusted_participant_keys=None,
+                  allow_missing_statements=False) -> VerifiedReport
     check_unsigned(report, recompute=True) -> int   # every check but the signature (build_report runs it)
     ReportVerificationError.field                    # e.g. "guarantees[0].epsilon", "threat_model.participants"
     render_markdown(report, verification=, failure=) -> str;  render_html(...) -> str
@@ -12,11 +13,14 @@ Order of checks, each naming the first field that does not match: the schema (py
 and ``ledger_head``, the parameters each ledger event derives from others (RR eps0 and flip probability
 from the integer threshold; Gaussian per-statistic multipliers from the block multiplier and clip share;
 clip shares of one release with squares summing to at most 1; secure-aggregation events' participants,
-threshold, survivors and colluders), the run scope, the threat model against the secure-aggregation
-events (participants, threshold, colluders, and minimum honest survivors = smallest survivors - colluders),
-each participant statement (its signature, its run id, and its events equal to that participant's events
-in the ledger, so the coordinator cannot forge a site's claim), every guarantee recomputed from the ledger
-and ``inputs`` (relative tolerance 1e-4), and last the coordinator's Ed25519 signature over the whole.
+threshold, survivors, colluders, the survivors' names and what was summed), the run scope, the threat
+model against the secure-aggregation events (participants, threshold, colluders, and minimum honest
+survivors = smallest survivors - colluders), each participant statement (its signature, its run id, and
+its events equal to that participant's events in the ledger, so the coordinator cannot forge a site's
+claim), every guarantee recomputed from the ledger and ``inputs`` (relative tolerance 1e-4; the
+aggregation bound only where the sessions summed keep-votes alone), the coordinator's Ed25519 signature
+over the whole, and last that every site whose input was summed (or whose events the ledger holds) sent
+a signed statement, unless ``allow_missing_statements``.
 
 Authentication needs keys pinned out of band: ``trusted_public_key`` for the coordinator (a public key or
 a :class:`~privacy.signing.TrustedKey` fingerprint) and ``trusted_participant_keys`` (name -> pin) for the
@@ -47,6 +51,7 @@ from privacy.report import (
     ReportVerificationError,
     check_threat_model,
     compute_guarantees,
+    contributions,
     is_close,
     secure_aggregation_sessions,
 )
@@ -61,6 +66,8 @@ from privacy.signing import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MissingStatement",
+    "MissingStatementError",
     "ReportVerificationError",
     "StatementCheck",
     "VerifiedReport",
@@ -74,6 +81,19 @@ __all__ = [
 UNAUTHENTICATED = "self-consistent, unauthenticated"
 
 
+class MissingStatementError(ReportVerificationError):
+    """A site whose input was summed (or whose events the ledger holds) sent no signed statement."""
+
+    def __init__(self, missing: tuple[MissingStatement, ...]) -> None:
+        first = missing[0]
+        super().__init__(
+            "participant_statements",
+            f"has no statement by {first.participant!r} ({len(missing)} participant(s) without one): "
+            f"{first.meaning}",
+        )
+        self.missing = missing
+
+
 @dataclasses.dataclass(frozen=True)
 class StatementCheck:
     """A participant statement that verified, and whether its key was pinned by the auditor."""
@@ -82,6 +102,35 @@ class StatementCheck:
     fingerprint: str
     authenticated: bool
     events: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingStatement:
+    """A participant the report names (a contributor to a sum, or events in the ledger) without a statement."""
+
+    participant: str
+    blocks: tuple[int | None, ...]
+    """The blocks of the secure-aggregation sessions that summed its input (empty: none did)."""
+    has_events: bool
+    """Whether the ledger holds mechanism events of it (then attested by the coordinator alone)."""
+
+    @property
+    def meaning(self) -> str:
+        """Return what the missing statement means for this participant's guarantee, in words."""
+        if self.blocks:
+            where = ", ".join("the run" if b is None else str(b) for b in self.blocks)
+            summed = f"its input was summed in block(s) {where}, but it sent no signed statement"
+        else:
+            summed = "it sent no signed statement"
+        if self.has_events:
+            return (
+                f"{summed}: its events in the ledger, and so its guarantees in this report, rest on the "
+                "coordinator's word alone"
+            )
+        return (
+            f"{summed} and the ledger holds no event of it: this report states no guarantee for it, and "
+            "nothing here says which randomized response or record-level DP it applied"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +143,24 @@ class VerifiedReport:
     checked_figures: int
     signer_fingerprint: str = ""
     statements: tuple[StatementCheck, ...] = ()
-    unattested_participants: tuple[str, ...] = ()
-    """Participants with ledger events but no signed statement: only the coordinator attests them."""
+    missing_statements: tuple[MissingStatement, ...] = ()
+    """Participants that contributed to a sum or have ledger events, but sent no signed statement."""
+
+    @property
+    def unattested_participants(self) -> tuple[str, ...]:
+        """Return the names of the participants without a signed statement."""
+        return tuple(m.participant for m in self.missing_statements)
 
     @property
     def authentication(self) -> str:
         """Return what the coordinator's signature proves, in words."""
         if self.signer_trusted:
             return f"authenticated: signed by the pinned key {self.signer_fingerprint}"
-        return f"{UNAUTHENTICATED} (signer key fingerprint {self.signer_fingerprint})"
+        return (
+            f"UNAUTHENTICATED: {UNAUTHENTICATED} under the key embedded in the report (fingerprint "
+            f"{self.signer_fingerprint}); anyone can re-sign a forged report with a fresh key, so nothing "
+            "in it is vouched for until the coordinator's key is pinned"
+        )
 
 
 def _parse(report: PrivacyReport | str | bytes | dict[str, Any]) -> PrivacyReport:
@@ -171,7 +229,7 @@ def _compare_guarantees(report: PrivacyReport) -> int:
     checked = 0
     for index, (reported, expected) in enumerate(zip(report.guarantees, recomputed, strict=True)):
         where = f"guarantees[{index}]"
-        for name in ("layer", "participant", "unit", "composition", "delta"):
+        for name in ("layer", "participant", "unit", "composition", "delta", "assumptions"):
             if getattr(reported, name) != getattr(expected, name):
                 raise ReportVerificationError(f"{where}.{name}", f"expected {getattr(expected, name)!r}")
         if not is_close(reported.epsilon, expected.epsilon):
@@ -214,7 +272,7 @@ def _compare_guarantees(report: PrivacyReport) -> int:
 
 def _check_statements(
     report: PrivacyReport, pins: Mapping[str, TrustedKey]
-) -> tuple[tuple[StatementCheck, ...], tuple[str, ...]]:
+) -> tuple[tuple[StatementCheck, ...], tuple[MissingStatement, ...]]:
     own_events: dict[str, list[Any]] = defaultdict(list)
     for entry in report.ledger:
         own_events[entry.event.participant].append(entry.event)
@@ -268,14 +326,17 @@ def _check_statements(
         raise ReportVerificationError(
             "participant_statements", f"has no statement by the pinned participant {missing[0]!r}"
         )
-    unattested = tuple(
-        sorted(
-            name
-            for name, events in own_events.items()
-            if name not in seen and any(e.mechanism is not Mechanism.SECURE_AGGREGATION for e in events)
-        )
+    summed = contributions(secure_aggregation_sessions(report.ledger))
+    with_events = {
+        name
+        for name, events in own_events.items()
+        if any(e.mechanism is not Mechanism.SECURE_AGGREGATION for e in events)
+    }
+    absent = tuple(
+        MissingStatement(participant=name, blocks=summed.get(name, ()), has_events=name in with_events)
+        for name in sorted((set(summed) | with_events) - seen)
     )
-    return tuple(checks), unattested
+    return tuple(checks), absent
 
 
 def check_unsigned(report: PrivacyReport, *, recompute: bool = True) -> int:
@@ -308,17 +369,21 @@ def verify_report(
     *,
     trusted_public_key: Ed25519PublicKey | TrustedKey | None = None,
     trusted_participant_keys: Mapping[str, Ed25519PublicKey | TrustedKey] | None = None,
+    allow_missing_statements: bool = False,
 ) -> VerifiedReport:
     """Return the verified report; raise ReportVerificationError naming the first field that does not match.
 
     Without ``trusted_public_key`` the coordinator's signature is checked under the key embedded in the
     report, which proves self-consistency only (``signer_trusted`` is False). Participants named in
-    ``trusted_participant_keys`` must have a statement signed by exactly that key.
+    ``trusted_participant_keys`` must have a statement signed by exactly that key. Every participant
+    whose input a secure-aggregation session summed, or whose events the ledger holds, must have a
+    signed statement; with ``allow_missing_statements`` the report verifies without it and
+    ``missing_statements`` says who and what that means for its guarantee.
     """
     parsed = _parse(report)
     checked = check_unsigned(parsed)
     pins = {name: _as_pin(key) for name, key in (trusted_participant_keys or {}).items()}
-    statements, unattested = _check_statements(parsed, pins)
+    statements, absent = _check_statements(parsed, pins)
     if parsed.signature is None:
         raise ReportVerificationError("signature", "the report is not signed")
     embedded = bytes.fromhex(parsed.signature.public_key)
@@ -330,14 +395,17 @@ def verify_report(
         )
     except InvalidSignature:
         raise ReportVerificationError("signature.value", "does not verify over the report") from None
-    return VerifiedReport(
+    verified = VerifiedReport(
         report=parsed,
         signer_trusted=trusted_public_key is not None,
         checked_figures=checked,
         signer_fingerprint=grouped_fingerprint(embedded),
         statements=statements,
-        unattested_participants=unattested,
+        missing_statements=absent,
     )
+    if absent and not allow_missing_statements:
+        raise MissingStatementError(absent)
+    return verified
 
 
 def _fmt(value: object) -> str:
@@ -349,12 +417,26 @@ def _fmt(value: object) -> str:
 
 
 def verification_status(verification: VerifiedReport | None, failure: str | None) -> str:
-    """Return one line saying what verification established: UNVERIFIED, not verified, or what it proves."""
+    """Return one line saying what verification established: UNVERIFIED, UNAUTHENTICATED, or verified.
+
+    Only a report whose signature verified under a pinned coordinator key is called verified; one
+    checked under the key it carries itself is UNAUTHENTICATED, whatever else held.
+    """
     if failure is not None:
         return f"UNVERIFIED: this report failed verification ({failure}); nothing in it is vouched for"
     if verification is None:
         return "UNVERIFIED: not checked (run fedprune audit verify)"
-    return f"verified: every figure recomputed, signature valid, {verification.authentication}"
+    if not verification.signer_trusted:
+        line = (
+            f"{verification.authentication}; its figures recompute from its own ledger, which proves "
+            "nothing about who wrote it"
+        )
+    else:
+        line = f"verified: every figure recomputed, signature valid, {verification.authentication}"
+    if verification.missing_statements:
+        names = ", ".join(m.participant for m in verification.missing_statements)
+        line += f"; WARNING: no signed statement by {names} (see Participant statements)"
+    return line
 
 
 def _statement_rows(report: PrivacyReport, verification: VerifiedReport | None) -> list[list[str]]:
@@ -365,9 +447,9 @@ def _statement_rows(report: PrivacyReport, verification: VerifiedReport | None) 
         if check is None:
             status = "not verified"
         elif check.authenticated:
-            status = "signature valid, authenticated (pinned key)"
+            status = "authenticated: signed by the key pinned for this site"
         else:
-            status = f"signature valid, {UNAUTHENTICATED}"
+            status = f"{UNAUTHENTICATED}: checked only under the key it carries (no key pinned for this site)"
         rows.append(
             [
                 statement.participant,
@@ -376,8 +458,8 @@ def _statement_rows(report: PrivacyReport, verification: VerifiedReport | None) 
                 status,
             ]
         )
-    for name in verification.unattested_participants if verification else ():
-        rows.append([name, "—", "—", "no signed statement: only the coordinator attests its events"])
+    for missing in verification.missing_statements if verification else ():
+        rows.append([missing.participant, "—", "—", f"NO SIGNED STATEMENT: {missing.meaning}"])
     return rows
 
 
@@ -393,6 +475,18 @@ def _block_subset_rows(report: PrivacyReport) -> list[list[str]]:
             per_block[session.block] = min(previous, session.survivors)
     listed = ", ".join(f"block {block}: {count}" for block, count in sorted(per_block.items()))
     return [["contributors per block (block assignment; smallest survivors of its sessions)", listed]]
+
+
+def _contributor_rows(report: PrivacyReport) -> list[list[str]]:
+    """Return the sites whose inputs the secure-aggregation sessions summed, with their blocks."""
+    summed = contributions(secure_aggregation_sessions(report.ledger))
+    if not summed:
+        return []
+    listed = "; ".join(
+        f"{name} ({', '.join('run' if b is None else f'block {b}' for b in blocks)})"
+        for name, blocks in summed.items()
+    )
+    return [["sites whose input was summed (secure-aggregation survivors)", listed]]
 
 
 def _rows(
@@ -432,6 +526,8 @@ def _rows(
                 ["input-validity proof for votes", "yes" if tm.input_validity_proof else "no"],
                 ["transport", tm.transport],
                 *_block_subset_rows(report),
+                *_contributor_rows(report),
+                ["data-dependent aborts (outside every guarantee)", tm.data_dependent_aborts],
             ],
         ),
         (
@@ -493,8 +589,8 @@ _TABLES_WITH_HEADER = {"Guarantees", "Ledger", "Participant statements"}
 def render_markdown(
     report: PrivacyReport, *, verification: VerifiedReport | None = None, failure: str | None = None
 ) -> str:
-    """Return the report as Markdown, its verification status first: UNVERIFIED unless ``verification``."""
-    lines = [f"**{verification_status(verification, failure)}**", ""] if verification is None else []
+    """Return the report as Markdown, its verification status first: UNVERIFIED, UNAUTHENTICATED or verified."""
+    lines = [f"**{verification_status(verification, failure)}**", ""]
     lines += [f"# Privacy report `{report.run_id}`", ""]
     for title, rows in _rows(report, verification, failure):
         lines += [f"## {title}", ""]
@@ -518,7 +614,7 @@ def render_html(
     status = html.escape(verification_status(verification, failure))
     banner = (
         f"<p style='border:3px solid #c00;padding:.5em;font-weight:bold'>{status}</p>"
-        if verification is None
+        if verification is None or not verification.signer_trusted or verification.missing_statements
         else f"<p>{status}</p>"
     )
     parts = [

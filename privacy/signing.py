@@ -4,8 +4,10 @@ Public API::
 
     key = load_or_create_signing_key(path)     # PEM (PKCS#8), created 0600 if absent, <path>.pub beside it
     key_fingerprint(public_key) -> str         # SHA-256 of the raw 32-byte key, 64 hex characters
-    grouped_fingerprint(public_key) -> str     # "3f2a 9c01 ..." the first 128 bits, for reading aloud
-    TrustedKey.parse(text_or_path)             # a pinned key: a public-key file (PEM, hex, raw) or a fingerprint
+    grouped_fingerprint(public_key) -> str     # "3f2a 9c01 ..." the full fingerprint in groups of four
+    TrustedKey.from_fingerprint(text)          # a pinned key by value: exactly 64 hex digits (grouping allowed)
+    TrustedKey.from_key_file(path)             # a pinned key from a public-key file (PEM, hex, raw)
+    TrustedKey.parse(text)                     # a fingerprint when it looks like one, else a key file
     statement = sign_participant_statement(participant=, run_id=, events=, private_key=)
     verify_statement_signature(statement)      # raises StatementError; proves integrity, not identity
 
@@ -52,7 +54,8 @@ REPORT_SIGNATURE_CONTEXT = b"fedprune privacy report v2\x00"
 STATEMENT_SIGNATURE_CONTEXT = b"fedprune participant statement v1\x00"
 MIN_FINGERPRINT_HEX = 32
 """A pinned fingerprint must give at least 128 bits (32 hex digits) of the SHA-256."""
-_GROUPED_HEX = 32
+FULL_FINGERPRINT_HEX = 64
+"""An auditor's pin (``TrustedKey.from_fingerprint``) is the whole SHA-256: 64 hex digits."""
 
 
 class SigningKeyError(PrivacyError):
@@ -80,9 +83,9 @@ def key_fingerprint(key: Ed25519PublicKey | Ed25519PrivateKey | bytes) -> str:
 
 
 def grouped_fingerprint(key: Ed25519PublicKey | Ed25519PrivateKey | bytes) -> str:
-    """Return the short fingerprint (first 128 bits) in groups of four hex digits, for reading aloud."""
-    short = key_fingerprint(key)[:_GROUPED_HEX]
-    return " ".join(short[i : i + 4] for i in range(0, len(short), 4))
+    """Return the full fingerprint in sixteen groups of four hex digits, for reading aloud and pinning."""
+    full = key_fingerprint(key)
+    return " ".join(full[i : i + 4] for i in range(0, len(full), 4))
 
 
 def _normalise_fingerprint(text: str) -> str:
@@ -130,25 +133,52 @@ class TrustedKey:
         return cls(key_fingerprint(key), source=source)
 
     @classmethod
-    def parse(cls, text: str) -> TrustedKey:
-        """Return the pin named by ``text``: a public-key file (PEM, hex, raw) if it exists, else a fingerprint.
+    def from_fingerprint(cls, text: str, *, source: str = "fingerprint") -> TrustedKey:
+        """Return the pin of the full fingerprint ``text``: exactly 64 hex digits, grouping allowed.
 
-        A bare string is always read as a fingerprint, never as a key: a 64-hex-digit public key and a
-        full fingerprint look alike, and confusing them would pin the wrong thing.
+        Spaces, colons and dashes between groups are ignored (``grouped_fingerprint`` prints spaces).
+        Nothing else is accepted, and ``text`` is never opened as a file: a file that a report's sender
+        planted under a fingerprint's name must not become the pin.
         """
-        path = Path(text)
-        if path.is_file():
-            try:
-                material = path.read_bytes()
-            except OSError as error:
-                raise SigningKeyError(f"cannot read trusted key {path}: {error.strerror}") from None
-            return cls.from_public_key(load_public_key(material), source=str(path))
-        try:
-            return cls(text, source="fingerprint")
-        except SigningKeyError as error:
+        value = _normalise_fingerprint(text)
+        if len(value) != FULL_FINGERPRINT_HEX or not re.fullmatch(r"[0-9a-f]+", value):
             raise SigningKeyError(
-                f"{text!r} is neither a readable public-key file nor a fingerprint: {error}"
-            ) from None
+                f"{text!r} is not a key fingerprint: expected exactly {FULL_FINGERPRINT_HEX} hex digits "
+                "(SHA-256 of the raw public key, optionally in groups of four)"
+            )
+        return cls(value, source=source)
+
+    @classmethod
+    def from_key_file(cls, path: str | Path) -> TrustedKey:
+        """Return the pin of the public key in the file ``path`` (PEM, 64 hex characters, or raw 32 bytes)."""
+        key_path = Path(path)
+        try:
+            material = key_path.read_bytes()
+        except OSError as error:
+            raise SigningKeyError(f"cannot read public-key file {key_path}: {error.strerror}") from None
+        try:
+            key = load_public_key(material)
+        except SigningKeyError as error:
+            raise SigningKeyError(f"public-key file {key_path}: {error}") from None
+        return cls.from_public_key(key, source=str(key_path))
+
+    @classmethod
+    def parse(cls, text: str) -> TrustedKey:
+        """Return the pin named by ``text``: a fingerprint if it reads as one, else a public-key file.
+
+        Which it is depends on ``text`` alone, never on which files exist: 32 to 64 hex digits (grouping
+        allowed) are always a fingerprint, even when a file of that name exists, so a planted file cannot
+        replace a pin. A bare 64-hex-digit string is a fingerprint, never a raw public key.
+        """
+        value = _normalise_fingerprint(text)
+        if re.fullmatch(r"[0-9a-f]+", value) and MIN_FINGERPRINT_HEX <= len(value) <= FULL_FINGERPRINT_HEX:
+            return cls(value, source="fingerprint")
+        if Path(text).is_file():
+            return cls.from_key_file(text)
+        raise SigningKeyError(
+            f"{text!r} is neither a readable public-key file nor a fingerprint of "
+            f"{MIN_FINGERPRINT_HEX} to {FULL_FINGERPRINT_HEX} hex digits"
+        )
 
     def matches(self, key: Ed25519PublicKey | bytes) -> bool:
         """Return True when ``key`` (or its raw bytes) has this fingerprint."""

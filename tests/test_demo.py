@@ -187,6 +187,33 @@ def test_guarantees_are_stated_once_for_sites_with_the_same_figure() -> None:
     assert "each site: epsilon 7.99 at delta 1e-05" in sentences[0] and "one document" in sentences[0]
 
 
+def test_the_printed_guarantees_claim_no_more_than_the_report() -> None:
+    calibration = {
+        "layer": "calibration_statistics",
+        "participant": "site-1",
+        "epsilon": 7.99,
+        "delta": 1e-5,
+        "unit": "one document",
+        "details": {"releases": 4},
+    }
+    aggregation = {
+        "layer": "aggregation",
+        "participant": "*",
+        "epsilon": None,
+        "delta": 1e-5,
+        "unit": "one bit",
+        "details": {"valid": False, "reason": "bound not claimed: the sessions also summed weight updates"},
+    }
+    report = {
+        "guarantees": [calibration, aggregation],
+        "threat_model": {"participants": 2, "data_dependent_aborts": "a site with no long document stops"},
+    }
+    sentences = guarantees_in_words(report, weight_updates=True)
+    assert "covers everything" not in sentences[0] and "not what the report's threat model" in sentences[0]
+    assert "sees only" not in sentences[1] and "shows its raw keep bit" in sentences[1]
+    assert sentences[-1] == "Outside every guarantee: a site with no long document stops"
+
+
 # ------------------------------------------------------------------------------------ real demo runs
 def _environment(cache: Path) -> dict[str, str]:
     env = dict(os.environ)

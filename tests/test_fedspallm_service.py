@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,11 @@ def test_private_fedspallm_service_run_reports_each_sites_own_blocks(tmp_path: P
     # Each site randomizes (and so releases) only the blocks it was assigned, within its budget.
     loads = sorted(len(blocks) for blocks in randomized.values())
     assert loads == [1, 2, 3, 3]
-    assert main(["audit", "verify", str(tmp_path / "private" / "privacy_report.json")]) == 0
+    from privacy.signing import key_fingerprint, load_or_create_signing_key
+
+    pin = key_fingerprint(load_or_create_signing_key(os.environ["FEDPRUNE_SIGNING_KEY"]))
+    report_path = tmp_path / "private" / "privacy_report.json"
+    assert main(["audit", "verify", str(report_path), "--trusted-key", pin]) == 0
 
 
 def test_a_budget_too_small_for_t_is_refused_before_any_work(tmp_path: Path, model_dir, capsys) -> None:

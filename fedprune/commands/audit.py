@@ -3,13 +3,19 @@
 ``verify`` checks the schema, the ledger's hash chain, every derived parameter, the threat model against
 the secure-aggregation events, each participant's signed statement, recomputes every figure from the
 ledger and raw inputs, and checks the coordinator's Ed25519 signature. Origin is proved only against keys
-the auditor obtained out of band: ``--trusted-key`` (the coordinator's public key file or its fingerprint)
-and ``--participant-key NAME=KEY`` (repeatable). Without them the outcome is "self-consistent,
-unauthenticated": anyone can re-sign a forged report with a fresh key. It exits 0 when all checks hold and
-1 naming the first field that does not match.
+the auditor obtained out of band, pinned by value: ``--trusted-key FINGERPRINT`` (the coordinator's full
+SHA-256 fingerprint, 64 hex digits) or ``--trusted-key-file PATH`` (its public-key file), and for the
+sites ``--participant-key NAME=FINGERPRINT`` or ``--participant-key-file NAME=PATH`` (repeatable). A
+fingerprint is never opened as a file, nor a file read as a fingerprint. Without a coordinator pin the
+outcome is UNAUTHENTICATED (anyone can re-sign a forged report with a fresh key): both commands say so
+in their first line and exit 1 unless ``--unauthenticated`` asks for the self-consistency checks alone.
+Every site whose input a secure-aggregation session summed must have a signed statement in the report;
+one that has none fails the check unless ``--allow-missing-statements`` (then a WARNING line names it).
+``verify`` exits 0 when all checks hold and 1 naming the first field that does not match.
 
-``show`` verifies first, then prints Markdown (default) or HTML. A report that fails verification is shown
-under a loud UNVERIFIED line with the reason, and the command exits 1.
+``show`` verifies first, then prints Markdown (default) or HTML, its first line saying what verification
+established. A report that fails verification is shown under a loud UNVERIFIED line with the reason, and
+the command exits 1.
 """
 
 from __future__ import annotations
@@ -21,24 +27,58 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from privacy.report_verify import VerifiedReport
     from privacy.signing import TrustedKey
+
+NO_PIN = (
+    "UNAUTHENTICATED: no coordinator key pinned; anyone can re-sign a forged report with a fresh key. Pin "
+    "the fingerprint the coordinator's operator gave you out of band (--trusted-key FINGERPRINT or "
+    "--trusted-key-file PATH), or pass --unauthenticated to check self-consistency only"
+)
 
 
 def _add_key_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    pin = parser.add_mutually_exclusive_group()
+    pin.add_argument(
         "--trusted-key",
-        metavar="FILE_OR_FINGERPRINT",
-        help="the coordinator's public key (PEM, raw or hex file) or its SHA-256 fingerprint, "
-        "obtained out of band from the coordinator's operator (never a key shipped with the report)",
+        metavar="FINGERPRINT",
+        help="the coordinator's key fingerprint (64 hex digits, spaces between groups allowed), obtained "
+        "out of band from the coordinator's operator; never opened as a file",
+    )
+    pin.add_argument(
+        "--trusted-key-file",
+        metavar="PATH",
+        type=Path,
+        help="the coordinator's public-key file (PEM, hex or raw), obtained out of band (never a key "
+        "shipped with the report)",
     )
     # The former name, kept so existing scripts keep working; it means exactly --trusted-key.
-    parser.add_argument("--public-key", dest="trusted_key", help=argparse.SUPPRESS)
+    pin.add_argument("--public-key", dest="trusted_key", help=argparse.SUPPRESS)
     parser.add_argument(
         "--participant-key",
         action="append",
         default=[],
-        metavar="NAME=FILE_OR_FINGERPRINT",
-        help="pin a participant's statement key, obtained out of band from that site (repeatable)",
+        metavar="NAME=FINGERPRINT",
+        help="pin a site's statement key by fingerprint, obtained out of band from that site (repeatable)",
+    )
+    parser.add_argument(
+        "--participant-key-file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="pin a site's statement key by its public-key file, obtained out of band (repeatable)",
+    )
+    parser.add_argument(
+        "--unauthenticated",
+        action="store_true",
+        help="without a coordinator pin, run every other check and exit 0 when they hold; the output "
+        "still says UNAUTHENTICATED first",
+    )
+    parser.add_argument(
+        "--allow-missing-statements",
+        action="store_true",
+        help="accept a report in which a site whose input was summed sent no signed statement (a WARNING "
+        "line names each one and what it means for its guarantee)",
     )
 
 
@@ -76,43 +116,97 @@ def _read(path: Path) -> bytes:
         raise CommandError(f"cannot read {path}: {error.strerror}") from None
 
 
+def _pin(text: str, *, option: str, from_file: bool) -> TrustedKey:
+    from fedprune.errors import CommandError
+    from privacy.signing import SigningKeyError, TrustedKey
+
+    try:
+        return TrustedKey.from_key_file(text) if from_file else TrustedKey.from_fingerprint(text)
+    except SigningKeyError as error:
+        hint = "" if from_file else f" (for a public-key file use {option}-file)"
+        raise CommandError(f"{option}: {error}{hint}") from None
+
+
 def _pins(args: argparse.Namespace) -> tuple[TrustedKey | None, dict[str, TrustedKey]]:
     from fedprune.errors import CommandError
-    from privacy.signing import TrustedKey
 
-    coordinator = TrustedKey.parse(args.trusted_key) if args.trusted_key else None
+    coordinator = None
+    if args.trusted_key is not None:
+        coordinator = _pin(args.trusted_key, option="--trusted-key", from_file=False)
+    elif args.trusted_key_file is not None:
+        coordinator = _pin(str(args.trusted_key_file), option="--trusted-key-file", from_file=True)
     participants: dict[str, TrustedKey] = {}
-    for item in args.participant_key:
-        name, separator, key = item.partition("=")
-        if not separator or not name or not key:
-            raise CommandError(f"--participant-key expects NAME=FILE_OR_FINGERPRINT, got {item!r}")
-        participants[name] = TrustedKey.parse(key)
+    for option, items, from_file in (
+        ("--participant-key", args.participant_key, False),
+        ("--participant-key-file", args.participant_key_file, True),
+    ):
+        for item in items:
+            name, separator, key = item.partition("=")
+            if not separator or not name or not key:
+                value = "PATH" if from_file else "FINGERPRINT"
+                raise CommandError(f"{option} expects NAME={value}, got {item!r}")
+            if name in participants:
+                raise CommandError(f"{option}: {name!r} is pinned twice")
+            participants[name] = _pin(key, option=option, from_file=from_file)
     return coordinator, participants
+
+
+def _missing_lines(verified: VerifiedReport) -> list[str]:
+    return [
+        f"  WARNING {m.participant}: NO SIGNED STATEMENT: {m.meaning}" for m in verified.missing_statements
+    ]
+
+
+def _failure(error: Exception) -> str:
+    from privacy.report_verify import MissingStatementError
+
+    if isinstance(error, MissingStatementError):
+        return f"{error} (--allow-missing-statements accepts the report with a warning)"
+    return str(error)
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from privacy.report_verify import ReportVerificationError, verify_report
 
     trusted, participants = _pins(args)
+    text = _read(args.report)
+    if trusted is None and not args.unauthenticated:
+        if args.json:
+            print(json.dumps({"ok": False, "field": "signature.public_key", "error": NO_PIN}, sort_keys=True))
+        else:
+            print(NO_PIN)
+        return 1
     try:
         verified = verify_report(
-            _read(args.report), trusted_public_key=trusted, trusted_participant_keys=participants
+            text,
+            trusted_public_key=trusted,
+            trusted_participant_keys=participants,
+            allow_missing_statements=args.allow_missing_statements,
         )
     except ReportVerificationError as error:
         if args.json:
-            print(json.dumps({"ok": False, "field": error.field, "error": str(error)}, sort_keys=True))
-        print(f"FAIL {error}", file=sys.stderr)
+            print(json.dumps({"ok": False, "field": error.field, "error": _failure(error)}, sort_keys=True))
+        print(f"FAIL {_failure(error)}", file=sys.stderr)
         return 1
-    statements = [
-        {
-            "participant": s.participant,
-            "fingerprint": s.fingerprint,
-            "authenticated": s.authenticated,
-            "events": s.events,
-        }
-        for s in verified.statements
-    ]
     if args.json:
+        statements = [
+            {
+                "participant": s.participant,
+                "fingerprint": s.fingerprint,
+                "authenticated": s.authenticated,
+                "events": s.events,
+            }
+            for s in verified.statements
+        ]
+        missing = [
+            {
+                "participant": m.participant,
+                "blocks": list(m.blocks),
+                "has_events": m.has_events,
+                "meaning": m.meaning,
+            }
+            for m in verified.missing_statements
+        ]
         print(
             json.dumps(
                 {
@@ -122,29 +216,28 @@ def run_verify(args: argparse.Namespace) -> int:
                     "authentication": verified.authentication,
                     "signer_fingerprint": verified.signer_fingerprint,
                     "statements": statements,
+                    "missing_statements": missing,
                     "unattested_participants": list(verified.unattested_participants),
                 },
                 sort_keys=True,
             )
         )
         return 0
-    lines = [
-        f"OK {args.report}: hash chain of {len(verified.report.ledger)} entries, "
-        f"{verified.checked_figures} figures recomputed, threat model matches the ledger, "
-        f"signature valid: {verified.authentication}"
-    ]
-    if not verified.signer_trusted:
-        lines.append(
-            "  to authenticate, pass --trusted-key with the fingerprint the coordinator's operator gave you "
-            "out of band"
-        )
+    checks = (
+        f"hash chain of {len(verified.report.ledger)} entries, {verified.checked_figures} figures recomputed, "
+        "threat model matches the ledger"
+    )
+    if verified.signer_trusted:
+        lines = [f"OK {args.report}: {checks}, signature valid: {verified.authentication}"]
+    else:
+        said = verified.authentication.removeprefix("UNAUTHENTICATED: ")
+        lines = [f"UNAUTHENTICATED {args.report}: {checks}; {said}"]
     for check in verified.statements:
         status = "authenticated (pinned key)" if check.authenticated else "self-consistent, unauthenticated"
         lines.append(
             f"  statement of {check.participant}: {check.events} events, key {check.fingerprint}, {status}"
         )
-    for name in verified.unattested_participants:
-        lines.append(f"  {name}: no signed statement; only the coordinator attests its events")
+    lines += _missing_lines(verified)
     print("\n".join(lines))
     return 0
 
@@ -153,7 +246,6 @@ def run_show(args: argparse.Namespace) -> int:
     from privacy.report import PrivacyReport
     from privacy.report_verify import (
         ReportVerificationError,
-        VerifiedReport,
         render_html,
         render_markdown,
         verification_status,
@@ -162,21 +254,33 @@ def run_show(args: argparse.Namespace) -> int:
 
     text = _read(args.report)
     trusted, participants = _pins(args)
+    if trusted is None and not args.unauthenticated:
+        # First line, on both streams, and nothing rendered: an unpinned report must not look vouched for.
+        print(NO_PIN)
+        print(NO_PIN, file=sys.stderr)
+        return 1
     verification: VerifiedReport | None = None
     failure: str | None = None
     try:
-        verification = verify_report(text, trusted_public_key=trusted, trusted_participant_keys=participants)
+        verification = verify_report(
+            text,
+            trusted_public_key=trusted,
+            trusted_participant_keys=participants,
+            allow_missing_statements=args.allow_missing_statements,
+        )
     except ReportVerificationError as error:
-        failure = str(error)
+        failure = _failure(error)
+    status = verification_status(verification, failure)
+    if verification is None or not verification.signer_trusted or verification.missing_statements:
         # Loud, first, and on stderr too, so it is seen even when the rendering goes to a file.
-        print(verification_status(None, failure), file=sys.stderr)
+        print(status, file=sys.stderr)
     if verification is not None:
         report = verification.report
     else:
         try:
             report = PrivacyReport.from_json(text)
         except ValueError:
-            print(verification_status(None, failure))
+            print(status)
             return 1  # nothing trustworthy to render: the reason is above
     if args.format == "html":
         rendered = render_html(report, verification=verification, failure=failure)

@@ -87,8 +87,9 @@ def guarantee_in_words(guarantee: dict[str, Any], *, weight_updates: bool = Fals
     if layer == "calibration_statistics":
         return (
             f"Record-level differential privacy for {who}: epsilon {epsilon:.2f} at delta {delta:g}, the unit "
-            f"being {unit}; it covers everything computed from the site's documents (the statistics are "
-            f"noised before any mask is chosen), over {details.get('releases', '?')} releases."
+            f"being {unit}, over {details.get('releases', '?')} releases; it covers the calibration statistics "
+            "and what is computed from them (the statistics are noised before any mask is chosen), not what "
+            "the report's threat model and exclusions list outside it."
         )
     if layer == "mask_bits":
         epsilon0 = details.get("epsilon0_per_coordinate")
@@ -102,15 +103,21 @@ def guarantee_in_words(guarantee: dict[str, Any], *, weight_updates: bool = Fals
             f"{delta:g}, i.e. the whole mask is not hidden: the guarantee is per weight."
         )
     if layer == "aggregation":
-        updates = " and of their kept weights' updates" if weight_updates else ""
+        if weight_updates:
+            return (
+                "Secure aggregation: the coordinator sees per-weight sums of the sites' randomized votes and of "
+                "their kept weights' updates, never one site's vector as sent; but where a single site votes "
+                "keep for a weight, the update sum is that site's own update and shows its raw keep bit, so no "
+                f"amplified epsilon is claimed ({details.get('reason')})."
+            )
         if details.get("valid"):
             return (
-                f"Secure aggregation: the coordinator sees only per-weight sums of the sites' votes{updates}; "
-                f"amplified bound epsilon {epsilon:.3g} at delta {delta:g} per {unit}."
+                "Secure aggregation: of the sites' votes the coordinator sees only per-weight sums; amplified "
+                f"bound epsilon {epsilon:.3g} at delta {delta:g} per {unit}."
             )
         return (
-            "Secure aggregation: the coordinator sees only the per-weight sums of the sites' randomized "
-            f"votes{updates}, never one site's vector; no amplified epsilon is claimed ({details.get('reason')})."
+            "Secure aggregation: of the sites' votes the coordinator sees only the per-weight sums of the "
+            f"randomized votes, never one site's vector; no amplified epsilon is claimed ({details.get('reason')})."
         )
     return f"{layer} for {who}: epsilon {epsilon} at delta {delta} per {unit}"
 
@@ -141,6 +148,8 @@ def guarantees_in_words(report: dict[str, Any], *, weight_updates: bool = False)
             f"{threat.get('secure_aggregation_threshold')}, at most {colluders} {sites} colluding with the "
             f"coordinator; transport: {threat.get('transport')}."
         )
+        if threat.get("data_dependent_aborts"):
+            sentences.append(f"Outside every guarantee: {threat['data_dependent_aborts']}")
     sentences += [f"Exclusion stated in the signed report: {text}" for text in report.get("exclusions", [])]
     return sentences
 
@@ -266,16 +275,18 @@ def render_summary_html(summary: dict[str, Any], *, layers: dict[str, Any], repo
     if recipe == "fedspallm":
         left = (
             f"pruned the demo model to {settings['sparsity']:.0%} unstructured sparsity with {method_name} "
-            "(the FedSpaLLM recipe: the kept weights are averaged over the sites that kept them). Only "
-            "randomized keep-votes and the kept weights' updates left the sites, secret-shared (record-level "
-            "DP on the statistics both are computed from, randomized response on the votes, secure "
-            "aggregation)"
+            "(the FedSpaLLM recipe: the kept weights are averaged over the sites that kept them). No document "
+            "left a site: randomized keep-votes and the kept weights' updates left them, secret-shared "
+            "(record-level DP on the statistics both are computed from, randomized response on the votes, "
+            "secure aggregation; a weight one site alone keeps shows that site's update), and each site's "
+            "signed privacy statement"
         )
     else:
         left = (
             f"pruned the demo model to {settings['sparsity']:.0%} unstructured sparsity with {method_name} "
-            f"(the {RECIPE_NAMES.get(recipe, recipe)} recipe). Only randomized, secret-shared keep-votes left "
-            "the sites (record-level DP on the statistics, randomized response, secure aggregation)"
+            f"(the {RECIPE_NAMES.get(recipe, recipe)} recipe). No document left a site: randomized, "
+            "secret-shared keep-votes did (record-level DP on the statistics, randomized response, secure "
+            "aggregation), and each site's signed privacy statement"
         )
     table = [
         "<table><tr><th>model</th><th>perplexity</th><th>vs dense</th><th>what it is</th></tr>",

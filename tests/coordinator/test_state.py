@@ -13,7 +13,12 @@ from coordinator.state import RunState, StateError
 
 def _event(block: int):  # type: ignore[no-untyped-def]
     return secure_aggregation_event(
-        block=block, coordinates=64, participants=3, threshold=2, survivors=3, colluders=0
+        block=block,
+        coordinates=64,
+        participants=3,
+        threshold=2,
+        contributors=["site-a", "site-b", "site-c"],
+        colluders=0,
     )
 
 

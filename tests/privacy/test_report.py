@@ -23,6 +23,7 @@ from privacy.report import (
     PrivacyReport,
     ThreatModel,
     build_report,
+    contributors_parameter,
     report_json_schema,
     sign_report,
     write_signed_report,
@@ -32,6 +33,9 @@ from privacy.signing import TrustedKey, key_fingerprint, sign_participant_statem
 from pruning.statistics import StatisticKind
 
 KEY = Ed25519PrivateKey.generate()
+SITES = ("site-a", "site-b", "site-c", "site-d")
+"""The four sites summed in the fixture's session; only site-a has events, and none a statement unless
+a test adds one, so the tests not about statements verify with ``allow_missing_statements``."""
 
 
 def _run_ledger() -> PrivacyLedger:
@@ -68,7 +72,14 @@ def _run_ledger() -> PrivacyLedger:
             mechanism=Mechanism.SECURE_AGGREGATION,
             participant="coordinator",
             count=100,
-            parameters={"participants": 4, "threshold": 3, "survivors": 4, "colluders": 1},
+            parameters={
+                "participants": 4,
+                "threshold": 3,
+                "survivors": 4,
+                "colluders": 1,
+                "contributors": contributors_parameter(SITES),
+                "summed": "keep_votes",
+            },
         )
     )
     return ledger
@@ -93,7 +104,7 @@ def _tampered(text: str, change) -> str:
 
 
 def test_a_signed_report_verifies_and_recomputes_every_figure(signed_json: str) -> None:
-    verified = verify_report(signed_json, trusted_public_key=KEY.public_key())
+    verified = verify_report(signed_json, trusted_public_key=KEY.public_key(), allow_missing_statements=True)
     assert verified.signer_trusted and verified.checked_figures >= 10
     # c defaults to the most t = 3 of 4 tolerates: c < t and t > (n + c) / 2 give c = 1.
     assert verified.report.threat_model.minimum_honest_survivors == 3  # 4 survivors - 1 colluder
@@ -140,7 +151,7 @@ def test_a_consistent_forgery_needs_the_signing_key(signed_json: str) -> None:
     from privacy.report import PrivacyReport
 
     forged = sign_report(PrivacyReport.from_json(signed_json), Ed25519PrivateKey.generate()).to_json()
-    assert not verify_report(forged).signer_trusted
+    assert not verify_report(forged, allow_missing_statements=True).signer_trusted
     with pytest.raises(ReportVerificationError) as error:
         verify_report(forged, trusted_public_key=KEY.public_key())
     assert error.value.field == "signature.public_key"
@@ -182,7 +193,7 @@ def test_rendering_shows_the_guarantees(signed_json: str) -> None:
     from privacy.report import PrivacyReport
 
     report = PrivacyReport.from_json(signed_json)
-    markdown = render_markdown(report, verification=verify_report(report))
+    markdown = render_markdown(report, verification=verify_report(report, allow_missing_statements=True))
     assert "## Guarantees" in markdown and "calibration_statistics" in markdown and "79.84" in markdown
     assert "self-consistent, unauthenticated" in markdown and "UNVERIFIED" not in markdown
     assert render_html(report).startswith("<!doctype html>")
@@ -197,7 +208,9 @@ def test_exported_json_schema_is_up_to_date() -> None:
 # -- finding 4: the threat model is derived from the ledger and checked against it ----------------------
 
 
-def _secagg(*, participants: int, threshold: int, survivors: int, colluders: int) -> MechanismEvent:
+def _secagg(
+    *, participants: int, threshold: int, survivors: int, colluders: int, summed: str = "keep_votes"
+) -> MechanismEvent:
     return MechanismEvent(
         mechanism=Mechanism.SECURE_AGGREGATION,
         participant="coordinator",
@@ -207,6 +220,8 @@ def _secagg(*, participants: int, threshold: int, survivors: int, colluders: int
             "threshold": threshold,
             "survivors": survivors,
             "colluders": colluders,
+            "contributors": contributors_parameter(f"site-{i:05d}" for i in range(survivors)),
+            "summed": summed,
         },
     )
 
@@ -326,7 +341,9 @@ def test_a_re_signed_threat_model_that_contradicts_the_ledger_fails(
     assert error.value.field == field or (error.value.field == "threat_model" and field in str(error.value))
 
 
-@pytest.mark.parametrize("missing", ["participants", "threshold", "survivors", "colluders"])
+@pytest.mark.parametrize(
+    "missing", ["participants", "threshold", "survivors", "colluders", "contributors", "summed"]
+)
 def test_secure_aggregation_events_must_record_the_session(missing: str) -> None:
     event = _secagg(participants=4, threshold=3, survivors=4, colluders=2)
     parameters = {k: v for k, v in event.parameters.items() if k != missing}
@@ -347,9 +364,11 @@ def test_secure_aggregation_events_must_record_the_session(missing: str) -> None
 
 
 def test_a_fingerprint_pin_authenticates_and_no_pin_says_unauthenticated(signed_json: str) -> None:
-    pinned = verify_report(signed_json, trusted_public_key=TrustedKey(key_fingerprint(KEY)[:32]))
+    pinned = verify_report(
+        signed_json, trusted_public_key=TrustedKey(key_fingerprint(KEY)), allow_missing_statements=True
+    )
     assert pinned.signer_trusted and pinned.authentication.startswith("authenticated")
-    alone = verify_report(signed_json)
+    alone = verify_report(signed_json, allow_missing_statements=True)
     assert not alone.signer_trusted
     assert (
         "self-consistent, unauthenticated" in alone.authentication and "trusted" not in alone.authentication
@@ -364,8 +383,10 @@ def test_write_signed_report_uses_the_long_term_key(signed_json: str, tmp_path) 
     assert first == tmp_path / "privacy_report.json" and second.exists()
     signers = {PrivacyReport.from_json(p.read_text()).signature.public_key for p in (first, second)}
     assert len(signers) == 1  # the same long-term key, not one per run
-    pin = TrustedKey.parse(str(key_path) + ".pub")
-    assert verify_report(first.read_text(), trusted_public_key=pin).signer_trusted
+    pin = TrustedKey.from_key_file(str(key_path) + ".pub")
+    assert verify_report(
+        first.read_text(), trusted_public_key=pin, allow_missing_statements=True
+    ).signer_trusted
     assert not list(tmp_path.glob("*.pub"))  # no key ships beside the report
 
 
@@ -395,10 +416,15 @@ def with_statement(signed_json: str) -> str:
 
 
 def test_statements_verify_and_pinned_ones_are_authenticated(with_statement: str) -> None:
-    unpinned = verify_report(with_statement)
+    unpinned = verify_report(with_statement, allow_missing_statements=True)
     assert [(s.participant, s.authenticated) for s in unpinned.statements] == [("site-a", False)]
-    pinned = verify_report(with_statement, trusted_participant_keys={"site-a": SITE_KEY.public_key()})
-    assert pinned.statements[0].authenticated and pinned.unattested_participants == ()
+    pinned = verify_report(
+        with_statement,
+        trusted_participant_keys={"site-a": SITE_KEY.public_key()},
+        allow_missing_statements=True,
+    )
+    assert pinned.statements[0].authenticated
+    assert pinned.unattested_participants == ("site-b", "site-c", "site-d")
 
 
 def test_the_coordinator_cannot_forge_a_sites_claim(with_statement: str) -> None:
@@ -452,7 +478,7 @@ def test_a_pinned_participant_without_a_statement_fails(signed_json: str) -> Non
     with pytest.raises(ReportVerificationError) as error:
         verify_report(signed_json, trusted_participant_keys={"site-a": SITE_KEY.public_key()})
     assert error.value.field == "participant_statements"
-    assert verify_report(signed_json).unattested_participants == ("site-a",)
+    assert verify_report(signed_json, allow_missing_statements=True).unattested_participants == SITES
 
 
 # -- finding 7: the accountant tolerance is checked where it was planned -------------------------------
@@ -489,7 +515,7 @@ def test_the_tolerance_is_checked_at_the_delta_it_was_planned_at() -> None:
     calibration = report.guarantees[0]
     assert calibration.epsilon == pytest.approx(3.6189, abs=1e-3)  # RDP, the larger, at the stated delta
     assert calibration.epsilon_at["0.0001"] == pytest.approx(2.9508, abs=1e-3)
-    verify_report(sign_report(report, KEY))
+    verify_report(sign_report(report, KEY), allow_missing_statements=True)
 
 
 # -- finding 8: one report, one run ---------------------------------------------------------------------
@@ -503,3 +529,109 @@ def test_the_report_says_it_covers_one_run_and_how_runs_compose(signed_json: str
     with pytest.raises(ReportVerificationError) as error:
         verify_report(_resigned(signed_json, lambda d: d.__setitem__("composition_across_runs", "none"), KEY))
     assert error.value.field == "composition_across_runs"
+
+
+# -- the aggregation bound only where its assumption holds; the aborts the coordinator sees ---------------
+
+
+def _large_vote_ledger(summed: str) -> PrivacyLedger:
+    ledger = PrivacyLedger()
+    rr = RandomizedResponse(epsilon0=1.0)
+    ledger.record(
+        MechanismEvent(
+            mechanism=Mechanism.RANDOMIZED_RESPONSE,
+            participant="site-00000",
+            count=10,
+            parameters={
+                "epsilon0": rr.epsilon0,
+                "requested_epsilon0": 1.0,
+                "threshold": rr.threshold,
+                "threshold_bits": 32,
+                "flip_probability": rr.flip_probability,
+            },
+        )
+    )
+    ledger.record(_secagg(participants=1_000, threshold=501, survivors=1_000, colluders=0, summed=summed))
+    return ledger
+
+
+def test_no_amplified_epsilon_where_the_weight_updates_are_summed_too() -> None:
+    threat = ThreatModel(participants=1_000, secure_aggregation_threshold=501, max_colluding_participants=0)
+    votes = build_report(ledger=_large_vote_ledger("keep_votes"), threat_model=threat, delta=1e-5, run_id="v")
+    amplified = votes.guarantees[-1]
+    assert amplified.layer == "aggregation" and amplified.details["valid"] is True
+    assert amplified.epsilon is not None and 0 < amplified.epsilon < 1.0  # n = 1,000, eps0 = 1: amplified
+    spallm = build_report(
+        ledger=_large_vote_ledger("keep_votes_and_weight_updates"),
+        threat_model=threat,
+        delta=1e-5,
+        run_id="s",
+    )
+    bound = spallm.guarantees[-1]
+    assert bound.layer == "aggregation" and bound.details["valid"] is False
+    assert bound.epsilon is None and set(bound.epsilon_at.values()) == {None}
+    assert "weight updates" in str(bound.details["reason"]) and "raw bit" in str(bound.details["reason"])
+    assert "does not hold in this run" in bound.assumptions[0]
+    # A coordinator that re-signs the FedSpaLLM report with the amplified figure is caught by recomputation.
+    claimed = amplified.model_copy(update={"assumptions": bound.assumptions})
+    forged = spallm.model_copy(update={"guarantees": [*spallm.guarantees[:-1], claimed]})
+    with pytest.raises(ReportVerificationError) as error:
+        verify_report(sign_report(forged, KEY), allow_missing_statements=True)
+    assert error.value.field == f"guarantees[{len(spallm.guarantees) - 1}].epsilon"
+
+
+def test_the_service_reports_no_amplification_for_fedspallm() -> None:
+    from coordinator.report import build_run_report, secure_aggregation_event
+    from privacy.report import SummedInputs
+
+    ledger = _large_vote_ledger("keep_votes")
+    site = sign_participant_statement(
+        participant="site-00000", run_id="svc", events=[ledger.entries[0].event], private_key=SITE_KEY
+    )
+    for recipe, summed, valid in (
+        ("fedprllm", SummedInputs.KEEP_VOTES, True),
+        ("fedspallm", SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES, False),
+    ):
+        event = secure_aggregation_event(
+            block=0,
+            coordinates=10,
+            participants=1_000,
+            threshold=501,
+            contributors=[f"site-{i:05d}" for i in range(1_000)],
+            colluders=0,
+            summed=summed,
+        )
+        report = build_run_report(
+            run_id="svc",
+            participants=1_000,
+            threshold=501,
+            colluders=0,
+            delta=1e-5,
+            accountant_tolerance=0.15,
+            record_level_dp=False,
+            statements=[site],
+            coordinator_events=[event],
+            recipe=recipe,
+        )
+        assert report.guarantees[-1].details["valid"] is valid
+        if not valid:
+            assert any("raw (unrandomized) bit" in text for text in report.exclusions)
+
+
+def test_the_threat_model_states_the_data_dependent_aborts(signed_json: str) -> None:
+    from privacy.report import DATA_DEPENDENT_ABORTS
+    from pruning.data import MIN_WINDOW_TOKENS
+
+    report = PrivacyReport.from_json(signed_json)
+    assert report.threat_model.data_dependent_aborts == DATA_DEPENDENT_ABORTS
+    assert f"no document holds {MIN_WINDOW_TOKENS} or more tokens" in DATA_DEPENDENT_ABORTS
+    assert "nsamples" in DATA_DEPENDENT_ABORTS and "drop-out is visible" in DATA_DEPENDENT_ABORTS
+    markdown = render_markdown(report, verification=verify_report(report, allow_missing_statements=True))
+    assert "data-dependent aborts" in markdown
+    with pytest.raises(ReportVerificationError) as error:
+        verify_report(
+            _resigned(
+                signed_json, lambda d: d["threat_model"].__setitem__("data_dependent_aborts", "none"), KEY
+            )
+        )
+    assert error.value.field == "threat_model.data_dependent_aborts"

@@ -49,7 +49,7 @@ def test_the_fingerprint_is_the_sha256_of_the_raw_key_grouped_for_reading() -> N
     digest = hashlib.sha256(raw_public_key(key)).hexdigest()
     assert key_fingerprint(key) == key_fingerprint(key.public_key()) == digest
     grouped = grouped_fingerprint(key)
-    assert grouped.replace(" ", "") == digest[:32] and len(grouped.split()) == 8
+    assert grouped.replace(" ", "") == digest and len(grouped.split()) == 16
 
 
 def test_a_pin_is_a_key_file_or_a_fingerprint_of_at_least_128_bits(tmp_path: Path) -> None:
@@ -63,6 +63,35 @@ def test_a_pin_is_a_key_file_or_a_fingerprint_of_at_least_128_bits(tmp_path: Pat
         TrustedKey.parse(key_fingerprint(key)[:16])
     # A bare 64-hex string is a fingerprint, never a raw public key: the key's own hex does not pin it.
     assert not TrustedKey.parse(raw_public_key(key).hex()).matches(key.public_key())
+
+
+def test_an_auditors_pin_is_the_full_fingerprint_by_value(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    for text in (key_fingerprint(key), grouped_fingerprint(key), key_fingerprint(key).upper()):
+        assert TrustedKey.from_fingerprint(text).matches(key.public_key())
+    for text in (key_fingerprint(key)[:32], key_fingerprint(key) + "0", "g" * 64, str(tmp_path / "k.pub")):
+        with pytest.raises(SigningKeyError, match="exactly 64 hex digits"):
+            TrustedKey.from_fingerprint(text)
+    key_file = tmp_path / "k.pub"
+    key_file.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    assert TrustedKey.from_key_file(key_file).matches(key.public_key())
+    with pytest.raises(SigningKeyError, match="cannot read public-key file"):
+        TrustedKey.from_key_file(tmp_path / "absent.pub")
+
+
+def test_a_planted_file_named_after_a_fingerprint_is_never_the_pin(tmp_path: Path, monkeypatch) -> None:
+    # A forger ships its own key in a file named after the real operator's fingerprint, in the directory
+    # the auditor works in. The text is a fingerprint, so the file is never read, however it is spelled.
+    operator, forger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    monkeypatch.chdir(tmp_path)
+    pem = forger.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    for name in (key_fingerprint(operator), key_fingerprint(operator)[:32]):
+        (tmp_path / name).write_bytes(pem)
+        for pin in (
+            TrustedKey.parse(name),
+            *(() if len(name) < 64 else (TrustedKey.from_fingerprint(name),)),
+        ):
+            assert pin.matches(operator.public_key()) and not pin.matches(forger.public_key())
 
 
 def _event(participant: str) -> MechanismEvent:
