@@ -234,8 +234,10 @@ class PrivacyMinimums(_Section):
             )
         if not record_level_dp:
             return problems
-        if accounted and self.max_target_epsilon is not None and (
-            record_epsilon is None or record_epsilon > self.max_target_epsilon
+        if (
+            accounted
+            and self.max_target_epsilon is not None
+            and (record_epsilon is None or record_epsilon > self.max_target_epsilon)
         ):
             stated = "cannot be computed" if record_epsilon is None else f"is {record_epsilon:g}"
             problems.append(
@@ -251,8 +253,10 @@ class PrivacyMinimums(_Section):
                 f"data.calibration holds {documents} documents: the run's delta {delta:g} is larger than "
                 f"1/{documents} (at that delta a mechanism may publish one of them whole and still meet it)"
             )
-        if accounted and self.min_noise_multiplier is not None and (
-            noise_multiplier is None or noise_multiplier < self.min_noise_multiplier
+        if (
+            accounted
+            and self.min_noise_multiplier is not None
+            and (noise_multiplier is None or noise_multiplier < self.min_noise_multiplier)
         ):
             stated = "states none" if noise_multiplier is None else f"is {noise_multiplier:g}"
             problems.append(

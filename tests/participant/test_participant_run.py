@@ -193,7 +193,9 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
 
     # Another run of 6 would make 12 > 10: refused at join, with the figures, before any data is read.
     second, client = _participant(config, _reply(config, run_id=b"\x02" * 16, target_epsilon=6.0))
-    with pytest.raises(RunRefusedError, match=rf"lifetime_epsilon of dataset 'notes-2024' is 10.*needs {spend:g}"):
+    with pytest.raises(
+        RunRefusedError, match=rf"lifetime_epsilon of dataset 'notes-2024' is 10.*needs {spend:g}"
+    ):
         second.run()
     assert client.calls == ["Join"]
     assert _budget(config).spent().epsilon == spend
@@ -282,7 +284,9 @@ def _method_wanda() -> Any:
     return Method.WANDA
 
 
-def test_delta_is_bounded_by_the_site_and_by_its_document_count(site: Callable[..., ParticipantConfig]) -> None:
+def test_delta_is_bounded_by_the_site_and_by_its_document_count(
+    site: Callable[..., ParticipantConfig],
+) -> None:
     participant, _ = _participant(site(), _reply(site(), delta=0.5))
     with pytest.raises(
         RunRefusedError, match=r"\[privacy\] max_delta = 1e-05 \(the default\): the run's delta 0.5 is larger"
@@ -291,7 +295,10 @@ def test_delta_is_bounded_by_the_site_and_by_its_document_count(site: Callable[.
     # A site that allows a large delta still never takes one above 1 / its document count.
     loose = site(privacy={"max_delta": 0.9})
     participant, _ = _participant(loose, _reply(loose, delta=0.5))
-    with pytest.raises(RunRefusedError, match=rf"holds {DOCUMENTS} documents: the run's delta 0.5 is larger than 1/{DOCUMENTS}"):
+    with pytest.raises(
+        RunRefusedError,
+        match=rf"holds {DOCUMENTS} documents: the run's delta 0.5 is larger than 1/{DOCUMENTS}",
+    ):
         participant.join()
     participant, _ = _participant(loose, _reply(loose, delta=0.2, accountant_tolerance=0.9))
     participant.join()
