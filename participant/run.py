@@ -80,6 +80,10 @@ class PeerKeyError(RunRefusedError):
     """A session's roster holds an identity key that this participant's pins (or first sight) refuse."""
 
 
+class UnaccountableRunError(RunRefusedError, PrivacyError):
+    """The run's privacy parameters cannot be accounted (the accountants fail on them): refused at join."""
+
+
 class RunAbortedError(Exception):
     """The coordinator aborted the run."""
 
@@ -259,7 +263,7 @@ class ParticipantRun:
             try:
                 self.plan = run_plan(run, blocks=own_blocks, documents=documents)
             except PrivacyError as error:
-                raise RunRefusedError(f"the run's privacy parameters cannot be accounted: {error}") from None
+                raise UnaccountableRunError(f"the run's privacy parameters cannot be accounted: {error}") from None
             problems = refusals(self.config, run, self.plan)
         if problems:
             raise RunRefusedError(
