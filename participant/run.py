@@ -259,21 +259,25 @@ class ParticipantRun:
         # What needs no accounting first: a run with an absurd delta is refused for it, not for what the
         # accountants make of it.
         problems = refusals(self.config, run, None, documents=documents)
-        if not problems:
-            try:
-                self.plan = run_plan(run, blocks=own_blocks, documents=documents)
-            except PrivacyError as error:
-                raise UnaccountableRunError(f"the run's privacy parameters cannot be accounted: {error}") from None
-            problems = refusals(self.config, run, self.plan)
+        if problems:
+            raise RunRefusedError(
+                "the run is weaker than this participant's [privacy] settings: " + "; ".join(problems)
+            )
+        try:
+            plan = run_plan(run, blocks=own_blocks, documents=documents)
+        except PrivacyError as error:
+            raise UnaccountableRunError(
+                f"the run's privacy parameters cannot be accounted: {error}"
+            ) from None
+        problems = refusals(self.config, run, plan)
         if problems:
             raise RunRefusedError(
                 "the run is weaker than this participant's [privacy] settings: " + "; ".join(problems)
             )
         logger.info(
-            "the run's privacy on this site's data: %s; %s",
-            _describe(run.privacy),
-            _describe_plan(self.plan),
+            "the run's privacy on this site's data: %s; %s", _describe(run.privacy), _describe_plan(plan)
         )
+        self.plan = plan
         self._check_budget(run)
         if not self.pins:
             logger.warning(
@@ -475,13 +479,12 @@ class ParticipantRun:
 
     def _log_signal_outlook(self, records: int) -> None:
         """Tell this site's operator, before any release, what the DP noise will leave of its statistics."""
-        from participant.privacy import planned_noise_multiplier, released_dimension
+        from participant.privacy import released_dimension
         from privacy.calibration_dp import signal_outlook
-        from pruning.adapters import decoder_blocks
         from pruning.statistics import StatisticKind
 
         blocks = decoder_blocks(self.model)
-        sigma = planned_noise_multiplier(self.privacy.settings, blocks=len(blocks))
+        sigma = self.plan.noise_multiplier if self.plan is not None else None  # the noise the site applies
         if sigma is None:
             return
         outlook = signal_outlook(
