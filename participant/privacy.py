@@ -50,26 +50,6 @@ class RunPrivacy:
             raise PrivacyError("record-level DP needs exactly one of noise_multiplier and target_epsilon")
 
 
-def record_level_epsilon(settings: RunPrivacy, *, blocks: int) -> float | None:
-    """Return the record-level epsilon (at ``settings.delta``) this participant spends on its data in the run.
-
-    One joint Gaussian release per decoder block (``DPStatisticAggregator``): a run that states a target
-    spends at most the target (the noise multiplier is planned to reach it); a run that states a noise
-    multiplier spends what the accountants compose for ``blocks`` releases at its sample rate, the
-    larger of RDP and PRV, as the report will recompute it. None when record-level DP is off: the
-    statistics are exact and no finite epsilon bounds them.
-    """
-    if not settings.record_level_dp:
-        return None
-    if settings.target_epsilon is not None:
-        return float(settings.target_epsilon)
-    assert settings.noise_multiplier is not None
-    release = GaussianRelease(
-        noise_multiplier=settings.noise_multiplier, sample_rate=settings.sample_rate, count=blocks
-    )
-    return gaussian_epsilon([release], delta=settings.delta, tolerance=settings.accountant_tolerance).epsilon
-
-
 def planned_noise_multiplier(settings: RunPrivacy, *, blocks: int) -> float | None:
     """Return the noise multiplier of the run's DP statistics (None when record-level DP is off)."""
     from privacy.accounting import noise_multiplier_for_epsilon

@@ -203,7 +203,7 @@ class ParticipantRun:
                 lifetime_epsilon=minimums.lifetime_epsilon,
                 lifetime_delta=minimums.lifetime_delta,
             )
-            if minimums is not None and minimums.lifetime_epsilon is not None
+            if minimums.lifetime_epsilon is not None
             else None
         )
         self._spend: tuple[str, str, float, float] | None = None
@@ -371,8 +371,10 @@ class ParticipantRun:
         self.run_id = run.run_id.hex()
         self.name = reply.name
         self.participant_id = reply.participant_id
-        if self.plan is None:  # an in-process host that prepares without joining through this object
-            self.plan = run_plan(run, blocks=len(decoder_blocks(self.model)))
+        if self.plan is None:
+            raise RuntimeError(
+                "join() plans the run's privacy on this site's data before anything is prepared"
+            )
         self.privacy = ParticipantPrivacy(
             name=reply.name,
             run_id=self.run_id,

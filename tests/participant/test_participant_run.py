@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig, parse_config
-from participant.privacy import RunPrivacy, record_level_epsilon
+from participant.privacy import RunPrivacy, plan_privacy
 from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, run_plan, run_privacy
 from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.budget import LifetimeBudget
@@ -138,7 +138,7 @@ def test_the_accountant_tolerance_comes_from_the_run_and_defaults_when_absent() 
     assert run_privacy(stated).accountant_tolerance == 0.3
     # At q = 0.1 RDP is 10-16% looser than PRV: the run's recorded tolerance is what lets it be accounted.
     settings = run_privacy(stated)
-    assert record_level_epsilon(settings, blocks=8) is not None
+    assert plan_privacy(settings, reads_data=True, blocks=8).epsilon is not None
 
 
 def test_without_record_level_dp_no_finite_epsilon_is_claimed() -> None:
@@ -151,7 +151,8 @@ def test_without_record_level_dp_no_finite_epsilon_is_claimed() -> None:
         delta=1e-5,
         sample_rate=1.0,
     )
-    assert record_level_epsilon(settings, blocks=4) is None
+    plan = plan_privacy(settings, reads_data=True, blocks=4)
+    assert plan.epsilon is None and plan.releases == 4
 
 
 # ---------------------------------------------------------------------- lifetime budget
