@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -511,3 +512,29 @@ def test_malformed_or_unexpected_tasks_are_refused_and_the_participant_carries_o
         participant.run()  # returns normally: nothing above crashed it
     assert caplog.text.count("refused by this participant") == 4
     assert client.calls == ["Join"]  # it answered none of them
+
+
+def test_statements_with_and_without_the_old_size_class_both_verify() -> None:
+    from participant.privacy import ParticipantPrivacy
+    from privacy.signing import ParticipantStatement, sign_participant_statement, verify_statement_signature
+
+    key = Ed25519PrivateKey.generate()
+    settings = RunPrivacy(
+        randomized_response=True,
+        epsilon0=1.0,
+        record_level_dp=False,
+        noise_multiplier=None,
+        target_epsilon=None,
+        delta=1e-5,
+        sample_rate=1.0,
+    )
+    privacy = ParticipantPrivacy(name="site-a", run_id="r", settings=settings, blocks=1)
+    privacy.randomize_block(0, np.ones(8, dtype=bool))
+    new = privacy.statement(key)
+    # A statement of an earlier version carried a coarse class; it is still a valid statement.
+    old = sign_participant_statement(
+        participant="site-a", run_id="r", events=privacy.events(), private_key=key, data_size_class="small"
+    )
+    for statement in (new, old):
+        verify_statement_signature(ParticipantStatement.model_validate_json(statement.model_dump_json()))
+    assert new.data_size_class is None and old.data_size_class == "small"
