@@ -177,14 +177,9 @@ class PrivacyMinimums(_Section):
     """The deltas' sum over all runs may not pass this (checked only with ``lifetime_epsilon``; the sum
     may never reach 1 in any case)."""
 
-    def _setting(self, key: str, value: object) -> str:
-        shown = (
-            str(value).lower()
-            if isinstance(value, bool)
-            else f"{value:g}"
-            if isinstance(value, float)
-            else value
-        )
+    def _setting(self, key: str, value: bool | float) -> str:
+        """Return ``[privacy] key = value`` as TOML spells it, saying when the value is the default."""
+        shown = ("true" if value else "false") if isinstance(value, bool) else f"{value:g}"
         default = "" if key in self.model_fields_set else " (the default)"
         return f"[privacy] {key} = {shown}{default}"
 
