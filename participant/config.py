@@ -177,7 +177,7 @@ class PrivacyMinimums(_Section):
     """The deltas' sum over all runs may not pass this (checked only with ``lifetime_epsilon``; the sum
     may never reach 1 in any case)."""
 
-    def _setting(self, key: str, value: bool | float) -> str:
+    def setting(self, key: str, value: bool | float) -> str:
         """Return ``[privacy] key = value`` as TOML spells it, saying when the value is the default."""
         shown = ("true" if value else "false") if isinstance(value, bool) else f"{value:g}"
         default = "" if key in self.model_fields_set else " (the default)"
@@ -209,22 +209,22 @@ class PrivacyMinimums(_Section):
         problems: list[str] = []
         if self.require_randomized_response and not randomized_response:
             problems.append(
-                f"{self._setting('require_randomized_response', True)}: the run sends mask bits without "
+                f"{self.setting('require_randomized_response', True)}: the run sends mask bits without "
                 "randomized response"
             )
         if randomized_response and self.max_epsilon0 is not None and epsilon0 > self.max_epsilon0:
             problems.append(
-                f"{self._setting('max_epsilon0', self.max_epsilon0)}: the run's epsilon0 {epsilon0:g} is larger"
+                f"{self.setting('max_epsilon0', self.max_epsilon0)}: the run's epsilon0 {epsilon0:g} is larger"
             )
         if self.min_threshold is not None and threshold < self.min_threshold:
             problems.append(
-                f"{self._setting('min_threshold', self.min_threshold)}: the run's threshold {threshold} is smaller"
+                f"{self.setting('min_threshold', self.min_threshold)}: the run's threshold {threshold} is smaller"
             )
         if not reads_data:
             return problems
         if self.require_record_level_dp and not record_level_dp:
             problems.append(
-                f"{self._setting('require_record_level_dp', True)}: the run has no record-level DP (exact "
+                f"{self.setting('require_record_level_dp', True)}: the run has no record-level DP (exact "
                 "calibration statistics, no finite epsilon)"
             )
         if not record_level_dp:
@@ -236,12 +236,12 @@ class PrivacyMinimums(_Section):
         ):
             stated = "cannot be computed" if record_epsilon is None else f"is {record_epsilon:g}"
             problems.append(
-                f"{self._setting('max_target_epsilon', self.max_target_epsilon)}: the run's record-level "
+                f"{self.setting('max_target_epsilon', self.max_target_epsilon)}: the run's record-level "
                 f"epsilon on this site's data {stated}"
             )
         if delta > self.max_delta:
             problems.append(
-                f"{self._setting('max_delta', self.max_delta)}: the run's delta {delta:g} is larger"
+                f"{self.setting('max_delta', self.max_delta)}: the run's delta {delta:g} is larger"
             )
         if documents is not None and documents > 0 and delta > 1.0 / documents:
             problems.append(
@@ -255,7 +255,7 @@ class PrivacyMinimums(_Section):
         ):
             stated = "states none" if noise_multiplier is None else f"is {noise_multiplier:g}"
             problems.append(
-                f"{self._setting('min_noise_multiplier', self.min_noise_multiplier)}: the run's noise "
+                f"{self.setting('min_noise_multiplier', self.min_noise_multiplier)}: the run's noise "
                 f"multiplier {stated}"
             )
         return problems

@@ -266,6 +266,14 @@ class ParticipantRun:
         try:
             plan = run_plan(run, blocks=own_blocks, documents=documents)
         except PrivacyError as error:
+            bound = self.config.privacy.max_target_epsilon
+            if bound is not None and documents is not None:  # record-level DP on data this site reads
+                # An epsilon the accountants cannot compute (a noise multiplier so small that PRV diverges,
+                # say) is no smaller than any bound: name the bound it fails.
+                raise UnaccountableRunError(
+                    f"{self.config.privacy.setting('max_target_epsilon', bound)}: the run's record-level "
+                    f"epsilon on this site's data cannot be computed: {error}"
+                ) from None
             raise UnaccountableRunError(
                 f"the run's privacy parameters cannot be accounted: {error}"
             ) from None

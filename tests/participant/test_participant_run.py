@@ -225,19 +225,28 @@ def test_a_lifetime_budget_refuses_exact_statistics_but_not_magnitude_pruning(
 
 
 # ---------------------------------------------------------------------- the site's own privacy bill
-@pytest.mark.parametrize("announced", [1, BLOCKS + 1])
+@pytest.fixture
+def four_blocks(site: Callable[..., ParticipantConfig], model_dir: Callable[..., Path]) -> ParticipantConfig:
+    """Return a site config (no [privacy] section) whose local model has four decoder blocks."""
+    return site(model={"directory": str(model_dir("llama", layers=4, name="four-blocks"))})
+
+
+@pytest.mark.parametrize("announced", [1, 3, 5])
 def test_a_run_that_miscounts_the_models_decoder_blocks_is_refused_at_join(
-    site: Callable[..., ParticipantConfig], announced: int
+    four_blocks: ParticipantConfig, announced: int
 ) -> None:
-    # Announcing 1 block for a 2-block model would plan the noise for one release and charge one, while
-    # the site releases one statistic per block it actually has.
-    config = site()
-    reply = _reply(config)
+    # Announcing 1 block for a 4-block model would plan the noise for one release and charge one, while
+    # the site releases one statistic per block it has: 4 releases, epsilon 18.8 for a charge of 8.
+    reply = _reply(four_blocks, target_epsilon=8.0)
     reply.run.blocks = announced
-    participant, client = _participant(config, reply)
-    with pytest.raises(RunRefusedError, match=rf"announces {announced} decoder blocks, but .* has {BLOCKS}"):
+    participant, client = _participant(four_blocks, reply)
+    with pytest.raises(RunRefusedError, match=rf"announces {announced} decoder blocks, but .* has 4"):
         participant.join()
     assert participant.plan is None and client.calls == ["Join"]
+    reply.run.blocks = 4
+    participant, _ = _participant(four_blocks, reply)
+    participant.join()
+    assert (participant.plan.blocks, participant.plan.releases) == (4, 4) and participant.plan.epsilon <= 8.0
 
 
 def test_the_statistics_aggregator_refuses_a_release_past_the_planned_count(
@@ -358,6 +367,22 @@ def test_a_site_without_a_privacy_section_refuses_weak_runs_naming_the_default(
     participant, _ = _participant(config, _reply(config, target_epsilon=8.0))
     participant.join()
     assert participant.plan.epsilon <= 8.0 and participant.plan.releases == BLOCKS
+
+
+def test_a_noise_multiplier_whose_epsilon_cannot_be_computed_fails_the_default_bound_by_name(
+    four_blocks: ParticipantConfig,
+) -> None:
+    # Over 4 blocks sigma 0.05 sends PRV to infinity (RDP gives 991): no finite figure to compare.
+    noisy = _reply(four_blocks, target_epsilon=None, noise_multiplier=0.05)
+    noisy.run.privacy.ClearField("target_epsilon")
+    noisy.run.blocks = 4
+    participant, _ = _participant(four_blocks, noisy)
+    with pytest.raises(
+        RunRefusedError,
+        match=r"\[privacy\] max_target_epsilon = 8 \(the default\): the run's record-level epsilon on this "
+        r"site's data cannot be computed",
+    ):
+        participant.join()
 
 
 def test_two_state_directories_over_one_budget_file_are_each_charged_for_their_release(
