@@ -328,7 +328,9 @@ class ParticipantRun:
         run_id = run.run_id.hex()
         release = self._release_token(run_id)
         try:
-            after = self.budget.check(epsilon, delta, run_id=run_id, release=release)
+            after = self.budget.check(
+                epsilon, delta, run_id=run_id, release=release, records=self.plan.documents
+            )
         except BudgetExceeded as error:
             raise RunRefusedError(str(error)) from None
         except BudgetLedgerError as error:
@@ -366,7 +368,13 @@ class ParticipantRun:
             return
         run_id, release, epsilon, delta = self._spend
         try:
-            self.budget.commit(run_id, epsilon=epsilon, delta=delta, release=release)
+            self.budget.commit(
+                run_id,
+                epsilon=epsilon,
+                delta=delta,
+                release=release,
+                records=self.plan.documents if self.plan is not None else None,
+            )
         except BudgetExceeded as error:
             raise RunRefusedError(str(error)) from None
         except BudgetLedgerError as error:

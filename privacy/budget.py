@@ -30,6 +30,8 @@ each read-check-write one step, and the file is replaced, never edited in place.
 
 Deltas compose by summing too, and a sum of 1 or more bounds nothing ((epsilon, 1)-DP holds for every
 mechanism), so whatever the configured ``lifetime_delta``, a commit that would take the sum to 1 is refused.
+A caller that knows how many records the dataset holds (``records``) holds the sum to 1 / records, the bound
+a single run's delta is held to: above it, the runs together may publish one record whole.
 
 The file is JSON: the dataset name, and entries (run id, release, epsilon, delta, timestamp) in a SHA-256
 hash chain (entries written before releases were named have none, and verify as they were written). The
@@ -204,7 +206,9 @@ class LifetimeBudget:
 
     # -- checking and committing -------------------------------------------------------------------
 
-    def _refuse_if_over(self, spent: Spent, run_epsilon: float, run_delta: float, run_id: str | None) -> None:
+    def _refuse_if_over(
+        self, spent: Spent, run_epsilon: float, run_delta: float, run_id: str | None, records: int | None
+    ) -> None:
         total_epsilon = math.fsum([spent.epsilon, run_epsilon])
         total_delta = math.fsum([spent.delta, run_delta])
         run = f"run {run_id!r}" if run_id else "the run"
@@ -220,6 +224,12 @@ class LifetimeBudget:
                 f"{run_delta:g}, together {total_delta:g}: a summed delta of {MEANINGFUL_DELTA:g} or more bounds "
                 f"nothing ((epsilon, 1)-DP holds for any mechanism); {run} is refused"
             )
+        if records is not None and records > 0 and total_delta > (1 / records) * (1 + _RELATIVE_SLACK):
+            raise BudgetExceeded(
+                f"dataset {self.dataset!r} holds {records} records: {spent.runs} runs have spent delta "
+                f"{spent.delta:g}, {run} needs {run_delta:g}, together {total_delta:g}, above 1/{records} (the "
+                f"runs together may then publish one record whole); {run} is refused"
+            )
         if self.lifetime_delta is not None and total_delta > self.lifetime_delta * (1 + _RELATIVE_SLACK):
             raise BudgetExceeded(
                 f"lifetime_delta of dataset {self.dataset!r} is {self.lifetime_delta:g}: {spent.runs} runs "
@@ -234,11 +244,14 @@ class LifetimeBudget:
         *,
         run_id: str | None = None,
         release: str | None = None,
+        records: int | None = None,
     ) -> Spent:
         """Return what would be spent after the run; raise BudgetExceeded if that exceeds the budget.
 
         A release already committed (same ``run_id`` and ``release``) is not counted twice: its figures
-        must match. Another release under a committed run id is a new charge.
+        must match. Another release under a committed run id is a new charge. ``records``: how many
+        records the dataset holds now; the summed delta may not pass 1 / records, the bound a single
+        run's delta is held to.
         """
         _check_figures(run_epsilon, run_delta)
         entries = self.entries()
@@ -247,7 +260,7 @@ class LifetimeBudget:
             self._same_figures(committed, run_epsilon, run_delta)
             return self.spent()
         spent = self.spent()
-        self._refuse_if_over(spent, run_epsilon, run_delta, run_id)
+        self._refuse_if_over(spent, run_epsilon, run_delta, run_id, records)
         return Spent(
             epsilon=math.fsum([spent.epsilon, run_epsilon]),
             delta=math.fsum([spent.delta, run_delta]),
@@ -280,6 +293,7 @@ class LifetimeBudget:
         epsilon: float,
         delta: float,
         release: str | None = None,
+        records: int | None = None,
         timestamp: str | None = None,
     ) -> BudgetEntry:
         """Return the release's entry after recording it durably; idempotent per (``run_id``, ``release``).
@@ -289,6 +303,7 @@ class LifetimeBudget:
         nothing; with other figures it raises BudgetLedgerError. Another ``release`` under a committed run
         id is charged as a new entry. ``release`` None names no release: the run id alone, as before
         releases were named (callers that can compute twice under one run id must name their releases).
+        ``records`` as in :meth:`check`.
         """
         _check_figures(epsilon, delta)
         if not run_id:
@@ -306,7 +321,7 @@ class LifetimeBudget:
                 delta=math.fsum(e.delta for e in entries),
                 runs=len(entries),
             )
-            self._refuse_if_over(spent, epsilon, delta, run_id)
+            self._refuse_if_over(spent, epsilon, delta, run_id, records)
             fields: dict[str, Any] = {
                 "index": len(entries),
                 "run_id": run_id,

@@ -340,6 +340,24 @@ def test_three_runs_cannot_leave_a_ledger_whose_deltas_sum_past_one(
     assert _budget(config).spent().delta == 0.5
 
 
+def test_the_summed_delta_is_held_to_one_over_the_document_count(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    config = site(privacy={"max_delta": 0.3, "lifetime_epsilon": 1000.0})
+    first = _reply(config, run_id=b"\x01" * 16, delta=0.3, accountant_tolerance=0.9)
+    participant, _ = _participant(config, first)
+    participant.join()
+    participant._commit_budget()
+    # Each run alone is within 1/3 for the site's 3 documents; two together are not.
+    second, _ = _participant(config, _reply(config, run_id=b"\x02" * 16, delta=0.3, accountant_tolerance=0.9))
+    with pytest.raises(
+        RunRefusedError,
+        match=rf"holds {DOCUMENTS} records: 1 runs have spent delta 0.3, .* above 1/{DOCUMENTS}",
+    ):
+        second.join()
+    assert _budget(config).spent().delta == 0.3
+
+
 def test_a_site_without_a_privacy_section_refuses_weak_runs_naming_the_default(
     site: Callable[..., ParticipantConfig],
 ) -> None:

@@ -194,3 +194,12 @@ def test_concurrent_releases_over_one_file_are_each_charged(tmp_path: Path) -> N
         list(pool.map(release, range(16)))
     spent = LifetimeBudget(path, dataset="notes", lifetime_epsilon=100.0).spent()
     assert (spent.epsilon, spent.runs) == (16.0, 16)
+
+
+def test_with_a_record_count_the_summed_delta_is_held_to_one_over_it(tmp_path: Path) -> None:
+    budget = _budget(tmp_path, lifetime_epsilon=100.0, lifetime_delta=None)
+    budget.commit("run-1", epsilon=1.0, delta=4e-3, records=100)
+    budget.commit("run-2", epsilon=1.0, delta=6e-3, records=100)  # exactly 1/100: allowed
+    with pytest.raises(BudgetExceeded, match=r"holds 100 records: 2 runs have spent delta 0.01.*above 1/100"):
+        budget.check(1.0, 1e-6, records=100)
+    assert budget.check(1.0, 1e-6, records=50).runs == 3  # fewer records: 1/50 leaves room for more
