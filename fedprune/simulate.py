@@ -560,6 +560,18 @@ def simulate_service(
         if value is not None:
             privacy_section[key] = value
 
+    # The weakest run each simulated site joins: exactly the simulation's own parameters (whoever runs the
+    # simulation chooses both sides), where the sites' protective defaults would refuse a weaker research
+    # setting such as --record-dp off.
+    site_settings: dict[str, object] = {
+        "require_record_level_dp": privacy.record_level_dp,
+        "require_randomized_response": privacy.randomizes_bits,
+        "max_target_epsilon": privacy.target_epsilon if privacy.record_level_dp else None,
+        "max_delta": privacy.delta,
+    }
+    if privacy.randomizes_bits:
+        site_settings["max_epsilon0"] = privacy.epsilon0
+
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedprune-simulate-"))
@@ -617,6 +629,7 @@ def simulate_service(
                         "max_blocks": budgets[i] if budgets is not None else None,
                     },
                     "peers": {peer: fingerprints[peer] for peer in names if peer != name},
+                    "privacy": site_settings,
                 },
                 source=f"in-process {name}",
             )

@@ -3,7 +3,8 @@
 The keys of the issue's table are the public contract; every other key has a default, so a file holding
 only the contract keys runs (``examples/participant-minimal.toml``). Unknown keys are refused naming the
 key; relative paths are relative to the config file; a bad value fails naming ``section.key``. Without a
-``[privacy]`` section the participant accepts the coordinator's parameters and logs them.
+``[privacy]`` section the participant applies that section's protective defaults (record-level DP
+required, epsilon at most 8 and delta at most 1e-5 per run).
 """
 
 from __future__ import annotations
@@ -134,28 +135,58 @@ class RuntimeSection(_Section):
         return self.identity_key if self.identity_key is not None else self.state / IDENTITY_KEY_NAME
 
 
+DEFAULT_MAX_EPSILON = 8.0
+"""Largest record-level epsilon a site accepts for one run unless its ``[privacy]`` says otherwise: the
+coordinator's own default target (``privacy.calibration_dp.DEFAULT_TARGET_EPSILON``), so a default run is
+accepted and anything weaker is not."""
+DEFAULT_MAX_DELTA = 1e-5
+"""Largest delta a site accepts for one run unless its ``[privacy]`` says otherwise (and never above
+1 / the site's document count, whatever the setting)."""
+
+
 class PrivacyMinimums(_Section):
-    """``[privacy]``: the weakest run this participant takes part in; an absent key sets no limit."""
+    """``[privacy]``: the weakest run this participant takes part in.
+
+    Every key has a protective default, so a config without the section still refuses a run without
+    record-level DP, one above epsilon 8 (computed here from this site's own model) or one above delta
+    1e-5. Randomized response is not required by default: every mask is post-processing of the
+    record-level DP releases, which already bound what one document can change; randomized response
+    protects single mask coordinates, a different unit.
+    """
 
     max_epsilon0: float | None = Field(None, gt=0)
-    """Largest randomized-response epsilon0 accepted (smaller is more private)."""
+    """Largest randomized-response epsilon0 accepted (smaller is more private); None: no limit."""
     require_randomized_response: bool = False
     min_threshold: int | None = Field(None, ge=1)
     """Smallest secure-aggregation threshold t accepted."""
-    require_record_level_dp: bool = False
-    max_target_epsilon: float | None = Field(None, gt=0)
-    """Largest record-level epsilon accepted (the run's target, or what its noise multiplier gives)."""
-    max_delta: float | None = Field(None, gt=0, lt=1)
+    require_record_level_dp: bool = True
+    """Refuse a run that reads calibration data without record-level DP (magnitude pruning reads none)."""
+    max_target_epsilon: float | None = Field(DEFAULT_MAX_EPSILON, gt=0)
+    """Largest record-level epsilon of one run, as this site computes it for its own model's decoder
+    blocks from the run's target or noise multiplier, sample rate and delta. None (only from Python; TOML
+    has no null): no limit."""
+    max_delta: float = Field(DEFAULT_MAX_DELTA, gt=0, lt=1)
+    """Largest delta of one run; a run is also refused when its delta is above 1 / this site's document
+    count, whatever this says."""
     min_noise_multiplier: float | None = Field(None, gt=0)
+    """Smallest noise multiplier of the record-level releases (the one this site will apply)."""
     lifetime_epsilon: float | None = Field(None, gt=0)
     """Record-level epsilon this site may spend on ``data.dataset`` over all runs (basic composition);
     a run that would pass it, or that has no record-level DP, is refused. None: no lifetime budget."""
     lifetime_delta: float | None = Field(None, gt=0, lt=1)
-    """The deltas' sum over all runs may not pass this (checked only with ``lifetime_epsilon``)."""
+    """The deltas' sum over all runs may not pass this (checked only with ``lifetime_epsilon``; the sum
+    may never reach 1 in any case)."""
+
+    def setting(self, key: str, value: bool | float) -> str:
+        """Return ``[privacy] key = value`` as TOML spells it, saying when the value is the default."""
+        shown = ("true" if value else "false") if isinstance(value, bool) else f"{value:g}"
+        default = "" if key in self.model_fields_set else " (the default)"
+        return f"[privacy] {key} = {shown}{default}"
 
     def violations(
         self,
         *,
+        reads_data: bool = True,
         randomized_response: bool,
         epsilon0: float,
         threshold: int,
@@ -163,48 +194,69 @@ class PrivacyMinimums(_Section):
         record_epsilon: float | None,
         delta: float,
         noise_multiplier: float | None,
+        documents: int | None = None,
+        accounted: bool = True,
     ) -> list[str]:
         """Return why a run with these parameters is weaker than the minimums (empty: acceptable).
 
-        ``record_epsilon`` is the record-level epsilon the run reaches (its target, or what the
-        coordinator computed from its noise multiplier); None when unknown, which fails a set maximum.
+        Each reason names the setting it breaks. ``record_epsilon`` and ``noise_multiplier`` are what
+        this site computed for its own model (None when unknown, which fails a set bound);
+        ``documents`` is its calibration file's document count (None: not read, no 1/N bound).
+        ``reads_data`` False (magnitude pruning) skips the record-level settings: nothing of the data is
+        released. ``accounted`` False skips the two settings that need the accountants (epsilon, noise
+        multiplier): the cheap checks run first, so a run with an absurd delta is refused for its delta.
         """
         problems: list[str] = []
         if self.require_randomized_response and not randomized_response:
             problems.append(
-                "the run sends mask bits without randomized response (require_randomized_response)"
+                f"{self.setting('require_randomized_response', True)}: the run sends mask bits without "
+                "randomized response"
             )
         if randomized_response and self.max_epsilon0 is not None and epsilon0 > self.max_epsilon0:
-            problems.append(f"epsilon0 {epsilon0:g} exceeds max_epsilon0 {self.max_epsilon0:g}")
+            problems.append(
+                f"{self.setting('max_epsilon0', self.max_epsilon0)}: the run's epsilon0 {epsilon0:g} is larger"
+            )
         if self.min_threshold is not None and threshold < self.min_threshold:
-            problems.append(f"threshold {threshold} is below min_threshold {self.min_threshold}")
+            problems.append(
+                f"{self.setting('min_threshold', self.min_threshold)}: the run's threshold {threshold} is smaller"
+            )
+        if not reads_data:
+            return problems
         if self.require_record_level_dp and not record_level_dp:
-            problems.append("the run has no record-level DP (require_record_level_dp)")
+            problems.append(
+                f"{self.setting('require_record_level_dp', True)}: the run has no record-level DP (exact "
+                "calibration statistics, no finite epsilon)"
+            )
+        if not record_level_dp:
+            return problems
         if (
-            record_level_dp
+            accounted
             and self.max_target_epsilon is not None
             and (record_epsilon is None or record_epsilon > self.max_target_epsilon)
         ):
-            stated = (
-                "no record-level epsilon"
-                if record_epsilon is None
-                else f"record-level epsilon {record_epsilon:g}"
+            stated = "cannot be computed" if record_epsilon is None else f"is {record_epsilon:g}"
+            problems.append(
+                f"{self.setting('max_target_epsilon', self.max_target_epsilon)}: the run's record-level "
+                f"epsilon on this site's data {stated}"
             )
-            problems.append(f"the run states {stated}, above max_target_epsilon {self.max_target_epsilon:g}")
-        if record_level_dp and self.max_delta is not None and delta > self.max_delta:
-            problems.append(f"delta {delta:g} exceeds max_delta {self.max_delta:g}")
+        if delta > self.max_delta:
+            problems.append(
+                f"{self.setting('max_delta', self.max_delta)}: the run's delta {delta:g} is larger"
+            )
+        if documents is not None and documents > 0 and delta > 1.0 / documents:
+            problems.append(
+                f"data.calibration holds {documents} documents: the run's delta {delta:g} is larger than "
+                f"1/{documents} (at that delta a mechanism may publish one of them whole and still meet it)"
+            )
         if (
-            record_level_dp
+            accounted
             and self.min_noise_multiplier is not None
             and (noise_multiplier is None or noise_multiplier < self.min_noise_multiplier)
         ):
-            stated = (
-                "no noise multiplier"
-                if noise_multiplier is None
-                else f"noise multiplier {noise_multiplier:g}"
-            )
+            stated = "states none" if noise_multiplier is None else f"is {noise_multiplier:g}"
             problems.append(
-                f"the run states {stated}, below min_noise_multiplier {self.min_noise_multiplier:g}"
+                f"{self.setting('min_noise_multiplier', self.min_noise_multiplier)}: the run's noise "
+                f"multiplier {stated}"
             )
         return problems
 
@@ -217,8 +269,8 @@ class ParticipantConfig(_Section):
     model: ModelSection
     data: DataSection
     runtime: RuntimeSection
-    privacy: PrivacyMinimums | None = None
-    """None: accept the coordinator's privacy parameters (they are logged)."""
+    privacy: PrivacyMinimums = Field(default_factory=lambda: PrivacyMinimums.model_validate({}))
+    """Absent: the protective defaults of every ``[privacy]`` key."""
     peers: dict[str, str] = Field(default_factory=dict)
     """Pinned identity keys, certificate name -> public-key file (relative to this file) or fingerprint,
     obtained from each site out of band. With pins, a session whose roster holds any other key is

@@ -50,26 +50,6 @@ class RunPrivacy:
             raise PrivacyError("record-level DP needs exactly one of noise_multiplier and target_epsilon")
 
 
-def record_level_epsilon(settings: RunPrivacy, *, blocks: int) -> float | None:
-    """Return the record-level epsilon (at ``settings.delta``) this participant spends on its data in the run.
-
-    One joint Gaussian release per decoder block (``DPStatisticAggregator``): a run that states a target
-    spends at most the target (the noise multiplier is planned to reach it); a run that states a noise
-    multiplier spends what the accountants compose for ``blocks`` releases at its sample rate, the
-    larger of RDP and PRV, as the report will recompute it. None when record-level DP is off: the
-    statistics are exact and no finite epsilon bounds them.
-    """
-    if not settings.record_level_dp:
-        return None
-    if settings.target_epsilon is not None:
-        return float(settings.target_epsilon)
-    assert settings.noise_multiplier is not None
-    release = GaussianRelease(
-        noise_multiplier=settings.noise_multiplier, sample_rate=settings.sample_rate, count=blocks
-    )
-    return gaussian_epsilon([release], delta=settings.delta, tolerance=settings.accountant_tolerance).epsilon
-
-
 def planned_noise_multiplier(settings: RunPrivacy, *, blocks: int) -> float | None:
     """Return the noise multiplier of the run's DP statistics (None when record-level DP is off)."""
     from privacy.accounting import noise_multiplier_for_epsilon
@@ -85,6 +65,82 @@ def planned_noise_multiplier(settings: RunPrivacy, *, blocks: int) -> float | No
         releases=blocks,
         sample_rate=settings.sample_rate,
         tolerance=settings.accountant_tolerance,
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivacyPlan:
+    """What one run will spend on this site's data, derived by the site from its own model and data.
+
+    The coordinator announces the mechanism (target or noise multiplier, sample rate, delta); the counts
+    the accounting rests on are the site's own: its model's decoder blocks, one joint Gaussian release per
+    block (``DPStatisticAggregator``), and its calibration file's documents. The lifetime budget is
+    charged ``epsilon`` and ``delta`` for at most ``releases`` releases, and the statistics aggregator
+    refuses to make more.
+    """
+
+    reads_data: bool
+    """False for magnitude pruning, which releases nothing computed from the data."""
+    blocks: int
+    """Decoder blocks of the site's own model."""
+    releases: int
+    """Releases of statistics of the site's data this run may make: one per decoder block of its own
+    model, 0 when it reads no data. What the lifetime budget is charged for, and the most the record-level
+    aggregator makes; each block's vector is randomized once, so no block is ever released twice."""
+    noise_multiplier: float | None
+    """Noise multiplier of each release (planned here for ``releases`` when the run states a target)."""
+    epsilon: float | None
+    """Record-level epsilon at ``delta`` of ``releases`` releases (the larger of RDP and PRV); 0 when it
+    reads no data; None without record-level DP (exact statistics: no finite epsilon bounds them)."""
+    delta: float
+    documents: int | None
+    """Documents in the site's calibration file (None when not read at join: no record-level DP)."""
+
+
+def plan_privacy(
+    settings: RunPrivacy, *, reads_data: bool, blocks: int, documents: int | None = None
+) -> PrivacyPlan:
+    """Return the site's privacy plan for a run with ``settings`` on its own ``blocks``-block model.
+
+    Raises PrivacyError when the settings cannot be accounted (a delta outside (0, 1), a sample rate
+    outside (0, 1], a noise multiplier that is not positive, a target no noise multiplier reaches).
+    """
+    if blocks < 1:
+        raise PrivacyError(f"blocks must be >= 1, got {blocks}")
+    if not reads_data:
+        return PrivacyPlan(
+            reads_data=False,
+            blocks=blocks,
+            releases=0,
+            noise_multiplier=None,
+            epsilon=0.0,
+            delta=0.0,
+            documents=documents,
+        )
+    if not settings.record_level_dp:
+        return PrivacyPlan(
+            reads_data=True,
+            blocks=blocks,
+            releases=blocks,
+            noise_multiplier=None,
+            epsilon=None,
+            delta=settings.delta,
+            documents=documents,
+        )
+    sigma = planned_noise_multiplier(settings, blocks=blocks)
+    assert sigma is not None
+    release = GaussianRelease(noise_multiplier=sigma, sample_rate=settings.sample_rate, count=blocks)
+    epsilon = gaussian_epsilon(
+        [release], delta=settings.delta, tolerance=settings.accountant_tolerance
+    ).epsilon
+    return PrivacyPlan(
+        reads_data=True,
+        blocks=blocks,
+        releases=blocks,
+        noise_multiplier=sigma,
+        epsilon=epsilon,
+        delta=settings.delta,
+        documents=documents,
     )
 
 
@@ -108,14 +164,23 @@ class ParticipantPrivacy:
         settings: RunPrivacy,
         blocks: int,
         ledger: PrivacyLedger | None = None,
+        plan: PrivacyPlan | None = None,
     ) -> None:
-        """``ledger``: where the events go (a fresh one of this participant's own by default)."""
+        """``ledger``: where the events go (a fresh one of this participant's own by default).
+
+        ``plan``: the site's own privacy plan (``plan_privacy``); its noise multiplier is applied and its
+        release count is the most the statistics aggregator makes. Without one, the noise is planned for
+        ``blocks`` releases and their number is not capped (a library host that counts its own blocks).
+        """
         if blocks < 1:
             raise PrivacyError(f"blocks must be >= 1, got {blocks}")
+        if plan is not None and plan.blocks != blocks:
+            raise PrivacyError(f"the plan is for {plan.blocks} blocks, not {blocks}")
         self.name = name
         self.run_id = run_id
         self.settings = settings
         self.blocks = blocks
+        self.plan = plan
         self.ledger = ledger if ledger is not None else PrivacyLedger()
         self._randomizer = (
             RandomizedResponse(epsilon0=settings.epsilon0) if settings.randomized_response else None
@@ -130,6 +195,17 @@ class ParticipantPrivacy:
         settings = self.settings
         if not settings.record_level_dp:
             return None
+        plan = self.plan
+        if plan is not None:
+            assert plan.noise_multiplier is not None
+            return DPStatisticAggregator(
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=settings.sample_rate,
+                accountant_tolerance=settings.accountant_tolerance,
+                ledger=self.ledger,
+                participant=self.name,
+                max_releases=plan.releases,
+            )
         if settings.target_epsilon is not None:
             return DPStatisticAggregator.for_target(
                 target_epsilon=settings.target_epsilon,
@@ -184,26 +260,16 @@ class ParticipantPrivacy:
         """Return every mechanism event this participant recorded, in order (its own only, in a shared ledger)."""
         return [event for event in self.ledger.events() if event.participant == self.name]
 
-    def statement(
-        self, identity_key: Ed25519PrivateKey, *, data_size_class: str | None = None
-    ) -> ParticipantStatement:
-        """Return the statement of this participant's events, signed with its long-term identity key."""
+    def statement(self, identity_key: Ed25519PrivateKey) -> ParticipantStatement:
+        """Return the statement of this participant's events, signed with its long-term identity key.
+
+        It states no size of the data, not even a coarse class: any function of the document count is
+        outside the DP guarantee (the count differs between neighbouring datasets), so ``data_size_class``
+        stays empty.
+        """
         return sign_participant_statement(
-            participant=self.name,
-            run_id=self.run_id,
-            events=self.events(),
-            private_key=identity_key,
-            data_size_class=data_size_class,
+            participant=self.name, run_id=self.run_id, events=self.events(), private_key=identity_key
         )
-
-
-def data_size_class(records: int) -> str:
-    """Return the coarse size class of a calibration set (the only size that leaves the site)."""
-    if records < 1_000:
-        return "small"
-    if records < 100_000:
-        return "medium"
-    return "large"
 
 
 def own_events_only(events: Sequence[MechanismEvent], *, name: str) -> list[MechanismEvent]:

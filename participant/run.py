@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,14 @@ from participant.client import CoordinatorCalls
 from participant.config import ParticipantConfig
 from participant.privacy import (
     ParticipantPrivacy,
+    PrivacyPlan,
     RunPrivacy,
-    data_size_class,
     encode_votes_and_updates,
-    record_level_epsilon,
+    plan_privacy,
 )
 from participant.voting import AssignedBlockPruner, KeepVotes, iterative_votes, one_shot_votes
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
-from privacy.budget import BudgetExceeded, LifetimeBudget
+from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.durable import write_durably
 from privacy.errors import PrivacyError
 from privacy.secagg import PROTOCOL_VERSION, SecAggClient, SessionContext, SessionHistory
@@ -49,7 +50,7 @@ from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
 from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_key, raw_public_key
 from proto import convert
 from proto.fedprune.v1 import service_pb2 as pb
-from pruning.adapters import iter_prunable, qualified_name
+from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.calibration import resolve_device
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
 from pruning.layout import VoteLayout, base_model_fingerprint
@@ -68,11 +69,7 @@ _METHODS = {
     pb.METHOD_WANDA: Method.WANDA,
     pb.METHOD_SPARSEGPT: Method.SPARSEGPT,
 }
-_DATA_SIZE = {
-    "small": pb.DATA_SIZE_CLASS_SMALL,
-    "medium": pb.DATA_SIZE_CLASS_MEDIUM,
-    "large": pb.DATA_SIZE_CLASS_LARGE,
-}
+RELEASE_TOKEN_PREFIX = "budget-release-"
 
 
 class RunRefusedError(Exception):
@@ -81,6 +78,10 @@ class RunRefusedError(Exception):
 
 class PeerKeyError(RunRefusedError):
     """A session's roster holds an identity key that this participant's pins (or first sight) refuse."""
+
+
+class UnaccountableRunError(RunRefusedError, PrivacyError):
+    """The run's privacy parameters cannot be accounted (the accountants fail on them): refused at join."""
 
 
 class RunAbortedError(Exception):
@@ -105,31 +106,46 @@ def run_privacy(privacy: pb.PrivacyParameters) -> RunPrivacy:
     )
 
 
-def planned_spend(run: pb.RunParameters) -> tuple[float | None, float]:
-    """Return the (record-level epsilon, delta) the run will spend on this site's data.
+def run_plan(run: pb.RunParameters, *, blocks: int, documents: int | None = None) -> PrivacyPlan:
+    """Return what ``run`` spends on this site's data: its announced mechanism over the site's own counts.
 
-    Magnitude pruning reads no data: (0, 0). Record-level DP off: (None, delta), unbounded.
+    ``blocks`` is the site's own model's decoder block count and ``documents`` its calibration file's
+    document count (None when not read); the run's own ``blocks`` is never used here. Magnitude pruning
+    reads no data: epsilon 0, delta 0. Record-level DP off: epsilon None (unbounded). Raises PrivacyError
+    when the announced parameters cannot be accounted.
     """
-    if run.method == pb.METHOD_MAGNITUDE:
-        return 0.0, 0.0
-    settings = run_privacy(run.privacy)
-    return record_level_epsilon(settings, blocks=run.blocks), settings.delta
+    return plan_privacy(
+        run_privacy(run.privacy),
+        reads_data=run.method != pb.METHOD_MAGNITUDE,
+        blocks=blocks,
+        documents=documents,
+    )
 
 
-def refusals(config: ParticipantConfig, run: pb.RunParameters) -> list[str]:
-    """Return why ``run`` is weaker than this participant's ``[privacy]`` minimums (empty: acceptable)."""
-    if config.privacy is None:
-        return []
+def refusals(
+    config: ParticipantConfig,
+    run: pb.RunParameters,
+    plan: PrivacyPlan | None,
+    *,
+    documents: int | None = None,
+) -> list[str]:
+    """Return why ``run`` is weaker than this participant's ``[privacy]`` settings (empty: acceptable).
+
+    Epsilon and noise multiplier are the site's own (``plan``), never a figure the coordinator states;
+    ``plan`` None checks only what needs no accounting (``documents``: the site's document count).
+    """
     privacy = run.privacy
-    settings = run_privacy(privacy)
     return config.privacy.violations(
+        reads_data=run.method != pb.METHOD_MAGNITUDE,
         randomized_response=privacy.randomized_response,
         epsilon0=privacy.epsilon0,
         threshold=run.threshold,
         record_level_dp=privacy.record_level_dp,
-        record_epsilon=record_level_epsilon(settings, blocks=run.blocks),
+        record_epsilon=plan.epsilon if plan is not None else None,
         delta=privacy.delta,
-        noise_multiplier=settings.noise_multiplier,
+        noise_multiplier=plan.noise_multiplier if plan is not None else None,
+        documents=plan.documents if plan is not None else documents,
+        accounted=plan is not None,
     )
 
 
@@ -173,7 +189,10 @@ class ParticipantRun:
         self._secagg: SecAggClient | None = None
         self._block: int | None = None
         self._replay: tuple[int, Callable[[], None]] | None = None
-        self._size_class = "small"
+        self._joined_samples: Any = None
+        self.plan: PrivacyPlan | None = None
+        """This site's privacy plan of the run it joined (``run_plan``): set at join, before anything is
+        computed from the data; ``plan.releases`` is what the lifetime budget was charged for."""
         self.pins: dict[str, TrustedKey] = config.pinned_keys()
         self._first_seen: dict[str, bytes] = {}
         minimums = config.privacy
@@ -184,10 +203,10 @@ class ParticipantRun:
                 lifetime_epsilon=minimums.lifetime_epsilon,
                 lifetime_delta=minimums.lifetime_delta,
             )
-            if minimums is not None and minimums.lifetime_epsilon is not None
+            if minimums.lifetime_epsilon is not None
             else None
         )
-        self._spend: tuple[str, float, float] | None = None
+        self._spend: tuple[str, str, float, float] | None = None
         self.fedspallm = False
         self._pruner: AssignedBlockPruner | None = None
         self._codec: VoteValueCodec | None = None
@@ -223,24 +242,50 @@ class ParticipantRun:
         VoteLayout.for_model(self.model).check_fingerprint(
             run.vote_layout_fingerprint, what="the run's vote layout"
         )
+        own_blocks = len(decoder_blocks(self.model))
+        if run.blocks != own_blocks:
+            raise RunRefusedError(
+                f"the run announces {run.blocks} decoder blocks, but the model in model.directory has "
+                f"{own_blocks}: this site plans its noise and charges its budget for its own model's blocks "
+                "and refuses a run that counts them otherwise"
+            )
         budget = self.config.runtime.max_blocks
         if budget is not None and run.recipe != pb.RECIPE_FEDSPALLM and budget < run.blocks:
             raise RunRefusedError(
                 f"the run's recipe (fedprllm) prunes all {run.blocks} decoder blocks at every site, over this "
                 f"site's runtime.max_blocks = {budget}"
             )
-        try:
-            problems = refusals(self.config, run)
-        except PrivacyError as error:
-            raise RunRefusedError(f"the run's privacy parameters cannot be accounted: {error}") from None
+        documents = self._documents_at_join(run)
+        # What needs no accounting first: a run with an absurd delta is refused for it, not for what the
+        # accountants make of it.
+        problems = refusals(self.config, run, None, documents=documents)
         if problems:
             raise RunRefusedError(
-                "the run is weaker than this participant's [privacy] minimums: " + "; ".join(problems)
+                "the run is weaker than this participant's [privacy] settings: " + "; ".join(problems)
             )
-        if self.config.privacy is None:
-            logger.info(
-                "no [privacy] minimums configured: accepting the run's parameters %s", _describe(run.privacy)
+        try:
+            plan = run_plan(run, blocks=own_blocks, documents=documents)
+        except PrivacyError as error:
+            bound = self.config.privacy.max_target_epsilon
+            if bound is not None and documents is not None:  # record-level DP on data this site reads
+                # An epsilon the accountants cannot compute (a noise multiplier so small that PRV diverges,
+                # say) is no smaller than any bound: name the bound it fails.
+                raise UnaccountableRunError(
+                    f"{self.config.privacy.setting('max_target_epsilon', bound)}: the run's record-level "
+                    f"epsilon on this site's data cannot be computed: {error}"
+                ) from None
+            raise UnaccountableRunError(
+                f"the run's privacy parameters cannot be accounted: {error}"
+            ) from None
+        problems = refusals(self.config, run, plan)
+        if problems:
+            raise RunRefusedError(
+                "the run is weaker than this participant's [privacy] settings: " + "; ".join(problems)
             )
+        logger.info(
+            "the run's privacy on this site's data: %s; %s", _describe(run.privacy), _describe_plan(plan)
+        )
+        self.plan = plan
         self._check_budget(run)
         if not self.pins:
             logger.warning(
@@ -263,10 +308,16 @@ class ParticipantRun:
 
     # ------------------------------------------------------------------ lifetime budget
     def _check_budget(self, run: pb.RunParameters) -> None:
-        """Refuse the run (RunRefusedError) if it would pass the lifetime budget; remember its spend."""
+        """Refuse the run (RunRefusedError) if it would pass the lifetime budget; remember its spend.
+
+        The spend is this site's own plan (``self.plan``), charged per release: the token that names this
+        state directory's release in the run, so a second computation on the data under the same run id
+        (another state directory over the same budget file) is charged again.
+        """
         if self.budget is None:
             return
-        epsilon, delta = planned_spend(run)
+        assert self.plan is not None
+        epsilon, delta = self.plan.epsilon, self.plan.delta
         if epsilon is None:
             # Exact statistics have no finite epsilon: counting them as 0 would under-count, so the safe
             # reading of a lifetime budget is to refuse them.
@@ -275,29 +326,59 @@ class ParticipantRun:
                 f"privacy.lifetime_epsilon {self.budget.lifetime_epsilon:g} cannot account for"
             )
         run_id = run.run_id.hex()
+        release = self._release_token(run_id)
         try:
-            after = self.budget.check(epsilon, delta, run_id=run_id)
+            after = self.budget.check(
+                epsilon, delta, run_id=run_id, release=release, records=self.plan.documents
+            )
         except BudgetExceeded as error:
             raise RunRefusedError(str(error)) from None
-        self._spend = (run_id, epsilon, delta)
+        except BudgetLedgerError as error:
+            raise RunRefusedError(f"runtime.budget: {error}") from None
+        self._spend = (run_id, release, epsilon, delta)
         logger.info(
-            "lifetime budget of dataset %r: this run spends epsilon %.4g (delta %g); %.4g of %g after it",
+            "lifetime budget of dataset %r: this run spends epsilon %.4g (delta %g) for %d releases; %.4g "
+            "of %g after it",
             self.budget.dataset,
             epsilon,
             delta,
+            self.plan.releases,
             after.epsilon,
             self.budget.lifetime_epsilon,
         )
+
+    def _release_token(self, run_id: str) -> str:
+        """Return the random name of this state directory's release in run ``run_id`` (made once, kept).
+
+        A restart of this participant finds the same token (a retried commit is not charged twice); any
+        other state directory makes its own, so its release under the same run id is charged again.
+        """
+        path = self.config.runtime.state / f"{RELEASE_TOKEN_PREFIX}{run_id}"
+        if path.is_file():
+            token = path.read_text(encoding="utf-8").strip()
+            if token:
+                return token
+        token = secrets.token_hex(16)
+        write_durably(path, f"{token}\n".encode(), mode=0o600)
+        return token
 
     def _commit_budget(self) -> None:
         """Record the run's spend durably before anything computed from the data exists (idempotent)."""
         if self.budget is None or self._spend is None:
             return
-        run_id, epsilon, delta = self._spend
+        run_id, release, epsilon, delta = self._spend
         try:
-            self.budget.commit(run_id, epsilon=epsilon, delta=delta)
+            self.budget.commit(
+                run_id,
+                epsilon=epsilon,
+                delta=delta,
+                release=release,
+                records=self.plan.documents if self.plan is not None else None,
+            )
         except BudgetExceeded as error:
             raise RunRefusedError(str(error)) from None
+        except BudgetLedgerError as error:
+            raise RunRefusedError(f"runtime.budget: {error}") from None
 
     # ------------------------------------------------------------------ votes
     def _prepare(self, reply: pb.JoinReply) -> None:
@@ -306,8 +387,16 @@ class ParticipantRun:
         self.run_id = run.run_id.hex()
         self.name = reply.name
         self.participant_id = reply.participant_id
+        if self.plan is None:
+            raise RuntimeError(
+                "join() plans the run's privacy on this site's data before anything is prepared"
+            )
         self.privacy = ParticipantPrivacy(
-            name=reply.name, run_id=self.run_id, settings=run_privacy(run.privacy), blocks=run.blocks
+            name=reply.name,
+            run_id=self.run_id,
+            settings=run_privacy(run.privacy),
+            blocks=self.plan.blocks,
+            plan=self.plan,
         )
         self.history = self._load_history()
         self.method = _METHODS[run.method]
@@ -354,51 +443,66 @@ class ParticipantRun:
                 aggregator=aggregator,
             )
 
+    def _documents_at_join(self, run: pb.RunParameters) -> int | None:
+        """Return the calibration file's document count when the run has record-level DP (else None).
+
+        The data are read here, once, and kept for the run: the delta this site accepts depends on it.
+        """
+        if run.method == pb.METHOD_MAGNITUDE or not run.privacy.record_level_dp:
+            return None
+        self._joined_samples = self._read_samples(run)
+        return int(self._joined_samples.documents)
+
     def _samples(self) -> Any:
         if self.method is Method.MAGNITUDE:
             return None
+        samples = self._joined_samples
+        self._joined_samples = None
+        if samples is None:
+            samples = self._read_samples(self.params)
+        if self.params.privacy.record_level_dp:
+            self._log_signal_outlook(samples.records)
+        return samples
+
+    def _read_samples(self, run: pb.RunParameters) -> Any:
+        """Return the run's calibration data, checked to suit its privacy and to fit the model."""
         if self._given_samples is not None:
-            return self._checked_given_samples(self._given_samples)
+            return self._checked_given_samples(self._given_samples, run)
         vocab = vocabulary_size(self.model)
         path = self.config.data.calibration
         samples: Any
-        if self.params.privacy.record_level_dp:
-            samples = calibration_records(path, self.tokenizer, seqlen=self.params.seqlen, vocab_size=vocab)
-            self._size_class = data_size_class(samples.records)
-            self._log_signal_outlook(samples.records)
+        if run.privacy.record_level_dp:
+            samples = calibration_records(path, self.tokenizer, seqlen=run.seqlen, vocab_size=vocab)
         else:
             samples = calibration_samples(
                 path,
                 self.tokenizer,
-                nsamples=self.params.nsamples,
-                seqlen=self.params.seqlen,
+                nsamples=run.nsamples,
+                seqlen=run.seqlen,
                 seed=self.config.data.seed,
                 vocab_size=vocab,
             )
         check_samples_fit(self.model, samples)
         return samples
 
-    def _checked_given_samples(self, samples: torch.Tensor | CalibrationSet) -> Any:
+    def _checked_given_samples(self, samples: torch.Tensor | CalibrationSet, run: pb.RunParameters) -> Any:
         """Return calibration data handed over by the host after checking it suits the run's privacy."""
-        if self.params.privacy.record_level_dp:
-            if not isinstance(samples, CalibrationSet):
-                raise RunRefusedError(
-                    "the run has record-level DP, which needs calibration records (windows tagged by "
-                    "document); samples holds untagged windows"
-                )
-            self._size_class = data_size_class(samples.records)
+        if run.privacy.record_level_dp and not isinstance(samples, CalibrationSet):
+            raise RunRefusedError(
+                "the run has record-level DP, which needs calibration records (windows tagged by "
+                "document); samples holds untagged windows"
+            )
         check_samples_fit(self.model, samples)
         return samples
 
     def _log_signal_outlook(self, records: int) -> None:
         """Tell this site's operator, before any release, what the DP noise will leave of its statistics."""
-        from participant.privacy import planned_noise_multiplier, released_dimension
+        from participant.privacy import released_dimension
         from privacy.calibration_dp import signal_outlook
-        from pruning.adapters import decoder_blocks
         from pruning.statistics import StatisticKind
 
         blocks = decoder_blocks(self.model)
-        sigma = planned_noise_multiplier(self.privacy.settings, blocks=len(blocks))
+        sigma = self.plan.noise_multiplier if self.plan is not None else None  # the noise the site applies
         if sigma is None:
             return
         outlook = signal_outlook(
@@ -665,7 +769,7 @@ class ParticipantRun:
             self._vector(self.params.blocks - 1)
         for block in range(self.params.blocks):
             self._mask(block)  # confirm every block's global mask arrived intact before attesting
-        statement = self.privacy.statement(self.identity_key, data_size_class=self._size_class)
+        statement = self.privacy.statement(self.identity_key)
         request = pb.SubmitStatementRequest(
             statement=pb.SignedStatement(
                 run_id=self.params.run_id,
@@ -762,6 +866,17 @@ def _describe(privacy: pb.PrivacyParameters) -> str:
     if privacy.HasField("target_epsilon"):
         fields["target_epsilon"] = privacy.target_epsilon
     return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def _describe_plan(plan: PrivacyPlan) -> str:
+    if not plan.reads_data:
+        return "magnitude pruning reads no data (epsilon 0)"
+    if plan.epsilon is None:
+        return f"{plan.blocks} releases of exact statistics (no record-level DP: no finite epsilon)"
+    return (
+        f"{plan.releases} releases (this model's decoder blocks) at noise multiplier {plan.noise_multiplier:.4g}: "
+        f"epsilon {plan.epsilon:.4g} at delta {plan.delta:g}"
+    )
 
 
 def iterate_parts(parts: list[pb.MaskedInputPart]) -> Iterator[pb.MaskedInputPart]:

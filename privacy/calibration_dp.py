@@ -229,8 +229,14 @@ class DPStatisticAggregator:
         prior: Prior | None = None,
         accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE,
         rng: KeystreamRandom | None = None,
+        max_releases: int | None = None,
     ) -> None:
+        """``max_releases``: the most blocks this aggregator releases (what the participant's budget was
+        charged for); one more raises PrivacyError before any noise is drawn. None: no cap."""
         GaussianRelease(noise_multiplier=noise_multiplier, sample_rate=sample_rate)  # validates both
+        if max_releases is not None and max_releases < 0:
+            raise PrivacyError(f"max_releases must be >= 0, got {max_releases}")
+        self.max_releases = max_releases
         self.noise_multiplier = float(noise_multiplier)
         self.sample_rate = float(sample_rate)
         self.ledger = ledger if ledger is not None else PrivacyLedger()
@@ -405,6 +411,11 @@ class DPStatisticAggregator:
         return {g.key: math.sqrt(w / total) for g, w in zip(groups, weights, strict=True)}
 
     def _release_block(self) -> None:
+        if self.max_releases is not None and len(self.releases) >= self.max_releases:
+            raise PrivacyError(
+                f"block {self._block} would be release {len(self.releases) + 1} of this data, but only "
+                f"{self.max_releases} were planned and charged: refusing to release it"
+            )
         for group in self._groups.values():
             self._flush(group)
         for group in self._groups.values():

@@ -276,8 +276,9 @@ class ParticipantStatement(BaseModel):
     ``events`` are exactly its mechanism events (randomized response eps0, threshold and coordinates;
     Gaussian noise multipliers, sample rates and release counts), in the order of the run's ledger.
     Exact record counts are deliberately absent: under add/remove-one DP the corpus size differs between
-    neighbours, so publishing it exactly would undo the guarantee; ``data_size_class`` is the coarse
-    class already disclosed at join.
+    neighbours, so publishing it exactly, or any function of it, would undo the guarantee:
+    ``data_size_class`` stays optional only so that statements of earlier versions still verify, and a
+    participant leaves it empty.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

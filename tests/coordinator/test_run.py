@@ -82,6 +82,8 @@ def _participant_config(coordinator: CoordinatorConfig, name: str, label: str) -
             "model": {"directory": str(coordinator.run.model)},
             "data": {"calibration": str(root.parent / f"{name}.jsonl")},
             "runtime": {"device": "cpu", "state": str(root / f"state-{name}-{label}"), "progress": False},
+            # These runs keep exact statistics (the coordinator's [privacy] above): the sites opt in.
+            "privacy": {"require_record_level_dp": coordinator.privacy.record_level_dp},
         }
     )
 

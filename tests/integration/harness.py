@@ -195,6 +195,9 @@ class Federation:
         }
         if minimums is not None:
             sections["privacy"] = minimums
+        elif self.privacy.get("record_level_dp") is False:
+            # A federation that keeps exact statistics: its sites opt out of the record-level default.
+            sections["privacy"] = {"require_record_level_dp": False}
         return write_toml(self.root / f"{label or name}.toml", sections)
 
 

@@ -71,7 +71,7 @@ def test_refusals_beside_a_private_run_whose_signed_report_verifies_with_every_s
         assert "PERMISSION_DENIED" in outputs["unknown name"] and "outsider" in outputs["unknown name"]
         assert "configuration error" in outputs["unknown name"]
         assert refused["weaker run"].popen.returncode == 1
-        assert "epsilon0 4 exceeds max_epsilon0 1" in outputs["weaker run"]
+        assert "[privacy] max_epsilon0 = 1: the run's epsilon0 4 is larger" in outputs["weaker run"]
         for model in (federation.model, other_model):
             assert base_model_fingerprint(load_model(model)).hex() in outputs["other model"]
 

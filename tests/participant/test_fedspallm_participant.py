@@ -74,6 +74,7 @@ def setup(tmp_path: Path, model_dir) -> dict[str, Any]:
                 "model": {"directory": str(model)},
                 "data": {"calibration": str(data)},
                 "runtime": {"device": "cpu", "state": str(tmp_path / "site-a"), "max_blocks": max_blocks},
+                "privacy": {"require_record_level_dp": False},  # the run above keeps exact statistics
             }
         )
         client = _JoinOnly(reply)

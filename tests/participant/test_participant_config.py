@@ -44,10 +44,17 @@ def test_the_full_example_loads_with_its_minimums() -> None:
     assert config.tls.certificate.name == "hospital-a.pem"
 
 
-def test_the_minimal_example_accepts_any_run() -> None:
+def test_the_minimal_example_gets_the_protective_privacy_defaults() -> None:
     config = load_config(EXAMPLES / "participant-minimal.toml")
-    assert config.privacy is None
     assert config.runtime.device == "auto" and config.coordinator.call_timeout_s > 0
+    defaults = config.privacy
+    assert defaults.require_record_level_dp and not defaults.require_randomized_response
+    assert (defaults.max_target_epsilon, defaults.max_delta) == (8.0, 1e-5)
+    assert defaults.violations(**{**STRONG_RUN, "randomized_response": False}) == []
+    assert defaults.violations(**{**STRONG_RUN, "record_level_dp": False}) == [
+        "[privacy] require_record_level_dp = true (the default): the run has no record-level DP (exact "
+        "calibration statistics, no finite epsilon)"
+    ]
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
@@ -86,24 +93,39 @@ def test_a_run_that_meets_every_minimum_is_accepted() -> None:
     minimums = load_config(EXAMPLES / "participant.toml").privacy
     assert minimums is not None
     assert minimums.violations(**STRONG_RUN) == []
+    # Opting out of every default: a run without any privacy mechanism is then accepted.
+    opted_out = PrivacyMinimums.model_validate({"require_record_level_dp": False})
     assert (
-        PrivacyMinimums.model_validate({}).violations(
-            **{**STRONG_RUN, "record_level_dp": False, "randomized_response": False}
-        )
-        == []
+        opted_out.violations(**{**STRONG_RUN, "record_level_dp": False, "randomized_response": False}) == []
     )
+    # Magnitude pruning reads no data: the record-level settings do not apply to it.
+    defaults = PrivacyMinimums.model_validate({})
+    assert defaults.violations(**{**STRONG_RUN, "reads_data": False, "record_level_dp": False}) == []
 
 
 @pytest.mark.parametrize(
     ("weaker", "reason"),
     [
-        ({"epsilon0": 6.0}, "epsilon0 6 exceeds max_epsilon0 4"),
-        ({"randomized_response": False}, "without randomized response"),
-        ({"threshold": 1}, "threshold 1 is below min_threshold 2"),
-        ({"record_level_dp": False}, "no record-level DP"),
-        ({"record_epsilon": 9.0}, "record-level epsilon 9, above max_target_epsilon 8"),
-        ({"record_epsilon": None}, "no record-level epsilon"),
-        ({"delta": 1e-3}, "delta 0.001 exceeds max_delta 1e-05"),
+        ({"epsilon0": 6.0}, "[privacy] max_epsilon0 = 4: the run's epsilon0 6 is larger"),
+        ({"randomized_response": False}, "[privacy] require_randomized_response = true: the run sends mask"),
+        ({"threshold": 1}, "[privacy] min_threshold = 2: the run's threshold 1 is smaller"),
+        (
+            {"record_level_dp": False},
+            "[privacy] require_record_level_dp = true: the run has no record-level DP",
+        ),
+        (
+            {"record_epsilon": 9.0},
+            "[privacy] max_target_epsilon = 8: the run's record-level epsilon on this site's data is 9",
+        ),
+        (
+            {"record_epsilon": None},
+            "[privacy] max_target_epsilon = 8: the run's record-level epsilon on this site's data cannot be computed",
+        ),
+        ({"delta": 1e-3}, "[privacy] max_delta = 1e-05: the run's delta 0.001 is larger"),
+        (
+            {"documents": 200_000, "delta": 1e-5},
+            "holds 200000 documents: the run's delta 1e-05 is larger than 1/200000",
+        ),
     ],
 )
 def test_a_weaker_run_is_refused_saying_why(weaker: dict[str, Any], reason: str) -> None:

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig, parse_config
-from participant.privacy import RunPrivacy, record_level_epsilon
-from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, planned_spend, run_privacy
+from participant.privacy import RunPrivacy, plan_privacy
+from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, run_plan, run_privacy
 from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.budget import LifetimeBudget
 from privacy.signing import key_fingerprint, raw_public_key
@@ -25,8 +26,10 @@ from proto.fedprune.v1 import secagg_pb2 as secagg_pb
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.model_io import load_model
+from tests.tiny import random_text
 
 BLOCKS = 2
+DOCUMENTS = 3
 
 
 class FakeCoordinator:
@@ -56,7 +59,9 @@ def site(tmp_path: Path, model_dir: Callable[..., Path]) -> Callable[..., Partic
     """Return a factory of participant configs on one tiny model (sections merged over a base)."""
     model = model_dir("llama", layers=BLOCKS)
     data = tmp_path / "data.jsonl"
-    data.write_text('{"text": "w1 w2 w3"}\n', encoding="utf-8")
+    data.write_text(
+        "".join(f'{{"text": "{random_text(24, seed=d)}"}}\n' for d in range(DOCUMENTS)), encoding="utf-8"
+    )
 
     def make(**sections: dict[str, Any]) -> ParticipantConfig:
         base: dict[str, Any] = {
@@ -110,7 +115,8 @@ def test_a_run_that_states_a_noise_multiplier_reports_the_epsilon_the_accountant
     reply = _reply(config, target_epsilon=None, noise_multiplier=1.0)
     reply.run.privacy.ClearField("target_epsilon")
     expected = gaussian_epsilon([GaussianRelease(noise_multiplier=1.0, count=BLOCKS)], delta=1e-5).epsilon
-    assert planned_spend(reply.run) == (pytest.approx(expected), 1e-5)
+    plan = run_plan(reply.run, blocks=BLOCKS)
+    assert (plan.epsilon, plan.delta, plan.releases) == (pytest.approx(expected), 1e-5, BLOCKS)
 
     loose = site(privacy={"max_target_epsilon": expected * 1.01})
     participant, _ = _participant(loose, reply)
@@ -118,7 +124,11 @@ def test_a_run_that_states_a_noise_multiplier_reports_the_epsilon_the_accountant
 
     strict = site(privacy={"max_target_epsilon": expected * 0.99})
     participant, _ = _participant(strict, reply)
-    with pytest.raises(RunRefusedError, match=f"record-level epsilon {expected:g}, above max_target_epsilon"):
+    with pytest.raises(
+        RunRefusedError,
+        match=rf"\[privacy\] max_target_epsilon = {expected * 0.99:g}: the run's record-level epsilon on this "
+        rf"site's data is {expected:g}",
+    ):
         participant.join()
 
 
@@ -129,7 +139,7 @@ def test_the_accountant_tolerance_comes_from_the_run_and_defaults_when_absent() 
     assert run_privacy(stated).accountant_tolerance == 0.3
     # At q = 0.1 RDP is 10-16% looser than PRV: the run's recorded tolerance is what lets it be accounted.
     settings = run_privacy(stated)
-    assert record_level_epsilon(settings, blocks=8) is not None
+    assert plan_privacy(settings, reads_data=True, blocks=8).epsilon is not None
 
 
 def test_without_record_level_dp_no_finite_epsilon_is_claimed() -> None:
@@ -142,7 +152,8 @@ def test_without_record_level_dp_no_finite_epsilon_is_claimed() -> None:
         delta=1e-5,
         sample_rate=1.0,
     )
-    assert record_level_epsilon(settings, blocks=4) is None
+    plan = plan_privacy(settings, reads_data=True, blocks=4)
+    assert plan.epsilon is None and plan.releases == 4
 
 
 # ---------------------------------------------------------------------- lifetime budget
@@ -172,7 +183,9 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
 
     monkeypatch.setattr(participant, "_prepare", prepare)
     participant.run()
-    assert seen == [6.0]
+    spend = run_plan(first.run, blocks=BLOCKS).epsilon  # the site's own figure for target 6: at most 6
+    assert spend is not None and 5.9 < spend <= 6.0
+    assert seen == [spend]
 
     # The same run again (a restarted participant resuming it): accepted, not charged twice.
     again, _ = _participant(config, first)
@@ -182,16 +195,18 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
 
     # Another run of 6 would make 12 > 10: refused at join, with the figures, before any data is read.
     second, client = _participant(config, _reply(config, run_id=b"\x02" * 16, target_epsilon=6.0))
-    with pytest.raises(RunRefusedError, match=r"lifetime_epsilon of dataset 'notes-2024' is 10.*needs 6"):
+    with pytest.raises(
+        RunRefusedError, match=rf"lifetime_epsilon of dataset 'notes-2024' is 10.*needs {spend:g}"
+    ):
         second.run()
     assert client.calls == ["Join"]
-    assert _budget(config).spent().epsilon == 6.0
+    assert _budget(config).spent().epsilon == spend
 
 
 def test_a_lifetime_budget_refuses_exact_statistics_but_not_magnitude_pruning(
     site: Callable[..., ParticipantConfig],
 ) -> None:
-    config = site(privacy={"lifetime_epsilon": 10.0})
+    config = site(privacy={"lifetime_epsilon": 10.0, "require_record_level_dp": False})
     exact = _reply(config, record_level_dp=False, target_epsilon=None)
     exact.run.privacy.ClearField("target_epsilon")
     participant, _ = _participant(config, exact)
@@ -201,11 +216,246 @@ def test_a_lifetime_budget_refuses_exact_statistics_but_not_magnitude_pruning(
     magnitude = _reply(config, run_id=b"\x03" * 16, record_level_dp=False, target_epsilon=None)
     magnitude.run.privacy.ClearField("target_epsilon")
     magnitude.run.method = pb.METHOD_MAGNITUDE
-    assert planned_spend(magnitude.run) == (0.0, 0.0)  # magnitude pruning reads no data
+    plan = run_plan(magnitude.run, blocks=BLOCKS)
+    assert (plan.epsilon, plan.delta, plan.releases) == (0.0, 0.0, 0)  # magnitude pruning reads no data
     participant, _ = _participant(config, magnitude)
     participant.join()
     participant._commit_budget()
     assert _budget(config).spent().epsilon == 0.0
+
+
+# ---------------------------------------------------------------------- the site's own privacy bill
+@pytest.fixture
+def four_blocks(site: Callable[..., ParticipantConfig], model_dir: Callable[..., Path]) -> ParticipantConfig:
+    """Return a site config (no [privacy] section) whose local model has four decoder blocks."""
+    return site(model={"directory": str(model_dir("llama", layers=4, name="four-blocks"))})
+
+
+@pytest.mark.parametrize("announced", [1, 3, 5])
+def test_a_run_that_miscounts_the_models_decoder_blocks_is_refused_at_join(
+    four_blocks: ParticipantConfig, announced: int
+) -> None:
+    # Announcing 1 block for a 4-block model would plan the noise for one release and charge one, while
+    # the site releases one statistic per block it has: 4 releases, epsilon 18.8 for a charge of 8.
+    reply = _reply(four_blocks, target_epsilon=8.0)
+    reply.run.blocks = announced
+    participant, client = _participant(four_blocks, reply)
+    with pytest.raises(RunRefusedError, match=rf"announces {announced} decoder blocks, but .* has 4"):
+        participant.join()
+    assert participant.plan is None and client.calls == ["Join"]
+    reply.run.blocks = 4
+    participant, _ = _participant(four_blocks, reply)
+    participant.join()
+    assert (participant.plan.blocks, participant.plan.releases) == (4, 4) and participant.plan.epsilon <= 8.0
+
+
+def test_the_statistics_aggregator_refuses_a_release_past_the_planned_count(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    import dataclasses
+
+    import torch
+
+    from participant.privacy import ParticipantPrivacy
+    from participant.voting import one_shot_votes
+    from privacy.errors import PrivacyError
+    from pruning.masks import SparsityPattern
+    from tests.tiny import random_ids
+
+    config = site()
+    reply = _reply(config)
+    plan = run_plan(reply.run, blocks=BLOCKS)
+    # Even a plan that somehow counted fewer releases than the model has blocks stops the extra release.
+    short = dataclasses.replace(plan, releases=1)
+    privacy = ParticipantPrivacy(
+        name="site-a", run_id="r", settings=run_privacy(reply.run.privacy), blocks=BLOCKS, plan=short
+    )
+    aggregator = privacy.statistic_aggregator()
+    assert aggregator is not None and aggregator.noise_multiplier == plan.noise_multiplier
+    from pruning.data import CalibrationSet
+
+    windows = tuple(random_ids(4, 8, seed=1))
+    samples = CalibrationSet(windows=windows, record_of_window=(0, 1, 2, 3), documents=4)
+    with pytest.raises(PrivacyError, match="would be release 2 of this data, but only 1 were planned"):
+        one_shot_votes(
+            load_model(config.model.directory),
+            samples,
+            method=_method_wanda(),
+            pattern=SparsityPattern(sparsity=0.5),
+            device=torch.device("cpu"),
+            aggregator=aggregator,
+            on_votes=lambda name, votes: None,
+        )
+    assert len(aggregator.releases) == 1
+
+
+def _method_wanda() -> Any:
+    from pruning.methods import Method
+
+    return Method.WANDA
+
+
+def test_delta_is_bounded_by_the_site_and_by_its_document_count(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    participant, _ = _participant(site(), _reply(site(), delta=0.5))
+    with pytest.raises(
+        RunRefusedError, match=r"\[privacy\] max_delta = 1e-05 \(the default\): the run's delta 0.5 is larger"
+    ):
+        participant.join()
+    # A site that allows a large delta still never takes one above 1 / its document count.
+    loose = site(privacy={"max_delta": 0.9})
+    participant, _ = _participant(loose, _reply(loose, delta=0.5))
+    with pytest.raises(
+        RunRefusedError,
+        match=rf"holds {DOCUMENTS} documents: the run's delta 0.5 is larger than 1/{DOCUMENTS}",
+    ):
+        participant.join()
+    participant, _ = _participant(loose, _reply(loose, delta=0.2, accountant_tolerance=0.9))
+    participant.join()
+    assert participant.plan.documents == DOCUMENTS and participant.plan.delta == 0.2
+
+
+def test_three_runs_cannot_leave_a_ledger_whose_deltas_sum_past_one(
+    site: Callable[..., ParticipantConfig], tmp_path: Path
+) -> None:
+    one_document = tmp_path / "one.jsonl"
+    one_document.write_text(f'{{"text": "{random_text(24)}"}}\n', encoding="utf-8")
+    config = site(
+        data={"calibration": str(one_document)},
+        privacy={"max_delta": 0.6, "lifetime_epsilon": 1000.0},
+    )
+    charged = []
+    for run in range(3):
+        participant, _ = _participant(
+            config, _reply(config, run_id=bytes([run + 1]) * 16, delta=0.5, accountant_tolerance=0.9)
+        )
+        try:
+            participant.join()
+            participant._commit_budget()
+            charged.append(run)
+        except RunRefusedError as error:
+            assert "a summed delta of 1 or more bounds nothing" in str(error)
+    assert charged == [0]
+    assert _budget(config).spent().delta == 0.5
+
+
+def test_the_summed_delta_is_held_to_one_over_the_document_count(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    config = site(privacy={"max_delta": 0.3, "lifetime_epsilon": 1000.0})
+    first = _reply(config, run_id=b"\x01" * 16, delta=0.3, accountant_tolerance=0.9)
+    participant, _ = _participant(config, first)
+    participant.join()
+    participant._commit_budget()
+    # Each run alone is within 1/3 for the site's 3 documents; two together are not.
+    second, _ = _participant(config, _reply(config, run_id=b"\x02" * 16, delta=0.3, accountant_tolerance=0.9))
+    with pytest.raises(
+        RunRefusedError,
+        match=rf"holds {DOCUMENTS} records: 1 runs have spent delta 0.3, .* above 1/{DOCUMENTS}",
+    ):
+        second.join()
+    assert _budget(config).spent().delta == 0.3
+
+
+def test_a_site_without_a_privacy_section_refuses_weak_runs_naming_the_default(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    config = site()
+    assert "privacy" not in config.model_fields_set
+    exact = _reply(config, record_level_dp=False, target_epsilon=None)
+    exact.run.privacy.ClearField("target_epsilon")
+    participant, _ = _participant(config, exact)
+    with pytest.raises(
+        RunRefusedError, match=r"\[privacy\] require_record_level_dp = true \(the default\): the run has no"
+    ):
+        participant.join()
+
+    noisy = _reply(config, target_epsilon=None, noise_multiplier=0.05)
+    noisy.run.privacy.ClearField("target_epsilon")
+    participant, _ = _participant(config, noisy)
+    with pytest.raises(
+        RunRefusedError,
+        match=r"\[privacy\] max_target_epsilon = 8 \(the default\): the run's record-level epsilon on this "
+        r"site's data is \d{3,}",
+    ):
+        participant.join()
+
+    # The coordinator's default run (target 8 at delta 1e-5) is what the defaults accept.
+    participant, _ = _participant(config, _reply(config, target_epsilon=8.0))
+    participant.join()
+    assert participant.plan.epsilon <= 8.0 and participant.plan.releases == BLOCKS
+
+
+def test_a_noise_multiplier_whose_epsilon_cannot_be_computed_fails_the_default_bound_by_name(
+    four_blocks: ParticipantConfig,
+) -> None:
+    # Over 4 blocks sigma 0.05 sends PRV to infinity (RDP gives 991): no finite figure to compare.
+    noisy = _reply(four_blocks, target_epsilon=None, noise_multiplier=0.05)
+    noisy.run.privacy.ClearField("target_epsilon")
+    noisy.run.blocks = 4
+    participant, _ = _participant(four_blocks, noisy)
+    with pytest.raises(
+        RunRefusedError,
+        match=r"\[privacy\] max_target_epsilon = 8 \(the default\): the run's record-level epsilon on this "
+        r"site's data cannot be computed",
+    ):
+        participant.join()
+
+
+def test_two_state_directories_over_one_budget_file_are_each_charged_for_their_release(
+    site: Callable[..., ParticipantConfig], tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared" / "budget.json"
+    configs = [
+        site(
+            privacy={"lifetime_epsilon": 10.0},
+            data={"dataset": "notes"},
+            runtime={"state": str(tmp_path / name), "budget": str(shared)},
+        )
+        for name in ("state-a", "state-b", "state-c")
+    ]
+    reply = _reply(configs[0], target_epsilon=4.0)  # one run id for all three
+    spend = run_plan(reply.run, blocks=BLOCKS).epsilon
+    for config in configs[:2]:
+        participant, _ = _participant(config, reply)
+        participant.join()
+        participant._commit_budget()
+    assert _budget(configs[0]).spent().runs == 2
+    assert _budget(configs[0]).spent().epsilon == pytest.approx(2 * spend)
+    # A restart of the first state directory resumes its own release: not charged again.
+    again, _ = _participant(configs[0], reply)
+    again.join()
+    again._commit_budget()
+    assert _budget(configs[0]).spent().runs == 2
+    # A third release under the same run id would pass 10: refused, though the run id was charged.
+    third, _ = _participant(configs[2], reply)
+    with pytest.raises(RunRefusedError, match="lifetime_epsilon of dataset 'notes' is 10"):
+        third.join()
+
+
+class _StatementCatcher(FakeCoordinator):
+    def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
+        self.calls.append("SubmitStatement")
+        self.statement = request.statement
+
+
+def test_the_signed_statement_states_no_size_of_the_data(
+    site: Callable[..., ParticipantConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    config = site()
+    reply = _reply(config)
+    client = _StatementCatcher(reply)
+    participant = ParticipantRun(config, cast(CoordinatorClient, client))
+    participant._prepare(participant.join())
+    monkeypatch.setattr(participant, "_mask", lambda block: {})  # the global masks are not the point here
+    participant._statement()()
+    statement = json.loads(client.statement.statement)
+    assert statement["data_size_class"] is None
+    assert str(DOCUMENTS) not in json.dumps([e.get("count") for e in statement["events"]])
+    assert {e["mechanism"] for e in statement["events"]} == {"gaussian"}
 
 
 # ---------------------------------------------------------------------- pinned identity keys
@@ -305,3 +555,29 @@ def test_malformed_or_unexpected_tasks_are_refused_and_the_participant_carries_o
         participant.run()  # returns normally: nothing above crashed it
     assert caplog.text.count("refused by this participant") == 4
     assert client.calls == ["Join"]  # it answered none of them
+
+
+def test_statements_with_and_without_the_old_size_class_both_verify() -> None:
+    from participant.privacy import ParticipantPrivacy
+    from privacy.signing import ParticipantStatement, sign_participant_statement, verify_statement_signature
+
+    key = Ed25519PrivateKey.generate()
+    settings = RunPrivacy(
+        randomized_response=True,
+        epsilon0=1.0,
+        record_level_dp=False,
+        noise_multiplier=None,
+        target_epsilon=None,
+        delta=1e-5,
+        sample_rate=1.0,
+    )
+    privacy = ParticipantPrivacy(name="site-a", run_id="r", settings=settings, blocks=1)
+    privacy.randomize_block(0, np.ones(8, dtype=bool))
+    new = privacy.statement(key)
+    # A statement of an earlier version carried a coarse class; it is still a valid statement.
+    old = sign_participant_statement(
+        participant="site-a", run_id="r", events=privacy.events(), private_key=key, data_size_class="small"
+    )
+    for statement in (new, old):
+        verify_statement_signature(ParticipantStatement.model_validate_json(statement.model_dump_json()))
+    assert new.data_size_class is None and old.data_size_class == "small"
