@@ -72,7 +72,9 @@ from privacy.signing import (
 
 logger = logging.getLogger(__name__)
 
-REPORT_VERSION: Literal["2"] = "2"
+# Version 3: secure-aggregation events name their contributors and what they summed, and the threat model
+# states the data-dependent aborts; a version-2 report is refused by name instead of failing on a field.
+REPORT_VERSION: Literal["3"] = "3"
 ACROSS_RUNS = (
     "This report covers exactly one run (run_id). Guarantees compose across runs on the same data: a "
     "participant whose records took part in several runs has spent, by basic composition, the sum of the "
@@ -464,7 +466,7 @@ PRIVACY_UNITS = [
 class PrivacyReport(_Frozen):
     """Everything an auditor needs to check a run's privacy claims, signed."""
 
-    report_version: Literal["2"] = REPORT_VERSION
+    report_version: Literal["3"] = REPORT_VERSION
     run_id: str = Field(min_length=1)
     runs_covered: Literal[1] = Field(default=1, description="a report covers exactly one run")
     composition_across_runs: str = ACROSS_RUNS
