@@ -288,6 +288,10 @@ class CoordinatorRun:
             raise UnknownParticipantError(f"{name!r} has not joined the run (call Join first)")
         return member
 
+    def check_member(self, name: str) -> None:
+        """Return None if ``name`` joined the run, else raise UnknownParticipantError (checked before reading)."""
+        self._member(name)
+
     def join(
         self, name: str, *, model_fingerprint: bytes, identity_key: bytes, max_blocks: int | None = None
     ) -> JoinAnswer:
