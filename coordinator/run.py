@@ -52,6 +52,7 @@ from coordinator.errors import (
 )
 from coordinator.report import (
     SERVICE_TRANSPORT,
+    StatementBounds,
     build_run_report,
     check_statement,
     secure_aggregation_event,
@@ -233,6 +234,12 @@ class CoordinatorRun:
         self.blocks = len(decoder_blocks(self.model))
         self.model_fingerprint = base_model_fingerprint(self.model)
         self.layout_fingerprint = VoteLayout.for_model(self.model).fingerprint()
+        self.statement_bounds = StatementBounds(
+            block_dimensions=tuple(VoteLayout.for_block(self.model, b).dimension for b in range(self.blocks)),
+            statistics_per_block=max(
+                sum(1 for index, _, _ in iter_prunable(self.model) if index == b) for b in range(self.blocks)
+            ),
+        )
         self.threshold = config.threshold
         self.state = RunState(config.output.state, parameters_digest=self._parameters_digest())
         self.run_id = self.state.run_id
@@ -441,7 +448,15 @@ class CoordinatorRun:
                     session.received_chunks[participant] = part.chunk_index + 1
                     chunks += 1
                     continue
-                self._feed(session.server.receive_masked_done, part)
+                complete = part.chunk_count == session.received_chunks.get(participant, 0)
+                try:
+                    self._feed(session.server.receive_masked_done, part)
+                except MalformedMessageError:
+                    if complete and part.chunk_count == session.parameters.chunk_count:
+                        # Every chunk arrived and the digest did not match: the server rolled the whole
+                        # stream back, so the site's resent stream starts over at chunk 0.
+                        session.received_chunks.pop(participant, None)
+                    raise
                 self._answered(session, name, participant)
                 return chunks, part.digest
         raise MalformedMessageError("the masked-input stream ended without its closing digest")
@@ -472,20 +487,48 @@ class CoordinatorRun:
         layout = VoteLayout.for_block(self.model, block)
         return self.state.packed_mask(block), layout.dimension, layout.fingerprint()
 
-    def submit_statement(self, name: str, statement: ParticipantStatement) -> None:
-        """Accept ``name``'s signed privacy statement (checked against its identity key, then stored)."""
-        member = self._member(name)
+    def _check_statement(self, name: str, statement: ParticipantStatement) -> None:
         try:
-            check_statement(statement, name=name, run_id=self.run_id, public_key=member.identity_key)
+            check_statement(
+                statement,
+                name=name,
+                run_id=self.run_id,
+                public_key=self._member(name).identity_key,
+                bounds=self.statement_bounds,
+            )
         except StatementError as error:
             raise MalformedMessageError(str(error)) from None
+
+    def submit_statement(self, name: str, statement: ParticipantStatement) -> None:
+        """Accept ``name``'s signed privacy statement (checked against its identity key and the run's
+        bounds, then stored); a stored statement is final: the same one again is accepted, another refused.
+        """
+        self._check_statement(name, statement)
         with self._cond:
             if not self._statement_phase:
                 raise StaleMessageError("statements are collected after the last block")
+            stored = self.state.statements().get(name)
+            if stored is not None:
+                if stored != statement:
+                    raise StaleMessageError(f"{name!r} already submitted its statement; it cannot be replaced")
+                logger.info("%s sent its stored statement again", name)
+                return
             self.state.save_statement(statement)
             self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, StatementTask)]
             logger.info("%s submitted its signed privacy statement (%d events)", name, len(statement.events))
             self._cond.notify_all()
+
+    def _reportable_statements(self) -> list[ParticipantStatement]:
+        """Return the stored statements that pass today's checks; any other is left out, with a warning."""
+        statements = []
+        for name, statement in sorted(self.state.statements().items()):
+            try:
+                self._check_statement(name, statement)
+            except (MalformedMessageError, UnknownParticipantError) as error:
+                logger.warning("the stored statement of %s is left out of the report: %s", name, error)
+                continue
+            statements.append(statement)
+        return statements
 
     # ------------------------------------------------------------------ the driver
     def _push(self, name: str, task: Task) -> None:
@@ -785,7 +828,7 @@ class CoordinatorRun:
             delta=config.privacy.delta,
             accountant_tolerance=config.privacy.accountant_tolerance,
             record_level_dp=config.privacy.record_level_dp,
-            statements=list(self.state.statements().values()),
+            statements=self._reportable_statements(),
             coordinator_events=[completed[b].event for b in sorted(completed)],
             transport=self.transport,
             recipe=config.run.recipe,

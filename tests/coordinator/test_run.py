@@ -341,6 +341,15 @@ class MeddlingClient(LoopbackClient):
             "MaskedInput",
             iter([pb.MaskedInputPart(session=chunks_only[0].session)]),
         )
+        # The whole stream again, closed by a wrong digest: rolled back, so the next stream starts over.
+        wrong_digest: list[pb.MaskedInputPart] = []
+        for part in parts():
+            copy = pb.MaskedInputPart()
+            copy.CopyFrom(part)
+            if copy.WhichOneof("part") == "done":
+                copy.done.digest = bytes(b ^ 0xFF for b in copy.done.digest)
+            wrong_digest.append(copy)
+        self._refused("a stream closed by a wrong digest", "MaskedInput", iter(wrong_digest))
         return super().masked_input(parts)
 
     def unmask(self, request: pb.UnmaskSubmission) -> None:
@@ -390,7 +399,8 @@ def test_malformed_foreign_and_stale_messages_are_refused_with_their_status_and_
     assert codes["a stream without its closing digest"] is grpc.StatusCode.INVALID_ARGUMENT
     assert codes["an empty stream"] is grpc.StatusCode.INVALID_ARGUMENT
     assert codes["a part with neither chunk nor done"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["a stream closed by a wrong digest"] is grpc.StatusCode.INVALID_ARGUMENT
     assert codes["unmask of another block"] is grpc.StatusCode.FAILED_PRECONDITION
     assert codes["a statement that is not JSON"] is grpc.StatusCode.INVALID_ARGUMENT
-    assert len(meddler.refusals) == 4 * BLOCKS + 3 * BLOCKS + 3 * BLOCKS + BLOCKS + 1
+    assert len(meddler.refusals) == 4 * BLOCKS + 3 * BLOCKS + 4 * BLOCKS + BLOCKS + 1
     run.close()
