@@ -404,3 +404,124 @@ def test_malformed_foreign_and_stale_messages_are_refused_with_their_status_and_
     assert codes["a statement that is not JSON"] is grpc.StatusCode.INVALID_ARGUMENT
     assert len(meddler.refusals) == 4 * BLOCKS + 3 * BLOCKS + 4 * BLOCKS + BLOCKS + 1
     run.close()
+
+
+# ---------------------------------------------------------------------- signed statements
+class StatementMeddler(LoopbackClient):
+    """site-a's client, which signs malformed statements with its own identity key before its real one."""
+
+    def __init__(self, loopback: Loopback, name: str, identity_key_path: Path) -> None:
+        super().__init__(loopback, name)
+        self.identity_key_path = identity_key_path
+        self.answers: dict[str, grpc.StatusCode | str] = {}
+
+    def _submit(self, what: str, statement: Any) -> None:
+        request = pb.SubmitStatementRequest(
+            statement=pb.SignedStatement(
+                run_id=bytes.fromhex(statement.run_id),
+                statement=statement.model_dump_json().encode(),
+                signature=bytes.fromhex(statement.signature),
+            )
+        )
+        try:
+            super().submit_statement(request)
+        except LoopbackRpcError as error:
+            self.answers[what] = error.code()
+            self.answers[what + " (details)"] = error.details()
+            return
+        self.answers[what] = grpc.StatusCode.OK
+
+    def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
+        from privacy.ledger import Mechanism, MechanismEvent
+        from privacy.signing import ParticipantStatement, load_or_create_signing_key, sign_participant_statement
+
+        key = load_or_create_signing_key(self.identity_key_path)
+        honest = ParticipantStatement.model_validate_json(request.statement.statement)
+
+        def signed(*events: MechanismEvent, size: str | None = None) -> ParticipantStatement:
+            return sign_participant_statement(
+                participant=self.name, run_id=honest.run_id, events=list(events), private_key=key, data_size_class=size
+            )
+
+        gaussian = MechanismEvent(
+            mechanism=Mechanism.GAUSSIAN,
+            participant=self.name,
+            block=0,
+            count=1,
+            parameters={"sample_rate": 0.1, "release": "r", "dimension": 8},
+        )
+        randomized = MechanismEvent(
+            mechanism=Mechanism.RANDOMIZED_RESPONSE,
+            participant=self.name,
+            block=0,
+            count=10**12,
+            parameters={
+                "epsilon0": 4.0,
+                "requested_epsilon0": 4.0,
+                "threshold": 77_794_684,
+                "threshold_bits": 32,
+                "flip_probability": 77_794_684 / 2**32,
+            },
+        )
+        self._submit("gaussian without noise_multiplier", signed(gaussian))
+        self._submit("10^12 coordinates", signed(randomized))
+        self._submit("honest", honest)
+        self._submit("honest again", honest)
+        self._submit("another", signed(size="large"))
+
+
+def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final(
+    federation: Callable[..., CoordinatorConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from privacy.ledger import Mechanism, MechanismEvent
+    from privacy.report import PrivacyReport
+    from privacy.signing import load_or_create_signing_key, sign_participant_statement
+
+    config = federation("statements")
+    run = CoordinatorRun(config)
+    loopback = Loopback(CoordinatorServicer(run))
+    identity_key_path = _participant_config(config, "site-a", "p").runtime.identity_key_path
+    meddler = StatementMeddler(loopback, "site-a", identity_key_path)
+    threads = Threads()
+    threads.start("coordinator", run.run)
+    _start_participants(threads, config, loopback, **{"site-a": meddler})
+    threads.join()
+    assert not threads.errors, threads.errors
+    answers = meddler.answers
+    assert answers["gaussian without noise_multiplier"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "statement.events[0].parameters.noise_multiplier: is missing" in str(
+        answers["gaussian without noise_multiplier (details)"]
+    )
+    assert answers["10^12 coordinates"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "statement.events[0].count" in str(answers["10^12 coordinates (details)"])
+    assert answers["honest"] is grpc.StatusCode.OK
+    assert answers["honest again"] is grpc.StatusCode.OK  # a retried submission is idempotent
+    assert answers["another"] is grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be replaced" in str(answers["another (details)"])
+    assert run.state.statements()["site-a"].data_size_class != "large"
+
+    # A statement stored by an older coordinator, before these checks: the report leaves it out, loudly.
+    bad = sign_participant_statement(
+        participant="site-a",
+        run_id=run.run_id,
+        events=[
+            MechanismEvent(
+                mechanism=Mechanism.GAUSSIAN, participant="site-a", block=0, count=10**12, parameters={}
+            )
+        ],
+        private_key=load_or_create_signing_key(identity_key_path),
+    )
+    run.state.save_statement(bad)
+    caplog.set_level(logging.WARNING, logger="coordinator.run")
+    started = time.monotonic()
+    summary = run._write_outputs()
+    assert time.monotonic() - started < 30
+    report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
+    assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
+    assert any(
+        "statement of site-a is left out of the report" in r.getMessage() and "noise_multiplier" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    run.close()
