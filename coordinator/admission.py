@@ -190,7 +190,9 @@ class Admission(grpc.ServerInterceptor):
                             "%s from %s cut: no message for %.0f s", method, name, self.watchdog.idle_s
                         )
                     else:
-                        logger.info("%s from %s ended: cancelled by the caller or past its deadline", method, name)
+                        logger.info(
+                            "%s from %s ended: cancelled by the caller or past its deadline", method, name
+                        )
                     raise
             if decode is None:
                 yield data
@@ -219,7 +221,9 @@ class Admission(grpc.ServerInterceptor):
 
     # ------------------------------------------------------------------ the interceptor
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], handler_call_details: grpc.HandlerCallDetails
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = continuation(handler_call_details)
         if handler is None:

@@ -84,7 +84,9 @@ def check_statement(
         raise StatementError("statement.public_key", f"is not the identity key {name!r} joined with")
     most = bounds.blocks * (bounds.statistics_per_block + 1)
     if len(statement.events) > most:
-        raise StatementError("statement.events", f"holds {len(statement.events)} events, the run allows {most}")
+        raise StatementError(
+            "statement.events", f"holds {len(statement.events)} events, the run allows {most}"
+        )
     randomized: set[int] = set()
     releases = 0
     for index, event in enumerate(statement.events):
@@ -92,9 +94,13 @@ def check_statement(
         if event.mechanism is Mechanism.SECURE_AGGREGATION:
             raise StatementError(where, "secure aggregation is the coordinator's event")
         if event.participant != name:
-            raise StatementError(f"{where}.participant", f"is {event.participant!r}, the statement is {name!r}'s")
+            raise StatementError(
+                f"{where}.participant", f"is {event.participant!r}, the statement is {name!r}'s"
+            )
         if event.block is None or event.block >= bounds.blocks:
-            raise StatementError(f"{where}.block", f"must name a block in [0, {bounds.blocks}), got {event.block}")
+            raise StatementError(
+                f"{where}.block", f"must name a block in [0, {bounds.blocks}), got {event.block}"
+            )
         try:
             check_event_parameters(event, where=where)
         except EventParameterError as error:

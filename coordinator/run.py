@@ -510,7 +510,9 @@ class CoordinatorRun:
             stored = self.state.statements().get(name)
             if stored is not None:
                 if stored != statement:
-                    raise StaleMessageError(f"{name!r} already submitted its statement; it cannot be replaced")
+                    raise StaleMessageError(
+                        f"{name!r} already submitted its statement; it cannot be replaced"
+                    )
                 logger.info("%s sent its stored statement again", name)
                 return
             self.state.save_statement(statement)

@@ -124,13 +124,17 @@ class _Parameters:
         above_low = number > low if low_open else number >= low
         if not (math.isfinite(number) and above_low and number <= high):
             bracket = "(" if low_open else "["
-            raise EventParameterError(f"{self.where}.{key}", f"must be in {bracket}{low}, {high}], got {value!r}")
+            raise EventParameterError(
+                f"{self.where}.{key}", f"must be in {bracket}{low}, {high}], got {value!r}"
+            )
         return number
 
     def integer(self, key: str, *, low: int, high: int) -> int:
         value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise EventParameterError(f"{self.where}.{key}", f"must be an integer in [{low}, {high}], got {value!r}")
+            raise EventParameterError(
+                f"{self.where}.{key}", f"must be an integer in [{low}, {high}], got {value!r}"
+            )
         return value
 
     def text(self, key: str) -> str:

@@ -433,14 +433,22 @@ class StatementMeddler(LoopbackClient):
 
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
         from privacy.ledger import Mechanism, MechanismEvent
-        from privacy.signing import ParticipantStatement, load_or_create_signing_key, sign_participant_statement
+        from privacy.signing import (
+            ParticipantStatement,
+            load_or_create_signing_key,
+            sign_participant_statement,
+        )
 
         key = load_or_create_signing_key(self.identity_key_path)
         honest = ParticipantStatement.model_validate_json(request.statement.statement)
 
         def signed(*events: MechanismEvent, size: str | None = None) -> ParticipantStatement:
             return sign_participant_statement(
-                participant=self.name, run_id=honest.run_id, events=list(events), private_key=key, data_size_class=size
+                participant=self.name,
+                run_id=honest.run_id,
+                events=list(events),
+                private_key=key,
+                data_size_class=size,
             )
 
         gaussian = MechanismEvent(
@@ -521,7 +529,8 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
     report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
     assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
     assert any(
-        "statement of site-a is left out of the report" in r.getMessage() and "noise_multiplier" in r.getMessage()
+        "statement of site-a is left out of the report" in r.getMessage()
+        and "noise_multiplier" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
     run.close()

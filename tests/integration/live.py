@@ -151,10 +151,18 @@ class LiveFederation:
                     "max_backoff_s": 0.2,
                     "max_retry_time_s": 30.0,
                 },
-                "tls": {"ca": str(tls.ca), "certificate": str(tls.certificate), "private_key": str(tls.private_key)},
+                "tls": {
+                    "ca": str(tls.ca),
+                    "certificate": str(tls.certificate),
+                    "private_key": str(tls.private_key),
+                },
                 "model": {"directory": str(self.model)},
                 "data": {"calibration": str(self.root / f"{name}.jsonl")},
-                "runtime": {"device": "cpu", "state": str(self.root / label / f"state-{name}"), "progress": False},
+                "runtime": {
+                    "device": "cpu",
+                    "state": str(self.root / label / f"state-{name}"),
+                    "progress": False,
+                },
             }
         )
 
@@ -240,7 +248,9 @@ def run_participants(
             config.tls,
             call_timeout_s=section.call_timeout_s,
             stream_timeout_s=section.stream_timeout_s,
-            policy=RetryPolicy(max_backoff_s=section.max_backoff_s, max_retry_time_s=section.max_retry_time_s),
+            policy=RetryPolicy(
+                max_backoff_s=section.max_backoff_s, max_retry_time_s=section.max_retry_time_s
+            ),
         )
 
         def body(config: Any = config, client: Any = client, name: str = name) -> None:

@@ -205,14 +205,17 @@ def test_bytes_that_do_not_decode_are_invalid_argument_for_every_rpc_never_inter
     from proto.fedprune.v1 import service_pb2_grpc
 
     caplog.set_level(logging.INFO)
-    with live_coordinator(federation, "raw") as coordinator:
-        with coordinator.channel("site-a") as member, coordinator.channel("outsider") as stranger:
-            service_pb2_grpc.CoordinatorStub(member).Join(_join_request(coordinator), timeout=5)
-            for method in METHODS:
-                for payload in (b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x08" + b"\xff" * 11):
-                    assert _raw(member, method, payload) is grpc.StatusCode.INVALID_ARGUMENT, method
-                    # A stranger is refused on its name, before its bytes are even read.
-                    assert _raw(stranger, method, payload) is grpc.StatusCode.PERMISSION_DENIED, method
+    with (
+        live_coordinator(federation, "raw") as coordinator,
+        coordinator.channel("site-a") as member,
+        coordinator.channel("outsider") as stranger,
+    ):
+        service_pb2_grpc.CoordinatorStub(member).Join(_join_request(coordinator), timeout=5)
+        for method in METHODS:
+            for payload in (b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x08" + b"\xff" * 11):
+                assert _raw(member, method, payload) is grpc.StatusCode.INVALID_ARGUMENT, method
+                # A stranger is refused on its name, before its bytes are even read.
+                assert _raw(stranger, method, payload) is grpc.StatusCode.PERMISSION_DENIED, method
     refusals = [r.getMessage() for r in caplog.records if "does not decode" in r.getMessage()]
     assert len(refusals) == 3 * len(METHODS), refusals
     _no_traceback(caplog.records)
@@ -224,24 +227,23 @@ def test_a_cancelled_or_expired_stream_is_one_info_line_without_a_traceback(
     from proto.fedprune.v1 import service_pb2 as pb
 
     caplog.set_level(logging.INFO)
-    with live_coordinator(federation, "cancel") as coordinator:
-        with coordinator.channel("site-a") as channel:
-            from proto.fedprune.v1 import service_pb2_grpc
+    with live_coordinator(federation, "cancel") as coordinator, coordinator.channel("site-a") as channel:
+        from proto.fedprune.v1 import service_pb2_grpc
 
-            service_pb2_grpc.CoordinatorStub(channel).Join(_join_request(coordinator), timeout=5)
+        service_pb2_grpc.CoordinatorStub(channel).Join(_join_request(coordinator), timeout=5)
 
-            def slow() -> Iterator[pb.MaskedInputPart]:
-                time.sleep(2.0)  # the first part is late: the server is waiting for it
-                yield pb.MaskedInputPart()
+        def slow() -> Iterator[pb.MaskedInputPart]:
+            time.sleep(2.0)  # the first part is late: the server is waiting for it
+            yield pb.MaskedInputPart()
 
-            call = service_pb2_grpc.CoordinatorStub(channel).MaskedInput
-            with pytest.raises(grpc.RpcError) as expired:
-                call(slow(), timeout=0.5)
-            assert expired.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            future = call.future(slow(), timeout=10)
-            time.sleep(0.3)
-            future.cancel()
-            time.sleep(0.5)
+        call = service_pb2_grpc.CoordinatorStub(channel).MaskedInput
+        with pytest.raises(grpc.RpcError) as expired:
+            call(slow(), timeout=0.5)
+        assert expired.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        future = call.future(slow(), timeout=10)
+        time.sleep(0.3)
+        future.cancel()
+        time.sleep(0.5)
     ended = [r for r in caplog.records if "MaskedInput from site-a ended" in r.getMessage()]
     assert len(ended) == 2 and all(r.levelno == logging.INFO for r in ended), [r.getMessage() for r in ended]
     _no_traceback(caplog.records)
