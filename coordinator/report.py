@@ -62,6 +62,8 @@ class StatementBounds:
     """Coordinates of each decoder block's vote vector (randomized response covers at most these)."""
     statistics_per_block: int
     """Prunable sublayers of a block: one Gaussian release covers at most this many statistics."""
+    sample_rate: float
+    """The run's announced Poisson sampling rate: the one every site's Gaussian release uses."""
 
     @property
     def blocks(self) -> int:
@@ -74,7 +76,8 @@ def check_statement(
     """Return None when ``statement`` is ``name``'s, for ``run_id``, signed by its joined identity key, and
     every event is of the report's schema (``privacy.ledger.check_event_parameters``) within the run's
     bounds: blocks of the run, at most one randomized-response event per block, coordinates at most the
-    block's, Gaussian releases at most one per statistic and block. Raises StatementError naming the field.
+    block's, Gaussian releases at most one per statistic and block, at the run's sample rate, under the
+    site's own release ids. Raises StatementError naming the field.
     """
     if statement.participant != name:
         raise StatementError("statement.participant", f"is {statement.participant!r}, the caller is {name!r}")
@@ -115,6 +118,15 @@ def check_statement(
                     f"is {event.count}, block {event.block} has {bounds.block_dimensions[event.block]} coordinates",
                 )
         else:
+            if event.parameters["sample_rate"] != bounds.sample_rate:
+                raise StatementError(
+                    f"{where}.parameters.sample_rate",
+                    f"is {event.parameters['sample_rate']}, the run's is {bounds.sample_rate}",
+                )
+            if not str(event.parameters["release"]).startswith(f"{name}/"):
+                # Release ids group a site's statistics into joint releases; another site's id would
+                # merge its statistics with this one's.
+                raise StatementError(f"{where}.parameters.release", f"must start with {name + '/'!r}")
             releases += event.count
             if releases > bounds.blocks * bounds.statistics_per_block:
                 raise StatementError(

@@ -61,7 +61,7 @@ from coordinator.report import (
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.randomized_response import RandomizedResponse
-from privacy.report import tolerated_colluders
+from privacy.report import PrivacyReport, tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.messages import (
@@ -239,6 +239,7 @@ class CoordinatorRun:
             statistics_per_block=max(
                 sum(1 for index, _, _ in iter_prunable(self.model) if index == b) for b in range(self.blocks)
             ),
+            sample_rate=config.privacy.sample_rate,
         )
         self.threshold = config.threshold
         self.state = RunState(config.output.state, parameters_digest=self._parameters_digest())
@@ -508,12 +509,26 @@ class CoordinatorRun:
             if not self._statement_phase:
                 raise StaleMessageError("statements are collected after the last block")
             stored = self.state.statements().get(name)
-            if stored is not None:
+        if stored is not None:
+            if stored != statement:
+                raise StaleMessageError(f"{name!r} already submitted its statement; it cannot be replaced")
+            logger.info("%s sent its stored statement again", name)
+            return
+        # The report's own checks and accountants, on this statement alone (outside the lock: they take a
+        # moment): a statement the report cannot be built with is refused now, not at the end of the run.
+        try:
+            self._build_report([statement])
+        except (PrivacyError, ValueError, ArithmeticError) as error:
+            raise MalformedMessageError(
+                f"statement: the run's report cannot be built with it: {error}"
+            ) from None
+        with self._cond:
+            stored = self.state.statements().get(name)
+            if stored is not None:  # sent twice at once
                 if stored != statement:
                     raise StaleMessageError(
                         f"{name!r} already submitted its statement; it cannot be replaced"
                     )
-                logger.info("%s sent its stored statement again", name)
                 return
             self.state.save_statement(statement)
             self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, StatementTask)]
@@ -818,11 +833,10 @@ class CoordinatorRun:
                     break
                 self._cond.wait(remaining)
 
-    def _write_outputs(self) -> RunSummary:
+    def _build_report(self, statements: list[ParticipantStatement]) -> PrivacyReport:
         config = self.config
-        out = prepare_output_dir(config.output.directory, overwrite=True)
         completed = self.state.completed_blocks()
-        report = build_run_report(
+        return build_run_report(
             run_id=self.run_id,
             participants=self.participants,
             threshold=self.threshold,
@@ -830,11 +844,38 @@ class CoordinatorRun:
             delta=config.privacy.delta,
             accountant_tolerance=config.privacy.accountant_tolerance,
             record_level_dp=config.privacy.record_level_dp,
-            statements=self._reportable_statements(),
+            statements=statements,
             coordinator_events=[completed[b].event for b in sorted(completed)],
             transport=self.transport,
             recipe=config.run.recipe,
         )
+
+    def _final_report(self) -> PrivacyReport:
+        """Return the run's report; a stored statement it cannot be built with is left out, with a warning."""
+        statements = self._reportable_statements()
+        try:
+            return self._build_report(statements)
+        except (PrivacyError, ValueError, ArithmeticError) as error:
+            failure = error
+        kept = []
+        for statement in statements:
+            try:
+                self._build_report([statement])
+            except (PrivacyError, ValueError, ArithmeticError) as error:
+                logger.warning(
+                    "the stored statement of %s is left out of the report: %s", statement.participant, error
+                )
+                continue
+            kept.append(statement)
+        if len(kept) == len(statements):
+            raise RunClosedError(f"the privacy report cannot be built: {failure}") from None
+        return self._build_report(kept)
+
+    def _write_outputs(self) -> RunSummary:
+        config = self.config
+        out = prepare_output_dir(config.output.directory, overwrite=True)
+        completed = self.state.completed_blocks()
+        report = self._final_report()
         # The report is built and checked before the model exists: no output without its report.
         report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)
         for block in range(self.blocks):

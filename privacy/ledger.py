@@ -100,6 +100,9 @@ MAX_EPSILON0 = math.log((1 << 32) - 1)
 """The largest eps0 randomized response with a 32-bit threshold realises (``privacy.randomized_response``)."""
 MAX_NOISE_MULTIPLIER = 1e6
 """Far beyond any useful noise; bounded so that the accountants always work with finite numbers."""
+MIN_NOISE_MULTIPLIER = 0.3
+"""Below it a joint release means epsilon in the hundreds per block, and the accountants take minutes."""
+_RELATIVE = 1e-12
 
 
 class _Parameters:
@@ -156,20 +159,37 @@ def check_event_parameters(event: MechanismEvent, *, where: str = "event") -> No
     """
     parameters = _Parameters(event, where)
     if event.mechanism is Mechanism.GAUSSIAN:
-        parameters.number("noise_multiplier", low=0.0, high=MAX_NOISE_MULTIPLIER)
-        parameters.number("block_noise_multiplier", low=0.0, high=MAX_NOISE_MULTIPLIER)
-        parameters.number("clip_share", low=0.0, high=1.0)
-        parameters.number("clip_norm", low=0.0, high=MAX_NOISE_MULTIPLIER)
+        sigma = parameters.number(
+            "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER, low_open=False
+        )
+        block_sigma = parameters.number(
+            "block_noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER, low_open=False
+        )
+        share = parameters.number("clip_share", low=0.0, high=1.0)
+        if not math.isclose(sigma, block_sigma / share, rel_tol=_RELATIVE):
+            raise EventParameterError(
+                f"{where}.parameters.noise_multiplier", "is not block_noise_multiplier / clip_share"
+            )
+        parameters.number("clip_norm", low=1.0, high=1.0, low_open=False)  # unit-norm records
         parameters.number("sample_rate", low=0.0, high=1.0)
         parameters.integer("dimension", low=1, high=1 << 40)
         for key in ("release", "sublayers", "shrinkage"):
             parameters.text(key)
     elif event.mechanism is Mechanism.RANDOMIZED_RESPONSE:
-        parameters.number("epsilon0", low=0.0, high=MAX_EPSILON0)
+        epsilon0 = parameters.number("epsilon0", low=0.0, high=MAX_EPSILON0)
         parameters.number("requested_epsilon0", low=0.0, high=MAX_NOISE_MULTIPLIER)
-        parameters.integer("threshold", low=1, high=1 << 31)
+        threshold = parameters.integer("threshold", low=1, high=1 << 31)
         parameters.integer("threshold_bits", low=32, high=32)
-        parameters.number("flip_probability", low=0.0, high=0.5)
+        flip = parameters.number("flip_probability", low=0.0, high=0.5)
+        # What privacy.randomized_response realises with a 32-bit threshold T (and the report checks).
+        if not math.isclose(
+            epsilon0, math.log((1 << 32) - threshold) - math.log(threshold), rel_tol=_RELATIVE
+        ):
+            raise EventParameterError(f"{where}.parameters.epsilon0", "does not follow from the threshold")
+        if not math.isclose(flip, threshold / (1 << 32), rel_tol=_RELATIVE):
+            raise EventParameterError(
+                f"{where}.parameters.flip_probability", "does not follow from the threshold"
+            )
     else:
         participants = parameters.integer("participants", low=1, high=1 << 20)
         threshold = parameters.integer("threshold", low=1, high=participants)

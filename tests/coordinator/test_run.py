@@ -8,6 +8,7 @@ the coordinator knows of a caller is that name: these tests check that nothing e
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -410,10 +411,12 @@ def test_malformed_foreign_and_stale_messages_are_refused_with_their_status_and_
 class StatementMeddler(LoopbackClient):
     """site-a's client, which signs malformed statements with its own identity key before its real one."""
 
-    def __init__(self, loopback: Loopback, name: str, identity_key_path: Path) -> None:
+    def __init__(self, loopback: Loopback, name: str, identity_key_path: Path, sample_rate: float) -> None:
         super().__init__(loopback, name)
         self.identity_key_path = identity_key_path
+        self.sample_rate = sample_rate
         self.answers: dict[str, grpc.StatusCode | str] = {}
+        self.unbuildable: Any = None
 
     def _submit(self, what: str, statement: Any) -> None:
         request = pb.SubmitStatementRequest(
@@ -464,14 +467,34 @@ class StatementMeddler(LoopbackClient):
             block=0,
             count=10**12,
             parameters={
-                "epsilon0": 4.0,
+                "epsilon0": math.log((2**32 - 77_794_684) / 77_794_684),
                 "requested_epsilon0": 4.0,
                 "threshold": 77_794_684,
                 "threshold_bits": 32,
                 "flip_probability": 77_794_684 / 2**32,
             },
         )
+        # Every field in range, but two statistics of one release claim more than the record's unit norm.
+        unbuildable = MechanismEvent(
+            mechanism=Mechanism.GAUSSIAN,
+            participant=self.name,
+            block=1,
+            count=1,
+            parameters={
+                "noise_multiplier": 2.0 / 0.9,
+                "block_noise_multiplier": 2.0,
+                "clip_share": 0.9,
+                "clip_norm": 1.0,
+                "sample_rate": self.sample_rate,
+                "dimension": 8,
+                "release": f"{self.name}/round0/block1",
+                "sublayers": "mlp.down_proj",
+                "shrinkage": "none",
+            },
+        )
         self._submit("gaussian without noise_multiplier", signed(gaussian))
+        self.unbuildable = signed(unbuildable, unbuildable)
+        self._submit("a statement the report cannot be built with", self.unbuildable)
         self._submit("10^12 coordinates", signed(randomized))
         self._submit("honest", honest)
         self._submit("honest again", honest)
@@ -491,7 +514,7 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
     run = CoordinatorRun(config)
     loopback = Loopback(CoordinatorServicer(run))
     identity_key_path = _participant_config(config, "site-a", "p").runtime.identity_key_path
-    meddler = StatementMeddler(loopback, "site-a", identity_key_path)
+    meddler = StatementMeddler(loopback, "site-a", identity_key_path, config.privacy.sample_rate)
     threads = Threads()
     threads.start("coordinator", run.run)
     _start_participants(threads, config, loopback, **{"site-a": meddler})
@@ -502,6 +525,8 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
     assert "statement.events[0].parameters.noise_multiplier: is missing" in str(
         answers["gaussian without noise_multiplier (details)"]
     )
+    assert answers["a statement the report cannot be built with"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "report cannot be built" in str(answers["a statement the report cannot be built with (details)"])
     assert answers["10^12 coordinates"] is grpc.StatusCode.INVALID_ARGUMENT
     assert "statement.events[0].count" in str(answers["10^12 coordinates (details)"])
     assert answers["honest"] is grpc.StatusCode.OK
@@ -531,6 +556,17 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
     assert any(
         "statement of site-a is left out of the report" in r.getMessage()
         and "noise_multiplier" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+    # One that passes every field check but that the report's own checks refuse: left out as well.
+    caplog.clear()
+    run.state.save_statement(meddler.unbuildable)
+    summary = run._write_outputs()
+    report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
+    assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
+    assert any(
+        "statement of site-a is left out of the report" in r.getMessage() and "clip_share" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
     run.close()
