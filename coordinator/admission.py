@@ -63,8 +63,7 @@ class IdleWatchdog:
         self._armed: set[int] = set()
         self._expired: set[int] = set()
         self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._thread: threading.Thread | None = None  # started at the first wait, a daemon
 
     @contextlib.contextmanager
     def bounded(self) -> Iterator[Callable[[grpc.ServicerContext], int]]:
@@ -88,24 +87,17 @@ class IdleWatchdog:
         finally:
             with self._cond:
                 self._armed.difference_update(armed)
+                self._expired.difference_update(armed)
 
     def expired(self, token: int) -> bool:
-        """Return whether the wait armed as ``token`` was cut by the watchdog."""
+        """Return whether the wait armed as ``token`` was cut by the watchdog (ask within ``bounded``)."""
         with self._cond:
             return token in self._expired
-
-    def close(self) -> None:
-        """Stop the watchdog thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
 
     def _loop(self) -> None:
         while True:
             due: list[grpc.ServicerContext] = []
             with self._cond:
-                if self._closed:
-                    return
                 now = time.monotonic()
                 while self._heap and (self._heap[0][0] <= now or self._heap[0][1] not in self._armed):
                     _, token, context = heapq.heappop(self._heap)

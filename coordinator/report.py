@@ -77,7 +77,7 @@ def check_statement(
     every event is of the report's schema (``privacy.ledger.check_event_parameters``) within the run's
     bounds: blocks of the run, at most one randomized-response event per block, coordinates at most the
     block's, Gaussian releases at most one per statistic and block, at the run's sample rate, under the
-    site's own release ids. Raises StatementError naming the field.
+    site's own release ids, whose clip shares square-sum to at most 1. Raises StatementError naming the field.
     """
     if statement.participant != name:
         raise StatementError("statement.participant", f"is {statement.participant!r}, the caller is {name!r}")
@@ -92,6 +92,7 @@ def check_statement(
         )
     randomized: set[int] = set()
     releases = 0
+    shares: dict[str, float] = {}
     for index, event in enumerate(statement.events):
         where = f"statement.events[{index}]"
         if event.mechanism is Mechanism.SECURE_AGGREGATION:
@@ -127,6 +128,13 @@ def check_statement(
                 # Release ids group a site's statistics into joint releases; another site's id would
                 # merge its statistics with this one's.
                 raise StatementError(f"{where}.parameters.release", f"must start with {name + '/'!r}")
+            release = str(event.parameters["release"])
+            shares[release] = shares.get(release, 0.0) + float(event.parameters["clip_share"]) ** 2
+            if shares[release] > 1.0 + 1e-9:
+                raise StatementError(
+                    f"{where}.parameters.clip_share",
+                    f"the clip shares of release {release!r} have squares summing to more than 1",
+                )
             releases += event.count
             if releases > bounds.blocks * bounds.statistics_per_block:
                 raise StatementError(

@@ -509,26 +509,12 @@ class CoordinatorRun:
             if not self._statement_phase:
                 raise StaleMessageError("statements are collected after the last block")
             stored = self.state.statements().get(name)
-        if stored is not None:
-            if stored != statement:
-                raise StaleMessageError(f"{name!r} already submitted its statement; it cannot be replaced")
-            logger.info("%s sent its stored statement again", name)
-            return
-        # The report's own checks and accountants, on this statement alone (outside the lock: they take a
-        # moment): a statement the report cannot be built with is refused now, not at the end of the run.
-        try:
-            self._build_report([statement])
-        except (PrivacyError, ValueError, ArithmeticError) as error:
-            raise MalformedMessageError(
-                f"statement: the run's report cannot be built with it: {error}"
-            ) from None
-        with self._cond:
-            stored = self.state.statements().get(name)
-            if stored is not None:  # sent twice at once
+            if stored is not None:
                 if stored != statement:
                     raise StaleMessageError(
                         f"{name!r} already submitted its statement; it cannot be replaced"
                     )
+                logger.info("%s sent its stored statement again", name)
                 return
             self.state.save_statement(statement)
             self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, StatementTask)]
@@ -851,24 +837,28 @@ class CoordinatorRun:
         )
 
     def _final_report(self) -> PrivacyReport:
-        """Return the run's report; a stored statement it cannot be built with is left out, with a warning."""
+        """Return the run's report; a stored statement it cannot be built with is left out, with a warning.
+
+        When no statement can be built alone, the run's own parameters are at fault (say, an accountant
+        tolerance its planned noise does not meet): that error is raised and no model is written.
+        """
         statements = self._reportable_statements()
         try:
             return self._build_report(statements)
         except (PrivacyError, ValueError, ArithmeticError) as error:
             failure = error
-        kept = []
+        kept, left_out = [], []
         for statement in statements:
             try:
                 self._build_report([statement])
             except (PrivacyError, ValueError, ArithmeticError) as error:
-                logger.warning(
-                    "the stored statement of %s is left out of the report: %s", statement.participant, error
-                )
+                left_out.append((statement.participant, error))
                 continue
             kept.append(statement)
-        if len(kept) == len(statements):
-            raise RunClosedError(f"the privacy report cannot be built: {failure}") from None
+        if not kept or not left_out:
+            raise failure
+        for name, error in left_out:
+            logger.warning("the stored statement of %s is left out of the report: %s", name, error)
         return self._build_report(kept)
 
     def _write_outputs(self) -> RunSummary:

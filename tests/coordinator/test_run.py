@@ -526,7 +526,9 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
         answers["gaussian without noise_multiplier (details)"]
     )
     assert answers["a statement the report cannot be built with"] is grpc.StatusCode.INVALID_ARGUMENT
-    assert "report cannot be built" in str(answers["a statement the report cannot be built with (details)"])
+    assert "statement.events[1].parameters.clip_share" in str(
+        answers["a statement the report cannot be built with (details)"]
+    )
     assert answers["10^12 coordinates"] is grpc.StatusCode.INVALID_ARGUMENT
     assert "statement.events[0].count" in str(answers["10^12 coordinates (details)"])
     assert answers["honest"] is grpc.StatusCode.OK
@@ -559,7 +561,6 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
 
-    # One that passes every field check but that the report's own checks refuse: left out as well.
     caplog.clear()
     run.state.save_statement(meddler.unbuildable)
     summary = run._write_outputs()
@@ -569,4 +570,35 @@ def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final
         "statement of site-a is left out of the report" in r.getMessage() and "clip_share" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+    # Every field in range, but its accountants disagree beyond the run's tolerance: the report is built
+    # with the other sites' statements, without this one.
+    caplog.clear()
+    huge_noise = {
+        "noise_multiplier": 1000.0,
+        "block_noise_multiplier": 1000.0,
+        "clip_share": 1.0,
+        "clip_norm": 1.0,
+        "sample_rate": config.privacy.sample_rate,
+        "dimension": 8,
+        "release": "site-a/round0/block0",
+        "sublayers": "mlp.down_proj",
+        "shrinkage": "none",
+    }
+    disagreeing = sign_participant_statement(
+        participant="site-a",
+        run_id=run.run_id,
+        events=[
+            MechanismEvent(
+                mechanism=Mechanism.GAUSSIAN, participant="site-a", block=0, count=1, parameters=huge_noise
+            )
+        ],
+        private_key=load_or_create_signing_key(identity_key_path),
+    )
+    run._check_statement("site-a", disagreeing)  # passes every check a submission passes
+    run.state.save_statement(disagreeing)
+    summary = run._write_outputs()
+    report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
+    assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
+    assert any("statement of site-a is left out of the report" in r.getMessage() for r in caplog.records)
     run.close()
