@@ -847,18 +847,19 @@ class CoordinatorRun:
             return self._build_report(statements)
         except (PrivacyError, ValueError, ArithmeticError) as error:
             failure = error
-        kept, left_out = [], []
+        kept: list[ParticipantStatement] = []
+        left_out: list[tuple[str, Exception]] = []
         for statement in statements:
             try:
                 self._build_report([statement])
-            except (PrivacyError, ValueError, ArithmeticError) as error:
-                left_out.append((statement.participant, error))
+            except (PrivacyError, ValueError, ArithmeticError) as alone:
+                left_out.append((statement.participant, alone))
                 continue
             kept.append(statement)
         if not kept or not left_out:
             raise failure
-        for name, error in left_out:
-            logger.warning("the stored statement of %s is left out of the report: %s", name, error)
+        for name, reason in left_out:
+            logger.warning("the stored statement of %s is left out of the report: %s", name, reason)
         return self._build_report(kept)
 
     def _write_outputs(self) -> RunSummary:
