@@ -82,6 +82,7 @@ def _no_traceback(records: list[logging.LogRecord]) -> None:
 
 
 # ---------------------------------------------------------------------------- idle and slow callers
+@pytest.mark.slow
 def test_64_idle_streams_of_strangers_and_an_insider_delay_no_participant_and_are_cut_when_idle(
     federation: LiveFederation, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -128,6 +129,7 @@ def test_64_idle_streams_of_strangers_and_an_insider_delay_no_participant_and_ar
     _no_traceback(caplog.records)
 
 
+@pytest.mark.slow
 def test_an_honest_run_beside_64_idle_hostile_streams_gives_the_same_masks_in_about_the_same_time(
     federation: LiveFederation, caplog: pytest.LogCaptureFixture
 ) -> None:

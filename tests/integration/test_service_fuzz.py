@@ -132,6 +132,9 @@ def _send(channel: grpc.Channel, method: Any, payloads: list[bytes]) -> grpc.Sta
     return grpc.StatusCode.OK
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> LiveFederation:
     return make_live_federation(tmp_path_factory.mktemp("fuzz"))
@@ -181,7 +184,7 @@ def test_generated_messages_and_raw_bytes_at_every_rpc_get_expected_statuses_and
                 return method, payloads
 
             @settings(
-                max_examples=150,
+                max_examples=100,
                 deadline=None,
                 database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
