@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -249,17 +248,3 @@ def test_a_cancelled_or_expired_stream_is_one_info_line_without_a_traceback(
     ended = [r for r in caplog.records if "MaskedInput from site-a ended" in r.getMessage()]
     assert len(ended) == 2 and all(r.levelno == logging.INFO for r in ended), [r.getMessage() for r in ended]
     _no_traceback(caplog.records)
-
-
-def test_the_participant_cap_and_idle_bound_are_configured_in_server(tmp_path: Path) -> None:
-    from coordinator.config import ConfigError, parse_config
-
-    base = {
-        "tls": {"ca": "ca.pem", "certificate": "c.pem", "private_key": "c.key"},
-        "run": {"model": "m", "participants": ["a", "b", "c"]},
-        "output": {"directory": "o", "state": "s", "signing_key": "k"},
-    }
-    config = parse_config({**base, "server": {"address": "127.0.0.1:0"}})
-    assert config.worker_threads == 3 * 4 + 4 + 4
-    with pytest.raises((ConfigError, ValueError), match="server.max_workers 8 is below 20"):
-        parse_config({**base, "server": {"address": "127.0.0.1:0", "max_workers": 8}})
