@@ -25,6 +25,7 @@ from pydantic import (
 
 from coordinator.aggregation import ComparisonGroup
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.ledger import MIN_NOISE_MULTIPLIER
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
     MAX_BIT_WIDTH,
@@ -208,7 +209,8 @@ class PrivacySection(_Section):
     epsilon0: float = Field(4.0, gt=0)
     """Randomized response per mask bit (used when ``randomized_response`` is on)."""
     record_level_dp: bool = True
-    noise_multiplier: float | None = Field(None, gt=0)
+    noise_multiplier: float | None = Field(None, ge=MIN_NOISE_MULTIPLIER)
+    """Record-level noise multiplier; at least the least a site's statement may attest (0.3)."""
     target_epsilon: float | None = Field(None, gt=0)
     """Record-level epsilon at ``delta``; default 8.0 when record-level DP is on and no sigma is given."""
     delta: float = Field(1e-5, gt=0, lt=1)
