@@ -76,8 +76,9 @@ def check_statement(
     """Return None when ``statement`` is ``name``'s, for ``run_id``, signed by its joined identity key, and
     every event is of the report's schema (``privacy.ledger.check_event_parameters``) within the run's
     bounds: blocks of the run, at most one randomized-response event per block, coordinates at most the
-    block's, Gaussian releases at most blocks x statistics per block in all, at the run's sample rate, under the
-    site's own release ids, whose clip shares square-sum to at most 1. Raises StatementError naming the field.
+    block's, Gaussian releases at most blocks x statistics per block in all, at the run's sample rate,
+    under the site's own release ids, whose clip shares square-sum to at most 1. Raises StatementError
+    naming the field.
     """
     if statement.participant != name:
         raise StatementError("statement.participant", f"is {statement.participant!r}, the caller is {name!r}")
