@@ -25,6 +25,7 @@ from pydantic import (
 
 from coordinator.aggregation import ComparisonGroup
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.ledger import MIN_NOISE_MULTIPLIER
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
     MAX_BIT_WIDTH,
@@ -50,6 +51,8 @@ RunRecipe = Literal["fedprllm", "fedspallm"]
 
 # The widest masked chunk: b bits a coordinate with b <= MAX_BIT_WIDTH must fit one 4 MiB message.
 MAX_CHUNK_COORDINATES = MAX_CHUNK_PAYLOAD_BYTES * 8 // MAX_BIT_WIDTH
+# Server threads beyond the admitted calls' own: a refused call is answered from a thread too (in microseconds).
+REFUSAL_HEADROOM_THREADS = 4
 
 
 class ConfigError(ValueError):
@@ -85,8 +88,16 @@ class ServerSection(_Section):
 
     address: Address
     """``host:port`` to listen on, e.g. ``0.0.0.0:50051``."""
-    max_workers: int = Field(16, ge=1)
-    """Threads serving calls; each connected participant holds at most one long poll."""
+    max_workers: int | None = Field(None, ge=1)
+    """Threads serving calls; default, and least allowed, ``worker_threads``: every call the caps admit
+    has a thread of its own, so no caller waits for one."""
+    max_calls_per_participant: int = Field(4, ge=2)
+    """Calls one listed participant may have open at once (a long poll, a stream and retries beside them);
+    more are refused with RESOURCE_EXHAUSTED at once."""
+    max_monitoring_calls: int = Field(4, ge=1)
+    """Calls all names outside ``run.participants`` together may have open (health checks only)."""
+    idle_timeout_s: float = Field(60.0, gt=0)
+    """Longest wait for a caller's next message (a call that sends nothing for this long is cut)."""
     join_timeout_s: float | None = Field(None, gt=0)
     """How long to wait for ``min_participants`` to join; None waits until they do."""
     round_timeout_s: float = Field(600.0, gt=0)
@@ -198,7 +209,8 @@ class PrivacySection(_Section):
     epsilon0: float = Field(4.0, gt=0)
     """Randomized response per mask bit (used when ``randomized_response`` is on)."""
     record_level_dp: bool = True
-    noise_multiplier: float | None = Field(None, gt=0)
+    noise_multiplier: float | None = Field(None, ge=MIN_NOISE_MULTIPLIER)
+    """Record-level noise multiplier; at least the least a site's statement may attest (0.3)."""
     target_epsilon: float | None = Field(None, gt=0)
     """Record-level epsilon at ``delta``; default 8.0 when record-level DP is on and no sigma is given."""
     delta: float = Field(1e-5, gt=0, lt=1)
@@ -278,6 +290,29 @@ class CoordinatorConfig(_Section):
                 f"run.threshold (with run.min_participants {minimum}, privacy.colluders {colluders}): {error}"
             ) from None
         return self
+
+    @model_validator(mode="after")
+    def _enough_workers(self) -> CoordinatorConfig:
+        needed = self.worker_threads
+        if self.server.max_workers is not None and self.server.max_workers < needed:
+            raise ValueError(
+                f"server.max_workers {self.server.max_workers} is below {needed}: "
+                f"{len(self.run.participants)} participants x server.max_calls_per_participant "
+                f"{self.server.max_calls_per_participant} + server.max_monitoring_calls "
+                f"{self.server.max_monitoring_calls} + {REFUSAL_HEADROOM_THREADS} (leave it out to use that)"
+            )
+        return self
+
+    @property
+    def worker_threads(self) -> int:
+        """Return the server's threads: participants x per-participant cap + monitoring cap + 4 (or more)."""
+        server = self.server
+        needed = (
+            len(self.run.participants) * server.max_calls_per_participant
+            + server.max_monitoring_calls
+            + REFUSAL_HEADROOM_THREADS
+        )
+        return max(needed, server.max_workers or 0)
 
     @property
     def threshold(self) -> int:

@@ -8,11 +8,18 @@ signature and that the ledger says of it exactly what it said itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
+from privacy.ledger import (
+    EventParameterError,
+    Mechanism,
+    MechanismEvent,
+    PrivacyLedger,
+    check_event_parameters,
+)
 from privacy.report import (
     PrivacyReport,
     SummedInputs,
@@ -70,19 +77,95 @@ def secure_aggregation_event(
     )
 
 
-def check_statement(statement: ParticipantStatement, *, name: str, run_id: str, public_key: bytes) -> None:
-    """Return None when ``statement`` is ``name``'s, for ``run_id``, signed by its joined identity key."""
+@dataclasses.dataclass(frozen=True)
+class StatementBounds:
+    """What the run allows a participant to attest: its blocks, their sizes, their statistics."""
+
+    block_dimensions: tuple[int, ...]
+    """Coordinates of each decoder block's vote vector (randomized response covers at most these)."""
+    statistics_per_block: int
+    """Prunable sublayers of a block: one Gaussian release covers at most this many statistics."""
+    sample_rate: float
+    """The run's announced Poisson sampling rate: the one every site's Gaussian release uses."""
+
+    @property
+    def blocks(self) -> int:
+        return len(self.block_dimensions)
+
+
+def check_statement(
+    statement: ParticipantStatement, *, name: str, run_id: str, public_key: bytes, bounds: StatementBounds
+) -> None:
+    """Return None when ``statement`` is ``name``'s, for ``run_id``, signed by its joined identity key, and
+    every event is of the report's schema (``privacy.ledger.check_event_parameters``) within the run's
+    bounds: blocks of the run, at most one randomized-response event per block, coordinates at most the
+    block's, Gaussian releases at most blocks x statistics per block in all, at the run's sample rate,
+    under the site's own release ids, whose clip shares square-sum to at most 1. Raises StatementError
+    naming the field.
+    """
     if statement.participant != name:
         raise StatementError("statement.participant", f"is {statement.participant!r}, the caller is {name!r}")
     if statement.run_id != run_id:
         raise StatementError("statement.run_id", f"is {statement.run_id!r}, the run is {run_id!r}")
     if bytes.fromhex(statement.public_key) != public_key:
         raise StatementError("statement.public_key", f"is not the identity key {name!r} joined with")
+    most = bounds.blocks * (bounds.statistics_per_block + 1)
+    if len(statement.events) > most:
+        raise StatementError(
+            "statement.events", f"holds {len(statement.events)} events, the run allows {most}"
+        )
+    randomized: set[int] = set()
+    releases = 0
+    shares: dict[str, float] = {}
     for index, event in enumerate(statement.events):
+        where = f"statement.events[{index}]"
         if event.mechanism is Mechanism.SECURE_AGGREGATION:
+            raise StatementError(where, "secure aggregation is the coordinator's event")
+        if event.participant != name:
             raise StatementError(
-                f"statement.events[{index}]", "secure aggregation is the coordinator's event"
+                f"{where}.participant", f"is {event.participant!r}, the statement is {name!r}'s"
             )
+        if event.block is None or event.block >= bounds.blocks:
+            raise StatementError(
+                f"{where}.block", f"must name a block in [0, {bounds.blocks}), got {event.block}"
+            )
+        try:
+            check_event_parameters(event, where=where)
+        except EventParameterError as error:
+            raise StatementError(error.field, error.reason) from None
+        if event.mechanism is Mechanism.RANDOMIZED_RESPONSE:
+            if event.block in randomized:
+                raise StatementError(where, f"block {event.block} is randomized twice (once per run)")
+            randomized.add(event.block)
+            if event.count > bounds.block_dimensions[event.block]:
+                raise StatementError(
+                    f"{where}.count",
+                    f"is {event.count}, block {event.block} has {bounds.block_dimensions[event.block]} coordinates",
+                )
+        else:
+            if event.parameters["sample_rate"] != bounds.sample_rate:
+                raise StatementError(
+                    f"{where}.parameters.sample_rate",
+                    f"is {event.parameters['sample_rate']}, the run's is {bounds.sample_rate}",
+                )
+            if not str(event.parameters["release"]).startswith(f"{name}/"):
+                # Release ids group a site's statistics into joint releases; another site's id would
+                # merge its statistics with this one's.
+                raise StatementError(f"{where}.parameters.release", f"must start with {name + '/'!r}")
+            release = str(event.parameters["release"])
+            shares[release] = shares.get(release, 0.0) + float(event.parameters["clip_share"]) ** 2
+            if shares[release] > 1.0 + 1e-9:
+                raise StatementError(
+                    f"{where}.parameters.clip_share",
+                    f"the clip shares of release {release!r} have squares summing to more than 1",
+                )
+            releases += event.count
+            if releases > bounds.blocks * bounds.statistics_per_block:
+                raise StatementError(
+                    f"{where}.count",
+                    f"the Gaussian releases add up past {bounds.blocks * bounds.statistics_per_block} "
+                    f"({bounds.blocks} blocks x {bounds.statistics_per_block} statistics)",
+                )
     verify_statement_signature(statement)
 
 

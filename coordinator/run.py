@@ -52,6 +52,7 @@ from coordinator.errors import (
 )
 from coordinator.report import (
     SERVICE_TRANSPORT,
+    StatementBounds,
     build_run_report,
     check_statement,
     secure_aggregation_event,
@@ -60,7 +61,7 @@ from coordinator.report import (
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.randomized_response import RandomizedResponse
-from privacy.report import SummedInputs, tolerated_colluders
+from privacy.report import PrivacyReport, SummedInputs, tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.messages import (
@@ -233,6 +234,13 @@ class CoordinatorRun:
         self.blocks = len(decoder_blocks(self.model))
         self.model_fingerprint = base_model_fingerprint(self.model)
         self.layout_fingerprint = VoteLayout.for_model(self.model).fingerprint()
+        self.statement_bounds = StatementBounds(
+            block_dimensions=tuple(VoteLayout.for_block(self.model, b).dimension for b in range(self.blocks)),
+            statistics_per_block=max(
+                sum(1 for index, _, _ in iter_prunable(self.model) if index == b) for b in range(self.blocks)
+            ),
+            sample_rate=config.privacy.sample_rate,
+        )
         self.threshold = config.threshold
         self.state = RunState(config.output.state, parameters_digest=self._parameters_digest())
         self.run_id = self.state.run_id
@@ -287,6 +295,10 @@ class CoordinatorRun:
         if member is None:
             raise UnknownParticipantError(f"{name!r} has not joined the run (call Join first)")
         return member
+
+    def check_member(self, name: str) -> None:
+        """Return None if ``name`` joined the run, else raise UnknownParticipantError (checked before reading)."""
+        self._member(name)
 
     def join(
         self, name: str, *, model_fingerprint: bytes, identity_key: bytes, max_blocks: int | None = None
@@ -437,7 +449,15 @@ class CoordinatorRun:
                     session.received_chunks[participant] = part.chunk_index + 1
                     chunks += 1
                     continue
-                self._feed(session.server.receive_masked_done, part)
+                complete = part.chunk_count == session.received_chunks.get(participant, 0)
+                try:
+                    self._feed(session.server.receive_masked_done, part)
+                except MalformedMessageError:
+                    if complete and part.chunk_count == session.parameters.chunk_count:
+                        # Every chunk arrived and the digest did not match: the server rolled the whole
+                        # stream back, so the site's resent stream starts over at chunk 0.
+                        session.received_chunks.pop(participant, None)
+                    raise
                 self._answered(session, name, participant)
                 return chunks, part.digest
         raise MalformedMessageError("the masked-input stream ended without its closing digest")
@@ -468,20 +488,50 @@ class CoordinatorRun:
         layout = VoteLayout.for_block(self.model, block)
         return self.state.packed_mask(block), layout.dimension, layout.fingerprint()
 
-    def submit_statement(self, name: str, statement: ParticipantStatement) -> None:
-        """Accept ``name``'s signed privacy statement (checked against its identity key, then stored)."""
-        member = self._member(name)
+    def _check_statement(self, name: str, statement: ParticipantStatement) -> None:
         try:
-            check_statement(statement, name=name, run_id=self.run_id, public_key=member.identity_key)
+            check_statement(
+                statement,
+                name=name,
+                run_id=self.run_id,
+                public_key=self._member(name).identity_key,
+                bounds=self.statement_bounds,
+            )
         except StatementError as error:
             raise MalformedMessageError(str(error)) from None
+
+    def submit_statement(self, name: str, statement: ParticipantStatement) -> None:
+        """Accept ``name``'s signed privacy statement (checked against its identity key and the run's
+        bounds, then stored); a stored statement is final: the same one again is accepted, another refused.
+        """
+        self._check_statement(name, statement)
         with self._cond:
             if not self._statement_phase:
                 raise StaleMessageError("statements are collected after the last block")
+            stored = self.state.statements().get(name)
+            if stored is not None:
+                if stored != statement:
+                    raise StaleMessageError(
+                        f"{name!r} already submitted its statement; it cannot be replaced"
+                    )
+                logger.info("%s sent its stored statement again", name)
+                return
             self.state.save_statement(statement)
             self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, StatementTask)]
             logger.info("%s submitted its signed privacy statement (%d events)", name, len(statement.events))
             self._cond.notify_all()
+
+    def _reportable_statements(self) -> list[ParticipantStatement]:
+        """Return the stored statements that pass today's checks; any other is left out, with a warning."""
+        statements = []
+        for name, statement in sorted(self.state.statements().items()):
+            try:
+                self._check_statement(name, statement)
+            except (MalformedMessageError, UnknownParticipantError) as error:
+                logger.warning("the stored statement of %s is left out of the report: %s", name, error)
+                continue
+            statements.append(statement)
+        return statements
 
     # ------------------------------------------------------------------ the driver
     def _push(self, name: str, task: Task) -> None:
@@ -779,11 +829,10 @@ class CoordinatorRun:
                     break
                 self._cond.wait(remaining)
 
-    def _write_outputs(self) -> RunSummary:
+    def _build_report(self, statements: list[ParticipantStatement]) -> PrivacyReport:
         config = self.config
-        out = prepare_output_dir(config.output.directory, overwrite=True)
         completed = self.state.completed_blocks()
-        report = build_run_report(
+        return build_run_report(
             run_id=self.run_id,
             participants=self.participants,
             threshold=self.threshold,
@@ -791,11 +840,43 @@ class CoordinatorRun:
             delta=config.privacy.delta,
             accountant_tolerance=config.privacy.accountant_tolerance,
             record_level_dp=config.privacy.record_level_dp,
-            statements=list(self.state.statements().values()),
+            statements=statements,
             coordinator_events=[completed[b].event for b in sorted(completed)],
             transport=self.transport,
             recipe=config.run.recipe,
         )
+
+    def _final_report(self) -> PrivacyReport:
+        """Return the run's report; a stored statement it cannot be built with is left out, with a warning.
+
+        When no statement can be built alone, the run's own parameters are at fault (say, an accountant
+        tolerance its planned noise does not meet): that error is raised and no model is written.
+        """
+        statements = self._reportable_statements()
+        try:
+            return self._build_report(statements)
+        except (PrivacyError, ValueError, ArithmeticError) as error:
+            failure = error
+        kept: list[ParticipantStatement] = []
+        left_out: list[tuple[str, Exception]] = []
+        for statement in statements:
+            try:
+                self._build_report([statement])
+            except (PrivacyError, ValueError, ArithmeticError) as alone:
+                left_out.append((statement.participant, alone))
+                continue
+            kept.append(statement)
+        if not kept or not left_out:
+            raise failure
+        for name, reason in left_out:
+            logger.warning("the stored statement of %s is left out of the report: %s", name, reason)
+        return self._build_report(kept)
+
+    def _write_outputs(self) -> RunSummary:
+        config = self.config
+        out = prepare_output_dir(config.output.directory, overwrite=True)
+        completed = self.state.completed_blocks()
+        report = self._final_report()
         # The report is built and checked before the model exists: no output without its report.
         report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)
         for block in range(self.blocks):

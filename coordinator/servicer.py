@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.admission import Admission, CallLimits
 from coordinator.errors import (
     CoordinatorError,
     MalformedMessageError,
@@ -78,6 +79,10 @@ def _call(context: grpc.ServicerContext, what: str, body: Callable[[str], R]) ->
     try:
         name = _peer(context)
         return body(name)
+    except grpc.RpcError:
+        # Raised by the request stream: the caller cancelled, its deadline passed or the call was cut for
+        # idling. gRPC already ended the call; ``coordinator.admission`` logged it in one line.
+        raise
     except (CoordinatorError, PeerIdentityError, ValueError) as error:
         code = status_for(error)
         logger.info("%s refused (%s): %s", what, code.name, error)
@@ -258,6 +263,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
         self, request_iterator: Iterator[pb.MaskedInputPart], context: grpc.ServicerContext
     ) -> Any:  # noqa: N802
         def body(name: str) -> pb.MaskedInputReply:
+            self.run.check_member(name)  # before the first message is read
             blocks: list[int] = []
 
             def parts() -> Iterator[Any]:
@@ -354,11 +360,29 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
         return _call(context, "SubmitStatement", body)
 
 
-def serve(
-    run: CoordinatorRun, *, address: str, max_workers: int
-) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Return a started mutual-TLS server for ``run`` (with the health service) and its bound port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=server_options())
+def serve(run: CoordinatorRun, *, address: str) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Return a started mutual-TLS server for ``run`` (with the health service) and its bound port.
+
+    Every call passes ``coordinator.admission.Admission`` first (identity, membership, caps, bounded
+    reads); the thread pool has a thread for every call the caps admit (``config.worker_threads``).
+    """
+    section = run.config.server
+    admission = Admission(
+        participants=frozenset(run.config.run.participants),
+        limits=CallLimits(
+            max_calls_per_participant=section.max_calls_per_participant,
+            max_monitoring_calls=section.max_monitoring_calls,
+            idle_timeout_s=section.idle_timeout_s,
+        ),
+    )
+    workers = run.config.worker_threads
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coordinator-call"),
+        interceptors=[admission],
+        options=server_options(),
+        # A bound on queued calls (memory), far above what the caps admit: refusals are answered at once.
+        maximum_concurrent_rpcs=4 * workers,
+    )
     service_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(run), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

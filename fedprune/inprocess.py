@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +26,9 @@ from typing import Any
 
 import grpc
 import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.config import CoordinatorConfig
 from coordinator.run import CoordinatorRun, RunSummary
@@ -60,6 +65,25 @@ class InProcessRpcError(grpc.RpcError):
         return self._details
 
 
+@functools.lru_cache(maxsize=64)
+def _certificate_pem(name: str) -> bytes:
+    """Return a self-signed certificate whose subject is ``CN=name`` (what the servicer reads identity from)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
 class InProcessContext:
     """A servicer context whose caller is verified as ``name`` (None: a caller without a certificate)."""
 
@@ -67,10 +91,14 @@ class InProcessContext:
         self.name = name
 
     def auth_context(self) -> dict[str, list[bytes]]:
-        """Return the auth context a mutual-TLS call would carry for this caller."""
+        """Return the auth context a mutual-TLS call would carry for this caller (with its certificate)."""
         if self.name is None:
             return {"transport_security_type": [b"ssl"]}
-        return {"transport_security_type": [b"ssl"], "x509_common_name": [self.name.encode()]}
+        return {
+            "transport_security_type": [b"ssl"],
+            "x509_common_name": [self.name.encode()],
+            "x509_pem_cert": [_certificate_pem(self.name)],
+        }
 
     def time_remaining(self) -> float | None:
         """Return None: in-process calls have no deadline."""

@@ -28,6 +28,9 @@ Parameters each mechanism writes (the report's recomputation reads exactly these
   ``survivors`` (participants whose inputs were summed) and ``colluders`` (c, assumed), all integers with
   0 <= c < t <= survivors <= n; ``count`` = coordinates summed. The report derives the minimum honest
   survivors from them (smallest survivors - c) and checks its threat model against them.
+
+``check_event_parameters`` holds an event to exactly that list: every parameter present, of its type, in
+its range, and no other (a party that signs an event cannot make the report's recomputation fail or hang).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import enum
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,6 +85,121 @@ class LedgerEntry(BaseModel):
     prev_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     event: MechanismEvent
     entry_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class EventParameterError(PrivacyError):
+    """An event's parameters are not those its mechanism writes; ``field`` names the first that is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+MAX_EPSILON0 = math.log((1 << 32) - 1)
+"""The largest eps0 randomized response with a 32-bit threshold realises (``privacy.randomized_response``)."""
+MAX_NOISE_MULTIPLIER = 1e6
+"""Far beyond any useful noise; bounded so that the accountants always work with finite numbers."""
+MIN_NOISE_MULTIPLIER = 0.3
+"""Below it a joint release means epsilon in the hundreds per block, and the accountants take minutes."""
+_RELATIVE = 1e-12
+
+
+class _Parameters:
+    """Typed, bounded reads of one event's parameters, each error naming ``<where>.parameters.<key>``."""
+
+    def __init__(self, event: MechanismEvent, where: str) -> None:
+        self.values = event.parameters
+        self.where = f"{where}.parameters"
+        self.read: set[str] = set()
+
+    def _get(self, key: str) -> ParameterValue:
+        self.read.add(key)
+        if key not in self.values:
+            raise EventParameterError(f"{self.where}.{key}", "is missing")
+        return self.values[key]
+
+    def number(self, key: str, *, low: float, high: float, low_open: bool = True) -> float:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EventParameterError(f"{self.where}.{key}", f"must be a number, got {value!r}")
+        number = float(value)
+        above_low = number > low if low_open else number >= low
+        if not (math.isfinite(number) and above_low and number <= high):
+            bracket = "(" if low_open else "["
+            raise EventParameterError(
+                f"{self.where}.{key}", f"must be in {bracket}{low}, {high}], got {value!r}"
+            )
+        return number
+
+    def integer(self, key: str, *, low: int, high: int) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise EventParameterError(
+                f"{self.where}.{key}", f"must be an integer in [{low}, {high}], got {value!r}"
+            )
+        return value
+
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str) or not value:
+            raise EventParameterError(f"{self.where}.{key}", f"must be a non-empty string, got {value!r}")
+        return value
+
+    def no_others(self) -> None:
+        extra = sorted(set(self.values) - self.read)
+        if extra:
+            raise EventParameterError(f"{self.where}.{extra[0]}", "is not a parameter of this mechanism")
+
+
+def check_event_parameters(event: MechanismEvent, *, where: str = "event") -> None:
+    """Return None when ``event`` carries exactly its mechanism's parameters, each typed and in range.
+
+    Raises EventParameterError naming the first wrong field (``<where>.parameters.<key>``).
+    """
+    parameters = _Parameters(event, where)
+    if event.mechanism is Mechanism.GAUSSIAN:
+        sigma = parameters.number(
+            "noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER, low_open=False
+        )
+        block_sigma = parameters.number(
+            "block_noise_multiplier", low=MIN_NOISE_MULTIPLIER, high=MAX_NOISE_MULTIPLIER, low_open=False
+        )
+        share = parameters.number("clip_share", low=0.0, high=1.0)
+        if not math.isclose(sigma, block_sigma / share, rel_tol=_RELATIVE):
+            raise EventParameterError(
+                f"{where}.parameters.noise_multiplier", "is not block_noise_multiplier / clip_share"
+            )
+        parameters.number("clip_norm", low=1.0, high=1.0, low_open=False)  # unit-norm records
+        parameters.number("sample_rate", low=0.0, high=1.0)
+        parameters.integer("dimension", low=1, high=1 << 40)
+        for key in ("release", "sublayers", "shrinkage"):
+            parameters.text(key)
+    elif event.mechanism is Mechanism.RANDOMIZED_RESPONSE:
+        epsilon0 = parameters.number("epsilon0", low=0.0, high=MAX_EPSILON0)
+        parameters.number("requested_epsilon0", low=0.0, high=MAX_NOISE_MULTIPLIER)
+        threshold = parameters.integer("threshold", low=1, high=1 << 31)
+        parameters.integer("threshold_bits", low=32, high=32)
+        flip = parameters.number("flip_probability", low=0.0, high=0.5)
+        # What privacy.randomized_response realises with a 32-bit threshold T (and the report checks).
+        if not math.isclose(
+            epsilon0, math.log((1 << 32) - threshold) - math.log(threshold), rel_tol=_RELATIVE
+        ):
+            raise EventParameterError(f"{where}.parameters.epsilon0", "does not follow from the threshold")
+        if not math.isclose(flip, threshold / (1 << 32), rel_tol=_RELATIVE):
+            raise EventParameterError(
+                f"{where}.parameters.flip_probability", "does not follow from the threshold"
+            )
+    else:
+        participants = parameters.integer("participants", low=1, high=1 << 20)
+        threshold = parameters.integer("threshold", low=1, high=participants)
+        parameters.integer("survivors", low=threshold, high=participants)
+        parameters.integer("colluders", low=0, high=threshold - 1)
+        # The names behind the survivors and what the session summed; privacy.report parses both (a JSON
+        # list of as many names as survivors; privacy.report.SummedInputs).
+        parameters.text("contributors")
+        parameters.text("summed")
+    parameters.no_others()
 
 
 class ChainError(PrivacyError):

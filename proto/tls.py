@@ -223,19 +223,42 @@ def check_address(address: str) -> str:
     return address
 
 
+def _printable_ascii(value: str) -> bool:
+    return all(0x20 <= ord(character) < 0x7F for character in value)
+
+
 def peer_common_name(context: grpc.ServicerContext) -> str:
-    """Return the common name of the caller's verified client certificate, or raise PeerIdentityError."""
+    """Return the one common name of the caller's verified client certificate, or raise PeerIdentityError.
+
+    The name is read from the verified certificate itself (``x509_pem_cert``), not only from what gRPC
+    extracts: the subject must hold exactly one common name, of printable ASCII (no NUL, no control
+    character), equal to gRPC's ``x509_common_name``. Anything else would let two parties, or two
+    parsers, read one certificate as different names.
+    """
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:
         raise PeerIdentityError("the call did not arrive over TLS")
-    names = auth.get("x509_common_name", [])
-    if len(names) != 1:
-        # Zero: no client certificate (the server requires one, so this is a misconfigured server);
-        # several: ambiguous identity, never guess which one is meant.
-        raise PeerIdentityError(
-            f"the client certificate must carry exactly one common name, found {len(names)}"
-        )
+    certificates = auth.get("x509_pem_cert", [])
+    if len(certificates) != 1:
+        # The server requires a verified client certificate, so none here is a misconfigured server.
+        raise PeerIdentityError(f"expected one verified client certificate, found {len(certificates)}")
     try:
-        return names[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise PeerIdentityError("the client certificate's common name is not UTF-8") from None
+        certificate = x509.load_pem_x509_certificate(certificates[0])
+        names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError as error:
+        raise PeerIdentityError(f"the client certificate cannot be parsed: {error}") from None
+    if len(names) != 1:
+        raise PeerIdentityError(
+            f"the client certificate's subject must carry exactly one common name, found {len(names)}"
+        )
+    name = names[0].value
+    if not isinstance(name, str) or not name or not _printable_ascii(name):
+        raise PeerIdentityError(
+            f"the client certificate's common name {name!r} is not a non-empty string of printable ASCII"
+        )
+    reported = auth.get("x509_common_name", [])
+    if reported != [name.encode("ascii")]:
+        raise PeerIdentityError(
+            f"the client certificate's common name {name!r} differs from what TLS reports ({reported!r})"
+        )
+    return name

@@ -46,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, StateError, TlsConfigurationError) as error:
         raise CommandError(str(error)) from None
     try:
-        server, port, health_servicer = serve(
-            run_, address=config.server.address, max_workers=config.server.max_workers
-        )
+        server, port, health_servicer = serve(run_, address=config.server.address)
     except (TlsConfigurationError, RuntimeError) as error:
         run_.close()
         raise CommandError(f"server.address {config.server.address}: {error}") from None

@@ -167,3 +167,15 @@ def test_unreadable_and_invalid_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[server\naddress=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_server_threads_cover_every_call_the_caps_admit() -> None:
+    base = {
+        "tls": {"ca": "ca.pem", "certificate": "c.pem", "private_key": "c.key"},
+        "run": {"model": "m", "participants": ["a", "b", "c"]},
+        "output": {"directory": "o", "state": "s", "signing_key": "k"},
+    }
+    config = parse_config({**base, "server": {"address": "127.0.0.1:0"}})
+    assert config.worker_threads == 3 * 4 + 4 + 4
+    with pytest.raises(ConfigError, match="server.max_workers 8 is below 20"):
+        parse_config({**base, "server": {"address": "127.0.0.1:0", "max_workers": 8}})

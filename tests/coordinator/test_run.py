@@ -8,6 +8,7 @@ the coordinator knows of a caller is that name: these tests check that nothing e
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -343,6 +344,15 @@ class MeddlingClient(LoopbackClient):
             "MaskedInput",
             iter([pb.MaskedInputPart(session=chunks_only[0].session)]),
         )
+        # The whole stream again, closed by a wrong digest: rolled back, so the next stream starts over.
+        wrong_digest: list[pb.MaskedInputPart] = []
+        for part in parts():
+            copy = pb.MaskedInputPart()
+            copy.CopyFrom(part)
+            if copy.WhichOneof("part") == "done":
+                copy.done.digest = bytes(b ^ 0xFF for b in copy.done.digest)
+            wrong_digest.append(copy)
+        self._refused("a stream closed by a wrong digest", "MaskedInput", iter(wrong_digest))
         return super().masked_input(parts)
 
     def unmask(self, request: pb.UnmaskSubmission) -> None:
@@ -392,7 +402,205 @@ def test_malformed_foreign_and_stale_messages_are_refused_with_their_status_and_
     assert codes["a stream without its closing digest"] is grpc.StatusCode.INVALID_ARGUMENT
     assert codes["an empty stream"] is grpc.StatusCode.INVALID_ARGUMENT
     assert codes["a part with neither chunk nor done"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["a stream closed by a wrong digest"] is grpc.StatusCode.INVALID_ARGUMENT
     assert codes["unmask of another block"] is grpc.StatusCode.FAILED_PRECONDITION
     assert codes["a statement that is not JSON"] is grpc.StatusCode.INVALID_ARGUMENT
-    assert len(meddler.refusals) == 4 * BLOCKS + 3 * BLOCKS + 3 * BLOCKS + BLOCKS + 1
+    assert len(meddler.refusals) == 4 * BLOCKS + 3 * BLOCKS + 4 * BLOCKS + BLOCKS + 1
+    run.close()
+
+
+# ---------------------------------------------------------------------- signed statements
+class StatementMeddler(LoopbackClient):
+    """site-a's client, which signs malformed statements with its own identity key before its real one."""
+
+    def __init__(self, loopback: Loopback, name: str, identity_key_path: Path, sample_rate: float) -> None:
+        super().__init__(loopback, name)
+        self.identity_key_path = identity_key_path
+        self.sample_rate = sample_rate
+        self.answers: dict[str, grpc.StatusCode | str] = {}
+        self.unbuildable: Any = None
+
+    def _submit(self, what: str, statement: Any) -> None:
+        request = pb.SubmitStatementRequest(
+            statement=pb.SignedStatement(
+                run_id=bytes.fromhex(statement.run_id),
+                statement=statement.model_dump_json().encode(),
+                signature=bytes.fromhex(statement.signature),
+            )
+        )
+        try:
+            super().submit_statement(request)
+        except LoopbackRpcError as error:
+            self.answers[what] = error.code()
+            self.answers[what + " (details)"] = error.details()
+            return
+        self.answers[what] = grpc.StatusCode.OK
+
+    def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
+        from privacy.ledger import Mechanism, MechanismEvent
+        from privacy.signing import (
+            ParticipantStatement,
+            load_or_create_signing_key,
+            sign_participant_statement,
+        )
+
+        key = load_or_create_signing_key(self.identity_key_path)
+        honest = ParticipantStatement.model_validate_json(request.statement.statement)
+
+        def signed(*events: MechanismEvent, size: str | None = None) -> ParticipantStatement:
+            return sign_participant_statement(
+                participant=self.name,
+                run_id=honest.run_id,
+                events=list(events),
+                private_key=key,
+                data_size_class=size,
+            )
+
+        gaussian = MechanismEvent(
+            mechanism=Mechanism.GAUSSIAN,
+            participant=self.name,
+            block=0,
+            count=1,
+            parameters={"sample_rate": 0.1, "release": "r", "dimension": 8},
+        )
+        randomized = MechanismEvent(
+            mechanism=Mechanism.RANDOMIZED_RESPONSE,
+            participant=self.name,
+            block=0,
+            count=10**12,
+            parameters={
+                "epsilon0": math.log((2**32 - 77_794_684) / 77_794_684),
+                "requested_epsilon0": 4.0,
+                "threshold": 77_794_684,
+                "threshold_bits": 32,
+                "flip_probability": 77_794_684 / 2**32,
+            },
+        )
+        # Every field in range, but two statistics of one release claim more than the record's unit norm.
+        unbuildable = MechanismEvent(
+            mechanism=Mechanism.GAUSSIAN,
+            participant=self.name,
+            block=1,
+            count=1,
+            parameters={
+                "noise_multiplier": 2.0 / 0.9,
+                "block_noise_multiplier": 2.0,
+                "clip_share": 0.9,
+                "clip_norm": 1.0,
+                "sample_rate": self.sample_rate,
+                "dimension": 8,
+                "release": f"{self.name}/round0/block1",
+                "sublayers": "mlp.down_proj",
+                "shrinkage": "none",
+            },
+        )
+        self._submit("gaussian without noise_multiplier", signed(gaussian))
+        self.unbuildable = signed(unbuildable, unbuildable)
+        self._submit("a statement the report cannot be built with", self.unbuildable)
+        self._submit("10^12 coordinates", signed(randomized))
+        self._submit("honest", honest)
+        self._submit("honest again", honest)
+        self._submit("another", signed(size="large"))
+
+
+def test_a_statement_is_checked_against_the_report_schema_and_the_run_then_final(
+    federation: Callable[..., CoordinatorConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from privacy.ledger import Mechanism, MechanismEvent
+    from privacy.report import PrivacyReport
+    from privacy.signing import load_or_create_signing_key, sign_participant_statement
+
+    config = federation("statements")
+    run = CoordinatorRun(config)
+    loopback = Loopback(CoordinatorServicer(run))
+    identity_key_path = _participant_config(config, "site-a", "p").runtime.identity_key_path
+    meddler = StatementMeddler(loopback, "site-a", identity_key_path, config.privacy.sample_rate)
+    threads = Threads()
+    threads.start("coordinator", run.run)
+    _start_participants(threads, config, loopback, **{"site-a": meddler})
+    threads.join()
+    assert not threads.errors, threads.errors
+    answers = meddler.answers
+    assert answers["gaussian without noise_multiplier"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "statement.events[0].parameters.noise_multiplier: is missing" in str(
+        answers["gaussian without noise_multiplier (details)"]
+    )
+    assert answers["a statement the report cannot be built with"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "statement.events[1].parameters.clip_share" in str(
+        answers["a statement the report cannot be built with (details)"]
+    )
+    assert answers["10^12 coordinates"] is grpc.StatusCode.INVALID_ARGUMENT
+    assert "statement.events[0].count" in str(answers["10^12 coordinates (details)"])
+    assert answers["honest"] is grpc.StatusCode.OK
+    assert answers["honest again"] is grpc.StatusCode.OK  # a retried submission is idempotent
+    assert answers["another"] is grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be replaced" in str(answers["another (details)"])
+    assert run.state.statements()["site-a"].data_size_class != "large"
+
+    # A statement stored by an older coordinator, before these checks: the report leaves it out, loudly.
+    bad = sign_participant_statement(
+        participant="site-a",
+        run_id=run.run_id,
+        events=[
+            MechanismEvent(
+                mechanism=Mechanism.GAUSSIAN, participant="site-a", block=0, count=10**12, parameters={}
+            )
+        ],
+        private_key=load_or_create_signing_key(identity_key_path),
+    )
+    run.state.save_statement(bad)
+    caplog.set_level(logging.WARNING, logger="coordinator.run")
+    started = time.monotonic()
+    summary = run._write_outputs()
+    assert time.monotonic() - started < 30
+    report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
+    assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
+    assert any(
+        "statement of site-a is left out of the report" in r.getMessage()
+        and "noise_multiplier" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+    caplog.clear()
+    run.state.save_statement(meddler.unbuildable)
+    summary = run._write_outputs()
+    report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
+    assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
+    assert any(
+        "statement of site-a is left out of the report" in r.getMessage() and "clip_share" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+    # Every field in range, but its accountants disagree beyond the run's tolerance: the report is built
+    # with the other sites' statements, without this one.
+    caplog.clear()
+    huge_noise = {
+        "noise_multiplier": 1000.0,
+        "block_noise_multiplier": 1000.0,
+        "clip_share": 1.0,
+        "clip_norm": 1.0,
+        "sample_rate": config.privacy.sample_rate,
+        "dimension": 8,
+        "release": "site-a/round0/block0",
+        "sublayers": "mlp.down_proj",
+        "shrinkage": "none",
+    }
+    disagreeing = sign_participant_statement(
+        participant="site-a",
+        run_id=run.run_id,
+        events=[
+            MechanismEvent(
+                mechanism=Mechanism.GAUSSIAN, participant="site-a", block=0, count=1, parameters=huge_noise
+            )
+        ],
+        private_key=load_or_create_signing_key(identity_key_path),
+    )
+    run._check_statement("site-a", disagreeing)  # passes every check a submission passes
+    run.state.save_statement(disagreeing)
+    summary = run._write_outputs()
+    report = PrivacyReport.from_json(summary.report.read_text(encoding="utf-8"))
+    assert sorted(s.participant for s in report.participant_statements) == ["site-b", "site-c"]
+    assert any("statement of site-a is left out of the report" in r.getMessage() for r in caplog.records)
     run.close()
