@@ -95,7 +95,12 @@ def _report(statement: Any) -> Any:
         statements=[statement],
         coordinator_events=[
             secure_aggregation_event(
-                block=b, coordinates=64, participants=3, threshold=3, survivors=3, colluders=0
+                block=b,
+                coordinates=64,
+                participants=3,
+                threshold=3,
+                colluders=0,
+                contributors=("site-a", "site-b", "site-c"),
             )
             for b in range(2)
         ],
