@@ -185,6 +185,11 @@ class SecAggClient:
             expected = " or ".join(s.value for s in states)
             raise WrongStateError(f"participant {self.participant} is {self._state.value}, expected {expected}")
 
+    def abort(self, reason: str) -> None:
+        """Return None after wiping every secret of the session and ending it (its host stops taking part)."""
+        if self._state is not ClientState.ABORTED:
+            self._abort(reason)
+
     def _abort(self, reason: str) -> None:
         logger.warning("participant %d aborts the session: %s", self.participant, reason)
         self._wipe()
@@ -376,8 +381,8 @@ class SecAggClient:
         history recognises the vector by. Binding the same vector again is a no-op; another vector aborts
         (two maskings under one mask would reveal the difference of the two vectors).
         """
-        self._expect(ClientState.KEYS_ADVERTISED, ClientState.KEYS_SHARED, ClientState.READY_TO_MASK,
-                     ClientState.MASKING)
+        self._expect(ClientState.NEW, ClientState.KEYS_ADVERTISED, ClientState.KEYS_SHARED,
+                     ClientState.READY_TO_MASK, ClientState.MASKING)
         votes = np.asarray(keep_votes)
         if self._votes is not None and (votes is self._votes or (
                 votes.shape == self._votes.shape and np.array_equal(votes, self._votes))):

@@ -58,6 +58,7 @@ class CoordinatorMisbehaviour(ProtocolAbort):
     def __init__(self, message: str, *, check: str) -> None:
         super().__init__(f"{check}: {message}")
         self.check = check
+        self.detail = message
 
 
 class ContradictoryViewError(CoordinatorMisbehaviour, InconsistentViewError):

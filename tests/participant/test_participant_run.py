@@ -20,6 +20,7 @@ from participant.privacy import RunPrivacy, record_level_epsilon
 from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, planned_spend, run_privacy
 from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.budget import LifetimeBudget
+from privacy.secagg import ContradictoryViewError, SessionHistory
 from privacy.signing import key_fingerprint, raw_public_key
 from proto.fedprune.v1 import secagg_pb2 as secagg_pb
 from proto.fedprune.v1 import service_pb2 as pb
@@ -90,6 +91,10 @@ def _reply(config: ParticipantConfig, *, run_id: bytes = b"\x01" * 16, **privacy
         participants=3,
         min_participants=3,
         threshold=2,
+        colluders=0,
+        max_input=1,
+        chunk_coordinates=1024,
+        participant_names=["site-a", "site-b", "site-c"],
         blocks=BLOCKS,
         vote_layout_fingerprint=VoteLayout.for_model(model).fingerprint(),
         base_model_fingerprint=base_model_fingerprint(model),
@@ -220,9 +225,15 @@ def _members(config: ParticipantConfig, participant: Any, peers: dict[str, bytes
 
 
 def _joined(config: ParticipantConfig) -> Any:
-    participant, _ = _participant(config, _reply(config))
-    participant.participant_id = 1
+    reply = _reply(config)
+    participant, _ = _participant(config, reply)
+    participant.participant_id, participant.name, participant.params = 1, "site-a", reply.run
+    participant.history = SessionHistory()
     return participant
+
+
+def _check(participant: Any, members: list[pb.Member]) -> None:
+    participant._check_members(members, [m.participant_id for m in members])
 
 
 def test_pinned_peers_refuse_a_roster_with_another_key_or_an_unpinned_member(
@@ -233,14 +244,17 @@ def test_pinned_peers_refuse_a_roster_with_another_key_or_an_unpinned_member(
     config = site(peers={"site-b": key_fingerprint(b_key)[:32], "site-c": "site-c.pub"})
     assert set(config.pinned_keys()) == {"site-b", "site-c"}
     participant = _joined(config)
+    only_b = _joined(site(peers={"site-b": key_fingerprint(b_key)[:32]}))
+    with pytest.raises(PeerKeyError, match="'site-c', which has no pinned key"):
+        _check(only_b, _members(config, only_b, {"site-b": b_key, "site-c": c_key}))
 
-    participant._check_roster_keys(_members(config, participant, {"site-b": b_key, "site-c": c_key}))
+    _check(participant, _members(config, participant, {"site-b": b_key, "site-c": c_key}))
     with pytest.raises(
         PeerKeyError, match=r"relays for 'site-b' .* differs from the one pinned in peers.site-b"
     ):
-        participant._check_roster_keys(_members(config, participant, {"site-b": forged, "site-c": c_key}))
-    with pytest.raises(PeerKeyError, match="'site-z', which has no pinned key"):
-        participant._check_roster_keys(_members(config, participant, {"site-b": b_key, "site-z": forged}))
+        _check(participant, _members(config, participant, {"site-b": forged, "site-c": c_key}))
+    with pytest.raises(ContradictoryViewError, match=r"session-members: .*\['site-z'\], not among the run's"):
+        _check(participant, _members(config, participant, {"site-b": b_key, "site-z": forged}))
 
 
 def test_without_pins_the_participant_warns_and_refuses_a_key_that_changes_within_the_run(
@@ -251,11 +265,14 @@ def test_without_pins_the_participant_warns_and_refuses_a_key_that_changes_withi
     with caplog.at_level(logging.WARNING, logger="participant.run"):
         participant.join()
     assert "no [peers] identity keys pinned" in caplog.text
-    participant.participant_id = 1
+    participant.participant_id, participant.name, participant.params = 1, "site-a", _reply(config).run
+    participant.history = SessionHistory()
     b_key, forged = (raw_public_key(Ed25519PrivateKey.generate()) for _ in range(2))
-    participant._check_roster_keys(_members(config, participant, {"site-b": b_key}))
-    with pytest.raises(PeerKeyError, match="new identity key for 'site-b'"):
-        participant._check_roster_keys(_members(config, participant, {"site-b": forged}))
+    _check(participant, _members(config, participant, {"site-b": b_key}))
+    with pytest.raises(
+        ContradictoryViewError, match="identity-changed: .*'site-b' with another identity key"
+    ):
+        _check(participant, _members(config, participant, {"site-b": forged}))
 
 
 def test_a_roster_that_gives_this_participant_another_key_is_refused(
@@ -265,8 +282,8 @@ def test_a_roster_that_gives_this_participant_another_key_is_refused(
     participant = _joined(config)
     members = _members(config, participant, {})
     members[0].identity_public_key = raw_public_key(Ed25519PrivateKey.generate())
-    with pytest.raises(PeerKeyError, match="another identity key for this participant"):
-        participant._check_roster_keys(members)
+    with pytest.raises(PeerKeyError, match="another identity for this participant"):
+        _check(participant, members)
 
 
 def test_a_bad_pin_fails_at_load_naming_the_peer(site: Callable[..., ParticipantConfig]) -> None:
@@ -293,7 +310,13 @@ def test_malformed_or_unexpected_tasks_are_refused_and_the_participant_carries_o
             start_session=pb.StartSession(
                 session=ref,
                 parameters=secagg_pb.SessionParameters(
-                    participant_ids=[1, 2], threshold=2, dimension=4, context=b"garbage"
+                    participant_ids=[1, 2],
+                    threshold=2,
+                    dimension=VoteLayout.for_block(load_model(config.model.directory), 0).dimension,
+                    chunk_coordinates=1024,
+                    max_input=1,
+                    ring_headroom=True,
+                    context=b"garbage",
                 ),
             ),
         ),
