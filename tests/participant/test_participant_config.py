@@ -99,7 +99,7 @@ def test_a_run_that_meets_every_minimum_is_accepted() -> None:
     [
         ({"epsilon0": 6.0}, "epsilon0 6 exceeds max_epsilon0 4"),
         ({"randomized_response": False}, "without randomized response"),
-        ({"threshold": 1}, "threshold 1 is below min_threshold 2"),
+        ({"threshold": 2}, "threshold 2 is below min_threshold 3"),
         ({"record_level_dp": False}, "no record-level DP"),
         ({"record_epsilon": 9.0}, "record-level epsilon 9, above max_target_epsilon 8"),
         ({"record_epsilon": None}, "no record-level epsilon"),
