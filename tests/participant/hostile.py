@@ -11,6 +11,7 @@ the site, and for which session.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -310,7 +311,8 @@ class HostileCoordinator:
         for pid, owner in owners.items():
             if owner == SITE:
                 continue
-            try:
+            # One key under several ids makes no peer: the site must refuse before any peer would act.
+            with contextlib.suppress(ValueError):
                 self._peers[pid] = SecAggClient(
                     participant=pid,
                     parameters=parameters,
@@ -318,8 +320,6 @@ class HostileCoordinator:
                     identity_keys=identity_keys,
                     history=SessionHistory(),
                 )
-            except ValueError:
-                pass  # e.g. one key under several ids: the site must refuse before any peer would act
         wire = convert.session_parameters_to_proto(parameters)
         members_pb = [
             pb.Member(participant_id=pid, name=name, identity_public_key=raw_public_key(identity_keys[pid]))

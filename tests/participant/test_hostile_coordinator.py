@@ -21,7 +21,7 @@ from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig, parse_config
 from participant.run import CoordinatorLiedError, ParticipantRun, RunAbortedError
 from pruning.model_io import load_model
-from tests.participant.hostile import SITE, HostileCoordinator, Session, members
+from tests.participant.hostile import HostileCoordinator, Session, members
 
 FIVE = ("site-a", "site-b", "site-c", "site-d", "site-e")
 FOUR = FIVE[:4]
