@@ -6,6 +6,7 @@ the run's announced parameters, the participant's answer (refusal message, budge
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from participant.privacy import RunPrivacy, record_level_epsilon
 from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, planned_spend, run_privacy
 from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.budget import LifetimeBudget
+from privacy.errors import PrivacyError
 from privacy.secagg import ContradictoryViewError, SessionHistory
 from privacy.signing import key_fingerprint, raw_public_key
 from proto.fedprune.v1 import secagg_pb2 as secagg_pb
@@ -328,3 +330,53 @@ def test_malformed_or_unexpected_tasks_are_refused_and_the_participant_carries_o
         participant.run()  # returns normally: nothing above crashed it
     assert caplog.text.count("refused by this participant") == 4
     assert client.calls == ["Join"]  # it answered none of them
+
+
+# ---------------------------------------------------------------------- what the coordinator publishes
+def test_another_vote_layout_is_refused_naming_the_local_then_the_run_s_fingerprint(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    config = site()
+    reply = _reply(config)
+    local = reply.run.vote_layout_fingerprint.hex()
+    reply.run.vote_layout_fingerprint = b"\x00" * 32
+    participant, _ = _participant(config, reply)
+    with pytest.raises(RunRefusedError) as refused:  # exit 1, as every refused run
+        participant.join()
+    assert str(refused.value).startswith(
+        f"model.directory's vote layout fingerprint {local} differs from the run's {'00' * 32}"
+    )
+
+
+@pytest.mark.parametrize("extra", [b"", b"\x00"], ids=["exact", "trailing-byte"])
+def test_a_global_mask_with_trailing_bytes_is_refused(
+    site: Callable[..., ParticipantConfig], extra: bytes
+) -> None:
+    config = site()
+    reply = _reply(config)
+    participant, client = _participant(config, reply)
+    participant.params = reply.run
+    layout = VoteLayout.for_block(participant.model, 0)
+    packed = b"\x00" * (-(-layout.dimension // 8)) + extra
+    asked: list[int] = []
+
+    def block_mask(request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
+        asked.append(max_bytes)
+        return [
+            pb.BlockMaskChunk(
+                block=0,
+                packed=packed,
+                bit_count=layout.dimension,
+                layout_fingerprint=layout.fingerprint(),
+                digest=hashlib.sha256(packed).digest(),
+                last=True,
+            )
+        ]
+
+    client.block_mask = block_mask
+    if extra:
+        with pytest.raises(PrivacyError, match=r"has \d+ bytes, expected \d+"):
+            participant._mask(0)
+    else:
+        assert set(participant._mask(0)) == set(layout.names)
+    assert asked == [-(-layout.dimension // 8)]  # the site bounds the stream by its own layout
