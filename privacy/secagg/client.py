@@ -393,14 +393,16 @@ class SecAggClient:
         params = self.parameters
         if votes.shape != (params.dimension,):
             raise PrivacyError(f"keep_votes must have shape ({params.dimension},), got {votes.shape}")
+        largest = None
         if votes.dtype != np.bool_:
             if votes.dtype.kind not in "iu":
                 raise PrivacyError("keep_votes must be integers or booleans")
-            if votes.max() > params.max_input or (votes.dtype.kind == "i" and votes.min() < 0):
+            largest = int(votes.max())
+            if largest > params.max_input or (votes.dtype.kind == "i" and votes.min() < 0):
                 raise PrivacyError(f"keep_votes must lie in [0, {params.max_input}]")
         # The digest of the plain votes identifies the vector across sessions (SessionHistory); it never
         # leaves the participant.
-        self._votes_digest = keep_votes_digest(votes)
+        self._votes_digest = keep_votes_digest(votes, largest=largest)
         self._votes = votes
         return self._votes_digest
 

@@ -39,14 +39,15 @@ Identity = tuple[str, str]
 """A participant as a person, not a session slot: (name, identity key as hex)."""
 
 
-def keep_votes_digest(keep_votes: np.ndarray) -> bytes:
+def keep_votes_digest(keep_votes: np.ndarray, *, largest: int | None = None) -> bytes:
     """Return SHA-256 over the vector's length and values, independent of how any session encodes them.
 
     The values are written little-endian in the narrowest of 1, 2, 4 or 8 bytes that holds the vector's
     largest value, and that width is hashed too: the width is a function of the values alone, so one
     vector always gives one digest, and two vectors with different values never share their bytes (the
     width and length prefix keep encodings of different widths apart). Keep-vote vectors (0/1) cost one
-    byte a coordinate, as the lane they are masked in.
+    byte a coordinate, as the lane they are masked in. `largest`: the vector's largest value, when the
+    caller has just computed it (saves a pass; it must be exact).
     """
     votes = np.asarray(keep_votes)
     if votes.ndim != 1:
@@ -57,7 +58,7 @@ def keep_votes_digest(keep_votes: np.ndarray) -> bytes:
         raise PrivacyError("keep_votes must be integers or booleans")
     if votes.size and votes.dtype.kind == "i" and votes.min() < 0:
         raise PrivacyError("keep_votes must not be negative")
-    top = int(votes.max()) if votes.size else 0
+    top = largest if largest is not None else (int(votes.max()) if votes.size else 0)
     width = next(w for w in (1, 2, 4, 8) if top < 1 << (8 * w))
     canonical = np.dtype(f"<u{width}")
     h = hashlib.sha256(_VOTES_LABEL + struct.pack(">QB", votes.size, width))
