@@ -646,11 +646,14 @@ class ParticipantRun:
                 "this site was charged for",
                 check="second-release",
             )
+        # The identities this roster fixed are on disk before the advertisement leaves. Saved before the
+        # context is joined: a site that restarts before it answered gets the same task again from an
+        # honest coordinator, and must not take that for a replayed context.
+        self._save_history()
         request = pb.AdvertiseKeysRequest(
             session=self._ref(task.session),
             advertisement=convert.key_advertisement_to_proto(self._secagg.advertise_keys()),
         )
-        self._save_history()  # the identities it fixed are on disk before the advertisement leaves
         logger.info("block %d: session started with %d participants", block, len(task.members))
         return lambda: self.client.advertise_keys(request)
 
