@@ -56,6 +56,9 @@ class Session:
     colluders: int | None = None
     chunk_coordinates: int | None = None
     max_input: int | None = None
+    dimension: int | None = None
+    context_block: int | None = None
+    """The block the session context names (default: the session's block)."""
     absent: frozenset[str] = frozenset()
     """Members that never send their masked input (the server marks them dropped)."""
     other_survivors_at_unmask: bool = False
@@ -295,9 +298,11 @@ class HostileCoordinator:
             participant_ids=tuple(sorted(owners)),
             threshold=threshold,
             colluders=colluders,
-            dimension=dimension,
+            dimension=session.dimension or dimension,
             context=SessionContext.fresh(
-                run_id=RUN_ID.hex(), round=session.block, block=session.block
+                run_id=RUN_ID.hex(),
+                round=session.block,
+                block=session.block if session.context_block is None else session.context_block,
             ).encode(),
             chunk_coordinates=session.chunk_coordinates or run.chunk_coordinates,
             max_input=session.max_input or run.max_input,

@@ -149,9 +149,16 @@ def test_a_session_larger_than_the_run_is_refused(site: Any) -> None:
 
 @pytest.mark.parametrize(
     ("override", "check"),
-    [({"threshold": 3}, "session-threshold"), ({"colluders": 0}, "session-colluders")],
+    [
+        ({"threshold": 3}, "session-threshold"),
+        ({"colluders": 0}, "session-colluders"),
+        ({"dimension": 64}, "session-dimension"),
+        ({"context_block": 1}, "session-context"),
+    ],
 )
-def test_a_session_weaker_than_the_run_is_refused(site: Any, override: dict[str, int], check: str) -> None:
+def test_a_session_weaker_or_other_than_the_run_is_refused(
+    site: Any, override: dict[str, int], check: str
+) -> None:
     participant, coordinator = site([dataclasses.replace(HONEST, **override)])
     _lied(participant, check)
     assert coordinator.sent("AdvertiseKeys") == []
