@@ -627,6 +627,8 @@ class ParticipantRun:
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_public_key) for m in task.members
         }
         vector = self._vector(block)
+        if self._secagg is not None:
+            self._secagg.abort("the coordinator started another session")  # its secrets go now
         self._secagg = SecAggClient(
             participant=self.participant_id,
             parameters=parameters,

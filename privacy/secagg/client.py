@@ -186,8 +186,8 @@ class SecAggClient:
             raise WrongStateError(f"participant {self.participant} is {self._state.value}, expected {expected}")
 
     def abort(self, reason: str) -> None:
-        """Return None after wiping every secret of the session and ending it (its host stops taking part)."""
-        if self._state is not ClientState.ABORTED:
+        """Return None after wiping every secret of the session and ending it (a finished one stays done)."""
+        if self._state not in (ClientState.ABORTED, ClientState.DONE):
             self._abort(reason)
 
     def _abort(self, reason: str) -> None:
