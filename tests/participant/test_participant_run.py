@@ -14,6 +14,8 @@ from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig, parse_config
@@ -380,3 +382,44 @@ def test_a_global_mask_with_trailing_bytes_is_refused(
     else:
         assert set(participant._mask(0)) == set(layout.names)
     assert asked == [-(-layout.dimension // 8)]  # the site bounds the stream by its own layout
+
+
+# ---------------------------------------------------------------------- property: identities fixed for the run
+_PARTICIPANTS: dict[int, Any] = {}
+_NAMES = ("site-a", "site-b", "site-c")
+_KEYS = [raw_public_key(Ed25519PrivateKey.generate()) for _ in range(4)]
+_ROSTER = st.lists(
+    st.tuples(st.sampled_from(_NAMES[1:]), st.integers(2, 5), st.integers(0, len(_KEYS) - 1)),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rosters=st.lists(_ROSTER, min_size=1, max_size=4))
+def test_no_accepted_rosters_give_a_name_two_identities_or_an_identity_two_names(
+    site: Callable[..., ParticipantConfig], rosters: list[list[tuple[str, int, int]]]
+) -> None:
+    # One participant for all examples (its model loads once); each example starts a fresh history.
+    participant = _PARTICIPANTS.get(id(site))
+    if participant is None:
+        participant = _PARTICIPANTS[id(site)] = _joined(site())
+    participant.history = SessionHistory()
+    own = pb.Member(
+        participant_id=1, name="site-a", identity_public_key=raw_public_key(participant.identity_key)
+    )
+    seen: dict[str, tuple[int, bytes]] = {}
+    for roster in rosters:
+        members = [own] + [
+            pb.Member(participant_id=i, name=n, identity_public_key=_KEYS[k]) for n, i, k in roster
+        ]
+        try:
+            _check(participant, members)
+        except ContradictoryViewError:
+            continue
+        for member in members[1:]:
+            seen.setdefault(member.name, (member.participant_id, bytes(member.identity_public_key)))
+            assert seen[member.name] == (member.participant_id, bytes(member.identity_public_key))
+        ids = [pid for pid, _ in seen.values()]
+        keys = [key for _, key in seen.values()]
+        assert len(set(ids)) == len(ids) and len(set(keys)) == len(keys)
