@@ -78,7 +78,7 @@ from privacy.secagg.messages import (
 )
 from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH, ring_bit_width
 from privacy.signing import ParticipantStatement, StatementError
-from proto.tls import MAX_CHUNK_PAYLOAD_BYTES
+from proto.convert import session_chunk_coordinates
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen, save_model
@@ -88,12 +88,6 @@ logger = logging.getLogger(__name__)
 
 IDENTITY_KEY_BYTES = 32
 MAX_SESSION_ATTEMPTS = 3
-
-
-def wide_chunk_coordinates(bit_width: int, *, limit: int) -> int:
-    """Return the coordinates per masked-input chunk at ``bit_width`` bits: at most ``limit``, payload <= 4 MiB."""
-    fitting = (MAX_CHUNK_PAYLOAD_BYTES * 8 // bit_width) // 64 * 64
-    return max(64, min(limit, fitting))
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -282,10 +276,14 @@ class CoordinatorRun:
 
     @property
     def colluders(self) -> int:
-        """Return c: as configured, or the most the threshold tolerates for n participants."""
+        """Return c: as configured, or the most the threshold tolerates for the run's announced n.
+
+        Fixed for the run (announced at Join, used by every session): participants refuse a session
+        with another c.
+        """
         if self.config.privacy.colluders is not None:
             return self.config.privacy.colluders
-        return tolerated_colluders(self.participants, self.threshold)
+        return tolerated_colluders(len(self.config.run.participants), self.threshold)
 
     # ------------------------------------------------------------------ calls from participants
     def _member(self, name: str) -> Member:
@@ -598,7 +596,7 @@ class CoordinatorRun:
         max_input, chunk, max_bit_width = 1, self.config.run.chunk_coordinates, MAX_BIT_WIDTH
         if self._codec is not None:
             max_input = self._codec.max_input
-            chunk = wide_chunk_coordinates(ring_bit_width(len(members), max_input), limit=chunk)
+            chunk = session_chunk_coordinates(ring_bit_width(len(members), max_input), limit=chunk)
             max_bit_width = WIDE_MAX_BIT_WIDTH
         parameters = SessionParameters(
             participant_ids=tuple(m.participant_id for m in members),
@@ -987,6 +985,9 @@ class CoordinatorRun:
             "weight_scaling": run.weight_scaling,
             "protocol_version": PROTOCOL_VERSION,
             "recipe": run.recipe,
+            "colluders": self.colluders,
+            "max_input": 1 if self._codec is None else self._codec.max_input,
+            "participant_names": sorted(run.participants),
         }
 
     def close(self) -> None:

@@ -139,6 +139,9 @@ def run_parameters_to_proto(run: CoordinatorRun) -> pb.RunParameters:
         weight_scaling=values["weight_scaling"],
         protocol_version=values["protocol_version"],
         recipe=pb.RECIPE_FEDSPALLM if values["recipe"] == "fedspallm" else pb.RECIPE_FEDPRLLM,
+        colluders=values["colluders"],
+        max_input=values["max_input"],
+        participant_names=values["participant_names"],
     )
 
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from coordinator.config import CoordinatorConfig
 from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
+from participant.client import collect_mask_stream
 from participant.config import ParticipantConfig
 from participant.run import ParticipantRun, RunAbortedError, progress_reporter
 from proto.fedprune.v1 import service_pb2 as pb
@@ -155,8 +156,8 @@ class InProcessClient:
     def unmask(self, request: pb.UnmaskSubmission) -> None:
         self._call("Unmask", request)
 
-    def block_mask(self, request: pb.BlockMaskRequest) -> list[pb.BlockMaskChunk]:
-        return list(self._call("BlockMask", request))
+    def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
+        return collect_mask_stream(self._call("BlockMask", request), max_bytes=max_bytes)
 
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
         self._call("SubmitStatement", request)

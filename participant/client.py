@@ -4,7 +4,9 @@ A call is retried on UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABOR
 exponential backoff bounded by ``max_backoff_s`` and given up after ``max_retry_time_s`` without success
 (clock and sleep are injectable for tests). A refused TLS handshake, a name not in the run
 (PERMISSION_DENIED, UNAUTHENTICATED) or a refused run is a configuration error: it is raised at once as
-``ConfigurationError`` saying which.
+``ConfigurationError`` saying which. So is a message over a size limit (RESOURCE_EXHAUSTED saying
+"larger than max", from this client's own gRPC limit or the coordinator's, or the coordinator's own
+"exceeds ... bytes"): the same message is as large on every retry (``MessageTooLargeError``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -50,6 +52,42 @@ class ConfigurationError(Exception):
 
 class CoordinatorUnreachableError(Exception):
     """Transient failures lasted longer than ``max_retry_time_s``."""
+
+
+class MessageTooLargeError(ConfigurationError):
+    """A message exceeded a size limit: no retry can succeed, since it is as large every time."""
+
+
+class StreamTooLargeError(ValueError):
+    """A server stream carried more bytes than the participant expects of it; it was cut off there."""
+
+
+# What gRPC (its own message limit) and the coordinator (its payload limits) say about an over-size message.
+_SIZE_SIGNS = ("larger than max", "exceeds")
+
+
+def message_too_large(error: grpc.RpcError) -> bool:
+    """Return True when a failed call says a message was over a size limit (RESOURCE_EXHAUSTED)."""
+    details = (error.details() or "").lower() if hasattr(error, "details") else ""
+    return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and any(sign in details for sign in _SIZE_SIGNS)
+
+
+def collect_mask_stream(chunks: Iterable[pb.BlockMaskChunk], *, max_bytes: int) -> list[pb.BlockMaskChunk]:
+    """Return the chunks of a global-mask stream; raise StreamTooLargeError once it passes ``max_bytes``.
+
+    Checked chunk by chunk, so a stream longer than the mask the participant derives from its own model
+    is refused as soon as it is, never buffered whole.
+    """
+    collected: list[pb.BlockMaskChunk] = []
+    received = 0
+    for chunk in chunks:
+        received += len(chunk.packed)
+        if received > max_bytes:
+            raise StreamTooLargeError(
+                f"the global mask stream carries more than the {max_bytes} bytes of the mask it announces"
+            )
+        collected.append(chunk)
+    return collected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +152,10 @@ def with_retries(
                     f"{what}: the coordinator closed every connection during the TLS handshake: it refuses "
                     "this participant's certificate (tls.certificate not issued by the run's CA?)"
                 ) from None
+            if message_too_large(error):
+                raise MessageTooLargeError(
+                    f"{what}: a message is over a size limit, which no retry changes ({error.details()})"
+                ) from None
             if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 raise ConfigurationError(
                     f"{what}: the coordinator refused this participant ({code.name}): {error.details()}"
@@ -151,7 +193,7 @@ class CoordinatorCalls(Protocol):
 
     def unmask(self, request: pb.UnmaskSubmission) -> None: ...
 
-    def block_mask(self, request: pb.BlockMaskRequest) -> list[pb.BlockMaskChunk]: ...
+    def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]: ...
 
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None: ...
 
@@ -226,10 +268,19 @@ class CoordinatorClient:
         """Send round 3."""
         self._unary("Unmask", self._stub.Unmask, request)
 
-    def block_mask(self, request: pb.BlockMaskRequest) -> list[pb.BlockMaskChunk]:
-        """Return every chunk of one block's global mask."""
+    def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
+        """Return every chunk of one block's global mask; StreamTooLargeError past ``max_bytes`` packed bytes."""
+
+        def fetch() -> list[pb.BlockMaskChunk]:
+            stream = self._stub.BlockMask(request, timeout=self.stream_timeout_s)
+            try:
+                return collect_mask_stream(stream, max_bytes=max_bytes)
+            except StreamTooLargeError:
+                stream.cancel()
+                raise
+
         return with_retries(
-            lambda: list(self._stub.BlockMask(request, timeout=self.stream_timeout_s)),
+            fetch,
             what="BlockMask",
             policy=self.policy,
             clock=self._clock,

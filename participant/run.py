@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from tqdm.auto import tqdm
 
-from participant.client import CoordinatorCalls
+from participant.client import CoordinatorCalls, StreamTooLargeError
 from participant.config import ParticipantConfig
 from participant.privacy import (
     ParticipantPrivacy,
@@ -44,15 +44,26 @@ from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.durable import write_durably
 from privacy.errors import PrivacyError
-from privacy.secagg import PROTOCOL_VERSION, SecAggClient, SessionContext, SessionHistory
+from privacy.secagg import (
+    PROTOCOL_VERSION,
+    ContradictoryViewError,
+    CoordinatorMisbehaviour,
+    SecAggClient,
+    SessionContext,
+    SessionHistory,
+    check_threshold,
+    ring_bit_width,
+)
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
 from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_key, raw_public_key
 from proto import convert
+from proto.fedprune.v1 import secagg_pb2 as secagg_pb
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.calibration import resolve_device
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
+from pruning.errors import PruningInputError
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
@@ -86,6 +97,56 @@ class UnaccountableRunError(RunRefusedError, PrivacyError):
 
 class RunAbortedError(Exception):
     """The coordinator aborted the run."""
+
+
+class CoordinatorLiedError(RunRefusedError):
+    """The coordinator failed a check that only a deviating coordinator can fail; this site left the run.
+
+    ``check`` names the check (docs/SECURE_AGGREGATION.md, "Proof of a lying coordinator").
+    """
+
+    def __init__(self, proof: CoordinatorMisbehaviour) -> None:
+        super().__init__(
+            f"the coordinator deviated from the protocol (check {proof.check}): {proof.detail}; this site wiped its "
+            "session secrets, sends nothing more and leaves the run"
+        )
+        self.check = proof.check
+
+
+def recipe_max_input(run: pb.RunParameters) -> int:
+    """Return the largest value one participant adds per coordinate under the run's recipe and n."""
+    if run.recipe == pb.RECIPE_FEDSPALLM:
+        return VoteValueCodec(participants=run.participants).max_input
+    return 1
+
+
+def run_parameters_digest(run: pb.RunParameters) -> bytes:
+    """Return SHA-256 over the run parameters' deterministic serialization (what a site joined under)."""
+    return hashlib.sha256(b"fedprune/run-parameters\0" + run.SerializeToString(deterministic=True)).digest()
+
+
+def check_run_binding(run: pb.RunParameters) -> None:
+    """Raise RunRefusedError unless the run announces a consistent, safe frame for its sessions.
+
+    The frame (n names, t, c, the recipe's max_input) is what each session is checked against later;
+    t > (n + c)/2 for the run's own n and c.
+    """
+    names = list(run.participant_names)
+    if len(names) != run.participants or len(set(names)) != len(names):
+        raise RunRefusedError(
+            f"the run announces {run.participants} participants but {len(set(names))} distinct "
+            "participant_names: every session's members must come from one fixed list of n names"
+        )
+    try:
+        check_threshold(run.threshold, participants=run.participants, colluders=run.colluders)
+    except PrivacyError as error:
+        raise RunRefusedError(f"the run's threshold does not tolerate its colluders: {error}") from None
+    expected = recipe_max_input(run)
+    if run.max_input != expected:
+        raise RunRefusedError(
+            f"the run announces max_input {run.max_input}; its recipe defines {expected} for "
+            f"{run.participants} participants"
+        )
 
 
 def run_privacy(privacy: pb.PrivacyParameters) -> RunPrivacy:
@@ -188,13 +249,13 @@ class ParticipantRun:
         self._iterative: Generator[KeepVotes, dict[str, torch.Tensor], None] | None = None
         self._secagg: SecAggClient | None = None
         self._block: int | None = None
+        self._pending_vector: np.ndarray | None = None
         self._replay: tuple[int, Callable[[], None]] | None = None
         self._joined_samples: Any = None
         self.plan: PrivacyPlan | None = None
         """This site's privacy plan of the run it joined (``run_plan``): set at join, before anything is
         computed from the data; ``plan.releases`` is what the lifetime budget was charged for."""
         self.pins: dict[str, TrustedKey] = config.pinned_keys()
-        self._first_seen: dict[str, bytes] = {}
         minimums = config.privacy
         self.budget = (
             LifetimeBudget(
@@ -239,9 +300,15 @@ class ParticipantRun:
                 f"the run's base model fingerprint {run.base_model_fingerprint.hex()} differs from model.directory's "
                 f"{self.fingerprint.hex()}"
             )
-        VoteLayout.for_model(self.model).check_fingerprint(
-            run.vote_layout_fingerprint, what="the run's vote layout"
-        )
+        local_layout = VoteLayout.for_model(self.model)
+        try:
+            local_layout.check_fingerprint(run.vote_layout_fingerprint, what="model.directory's vote layout")
+        except PruningInputError:
+            raise RunRefusedError(
+                f"model.directory's vote layout fingerprint {local_layout.fingerprint().hex()} differs from the "
+                f"run's {run.vote_layout_fingerprint.hex()}: the two sides do not prune the same matrices in "
+                "the same order"
+            ) from None
         own_blocks = len(decoder_blocks(self.model))
         if run.blocks != own_blocks:
             raise RunRefusedError(
@@ -255,6 +322,9 @@ class ParticipantRun:
                 f"the run's recipe (fedprllm) prunes all {run.blocks} decoder blocks at every site, over this "
                 f"site's runtime.max_blocks = {budget}"
             )
+        check_run_binding(run)
+        if reply.name not in run.participant_names:
+            raise RunRefusedError(f"the run's participant_names do not list this site ({reply.name!r})")
         documents = self._documents_at_join(run)
         # What needs no accounting first: a run with an absurd delta is refused for it, not for what the
         # accountants make of it.
@@ -399,6 +469,13 @@ class ParticipantRun:
             plan=self.plan,
         )
         self.history = self._load_history()
+        # Fixed for the run, durably: a later Join (after a restart) under other parameters, or a session
+        # that relays this site under another id or key, is a coordinator's lie.
+        self.history.bind_run(run_parameters_digest(run))
+        self.history.bind_identity(
+            name=reply.name, participant=reply.participant_id, key=raw_public_key(self.identity_key)
+        )
+        self._save_history()
         self.method = _METHODS[run.method]
         self.pattern = SparsityPattern(sparsity=run.pattern.sparsity, n=run.pattern.n, m=run.pattern.m)
         self.fedspallm = run.recipe == pb.RECIPE_FEDSPALLM
@@ -564,11 +641,22 @@ class ParticipantRun:
         """Return block ``block``'s global mask (True = pruned), fetched and checked once."""
         if block not in self._masks:
             layout = VoteLayout.for_block(self.model, block)
-            chunks = self.client.block_mask(pb.BlockMaskRequest(run_id=self.params.run_id, block=block))
+            expected_bytes = -(-layout.dimension // 8)
+            try:
+                chunks = self.client.block_mask(
+                    pb.BlockMaskRequest(run_id=self.params.run_id, block=block), max_bytes=expected_bytes
+                )
+            except StreamTooLargeError as error:
+                raise PrivacyError(f"block {block}'s global mask refused: {error}") from None
             packed = b"".join(chunk.packed for chunk in chunks)
             last = chunks[-1] if chunks else None
             if last is None or not last.last or last.digest != hashlib.sha256(packed).digest():
                 raise PrivacyError(f"block {block}'s global mask arrived incomplete or corrupted")
+            if len(packed) != expected_bytes:
+                raise PrivacyError(
+                    f"block {block}'s global mask has {len(packed)} bytes, expected {expected_bytes} for its "
+                    f"{layout.dimension} bits"
+                )
             layout.check_fingerprint(last.layout_fingerprint, what=f"block {block}'s mask layout")
             if last.bit_count != layout.dimension:
                 raise PrivacyError(
@@ -609,40 +697,65 @@ class ParticipantRun:
         return pb.SessionRef(run_id=self.params.run_id, block=session.block, session_id=session.session_id)
 
     def _start_session(self, task: pb.StartSession) -> Callable[[], None]:
+        block = task.session.block
+        if block >= self.params.blocks:
+            # Beyond what this site was charged for: the run announced (and the site accounted) only
+            # `blocks` releases.
+            raise ContradictoryViewError(
+                f"a session for block {block}, outside the run's {self.params.blocks} blocks",
+                check="session-block-outside-run",
+            )
+        if not task.HasField("parameters"):
+            raise PrivacyError("the session task carries no parameters")
+        self._check_session_frame(block, task.parameters)
+        # A malformed message (not a lie about the run) is refused, and the site waits for the next task.
         parameters = convert.session_parameters_from_proto(
             task.parameters, max_bit_width=WIDE_MAX_BIT_WIDTH if self.fedspallm else MAX_BIT_WIDTH
         )
         context = SessionContext.decode(parameters.context)
-        block = task.session.block
         if (
             context.run_id != self.run_id
             or context.block != block
             or task.session.run_id != self.params.run_id
         ):
-            raise PrivacyError("the session's context does not bind this run and block")
-        if parameters.threshold < self.params.threshold:
-            raise PrivacyError(
-                f"session threshold {parameters.threshold} is below the run's {self.params.threshold}"
+            raise ContradictoryViewError(
+                "the session's context does not bind this run and block", check="session-context"
             )
         minimum = self.config.privacy.min_threshold if self.config.privacy is not None else None
         if minimum is not None and parameters.threshold < minimum:
             raise PrivacyError(f"session threshold {parameters.threshold} is below privacy.min_threshold")
-        self._check_roster_keys(task.members)
+        names = self._check_members(task.members, parameters.participant_ids)
         if self._codec is not None:
-            self._check_assignment(block, parameters.max_input)
+            self._check_assignment(block)
         keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_public_key) for m in task.members
         }
         vector = self._vector(block)
+        if self._secagg is not None:
+            self._secagg.abort("the coordinator started another session")  # its secrets go now
         self._secagg = SecAggClient(
             participant=self.participant_id,
             parameters=parameters,
             identity_key=self.identity_key,
             identity_keys=keys,
+            identity_names=names,
             history=self.history,
         )
         self._block = block
         self._pending_vector = vector
+        released = self.history.released(block)
+        digest = self._secagg.bind_votes(vector)
+        if released is not None and released != digest:
+            self._secagg.abort("a second release of the block")
+            raise ContradictoryViewError(
+                f"block {block} was released before with another vector; a second release is beyond what "
+                "this site was charged for",
+                check="second-release",
+            )
+        # The identities this roster fixed are on disk before the advertisement leaves. Saved before the
+        # context is joined: a site that restarts before it answered gets the same task again from an
+        # honest coordinator, and must not take that for a replayed context.
+        self._save_history()
         request = pb.AdvertiseKeysRequest(
             session=self._ref(task.session),
             advertisement=convert.key_advertisement_to_proto(self._secagg.advertise_keys()),
@@ -650,14 +763,57 @@ class ParticipantRun:
         logger.info("block %d: session started with %d participants", block, len(task.members))
         return lambda: self.client.advertise_keys(request)
 
-    def _check_assignment(self, block: int, max_input: int) -> None:
-        """Refuse (PrivacyError) a FedSpaLLM session with another encoding, or one past ``runtime.max_blocks``."""
-        assert self._codec is not None and self._pruner is not None
-        if max_input != self._codec.max_input:
-            raise PrivacyError(
-                f"session max_input {max_input} is not the run's vote-and-update encoding "
-                f"({self._codec.max_input} for {self.params.participants} participants)"
+    def _check_session_frame(self, block: int, parameters: secagg_pb.SessionParameters) -> None:
+        """Raise CoordinatorMisbehaviour unless the session stays inside the frame the run announced.
+
+        The run's t and c exactly (so t > (n + c)/2 holds with the run's c for the session's n), no more
+        members than the run's n, the recipe's max_input and ring, the block's own dimension, and the
+        chunking both roles derive from the announced chunk_coordinates.
+        """
+        run = self.params
+        if parameters.threshold != run.threshold:
+            raise ContradictoryViewError(
+                f"session threshold {parameters.threshold} is not the run's {run.threshold}",
+                check="session-threshold",
             )
+        if parameters.colluders != run.colluders:
+            raise ContradictoryViewError(
+                f"session colluders {parameters.colluders} is not the run's {run.colluders}",
+                check="session-colluders",
+            )
+        participants = len(parameters.participant_ids)
+        if participants > run.participants:
+            raise ContradictoryViewError(
+                f"the session has {participants} participants; the run has {run.participants}",
+                check="session-members",
+            )
+        if parameters.max_input != run.max_input or not parameters.ring_headroom:
+            raise ContradictoryViewError(
+                f"session max_input {parameters.max_input} (ring headroom {parameters.ring_headroom}) is not "
+                f"the run's encoding: max_input {run.max_input} with ring headroom",
+                check="session-encoding",
+            )
+        dimension = VoteLayout.for_block(self.model, block).dimension
+        if parameters.dimension != dimension:
+            raise ContradictoryViewError(
+                f"session dimension {parameters.dimension} is not block {block}'s {dimension}",
+                check="session-dimension",
+            )
+        chunk = run.chunk_coordinates
+        if self.fedspallm:
+            chunk = convert.session_chunk_coordinates(
+                ring_bit_width(participants, parameters.max_input), limit=chunk
+            )
+        if parameters.chunk_coordinates != chunk:
+            raise ContradictoryViewError(
+                f"session chunk_coordinates {parameters.chunk_coordinates} is not the {chunk} the run "
+                "announced",
+                check="session-chunk",
+            )
+
+    def _check_assignment(self, block: int) -> None:
+        """Refuse (PrivacyError) a FedSpaLLM session past ``runtime.max_blocks``."""
+        assert self._codec is not None and self._pruner is not None
         budget = self.config.runtime.max_blocks
         if budget is not None and block not in self._vectors and len(self._pruner.pruned) >= budget:
             raise PrivacyError(
@@ -665,19 +821,55 @@ class ParticipantRun:
                 f"runtime.max_blocks = {budget}"
             )
 
-    def _check_roster_keys(self, members: Iterable[pb.Member]) -> None:
-        """Refuse the run (PeerKeyError) if a member's identity key is not the one pinned or first seen."""
+    def _check_members(self, members: Iterable[pb.Member], participant_ids: Sequence[int]) -> dict[int, str]:
+        """Return {participant id: name} of a session's members after checking who they are.
+
+        Identities are fixed for the run: each member is one of the run's announced names, no name, id
+        or key appears twice, the ids are the session's, and each name keeps the id and identity key it
+        had the first time this site saw it (remembered durably in the history): CoordinatorMisbehaviour
+        otherwise. A key that differs from the one pinned in [peers] refuses the run (PeerKeyError).
+        """
+        members = list(members)
+        allowed = set(self.params.participant_names)
+        if len(members) != len(participant_ids):
+            raise ContradictoryViewError(
+                "the session's members are not its participant ids", check="session-members"
+            )
+        for what, values in (
+            ("name", [m.name for m in members]),
+            ("participant id", [m.participant_id for m in members]),
+            ("identity key", [bytes(m.identity_public_key) for m in members]),
+        ):
+            if len(set(values)) != len(values):
+                raise ContradictoryViewError(
+                    f"the session's roster repeats a {what}: one site under several ids would hold several "
+                    "shares of every secret",
+                    check="roster-repeats-identity",
+                )
+        if {m.participant_id for m in members} != set(participant_ids):
+            raise ContradictoryViewError(
+                "the session's members are not its participant ids", check="session-members"
+            )
+        strangers = sorted(m.name for m in members if m.name not in allowed)
+        if strangers:
+            raise ContradictoryViewError(
+                f"the session's roster holds {strangers}, not among the run's participants",
+                check="session-members",
+            )
+        if self.participant_id not in {m.participant_id for m in members}:
+            raise ContradictoryViewError(
+                "the session does not include this participant", check="session-members"
+            )
         own = raw_public_key(self.identity_key)
         for member in members:
             key = bytes(member.identity_public_key)
             if member.participant_id == self.participant_id:
-                if key != own:
+                if key != own or member.name != self.name:
                     raise PeerKeyError(
-                        f"the coordinator announced another identity key for this participant "
+                        f"the coordinator announced another identity for this participant "
                         f"({member.name!r}): {key_fingerprint(key)} instead of {key_fingerprint(own)}"
                     )
-                continue
-            if self.pins:
+            elif self.pins:
                 pin = self.pins.get(member.name)
                 if pin is None:
                     raise PeerKeyError(
@@ -690,13 +882,11 @@ class ParticipantRun:
                         f"({key_fingerprint(key)}) differs from the one pinned in peers.{member.name} "
                         f"({pin.fingerprint}): refusing the run"
                     )
-                continue
-            seen = self._first_seen.setdefault(member.name, key)
-            if seen != key:
-                raise PeerKeyError(
-                    f"the coordinator relays a new identity key for {member.name!r} ({key_fingerprint(key)}; "
-                    f"earlier in this run {key_fingerprint(seen)}): refusing the run"
-                )
+        for member in members:
+            self.history.bind_identity(
+                name=member.name, participant=member.participant_id, key=bytes(member.identity_public_key)
+            )
+        return {m.participant_id: m.name for m in members}
 
     def _client_for(self, session: pb.SessionRef) -> SecAggClient:
         if self._secagg is None or self._block != session.block:
@@ -722,6 +912,7 @@ class ParticipantRun:
         secagg.receive_shares(convert.share_delivery_from_proto(task.delivery))
         ref = self._ref(task.session)
         parts: list[pb.MaskedInputPart] = []
+        assert self._pending_vector is not None
         for message in secagg.masked_input(self._pending_vector):
             wire = convert.to_proto(message)
             if isinstance(wire, pb.MaskedInputPart):  # pragma: no cover - to_proto gives secagg messages
@@ -731,8 +922,13 @@ class ParticipantRun:
             else:
                 parts.append(pb.MaskedInputPart(session=ref, done=wire))
 
+        digest = secagg.votes_digest
+        assert digest is not None
+        self.history.release(block=task.session.block, votes_digest=digest)
+
         def send() -> None:
             self._mark_released()  # on disk before anything computed from the data leaves
+            self._save_history()
             self.client.masked_input(lambda: iter(parts))
 
         return send
@@ -797,7 +993,32 @@ class ParticipantRun:
         return None
 
     def run(self) -> None:
-        """Return once the run is complete; raise RunRefusedError / RunAbortedError otherwise."""
+        """Return once the run is complete; raise RunRefusedError / RunAbortedError otherwise.
+
+        Proof that the coordinator lied (a CoordinatorMisbehaviour) ends this site's part in the run:
+        the session's secrets and the vectors are dropped, nothing more is sent, and CoordinatorLiedError
+        (a RunRefusedError naming the check) is raised.
+        """
+        try:
+            self._run()
+        except CoordinatorMisbehaviour as proof:
+            self._leave(proof)
+            raise CoordinatorLiedError(proof) from None
+
+    def _leave(self, proof: CoordinatorMisbehaviour) -> None:
+        if self._secagg is not None:
+            self._secagg.abort(f"the coordinator deviated ({proof.check})")
+        self._secagg = None
+        self._replay = None
+        self._pending_vector = None
+        self._vectors.clear()
+        logger.error(
+            "proof of a lying coordinator, check %s: %s; this site leaves the run and sends nothing more",
+            proof.check,
+            proof.detail,
+        )
+
+    def _run(self) -> None:
         reply = self.join()
         self._commit_budget()
         self._prepare(reply)
@@ -821,6 +1042,8 @@ class ParticipantRun:
                     send = handled
                     self._replay = (task.sequence, send)
                 send()
+            except CoordinatorMisbehaviour:
+                raise
             except grpc.RpcError as error:
                 answer_refused = error.code() in (
                     grpc.StatusCode.FAILED_PRECONDITION,

@@ -31,8 +31,20 @@ from privacy.secagg.messages import (
 )
 from privacy.secagg.parameters import MAX_BIT_WIDTH, MAX_PARTICIPANT_ID, SessionParameters
 from proto.fedprune.v1 import secagg_pb2 as pb
+from proto.tls import MAX_CHUNK_PAYLOAD_BYTES
 
 SESSION_ID_BYTES = 32
+
+
+def session_chunk_coordinates(bit_width: int, *, limit: int) -> int:
+    """Return the coordinates per masked-input chunk at ``bit_width`` bits: at most ``limit``, payload <= 4 MiB.
+
+    Both roles derive a session's chunk size with it from the run's announced ``chunk_coordinates``
+    (``limit``) and the session's ring, so a participant can refuse any other chunking.
+    """
+    fitting = (MAX_CHUNK_PAYLOAD_BYTES * 8 // bit_width) // 64 * 64
+    return max(64, min(limit, fitting))
+
 
 DomainMessage = (
     SessionParameters

@@ -9,15 +9,20 @@ from privacy.secagg.client import ClientState, SecAggClient
 from privacy.secagg.driver import DropPoint, SessionRun, aggregate_in_process, run_session
 from privacy.secagg.errors import (
     AuthenticationError,
+    ContextReplayError,
+    ContradictoryViewError,
+    CoordinatorMisbehaviour,
+    ForgedRelayError,
     InconsistentViewError,
     InsufficientParticipantsError,
     InvalidAggregateError,
     InvalidMessageError,
     ReplayError,
     ShamirError,
+    ThresholdBypassError,
     WrongStateError,
 )
-from privacy.secagg.history import SessionHistory
+from privacy.secagg.history import SessionHistory, keep_votes_digest
 from privacy.secagg.messages import require_sender, sender_of
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
@@ -38,7 +43,11 @@ __all__ = [
     "AggregateResult",
     "AuthenticationError",
     "ClientState",
+    "ContextReplayError",
+    "ContradictoryViewError",
+    "CoordinatorMisbehaviour",
     "DropPoint",
+    "ForgedRelayError",
     "InconsistentViewError",
     "InsufficientParticipantsError",
     "InvalidAggregateError",
@@ -52,9 +61,11 @@ __all__ = [
     "SessionParameters",
     "SessionRun",
     "ShamirError",
+    "ThresholdBypassError",
     "WrongStateError",
     "aggregate_in_process",
     "check_threshold",
+    "keep_votes_digest",
     "default_threshold",
     "minimum_threshold",
     "require_sender",

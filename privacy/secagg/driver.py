@@ -70,10 +70,12 @@ def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarr
                 record_masked_payloads: bool = False,
                 identities: tuple[Mapping[int, Ed25519PrivateKey], Mapping[int, Ed25519PublicKey]] | None = None,
                 histories: Mapping[int, SessionHistory] | None = None,
+                names: Mapping[int, str] | None = None,
                 ) -> SessionRun:
     """Return a SessionRun after playing one whole session among parameters.participant_ids.
 
-    `histories` carries participants' SessionHistory across sessions (fresh ones by default). A
+    `histories` carries participants' SessionHistory across sessions (fresh ones by default); `names`
+    names the people behind the ids in those histories (`SecAggClient`'s `identity_names`). A
     ProtocolAbort raised by the server (fewer than `threshold` left) is caught and returned in
     `abort`; every other error propagates.
     """
@@ -81,8 +83,9 @@ def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarr
     ids = parameters.participant_ids
     private, public = identities if identities is not None else identity_keys_for(ids)
     clients = {p: SecAggClient(participant=p, parameters=parameters, identity_key=private[p],
-                               identity_keys=public,
-                               history=histories[p] if histories is not None else SessionHistory())
+                               identity_keys=public, identity_names=names,
+                               history=histories[p] if histories is not None and p in histories
+                               else SessionHistory())
                for p in ids}
     server = SecAggServer(parameters=parameters, identity_keys=public, workdir=workdir,
                           record_masked_payloads=record_masked_payloads)

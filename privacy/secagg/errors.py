@@ -44,3 +44,34 @@ class ReplayError(ProtocolAbort):
     Two sums of one vector over different survivor sets differ by other participants' contributions,
     so a participant never agrees to that; the session is aborted and nothing is revealed.
     """
+
+
+class CoordinatorMisbehaviour(ProtocolAbort):
+    """Proof that the coordinator deviated: a check that a coordinator following the protocol never fails.
+
+    `check` names the check (docs/SECURE_AGGREGATION.md, "Proof of a lying coordinator", lists them).
+    A participant that sees one stops taking part in the run: it wipes its secrets and sends nothing more.
+    Transient faults (timeouts, an unreachable coordinator) and faults a peer alone can cause (a tampered
+    envelope) are never of this class.
+    """
+
+    def __init__(self, message: str, *, check: str) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+        self.detail = message
+
+
+class ContradictoryViewError(CoordinatorMisbehaviour, InconsistentViewError):
+    """The coordinator relayed a view that contradicts itself or what it relayed before (a proof)."""
+
+
+class ThresholdBypassError(CoordinatorMisbehaviour, InsufficientParticipantsError):
+    """The coordinator went on with fewer than `threshold` participants where it must abort (a proof)."""
+
+
+class ForgedRelayError(CoordinatorMisbehaviour, AuthenticationError):
+    """The coordinator relayed a signature or advertisement that it must have rejected itself (a proof)."""
+
+
+class ContextReplayError(CoordinatorMisbehaviour, ReplayError):
+    """The coordinator reused a session context instead of drawing a fresh nonce (a proof)."""

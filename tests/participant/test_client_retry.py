@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import pytest
 
@@ -10,9 +12,13 @@ from participant.client import (
     RETRYABLE,
     ConfigurationError,
     CoordinatorUnreachableError,
+    MessageTooLargeError,
     RetryPolicy,
+    StreamTooLargeError,
+    collect_mask_stream,
     with_retries,
 )
+from proto.fedprune.v1 import service_pb2 as pb
 
 
 class Failure(grpc.RpcError):
@@ -124,3 +130,41 @@ def test_backoff_is_exponential_capped_and_jittered_within_half_to_full() -> Non
         waits = {policy.backoff(attempt) for _ in range(50)}
         assert all(cap * 0.5 <= wait <= cap for wait in waits), (attempt, waits)
         assert len(waits) > 1, "the wait is jittered"
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "Received message larger than max (8388708 vs. 4259840)",
+        "Sent message larger than max (5000000 vs. 4259840)",
+        "chunk payload exceeds 4194304 bytes",
+    ],
+)
+def test_a_message_over_a_size_limit_is_not_retried(details: str) -> None:
+    # The same message is as large on every attempt: retrying it for an hour helps no one.
+    time = FakeTime()
+    calls, call = _failing([Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, details)] * 3)
+    with pytest.raises(MessageTooLargeError, match="over a size limit"):
+        with_retries(call, what="MaskedInput", policy=RetryPolicy(), clock=time.clock, sleep=time.sleep)
+    assert calls[0] == 1 and time.sleeps == []
+
+
+def test_resource_exhausted_without_a_size_reason_stays_transient() -> None:
+    time = FakeTime()
+    calls, call = _failing([Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams")])
+    assert with_retries(call, what="Await", policy=RetryPolicy(), clock=time.clock, sleep=time.sleep) == "ok"
+    assert calls[0] == 2
+
+
+def test_a_mask_stream_is_cut_off_as_soon_as_it_passes_its_size() -> None:
+    pulled: list[int] = []
+
+    def stream() -> Iterator[pb.BlockMaskChunk]:
+        for index in range(1000):
+            pulled.append(index)
+            yield pb.BlockMaskChunk(chunk_index=index, packed=b"\xff" * 64)
+
+    assert len(collect_mask_stream(iter([pb.BlockMaskChunk(packed=b"\x01" * 100)]), max_bytes=100)) == 1
+    with pytest.raises(StreamTooLargeError, match="more than the 100 bytes"):
+        collect_mask_stream(stream(), max_bytes=100)
+    assert len(pulled) == 2  # never buffered whole

@@ -16,7 +16,10 @@ from coordinator.servicer import run_parameters_to_proto
 from participant.config import parse_config as parse_participant_config
 from participant.run import ParticipantRun, RunRefusedError
 from privacy.errors import PrivacyError
+from privacy.secagg import ContradictoryViewError, SessionContext, SessionParameters, ring_bit_width
 from privacy.secagg.fixed_point import COUNT_SHIFT, VoteValueCodec
+from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH
+from proto.convert import session_chunk_coordinates, to_proto
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.layout import VoteLayout
 from tests.tiny import random_ids
@@ -92,9 +95,27 @@ def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_i
     assert reply.run.recipe == pb.RECIPE_FEDSPALLM
     site._prepare(reply)
     codec = VoteValueCodec(participants=3)
-    with pytest.raises(PrivacyError, match="not the run's vote-and-update encoding"):
-        site._check_assignment(0, codec.max_input + 2)
-    site._check_assignment(0, codec.max_input)
+    run = reply.run
+    assert run.max_input == codec.max_input
+
+    def session(max_input: int) -> SessionParameters:
+        return SessionParameters(
+            participant_ids=(1, 2, 3),
+            threshold=run.threshold,
+            colluders=run.colluders,
+            dimension=VoteLayout.for_block(site.model, 0).dimension,
+            context=SessionContext.fresh(run_id=run.run_id.hex(), round=0, block=0).encode(),
+            chunk_coordinates=session_chunk_coordinates(
+                ring_bit_width(3, max_input), limit=run.chunk_coordinates
+            ),
+            max_input=max_input,
+            max_bit_width=WIDE_MAX_BIT_WIDTH,
+        )
+
+    with pytest.raises(ContradictoryViewError, match="session-encoding"):
+        site._check_session_frame(0, to_proto(session(codec.max_input + 2)))
+    site._check_session_frame(0, to_proto(session(codec.max_input)))
+    site._check_assignment(0)
     vector = site._vector(0)
     layout = VoteLayout.for_block(site.model, 0)
     assert vector.dtype == np.uint64 and vector.size == layout.dimension
@@ -103,9 +124,9 @@ def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_i
     # Half of each matrix is kept (50%, row-wise SparseGPT), and a prune vote sends nothing at all.
     assert int(votes.sum()) == layout.dimension // 2
     assert not vector[votes == 0].any()
-    site._check_assignment(0, codec.max_input)  # the same block again (a retried session) is fine
+    site._check_assignment(0)  # the same block again (a retried session) is fine
     with pytest.raises(PrivacyError, match="over runtime.max_blocks = 1"):
-        site._check_assignment(1, codec.max_input)
+        site._check_assignment(1)
 
 
 def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) -> None:

@@ -108,7 +108,7 @@ def test_a_run_that_meets_every_minimum_is_accepted() -> None:
     [
         ({"epsilon0": 6.0}, "[privacy] max_epsilon0 = 4: the run's epsilon0 6 is larger"),
         ({"randomized_response": False}, "[privacy] require_randomized_response = true: the run sends mask"),
-        ({"threshold": 1}, "[privacy] min_threshold = 2: the run's threshold 1 is smaller"),
+        ({"threshold": 2}, "[privacy] min_threshold = 3: the run's threshold 2 is smaller"),
         (
             {"record_level_dp": False},
             "[privacy] require_record_level_dp = true: the run has no record-level DP",

@@ -6,6 +6,7 @@ the run's announced parameters, the participant's answer (refusal message, budge
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any, cast
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig, parse_config
@@ -21,6 +24,8 @@ from participant.privacy import RunPrivacy, plan_privacy
 from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, run_plan, run_privacy
 from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.budget import LifetimeBudget
+from privacy.errors import PrivacyError
+from privacy.secagg import ContradictoryViewError, SessionHistory
 from privacy.signing import key_fingerprint, raw_public_key
 from proto.fedprune.v1 import secagg_pb2 as secagg_pb
 from proto.fedprune.v1 import service_pb2 as pb
@@ -95,6 +100,10 @@ def _reply(config: ParticipantConfig, *, run_id: bytes = b"\x01" * 16, **privacy
         participants=3,
         min_participants=3,
         threshold=2,
+        colluders=0,
+        max_input=1,
+        chunk_coordinates=1024,
+        participant_names=["site-a", "site-b", "site-c"],
         blocks=BLOCKS,
         vote_layout_fingerprint=VoteLayout.for_model(model).fingerprint(),
         base_model_fingerprint=base_model_fingerprint(model),
@@ -470,9 +479,15 @@ def _members(config: ParticipantConfig, participant: Any, peers: dict[str, bytes
 
 
 def _joined(config: ParticipantConfig) -> Any:
-    participant, _ = _participant(config, _reply(config))
-    participant.participant_id = 1
+    reply = _reply(config)
+    participant, _ = _participant(config, reply)
+    participant.participant_id, participant.name, participant.params = 1, "site-a", reply.run
+    participant.history = SessionHistory()
     return participant
+
+
+def _check(participant: Any, members: list[pb.Member]) -> None:
+    participant._check_members(members, [m.participant_id for m in members])
 
 
 def test_pinned_peers_refuse_a_roster_with_another_key_or_an_unpinned_member(
@@ -483,14 +498,17 @@ def test_pinned_peers_refuse_a_roster_with_another_key_or_an_unpinned_member(
     config = site(peers={"site-b": key_fingerprint(b_key)[:32], "site-c": "site-c.pub"})
     assert set(config.pinned_keys()) == {"site-b", "site-c"}
     participant = _joined(config)
+    only_b = _joined(site(peers={"site-b": key_fingerprint(b_key)[:32]}))
+    with pytest.raises(PeerKeyError, match="'site-c', which has no pinned key"):
+        _check(only_b, _members(config, only_b, {"site-b": b_key, "site-c": c_key}))
 
-    participant._check_roster_keys(_members(config, participant, {"site-b": b_key, "site-c": c_key}))
+    _check(participant, _members(config, participant, {"site-b": b_key, "site-c": c_key}))
     with pytest.raises(
         PeerKeyError, match=r"relays for 'site-b' .* differs from the one pinned in peers.site-b"
     ):
-        participant._check_roster_keys(_members(config, participant, {"site-b": forged, "site-c": c_key}))
-    with pytest.raises(PeerKeyError, match="'site-z', which has no pinned key"):
-        participant._check_roster_keys(_members(config, participant, {"site-b": b_key, "site-z": forged}))
+        _check(participant, _members(config, participant, {"site-b": forged, "site-c": c_key}))
+    with pytest.raises(ContradictoryViewError, match=r"session-members: .*\['site-z'\], not among the run's"):
+        _check(participant, _members(config, participant, {"site-b": b_key, "site-z": forged}))
 
 
 def test_without_pins_the_participant_warns_and_refuses_a_key_that_changes_within_the_run(
@@ -501,11 +519,14 @@ def test_without_pins_the_participant_warns_and_refuses_a_key_that_changes_withi
     with caplog.at_level(logging.WARNING, logger="participant.run"):
         participant.join()
     assert "no [peers] identity keys pinned" in caplog.text
-    participant.participant_id = 1
+    participant.participant_id, participant.name, participant.params = 1, "site-a", _reply(config).run
+    participant.history = SessionHistory()
     b_key, forged = (raw_public_key(Ed25519PrivateKey.generate()) for _ in range(2))
-    participant._check_roster_keys(_members(config, participant, {"site-b": b_key}))
-    with pytest.raises(PeerKeyError, match="new identity key for 'site-b'"):
-        participant._check_roster_keys(_members(config, participant, {"site-b": forged}))
+    _check(participant, _members(config, participant, {"site-b": b_key}))
+    with pytest.raises(
+        ContradictoryViewError, match="identity-changed: .*'site-b' with another identity key"
+    ):
+        _check(participant, _members(config, participant, {"site-b": forged}))
 
 
 def test_a_roster_that_gives_this_participant_another_key_is_refused(
@@ -515,8 +536,8 @@ def test_a_roster_that_gives_this_participant_another_key_is_refused(
     participant = _joined(config)
     members = _members(config, participant, {})
     members[0].identity_public_key = raw_public_key(Ed25519PrivateKey.generate())
-    with pytest.raises(PeerKeyError, match="another identity key for this participant"):
-        participant._check_roster_keys(members)
+    with pytest.raises(PeerKeyError, match="another identity for this participant"):
+        _check(participant, members)
 
 
 def test_a_bad_pin_fails_at_load_naming_the_peer(site: Callable[..., ParticipantConfig]) -> None:
@@ -543,7 +564,13 @@ def test_malformed_or_unexpected_tasks_are_refused_and_the_participant_carries_o
             start_session=pb.StartSession(
                 session=ref,
                 parameters=secagg_pb.SessionParameters(
-                    participant_ids=[1, 2], threshold=2, dimension=4, context=b"garbage"
+                    participant_ids=[1, 2],
+                    threshold=2,
+                    dimension=VoteLayout.for_block(load_model(config.model.directory), 0).dimension,
+                    chunk_coordinates=1024,
+                    max_input=1,
+                    ring_headroom=True,
+                    context=b"garbage",
                 ),
             ),
         ),
@@ -581,3 +608,94 @@ def test_statements_with_and_without_the_old_size_class_both_verify() -> None:
     for statement in (new, old):
         verify_statement_signature(ParticipantStatement.model_validate_json(statement.model_dump_json()))
     assert new.data_size_class is None and old.data_size_class == "small"
+
+
+# ---------------------------------------------------------------------- what the coordinator publishes
+def test_another_vote_layout_is_refused_naming_the_local_then_the_run_s_fingerprint(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    config = site()
+    reply = _reply(config)
+    local = reply.run.vote_layout_fingerprint.hex()
+    reply.run.vote_layout_fingerprint = b"\x00" * 32
+    participant, _ = _participant(config, reply)
+    with pytest.raises(RunRefusedError) as refused:  # exit 1, as every refused run
+        participant.join()
+    assert str(refused.value).startswith(
+        f"model.directory's vote layout fingerprint {local} differs from the run's {'00' * 32}"
+    )
+
+
+@pytest.mark.parametrize("extra", [b"", b"\x00"], ids=["exact", "trailing-byte"])
+def test_a_global_mask_with_trailing_bytes_is_refused(
+    site: Callable[..., ParticipantConfig], extra: bytes
+) -> None:
+    config = site()
+    reply = _reply(config)
+    participant, client = _participant(config, reply)
+    participant.params = reply.run
+    layout = VoteLayout.for_block(participant.model, 0)
+    packed = b"\x00" * (-(-layout.dimension // 8)) + extra
+    asked: list[int] = []
+
+    def block_mask(request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
+        asked.append(max_bytes)
+        return [
+            pb.BlockMaskChunk(
+                block=0,
+                packed=packed,
+                bit_count=layout.dimension,
+                layout_fingerprint=layout.fingerprint(),
+                digest=hashlib.sha256(packed).digest(),
+                last=True,
+            )
+        ]
+
+    client.block_mask = block_mask
+    if extra:
+        with pytest.raises(PrivacyError, match=r"has \d+ bytes, expected \d+"):
+            participant._mask(0)
+    else:
+        assert set(participant._mask(0)) == set(layout.names)
+    assert asked == [-(-layout.dimension // 8)]  # the site bounds the stream by its own layout
+
+
+# ---------------------------------------------------------------------- property: identities fixed for the run
+_PARTICIPANTS: dict[int, Any] = {}
+_NAMES = ("site-a", "site-b", "site-c")
+_KEYS = [raw_public_key(Ed25519PrivateKey.generate()) for _ in range(4)]
+_ROSTER = st.lists(
+    st.tuples(st.sampled_from(_NAMES[1:]), st.integers(2, 5), st.integers(0, len(_KEYS) - 1)),
+    min_size=1,
+    max_size=3,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rosters=st.lists(_ROSTER, min_size=1, max_size=4))
+def test_no_accepted_rosters_give_a_name_two_identities_or_an_identity_two_names(
+    site: Callable[..., ParticipantConfig], rosters: list[list[tuple[str, int, int]]]
+) -> None:
+    # One participant for all examples (its model loads once); each example starts a fresh history.
+    participant = _PARTICIPANTS.get(id(site))
+    if participant is None:
+        participant = _PARTICIPANTS[id(site)] = _joined(site())
+    participant.history = SessionHistory()
+    own = pb.Member(
+        participant_id=1, name="site-a", identity_public_key=raw_public_key(participant.identity_key)
+    )
+    seen: dict[str, tuple[int, bytes]] = {}
+    for roster in rosters:
+        members = [own] + [
+            pb.Member(participant_id=i, name=n, identity_public_key=_KEYS[k]) for n, i, k in roster
+        ]
+        try:
+            _check(participant, members)
+        except ContradictoryViewError:
+            continue
+        for member in members[1:]:
+            seen.setdefault(member.name, (member.participant_id, bytes(member.identity_public_key)))
+            assert seen[member.name] == (member.participant_id, bytes(member.identity_public_key))
+        ids = [pid for pid, _ in seen.values()]
+        keys = [key for _, key in seen.values()]
+        assert len(set(ids)) == len(ids) and len(set(keys)) == len(keys)

@@ -8,6 +8,7 @@ rerouting the messages it hands to participants, which is exactly what a deviati
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,9 @@ from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.secagg import (
     AuthenticationError,
     ClientState,
+    ContradictoryViewError,
+    CoordinatorMisbehaviour,
+    ForgedRelayError,
     InconsistentViewError,
     InsufficientParticipantsError,
     InvalidMessageError,
@@ -373,7 +377,8 @@ def test_small_order_keys_are_refused_at_advertisement(small: bytes) -> None:
     with pytest.raises(InvalidMessageError, match="small order"):
         server.receive_advertisement(malicious)
     adverts = (clients[1].advertise_keys(), clients[2].advertise_keys(), malicious)
-    with pytest.raises(InvalidMessageError, match="small order"):
+    # The server refuses such a key, so a roster that carries one is a coordinator's lie.
+    with pytest.raises(ForgedRelayError, match="roster-advertisement-invalid: .*small order"):
         clients[1].share_keys(Roster(advertisements=adverts))
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
 
@@ -388,7 +393,7 @@ def test_any_error_once_secrets_exist_aborts_and_wipes_them() -> None:
         server.receive_shares(c.share_keys(roster))
     deliveries = server.close_shares()
     assert clients[1].holds_secrets
-    with pytest.raises(InvalidMessageError, match="another participant"):
+    with pytest.raises(ContradictoryViewError, match="delivery-misaddressed: .*another participant"):
         clients[1].receive_shares(ShareDelivery(session_id=deliveries[2].session_id, recipient=2,
                                                 envelopes=deliveries[2].envelopes))
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
@@ -456,3 +461,44 @@ def test_a_vector_is_never_summed_over_a_second_survivor_set() -> None:
     for response in honest_unmask(clients, server, to_consistency(clients, server, votes)).values():
         server.receive_unmask(response)
     assert np.array_equal(server.finalize().keep_votes, first.keep_votes)
+
+
+# --------------------------------------------------------------------------- proofs against the coordinator
+@pytest.mark.parametrize(
+    ("lie", "check"),
+    [
+        (lambda c: dataclasses.replace(c, survivors=c.survivors[1:], dropped=(*c.dropped, 1)), "survivors-omit-self"),
+        (lambda c: dataclasses.replace(c, survivors=(*c.survivors, c.survivors[0])), "survivors-repeat"),
+        (lambda c: dataclasses.replace(c, dropped=(*c.dropped, c.survivors[-1])), "survivors-and-dropped"),
+        (lambda c: dataclasses.replace(c, survivors=c.survivors[:-1]), "survivors-not-share-holders"),
+        (lambda c: dataclasses.replace(c, session_id=b"\x00" * 32), "session-id-mismatch"),
+        (lambda c: dataclasses.replace(c, survivors=(1, 2), dropped=(3, 4)), "survivors-below-threshold"),
+    ],
+)
+def test_a_consistency_check_no_honest_server_sends_is_a_named_proof(lie: Any, check: str) -> None:
+    # The server derives the check from U2 and the finished streams and aborts below t: each of these
+    # can only come from a coordinator that deviates, so the participant names it and signs nothing.
+    params = parameters(4, 3)
+    clients, server = parties(params, identities(4))
+    honest = to_consistency(clients, server, votes_for(params))
+    with pytest.raises(CoordinatorMisbehaviour) as caught:
+        clients[1].sign_survivors(lie(honest))
+    assert caught.value.check == check
+    assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
+
+
+def test_a_tampered_envelope_is_refused_but_is_no_proof_against_the_coordinator() -> None:
+    # A peer can send garbage in its envelope; the coordinator cannot check it, so it proves nothing.
+    params = parameters(3, 2)
+    clients, server = parties(params, identities(3))
+    for c in clients.values():
+        server.receive_advertisement(c.advertise_keys())
+    roster = server.close_advertisements()
+    for c in clients.values():
+        server.receive_shares(c.share_keys(roster))
+    delivery = server.close_shares()[1]
+    forged = dataclasses.replace(delivery, envelopes=tuple(
+        dataclasses.replace(e, ciphertext=bytes(len(e.ciphertext))) for e in delivery.envelopes))
+    with pytest.raises(AuthenticationError) as caught:
+        clients[1].receive_shares(forged)
+    assert not isinstance(caught.value, CoordinatorMisbehaviour)

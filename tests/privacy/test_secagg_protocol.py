@@ -240,11 +240,12 @@ def test_a_stream_resumes_from_a_regenerated_chunk_and_rejects_other_votes() -> 
     params, clients, server = _parties(dimension=300, chunk=64)
     _to_masking(clients, server)
     votes = {p: np.random.default_rng(p).integers(0, 2, 300).astype(np.uint8) for p in clients}
-    first = clients[1].masked_chunk(0, votes[1][:64])
+    clients[1].bind_votes(votes[1])
+    first = clients[1].masked_chunk(0)
     server.receive_masked_chunk(first)
     with pytest.raises(InvalidMessageError, match="expected 1"):
         server.receive_masked_chunk(first)  # duplicate
-    assert clients[1].masked_chunk(0, votes[1][:64]) == first  # seekable: same chunk again
+    assert clients[1].masked_chunk(0) == first  # seekable: same chunk again
     for message in clients[1].masked_input(votes[1], start_chunk=1):  # resume after chunk 0
         if isinstance(message, MaskedInputChunk):
             server.receive_masked_chunk(message)
@@ -264,18 +265,21 @@ def test_votes_outside_the_range_are_refused_by_the_participant() -> None:
     _, clients, server = _parties(dimension=64)
     _to_masking(clients, server)
     with pytest.raises(PrivacyError, match=r"\[0, 1\]"):
-        clients[1].masked_chunk(0, np.full(64, 2, dtype=np.uint8))
+        clients[1].bind_votes(np.full(64, 2, dtype=np.uint8))
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
 
 
-def test_regenerating_a_chunk_from_other_votes_aborts_the_participant() -> None:
-    # Two maskings of one chunk under the same masks would hand the server the votes' difference.
+def test_binding_other_votes_to_a_session_aborts_the_participant() -> None:
+    # Two maskings of one chunk under the same masks would hand the server the votes' difference: a
+    # session masks the one vector bound to it, and binding another one aborts.
     _, clients, server = _parties(dimension=128)
     _to_masking(clients, server)
-    votes = np.random.default_rng(5).integers(0, 2, 64).astype(np.uint8)
-    clients[1].masked_chunk(0, votes)
-    with pytest.raises(PrivacyError, match="different keep_votes"):
-        clients[1].masked_chunk(0, 1 - votes)
+    votes = np.random.default_rng(5).integers(0, 2, 128).astype(np.uint8)
+    clients[1].bind_votes(votes)
+    clients[1].masked_chunk(0)
+    assert clients[1].bind_votes(votes.copy()) == clients[1].votes_digest  # the same vector again is fine
+    with pytest.raises(PrivacyError, match="other keep_votes"):
+        clients[1].bind_votes(1 - votes)
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
 
 
@@ -287,8 +291,9 @@ def test_counts_above_the_number_of_contributors_are_reported_as_invalid_input()
     packer = BitPacker(params.bit_width, params.chunk_coordinates)
     for p, client in clients.items():
         hashes = []
+        client.bind_votes(np.ones(params.dimension, dtype=np.uint8))
         for index in range(params.chunk_count):
-            chunk = client.masked_chunk(index, np.ones(64, dtype=np.uint8))
+            chunk = client.masked_chunk(index)
             if p == 1:
                 lanes = packer.unpack(np.frombuffer(chunk.payload, dtype=np.uint8)) + np.uint8(2)
                 chunk = MaskedInputChunk(

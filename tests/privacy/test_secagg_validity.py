@@ -57,9 +57,10 @@ def session_with_a_cheater(honest_votes: dict[int, np.ndarray], residues: np.nda
         clients[p].receive_shares(delivery)
     packer = BitPacker(params.bit_width, params.chunk_coordinates)
     hashes = []
+    clients[CHEATER].bind_votes(np.zeros(params.dimension, dtype=np.uint8))
     for index in range(params.chunk_count):
         start, count = index * 64, params.chunk_length(index)
-        chunk = clients[CHEATER].masked_chunk(index, np.zeros(count, dtype=np.uint8))
+        chunk = clients[CHEATER].masked_chunk(index)
         lanes = packer.unpack(np.frombuffer(chunk.payload, dtype=np.uint8)).copy()
         lanes[:count] += residues[start:start + count].astype(lanes.dtype)
         payload = packer.pack(lanes).tobytes()

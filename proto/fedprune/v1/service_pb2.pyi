@@ -118,7 +118,7 @@ class JoinRequest(_message.Message):
     def __init__(self, base_model_fingerprint: _Optional[bytes] = ..., data_size_class: _Optional[_Union[DataSizeClass, str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., identity_public_key: _Optional[bytes] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class RunParameters(_message.Message):
-    __slots__ = ("run_id", "method", "pattern", "group", "mode", "nsamples", "seqlen", "privacy", "participants", "min_participants", "threshold", "chunk_coordinates", "blocks", "vote_layout_fingerprint", "base_model_fingerprint", "weight_scaling", "protocol_version", "recipe")
+    __slots__ = ("run_id", "method", "pattern", "group", "mode", "nsamples", "seqlen", "privacy", "participants", "min_participants", "threshold", "chunk_coordinates", "blocks", "vote_layout_fingerprint", "base_model_fingerprint", "weight_scaling", "protocol_version", "recipe", "colluders", "max_input", "participant_names")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,9 @@ class RunParameters(_message.Message):
     WEIGHT_SCALING_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    COLLUDERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_NAMES_FIELD_NUMBER: _ClassVar[int]
     run_id: bytes
     method: Method
     pattern: SparsityPattern
@@ -155,7 +158,10 @@ class RunParameters(_message.Message):
     weight_scaling: bool
     protocol_version: int
     recipe: Recipe
-    def __init__(self, run_id: _Optional[bytes] = ..., method: _Optional[_Union[Method, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., group: _Optional[_Union[ComparisonGroup, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., nsamples: _Optional[int] = ..., seqlen: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyParameters, _Mapping]] = ..., participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., threshold: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., blocks: _Optional[int] = ..., vote_layout_fingerprint: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., weight_scaling: _Optional[bool] = ..., protocol_version: _Optional[int] = ..., recipe: _Optional[_Union[Recipe, str]] = ...) -> None: ...
+    colluders: int
+    max_input: int
+    participant_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[bytes] = ..., method: _Optional[_Union[Method, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., group: _Optional[_Union[ComparisonGroup, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., nsamples: _Optional[int] = ..., seqlen: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyParameters, _Mapping]] = ..., participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., threshold: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., blocks: _Optional[int] = ..., vote_layout_fingerprint: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., weight_scaling: _Optional[bool] = ..., protocol_version: _Optional[int] = ..., recipe: _Optional[_Union[Recipe, str]] = ..., colluders: _Optional[int] = ..., max_input: _Optional[int] = ..., participant_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("run", "participant_id", "name")
