@@ -31,6 +31,7 @@ from privacy.secagg.parameters import (
     MAX_BIT_WIDTH,
     check_threshold,
     default_threshold,
+    minimum_threshold,
 )
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, check_address
 from pruning.masks import SparsityPattern, parse_pattern
@@ -191,10 +192,14 @@ class RunSection(_Section):
         return self.min_participants if self.min_participants is not None else len(self.participants)
 
     def threshold_for(self, *, colluders: int) -> int:
-        """Return t, the secure-aggregation threshold: as configured, or the default for min_participants."""
+        """Return t, the secure-aggregation threshold: as configured, or the default for min_participants
+        (raised to the safe minimum for the listed participants, which every site checks at join)."""
         if self.threshold is not None:
             return self.threshold
-        return default_threshold(self.min_participants_or_default, colluders=colluders)
+        return max(
+            default_threshold(self.min_participants_or_default, colluders=colluders),
+            minimum_threshold(len(self.participants), colluders=colluders),
+        )
 
     @property
     def sparsity_pattern(self) -> SparsityPattern:
@@ -277,18 +282,24 @@ class CoordinatorConfig(_Section):
 
     @model_validator(mode="after")
     def _threshold_is_safe(self) -> CoordinatorConfig:
-        # Checked against min_participants: every session has at least that many members, and a threshold
-        # that is safe and reachable for them stays reachable for more (the run fixes t at the start).
+        # Safe for the largest session, every listed participant (t > (n + c)/2, which each site checks
+        # against the run's announced n and c at join); reachable by the smallest, min_participants.
+        listed = len(self.run.participants)
         minimum = self.run.min_participants_or_default
         colluders = self.privacy.colluders or 0
+        threshold = self.run.threshold_for(colluders=colluders)
         try:
-            check_threshold(
-                self.run.threshold_for(colluders=colluders), participants=minimum, colluders=colluders
-            )
+            check_threshold(threshold, participants=listed, colluders=colluders)
         except ValueError as error:
             raise ValueError(
-                f"run.threshold (with run.min_participants {minimum}, privacy.colluders {colluders}): {error}"
+                f"run.threshold (with {listed} listed participants, privacy.colluders {colluders}): {error}"
             ) from None
+        if threshold > minimum:
+            raise ValueError(
+                f"run.threshold {threshold} is above run.min_participants {minimum}: a session of "
+                f"{minimum} participants could never be unmasked (raise min_participants, or list fewer "
+                "participants so that a smaller threshold is safe)"
+            )
         return self
 
     @model_validator(mode="after")

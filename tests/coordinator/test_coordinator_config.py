@@ -117,7 +117,7 @@ def test_defaults_fill_what_the_contract_leaves_out() -> None:
         (_with("run", participants=[]), "run.participants: "),
         (_with("run", participants=["a", "b", "a"]), "run.participants: lists a more than once"),
         (_with("run", min_participants=4), "run.min_participants: 4 exceeds the 3 listed participants"),
-        (_with("run", threshold=1), ": run.threshold (with run.min_participants 3"),
+        (_with("run", threshold=1), ": run.threshold (with 3 listed participants"),
         (_with("run", threshold=4), "run.threshold"),
         (_with("run", pattern="2:4", sparsity=0.7), "run.sparsity: sparsity 0.7 contradicts pattern 2:4"),
         (_with("run", chunk_coordinates=100), "run.chunk_coordinates: "),
@@ -134,6 +134,27 @@ def test_bad_configs_fail_naming_the_field(data: dict[str, Any], message: str) -
         parse_config(data, source="coordinator.toml")
     assert str(error.value).startswith("coordinator.toml: ")
     assert message in str(error.value)
+
+
+def _five_sites(**run: Any) -> dict[str, Any]:
+    data = _with("run", participants=["a", "b", "c", "d", "e"], **run)
+    if "threshold" not in run:
+        del data["run"]["threshold"]
+    data["privacy"] = {**data.get("privacy", {}), "colluders": 1}
+    return data
+
+
+def test_the_threshold_is_safe_for_every_listed_site_and_reachable_by_the_fewest() -> None:
+    # t = 3 is safe for a 3-site session with one colluder (3 > (3 + 1)/2) but not for the 5 listed sites
+    # (3 > (5 + 1)/2 fails), which is what each site checks at join: refused here, not by every site later.
+    with pytest.raises(ConfigError, match=r"run.threshold \(with 5 listed participants, privacy.colluders 1"):
+        parse_config(_five_sites(min_participants=3, threshold=3), source="c.toml")
+    # Safe for 5, but a session of min_participants could never reach it.
+    with pytest.raises(ConfigError, match="run.threshold 4 is above run.min_participants 3"):
+        parse_config(_five_sites(min_participants=3, threshold=4), source="c.toml")
+    # The default (floor(2 * 4 / 3) + 1 = 3 for min_participants 4) is raised to the safe minimum for the
+    # listed sites, floor((5 + 1) / 2) + 1 = 4.
+    assert parse_config(_five_sites(min_participants=4), source="c.toml").threshold == 4
 
 
 def test_record_level_dp_off_needs_no_noise_parameters() -> None:

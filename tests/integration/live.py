@@ -163,6 +163,8 @@ class LiveFederation:
                     "state": str(self.root / label / f"state-{name}"),
                     "progress": False,
                 },
+                # The live run keeps exact statistics: its sites opt out of the record-level default.
+                "privacy": {"require_record_level_dp": False},
             }
         )
 
