@@ -8,6 +8,7 @@ directory passes SQLite's integrity check and every finished block's mask file m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import sqlite3
@@ -280,19 +281,15 @@ class CuttingProxy:
         except OSError:
             pass
         for end in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _cut(self) -> None:
         with self._lock:
             live, self._live = self._live, []
         for end in live:
-            try:
+            with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             end.close()
 
     def close(self) -> None:
