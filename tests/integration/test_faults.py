@@ -28,6 +28,7 @@ from tests.integration.harness import (
     start_coordinator,
     start_participant,
 )
+from tests.integration.needles import bit_vector_forms, found, private_key_needles
 from tests.integration.test_service_run import _pruned_masks
 
 pytestmark = pytest.mark.slow
@@ -298,19 +299,22 @@ class CuttingProxy:
 
 
 def test_a_connection_cut_in_the_middle_of_a_masked_input_stream_is_resumed(tmp_path: Path) -> None:
+    """Also: the debug logs of every process of the run hold no private key and no keep-vote."""
     # A block of 245760 weights at 3 bits: 90 KiB of masked input in 30 chunks. Everything a site sends
     # before its first stream (TLS handshake, Join, polls, keys) is a few KiB, so a cut after 40 KiB falls
     # inside block 0's stream.
     federation = make_federation(tmp_path / "fed", hidden=128, intermediate=512)
     federation.run = {"chunk_coordinates": 8192}
     federation.privacy = {"randomized_response": False, "record_level_dp": False}
-    coordinator, address = start_coordinator(federation)
+    coordinator, address = start_coordinator(federation, verbose=True)
     # A middlebox that accepts and closes while the coordinator is not up yet reads to a participant as a
     # refused TLS handshake (which it does not retry): start the proxy's client once the coordinator listens.
     coordinator.wait_for("listening on", timeout=60)
     proxy = CuttingProxy(address, cut_after=40 * 1024)
     sites = {
-        name: start_participant(federation, name, proxy.address if name == "site-c" else address)
+        name: start_participant(
+            federation, name, proxy.address if name == "site-c" else address, verbose=True
+        )
         for name in federation.names
     }
     try:
@@ -328,4 +332,29 @@ def test_a_connection_cut_in_the_middle_of_a_masked_input_stream_is_resumed(tmp_
     assert "block 2/2 complete: 3 contributors" in log and "block 1/2 complete: 3 contributors" in log
     assert assert_state_sound(federation.root / "state") == {0, 1}
     everyone = {block: federation.names for block in range(2)}
-    assert_masks(federation, expected_masks(federation, site_votes(federation), everyone))
+    votes = site_votes(federation)
+    assert_masks(federation, expected_masks(federation, votes, everyone))
+    assert_logs_hold_no_key_or_vote(federation, votes)
+
+
+def assert_logs_hold_no_key_or_vote(
+    federation: Federation, votes: dict[str, dict[str, torch.Tensor]]
+) -> None:
+    """Check every log of the run (at debug level) for private key material and each site's keep-votes."""
+    from pruning.layout import VoteLayout
+    from pruning.model_io import load_model
+
+    logs = [path.read_bytes() for path in federation.root.glob("*.log")]
+    assert len(logs) == 4 and any(b"DEBUG" in log for log in logs)
+    keys = [*federation.pki.glob("*.key"), federation.signing_key]
+    keys += [federation.root / f"state-{name}" / "identity_key.pem" for name in federation.names]
+    for key in keys:
+        assert key.stat().st_mode & 0o777 == 0o600, key
+        assert not found(logs, private_key_needles(key)), key
+    model = load_model(federation.model)
+    for name, site in votes.items():
+        for block in range(2):
+            layout = VoteLayout.for_block(model, block)
+            bits = layout.flatten({key: site[key] > 0 for key in layout.names}, dtype=torch.bool).numpy()
+            needles = [n for n in bit_vector_forms(bits) if n.isascii()]
+            assert needles and not found(logs, needles), (name, block)
