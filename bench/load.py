@@ -167,7 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--max-workers", type=int, default=16, help="the coordinator's server.max_workers")
-    parser.add_argument("--await-poll-s", type=float, default=20.0, help="the coordinator's server.await_poll_s")
+    parser.add_argument(
+        "--await-poll-s", type=float, default=20.0, help="the coordinator's server.await_poll_s"
+    )
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one n may take in all")
     args = parser.parse_args()
