@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import socket
 import sqlite3
 import threading
@@ -102,6 +103,14 @@ def assert_state_sound(state: Path) -> set[int]:
     return {int(block) for block, _ in rows}
 
 
+def assert_site_state_sound(state: Path) -> None:
+    """Check what a site keeps across restarts: its session history parses, its release markers are whole."""
+    for history in state.glob("session-history-*.json"):
+        assert set(json.loads(history.read_text(encoding="utf-8"))) == {"contexts", "survivor_sets"}, history
+    for marker in state.glob("released-*"):
+        assert marker.read_text(encoding="utf-8").endswith("\n"), marker
+
+
 def process_state(process: Process) -> str:
     """Return the one-letter state of a running process (``T``: stopped)."""
     stat = Path(f"/proc/{process.popen.pid}/stat").read_text()
@@ -166,6 +175,8 @@ def test_two_of_five_sites_failing_in_different_blocks_leave_the_mask_of_the_sur
     for block in range(3):
         assert f"block {block + 1}/3 complete: {len(summed[block])} contributors" in log, log
     assert assert_state_sound(federation.root / "state") == {0, 1, 2}
+    for name in FIVE:
+        assert_site_state_sound(federation.root / f"state-{name}")
     assert_masks(federation, expected_masks(federation, site_votes(federation), summed))
 
 
