@@ -242,6 +242,8 @@ class CoordinatorRun:
         self._queues: dict[str, list[Assigned]] = {name: [] for name in config.run.participants}
         self._counter = 0
         self._active: set[str] = set()
+        self._dropouts: dict[str, str] = {}
+        """Where each participant that is not active now last dropped out, for the error that stops a run."""
         self._session: _Session | None = None
         self._statement_phase = False
         self._complete = False
@@ -336,6 +338,7 @@ class CoordinatorRun:
                 logger.info("%s joined as participant %d", name, member.participant_id)
             self._budgets[name] = max_blocks
             self._active.add(name)
+            self._dropouts.pop(name, None)
             self._cond.notify_all()
         return JoinAnswer(participant_id=member.participant_id, name=name)
 
@@ -347,6 +350,7 @@ class CoordinatorRun:
             if name not in self._active:
                 logger.info("%s is back", name)
                 self._active.add(name)
+                self._dropouts.pop(name, None)
                 self._cond.notify_all()
             while True:
                 final = self._final_task()
@@ -573,9 +577,17 @@ class CoordinatorRun:
                 name = session.names[participant]
                 logger.warning("block %d: %s dropped out (no %s)", session.block, name, phase.value)
                 self._active.discard(name)
+                self._dropouts[name] = f"no {phase.value} in block {session.block}"
             for name in session.names.values():
                 self._queues[name] = [a for a in self._queues[name] if not isinstance(a.task, kind)]
             return set(session.answered)
+
+    def _missing(self, expected: Iterable[str]) -> str:
+        """Return who of ``expected`` is not active, each with the stage it dropped out at (``_cond`` held)."""
+        return ", ".join(
+            f"{name} ({self._dropouts.get(name, 'not connected')})"
+            for name in sorted(set(expected) - self._active)
+        )
 
     def _run_session(self, block: int, layout: VoteLayout) -> np.ndarray:
         with self._cond:
@@ -588,9 +600,11 @@ class CoordinatorRun:
                 ),
                 key=lambda m: m.participant_id,
             )
+            missing = self._missing(assigned or self.state.members())
         if len(members) < self.threshold:
             raise RunClosedError(
                 f"block {block}: only {len(members)} participants remain, below the threshold {self.threshold}"
+                f"; missing: {missing}"
             )
         context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
         max_input, chunk, max_bit_width = 1, self.config.run.chunk_coordinates, MAX_BIT_WIDTH
@@ -803,7 +817,9 @@ class CoordinatorRun:
             except ProtocolAbort as error:
                 logger.warning("block %d: session aborted (attempt %d): %s", block, attempt, error)
                 if attempt == MAX_SESSION_ATTEMPTS:
-                    raise RunClosedError(f"block {block}: {error}") from None
+                    with self._cond:
+                        missing = self._missing(self.state.members())
+                    raise RunClosedError(f"block {block}: {error}; missing: {missing or 'none'}") from None
 
     def _collect_statements(self) -> None:
         have = set(self.state.statements())

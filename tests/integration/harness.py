@@ -65,9 +65,9 @@ def make_pki(directory: Path, *names: str) -> Path:
     return directory
 
 
-def make_model(directory: Path, *, seed: int = 0, layers: int = 2) -> Path:
-    """Return a saved tiny llama with its tokenizer."""
-    build_tiny_model("llama", seed=seed, layers=layers).save_pretrained(directory)
+def make_model(directory: Path, *, seed: int = 0, layers: int = 2, **sizes: int) -> Path:
+    """Return a saved tiny llama with its tokenizer (``sizes``: ``hidden``, ``intermediate``)."""
+    build_tiny_model("llama", seed=seed, layers=layers, **sizes).save_pretrained(directory)
     build_word_tokenizer().save_pretrained(directory)
     return directory
 
@@ -122,11 +122,16 @@ class Federation:
     def signing_key(self) -> Path:
         return self.root / "keys" / "report.key"
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Return the sites of the run (the sites with calibration data)."""
+        return tuple(self.data)
+
     def coordinator_config(self) -> Path:
         run = {
             "model": self.model,
-            "participants": list(NAMES),
-            "min_participants": 3,
+            "participants": list(self.names),
+            "min_participants": len(self.names),
             "method": "wanda",
             "sparsity": 0.5,
             "mode": "one-shot",
@@ -201,12 +206,15 @@ class Federation:
         return write_toml(self.root / f"{label or name}.toml", sections)
 
 
-def make_federation(root: Path, *, layers: int = 2) -> Federation:
-    """Return a federation of three sites with their own data, certificates and a tiny base model."""
+def make_federation(
+    root: Path, *, layers: int = 2, names: tuple[str, ...] = NAMES, **sizes: int
+) -> Federation:
+    """Return a federation of ``names`` (three sites by default) with their own data, certificates and a
+    tiny base model (``sizes``: ``hidden``, ``intermediate``)."""
     root.mkdir(parents=True, exist_ok=True)
-    pki = make_pki(root / "pki", *NAMES, "outsider")
-    model = make_model(root / "model", layers=layers)
-    data = {name: make_data(root / f"{name}.jsonl", seed=i) for i, name in enumerate(NAMES)}
+    pki = make_pki(root / "pki", *names, "outsider")
+    model = make_model(root / "model", layers=layers, **sizes)
+    data = {name: make_data(root / f"{name}.jsonl", seed=i) for i, name in enumerate(names)}
     return Federation(root=root, pki=pki, model=model, data=data)
 
 
@@ -267,12 +275,23 @@ def free_address() -> str:
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
-def start_coordinator(federation: Federation, name: str = "coordinator") -> tuple[Process, str]:
-    """Return the coordinator process and the address it will listen on (participants retry until it does)."""
+def start_coordinator(
+    federation: Federation, name: str = "coordinator", *, kill_at: str | None = None, verbose: bool = False
+) -> tuple[Process, str]:
+    """Return the coordinator process and the address it will listen on (participants retry until it does).
+
+    ``kill_at`` (``STAGE:BLOCK``): run the test harness ``tests.integration.crashing_coordinator`` instead,
+    which SIGKILLs itself in the middle of that stage. ``verbose``: log debug messages.
+    """
     if "address" not in federation.server:
         federation.server["address"] = free_address()
     config = federation.coordinator_config()
-    process = Process(federation.root / f"{name}.log", "coordinator", "--config", str(config))
+    log = federation.root / f"{name}.log"
+    if kill_at is not None:
+        args = ("--config", str(config), "--kill-at", kill_at)
+        process = Process(log, *args, module="tests.integration.crashing_coordinator")
+    else:
+        process = Process(log, *(("--verbose",) if verbose else ()), "coordinator", "--config", str(config))
     return process, str(federation.server["address"])
 
 
@@ -283,23 +302,28 @@ def start_participant(
     *,
     env: dict[str, str] | None = None,
     kill_after_shares: int | None = None,
+    fault: str | None = None,
+    verbose: bool = False,
     **options: object,
 ) -> Process:
     """Return a started participant process for ``name``.
 
     ``kill_after_shares``: run the test harness ``tests.integration.crashing_participant`` instead, which
-    SIGKILLs itself once that block's ShareKeys is acknowledged.
+    SIGKILLs itself once that block's ShareKeys is acknowledged; ``fault`` (``STAGE:BLOCK[:SIGNAL]``): the
+    same harness, failing where that says. ``verbose``: log debug messages.
     """
     config = federation.participant_config(name, address, **options)  # type: ignore[arg-type]
     log = federation.root / f"{options.get('label') or name}.log"
     if kill_after_shares is not None:
+        fault = f"after-share:{kill_after_shares}"
+    if fault is not None:
         return Process(
             log,
             "--config",
             str(config),
-            "--kill-after-shares",
-            str(kill_after_shares),
+            "--fault",
+            fault,
             env=env,
             module="tests.integration.crashing_participant",
         )
-    return Process(log, "participant", "--config", str(config), env=env)
+    return Process(log, *(("--verbose",) if verbose else ()), "participant", "--config", str(config), env=env)
