@@ -1,13 +1,14 @@
 """Load: one coordinator and 4, 8, 16, 32 participant processes on loopback; what grows with the sites.
 
-    python bench/load.py [--sites 4 8 16 32] [--max-workers 16] [--await-poll-s 20] [--layers 2]
+    python bench/load.py [--sites 4 8 16 32] [--max-workers N] [--await-poll-s 20] [--layers 2]
 
 For each number of sites n it issues a trial CA and n client certificates, builds a tiny Llama (``--layers``
 decoder blocks, hidden 32: one block is 9216 weights), gives every site its own calibration documents, and
 runs a real ``fedprune coordinator`` and n ``fedprune participant`` processes over mutual TLS, with the
 default privacy settings (randomized response and record-level DP) and the default threshold
-floor(2n/3) + 1. ``server.max_workers`` and ``server.await_poll_s`` are the coordinator's (defaults 16 and
-20 s, as a deployment has them); the round timeout is the default 600 s, so a slow round shows up as
+floor(2n/3) + 1. ``server.max_workers`` and ``server.await_poll_s`` are the coordinator's (defaults: a
+thread for every call the per-caller caps admit, ``CoordinatorConfig.worker_threads``, and 20 s, as a
+deployment has them); the round timeout is the default 600 s, so a slow round shows up as
 latency, not as dropped sites.
 
 Printed per n: the wall time from starting the processes to the last exit, the time until every site
@@ -125,11 +126,9 @@ def run_once(root: Path, *, sites: int, args: argparse.Namespace) -> Row:
     model = make_model(root / "model", layers=args.layers)
     data = {name: make_data(root / f"{name}.jsonl", seed=i) for i, name in enumerate(names)}
     federation = Federation(root=root, pki=pki, model=model, data=data)
-    federation.server = {
-        "round_timeout_s": 600.0,
-        "await_poll_s": args.await_poll_s,
-        "max_workers": args.max_workers,
-    }
+    federation.server = {"round_timeout_s": 600.0, "await_poll_s": args.await_poll_s}
+    if args.max_workers is not None:
+        federation.server["max_workers"] = args.max_workers
     started = time.monotonic()
     coordinator, address = start_coordinator(federation)
     clock = LogClock(coordinator.log, started)
@@ -166,7 +165,12 @@ def run_once(root: Path, *, sites: int, args: argparse.Namespace) -> Row:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[4, 8, 16, 32])
-    parser.add_argument("--max-workers", type=int, default=16, help="the coordinator's server.max_workers")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=None,
+        help="the coordinator's server.max_workers (default: derived from the sites and the call caps)",
+    )
     parser.add_argument(
         "--await-poll-s", type=float, default=20.0, help="the coordinator's server.await_poll_s"
     )
@@ -175,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"tiny llama, {args.layers} blocks of 9216 weights; default privacy; server.max_workers "
-        f"{args.max_workers}, server.await_poll_s {args.await_poll_s:g}; {os.cpu_count()} CPUs",
+        f"{args.max_workers or 'derived'}, server.await_poll_s {args.await_poll_s:g}; {os.cpu_count()} CPUs",
         flush=True,
     )
     header = (

@@ -190,7 +190,7 @@ def record_run(root: Path, *, masking: bool) -> Recording:
         root_logger.setLevel(logging.DEBUG)
         try:
             coordinator = CoordinatorRun(coordinator_config(federation.coordinator_config()))
-            server, port, _ = serve(coordinator, address="127.0.0.1:0", max_workers=16)
+            server, port, _ = serve(coordinator, address="127.0.0.1:0")
             recorders = {name: Recorder() for name in federation.names}
             with ThreadPoolExecutor(max_workers=4) as pool:
                 driver = pool.submit(coordinator.run)
