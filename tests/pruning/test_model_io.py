@@ -34,6 +34,26 @@ def _dtypes(model: torch.nn.Module) -> dict[str, torch.dtype]:
     return {name: tensor.dtype for name, tensor in model.state_dict().items()}
 
 
+def _load_at_once(path: Path) -> list[torch.nn.Module | BaseException | None]:
+    """Return what ``load_model(path)`` gave in each of THREADS threads released together."""
+    start = threading.Barrier(THREADS)
+    loaded: list[torch.nn.Module | BaseException | None] = [None] * THREADS
+
+    def load(index: int) -> None:
+        start.wait()
+        try:
+            loaded[index] = load_model(path)
+        except BaseException as error:  # noqa: BLE001 - asserted on by the caller, in the test's thread
+            loaded[index] = error
+
+    threads = [threading.Thread(target=load, args=(index,)) for index in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return loaded
+
+
 def test_loads_from_many_threads_at_once_all_give_the_stored_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -49,21 +69,7 @@ def test_loads_from_many_threads_at_once_all_give_the_stored_weights(
     stored = _save(tmp_path, torch.float16)
     expected = base_model_fingerprint(stored)
     for _ in range(ROUNDS):
-        start = threading.Barrier(THREADS)
-        loaded: list[torch.nn.Module | BaseException | None] = [None] * THREADS
-
-        def load(index: int) -> None:
-            start.wait()
-            try:
-                loaded[index] = load_model(tmp_path)
-            except BaseException as error:  # noqa: BLE001 - asserted on below, in the test's thread
-                loaded[index] = error
-
-        threads = [threading.Thread(target=load, args=(index,)) for index in range(THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        loaded = _load_at_once(tmp_path)
         for model in loaded:
             assert isinstance(model, torch.nn.Module), model
             wrong = {name: dtype for name, dtype in _dtypes(model).items() if dtype != torch.float16}
