@@ -58,7 +58,7 @@ _SAFETENSORS_FLOATS: dict[str, torch.dtype] = {
     "F32": torch.float32,
     "F64": torch.float64,
 }
-_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own bound on the JSON header
+_HEADER_LIMIT = 100_000_000  # safetensors' own bound on the JSON header
 
 
 def _safetensors_dtypes(file: Path) -> dict[torch.dtype, int]:

@@ -126,3 +126,11 @@ def test_a_bad_weight_file_header_is_named(tmp_path: Path) -> None:
         PruningInputError, match=r"model\.safetensors: the safetensors header is not valid JSON"
     ):
         checkpoint_dtype(tmp_path)
+
+
+def test_a_pickled_checkpoint_loads_in_its_stored_dtype(tmp_path: Path) -> None:
+    stored = _save(tmp_path, torch.bfloat16, declared="float32")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(stored.state_dict(), tmp_path / "pytorch_model.bin")
+    assert checkpoint_dtype(tmp_path) == torch.bfloat16
+    assert base_model_fingerprint(load_model(tmp_path)) == base_model_fingerprint(stored)
