@@ -250,14 +250,28 @@ def run_federation(
         if label != "coordinator":
             run.abort(f"participant {label} failed: {error}")
 
+    # No site computes before every site has loaded its model: loading changes torch's process-wide default
+    # dtype while it lasts (pruning.model_io.transformers_load_lock), which a forward pass in another
+    # thread could pick up. A site that fails to start still counts as done loading.
+    loading = [len(sites)]
+    loading_lock = threading.Lock()
+    all_loaded = threading.Event()
+
     def participant_body(index: int, site: Site) -> None:
-        participant = ParticipantRun(
-            site.config,
-            InProcessClient(server, site.name),
-            on_block_done=on_block_done if index == 0 else None,
-            samples=site.samples,
-            strict=True,
-        )
+        try:
+            participant = ParticipantRun(
+                site.config,
+                InProcessClient(server, site.name),
+                on_block_done=on_block_done if index == 0 else None,
+                samples=site.samples,
+                strict=True,
+            )
+        finally:
+            with loading_lock:
+                loading[0] -= 1
+                if not loading[0]:
+                    all_loaded.set()
+        all_loaded.wait()
         participant.run()
 
     summaries: list[RunSummary] = []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +41,127 @@ def check_model_dir(path: str | Path) -> dict[str, Any]:
     return config
 
 
+# transformers builds a model under ``torch.set_default_dtype(<the load's dtype>)`` and restores the previous
+# default afterwards. That default is process-wide, so two loads in two threads of one process (``fedprune
+# simulate`` runs every site as a thread) interleave: one thread builds its model after the other has
+# restored float32, some parameters come out float32 instead of float16, the base-model fingerprint differs
+# and the coordinator refuses the Join; and the thread that restores last can leave float16 as the process's
+# default. Every load in this code base holds this lock. It cannot stop code outside it from changing the
+# default mid-load, so ``load_model`` also checks every tensor's dtype afterwards.
+transformers_load_lock = threading.RLock()
+"""Held while transformers builds a model, which changes torch's process-wide default dtype."""
+
+# safetensors header dtype codes -> torch dtypes, for the floating-point codes a checkpoint's weights use.
+_SAFETENSORS_FLOATS: dict[str, torch.dtype] = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+_HEADER_LIMIT = 100_000_000  # safetensors' own bound on the JSON header
+
+
+def _safetensors_dtypes(file: Path) -> dict[torch.dtype, int]:
+    """Return the element count stored per floating-point dtype in one safetensors file (header only)."""
+    with file.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise PruningInputError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _HEADER_LIMIT:
+            raise PruningInputError(f"{file}: safetensors header of {length} bytes exceeds {_HEADER_LIMIT}")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise PruningInputError(f"{file}: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise PruningInputError(f"{file}: the safetensors header is not a JSON object")
+    counts: dict[torch.dtype, int] = {}
+    for name, entry in header.items():
+        if name == "__metadata__" or not isinstance(entry, dict):
+            continue
+        code, shape = entry.get("dtype"), entry.get("shape")
+        if code in _SAFETENSORS_FLOATS and isinstance(shape, list):
+            dtype = _SAFETENSORS_FLOATS[code]
+            counts[dtype] = counts.get(dtype, 0) + math.prod(int(size) for size in shape)
+        elif isinstance(code, str) and code.startswith("F8"):
+            raise PruningInputError(f"{file}: tensor {name!r} is stored as {code}, which is not supported")
+    return counts
+
+
+def _pickled_dtypes(file: Path) -> dict[torch.dtype, int]:
+    """Return the element count stored per floating-point dtype in one ``*.bin`` file (no data read)."""
+    try:
+        state = torch.load(file, map_location="meta", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad pickle; all mean the same
+        raise PruningInputError(f"{file}: cannot read the checkpoint ({error})") from None
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state.values() if isinstance(state, dict) else ():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return counts
+
+
+def checkpoint_dtype(path: str | Path) -> torch.dtype:
+    """Return the floating-point dtype a model directory's weights are stored in.
+
+    Read from the weight files themselves (safetensors headers, or the ``*.bin`` files without their data
+    when there is no safetensors file), never from torch's default dtype. When the files mix floating-point
+    dtypes, ``config.json``'s ``dtype`` (or ``torch_dtype``) decides if it is one of them, otherwise the
+    dtype that most elements are stored in.
+    """
+    config = check_model_dir(path)
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    counts: dict[torch.dtype, int] = {}
+    for file in files:
+        for dtype, count in _safetensors_dtypes(file).items():
+            counts[dtype] = counts.get(dtype, 0) + count
+    if not files:
+        for file in sorted(path.glob("*.bin")):
+            for dtype, count in _pickled_dtypes(file).items():
+                counts[dtype] = counts.get(dtype, 0) + count
+    if not counts:
+        raise PruningInputError(f"{str(path)!r}: the weight files hold no floating-point tensor")
+    if len(counts) == 1:
+        return next(iter(counts))
+    declared = config.get("dtype") or config.get("torch_dtype")
+    for dtype in counts:
+        if declared == str(dtype).removeprefix("torch."):
+            return dtype
+    return max(counts, key=lambda dtype: counts[dtype])
+
+
 def load_model(path: str | Path) -> nn.Module:
-    """Return the causal LM in a local directory, on the CPU, in the checkpoint's dtype, in eval mode."""
+    """Return the causal LM in a local directory, on the CPU, in the checkpoint's dtype, in eval mode.
+
+    The dtype is the one the weights are stored in (``checkpoint_dtype``), so the base-model fingerprint
+    covers the weights as stored. Safe to call from several threads at once (``transformers_load_lock``);
+    raises PruningInputError naming the first floating-point tensor that came out in another dtype.
+    """
     from transformers import AutoModelForCausalLM
 
-    check_model_dir(path)
+    dtype = checkpoint_dtype(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", local_files_only=True)
+        with transformers_load_lock:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
         raise PruningInputError(f"cannot load the model in {str(path)!r}: {error}") from None
+    check_dtype(model, dtype, where=repr(str(path)))
     model.eval()
     decoder_blocks(model)
     return model
+
+
+def check_dtype(model: nn.Module, dtype: torch.dtype, *, where: str) -> None:
+    """Raise PruningInputError naming the first floating-point state-dict tensor not in ``dtype``."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            raise PruningInputError(
+                f"the model in {where} loaded {name} as {tensor.dtype}, not the checkpoint's {dtype}: torch's "
+                "default dtype changed during the load (torch.set_default_dtype in another thread)"
+            )
 
 
 def load_tokenizer(path: str | Path) -> Any | None:

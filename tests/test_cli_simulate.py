@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,33 @@ def test_bad_simulation_options(federation, tmp_path: Path, capsys) -> None:
     assert main(_args(federation, tmp_path / "c", "--privacy", "off", "--sigma", "1")) == 2
     assert main(_args(federation, tmp_path / "d", "--threshold", "5")) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_a_float16_checkpoint_runs_with_privacy_on(
+    federation, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every site loads the model in its own thread: each must get the float16 weights the coordinator has."""
+    from tests.tiny import build_tiny_model, build_word_tokenizer
+
+    # transformers changes torch's process-wide default dtype while it builds a model; a short sleep in
+    # every change makes the sites' concurrent loads interleave on every run instead of now and then.
+    original = torch.set_default_dtype
+
+    def slow_set_default_dtype(dtype: torch.dtype) -> None:
+        original(dtype)
+        time.sleep(0.005)
+
+    monkeypatch.setattr(torch, "set_default_dtype", slow_set_default_dtype)
+    model = tmp_path / "float16-model"
+    build_tiny_model("llama", dtype=torch.float16).save_pretrained(model)
+    build_word_tokenizer().save_pretrained(model)
+    out = tmp_path / "global"
+    assert main(_args({**federation, "model": model}, out, "--record-dp", "off")) == 0
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert {entry["event"]["mechanism"] for entry in report["ledger"]} == {
+        "randomized_response",
+        "secure_aggregation",
+    }
+    pruned = load_model(out)
+    assert {tensor.dtype for tensor in pruned.state_dict().values()} == {torch.float16}
+    assert torch.get_default_dtype() == torch.float32

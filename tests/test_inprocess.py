@@ -122,3 +122,31 @@ def test_a_failing_site_aborts_the_run_at_once_and_nothing_is_written(
         )
     assert time.monotonic() - started < 60
     assert not (out / "privacy_report.json").exists() and not (out / "config.json").exists()
+
+
+def test_no_site_starts_before_every_site_has_loaded_its_model(
+    sites: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading changes torch's process-wide default dtype while it lasts: no site computes meanwhile."""
+    import participant.run as participant_run
+
+    load, run = participant_run.load_model, participant_run.ParticipantRun.run
+    loaded: list[float] = []
+    started: list[float] = []
+
+    def slow_load(path: Path) -> torch.nn.Module:
+        model = load(path)
+        time.sleep(0.05)
+        loaded.append(time.monotonic())
+        return model
+
+    def timed_run(self: participant_run.ParticipantRun) -> None:
+        started.append(time.monotonic())
+        run(self)
+
+    monkeypatch.setattr(participant_run, "load_model", slow_load)
+    monkeypatch.setattr(participant_run.ParticipantRun, "run", timed_run)
+    model, files = sites
+    _simulate(model, files, tmp_path / "out", "--record-dp", "off")
+    assert len(loaded) == len(started) == SITES
+    assert min(started) >= max(loaded)

@@ -88,7 +88,10 @@ class DemoModel:
 
     def load_model(self, *, device: str | torch.device = "cpu") -> transformers.PreTrainedModel:
         """Return the dense model in evaluation mode on ``device`` (float32)."""
-        model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        from pruning.model_io import transformers_load_lock
+
+        with transformers_load_lock:  # from_pretrained changes torch's process-wide default dtype meanwhile
+            model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         # transformers wraps ``to`` in a decorator whose signature mypy misreads.
         model.to(device)  # type: ignore[arg-type]
         return model.eval()
