@@ -155,8 +155,16 @@ def load_model(path: str | Path) -> nn.Module:
 
 
 def check_dtype(model: nn.Module, dtype: torch.dtype, *, where: str) -> None:
-    """Raise PruningInputError naming the first floating-point state-dict tensor not in ``dtype``."""
+    """Raise PruningInputError naming the first floating-point state-dict tensor not in ``dtype``.
+
+    Modules an architecture keeps in float32 on purpose (transformers' ``_keep_in_fp32_modules``) are
+    left out: transformers loads them so whatever the dtype, in every thread alike.
+    """
+    kept = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    kept |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
     for name, tensor in model.state_dict().items():
+        if kept and any(part in kept for part in name.split(".")):
+            continue
         if tensor.is_floating_point() and tensor.dtype != dtype:
             raise PruningInputError(
                 f"the model in {where} loaded {name} as {tensor.dtype}, not the checkpoint's {dtype}: torch's "

@@ -12,7 +12,7 @@ import torch
 
 from pruning.errors import PruningInputError
 from pruning.layout import base_model_fingerprint
-from pruning.model_io import checkpoint_dtype, load_model
+from pruning.model_io import check_dtype, checkpoint_dtype, load_model
 from tests.tiny import build_tiny_model
 
 THREADS = 8
@@ -134,3 +134,16 @@ def test_a_pickled_checkpoint_loads_in_its_stored_dtype(tmp_path: Path) -> None:
     torch.save(stored.state_dict(), tmp_path / "pytorch_model.bin")
     assert checkpoint_dtype(tmp_path) == torch.bfloat16
     assert base_model_fingerprint(load_model(tmp_path)) == base_model_fingerprint(stored)
+
+
+def test_modules_an_architecture_keeps_in_float32_are_not_a_wrong_dtype() -> None:
+    model = torch.nn.Module()
+    model.kept = torch.nn.Linear(2, 2)  # float32, as transformers keeps e.g. a router or a norm
+    model.body = torch.nn.Linear(2, 2).to(torch.float16)
+    with pytest.raises(PruningInputError, match="kept.weight"):
+        check_dtype(model, torch.float16, where="m")
+    model._keep_in_fp32_modules = ["kept"]
+    check_dtype(model, torch.float16, where="m")  # accepted: the float32 module is on purpose
+    model.body.to(torch.float32)
+    with pytest.raises(PruningInputError, match="body.weight"):
+        check_dtype(model, torch.float16, where="m")
