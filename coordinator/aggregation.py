@@ -86,7 +86,7 @@ def global_mask(
     elif group is ComparisonGroup.ROW:
         select_per_group(votes, weight, pruned_count(in_features, pattern.sparsity), mask)
     else:
-        select_per_group(votes.T, weight.t(), pruned_count(out_features, pattern.sparsity), mask.T)
+        select_per_group(votes, weight, pruned_count(out_features, pattern.sparsity), mask, columns=True)
     return torch.from_numpy(mask)
 
 

@@ -22,20 +22,35 @@ import torch
 CHUNK_ELEMENTS = 1 << 20
 """Weights processed per step: bounds the temporary arrays (tens of bytes each) to a few tens of MiB."""
 
-_NAN_KEY = np.uint32(0x7F800001)
-"""Every NaN's key: one value, above +inf (0x7F800000), as a sort treats NaN as larger than any number."""
-_MAGNITUDE_BITS = 31
-_HISTOGRAM_LIMIT = 1 << 16
-"""A wider vote range finds the boundary count by selection instead of a histogram."""
 _SMALL_GROUP = 8
 """Groups up to this size rank by pairwise comparison; bigger ones by ``np.partition``."""
+_HISTOGRAM_LIMIT = 1 << 16
+"""A wider vote range finds the boundary count by selection instead of a histogram."""
+
+# |W| keys by weight dtype: (same-width integer type, unsigned key type, the bits below the sign, NaN key).
+# A float's bits without the sign order like its magnitude; float16 and bfloat16 convert to float32
+# exactly and monotonically, so their own 15 bits order like the float32 |W|. Every NaN gets one key just
+# above +inf, as a sort treats NaN as larger than any number.
+_HALF_KEYS = {
+    torch.float16: (torch.int16, np.uint16, 0x7FFF, 0x7C01),
+    torch.bfloat16: (torch.int16, np.uint16, 0x7FFF, 0x7F81),
+}
+_SINGLE_KEYS = (torch.int32, np.uint32, 0x7FFFFFFF, 0x7F800001)
+
+
+def magnitude_bits(dtype: torch.dtype) -> int:
+    """Return how many bits the |W| keys of a weight of ``dtype`` use."""
+    return 15 if dtype in _HALF_KEYS else 31
 
 
 def magnitude_keys(weight: torch.Tensor) -> np.ndarray:
-    """Return |W| of a weight slice as uint32 keys that order like the float32 magnitudes."""
-    as_float = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    keys = np.bitwise_and(as_float.numpy().view(np.uint32), np.uint32(0x7FFFFFFF))
-    return np.minimum(keys, _NAN_KEY, out=keys)
+    """Return |W| of a weight slice as unsigned integer keys that order like the float32 magnitudes."""
+    integer, unsigned, magnitude_mask, nan_key = _HALF_KEYS.get(weight.dtype, _SINGLE_KEYS)
+    if weight.dtype not in _HALF_KEYS:
+        weight = weight.detach().to(dtype=torch.float32)  # as the comparison is float32 (float64 rounds)
+    bits = weight.detach().to(device="cpu").contiguous().view(integer).numpy().view(unsigned)
+    keys = np.bitwise_and(bits, unsigned(magnitude_mask))
+    return np.minimum(keys, unsigned(nan_key), out=keys)
 
 
 def vote_array(keep_votes: torch.Tensor) -> np.ndarray:
@@ -85,7 +100,7 @@ def select_in_one_group(votes: np.ndarray, weight: torch.Tensor, prune: int, out
         for start, stop in spans:
             np.less_equal(votes[start:stop], boundary, out=out[start:stop])
         return
-    keys = np.empty(at_boundary, dtype=np.uint32)
+    keys = np.empty(at_boundary, dtype=_HALF_KEYS.get(weight.dtype, _SINGLE_KEYS)[1])
     filled = 0
     for start, stop in spans:
         tied = votes[start:stop] == boundary
@@ -113,41 +128,58 @@ def select_in_one_group(votes: np.ndarray, weight: torch.Tensor, prune: int, out
         seen += at_cut.size
 
 
-def select_per_group(votes: np.ndarray, weight: torch.Tensor, prune: int, out: np.ndarray) -> None:
-    """Set ``out`` True at the ``prune`` weights each group prunes; row g of ``votes`` ([groups, size]) is a group.
+def select_per_group(
+    votes: np.ndarray, weight: torch.Tensor, prune: int, out: np.ndarray, *, columns: bool = False
+) -> None:
+    """Set ``out`` True at the ``prune`` weights each group prunes: a group is a row of ``votes`` (or a column).
 
-    Position within a group breaks the last ties (lower position kept). ``out`` may be a strided view.
+    Position within a group breaks the last ties (lower position kept). ``votes``, ``weight`` and ``out``
+    share one 2-D shape; with ``columns`` the matrix is walked in blocks of whole columns, each
+    transposed on its own, so the big arrays are read in their own order.
     """
-    groups, size = votes.shape
     out[...] = False
+    rows, width = votes.shape
+    groups, size = (width, rows) if columns else (rows, width)
     if prune <= 0 or groups == 0:
         return
+
+    def block(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return array[:, start:stop].T if columns else array[start:stop]
+
+    def weight_block(start: int, stop: int) -> torch.Tensor:
+        return weight[:, start:stop] if columns else weight[start:stop]
+
     low, high = int(votes.min()), int(votes.max())
     position_bits = max(1, (size - 1).bit_length())
     vote_bits = (high - low).bit_length()
-    if vote_bits + _MAGNITUDE_BITS + position_bits > 63:
+    if vote_bits + magnitude_bits(weight.dtype) + position_bits > 63:
         # Beyond any realistic number of participants: each group on its own, still linear.
         for group in range(groups):
-            select_in_one_group(votes[group : group + 1], weight[group : group + 1], prune, out[group : group + 1])
+            one = weight_block(group, group + 1)
+            select_in_one_group(
+                block(votes, group, group + 1), one.t() if columns else one, prune, block(out, group, group + 1)
+            )
         return
     # Ascending key = pruned first: fewer votes, then smaller |W|, then higher position.
     reversed_position = np.arange(size - 1, -1, -1, dtype=np.int64)
     for start, stop in _row_spans(groups, size):
-        key = votes[start:stop].astype(np.int64)
+        key = block(votes, start, stop).astype(np.int64, order="C")
         if low:
             key -= low
-        key <<= _MAGNITUDE_BITS + position_bits
-        magnitude = magnitude_keys(weight[start:stop]).reshape(key.shape).astype(np.int64)
-        magnitude <<= position_bits
-        key |= magnitude
+        key <<= magnitude_bits(weight.dtype) + position_bits
+        magnitude = magnitude_keys(weight_block(start, stop))
+        magnitude_key = (magnitude.T if columns else magnitude).astype(np.int64, order="C")
         del magnitude
+        magnitude_key <<= position_bits
+        key |= magnitude_key
+        del magnitude_key
         key |= reversed_position
         if size <= _SMALL_GROUP:
             # Rank of each key in its group: how many of the group's keys are smaller (keys are unique).
             rank = np.zeros(key.shape, dtype=np.int8)
             for other in range(size):
                 rank += key[:, other : other + 1] < key
-            np.less(rank, prune, out=out[start:stop])
+            np.less(rank, prune, out=block(out, start, stop))
         else:
             cut = np.partition(key, prune - 1, axis=1)[:, prune - 1 : prune]
-            np.less_equal(key, cut, out=out[start:stop])
+            np.less_equal(key, cut, out=block(out, start, stop))
