@@ -157,7 +157,10 @@ def select_per_group(
         for group in range(groups):
             one = weight_block(group, group + 1)
             select_in_one_group(
-                block(votes, group, group + 1), one.t() if columns else one, prune, block(out, group, group + 1)
+                block(votes, group, group + 1),
+                one.t() if columns else one,
+                prune,
+                block(out, group, group + 1),
             )
         return
     # Ascending key = pruned first: fewer votes, then smaller |W|, then higher position.

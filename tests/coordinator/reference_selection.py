@@ -28,7 +28,13 @@ def _prune_last_dim(keep_votes: torch.Tensor, magnitude: torch.Tensor, prune_cou
 
 
 def reference_global_mask(
-    keep_votes: torch.Tensor, base_weight: torch.Tensor, *, sparsity: float, group: str, n: int = 0, m: int = 0
+    keep_votes: torch.Tensor,
+    base_weight: torch.Tensor,
+    *,
+    sparsity: float,
+    group: str,
+    n: int = 0,
+    m: int = 0,
 ) -> torch.Tensor:
     """Return the mask (True = pruned) of one ``[out, in]`` matrix: ``group`` is layer, row or column; N:M if m."""
     votes = keep_votes.to(device="cpu", dtype=torch.int64)
