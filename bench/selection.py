@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import sys
 import time
@@ -113,14 +114,16 @@ def main() -> None:
                     pattern, group = SparsityPattern(sparsity=SPARSITY), ComparisonGroup(group_text)
                     reference_group = group_text
 
-                def current() -> torch.Tensor:
-                    return global_mask(votes, base, pattern=pattern, group=group)
-
-                def former() -> torch.Tensor:
-                    return reference_global_mask(
-                        votes, base, sparsity=pattern.sparsity, group=reference_group, n=n, m=m
-                    )
-
+                current = functools.partial(global_mask, votes, base, pattern=pattern, group=group)
+                former = functools.partial(
+                    reference_global_mask,
+                    votes,
+                    base,
+                    sparsity=pattern.sparsity,
+                    group=reference_group,
+                    n=n,
+                    m=m,
+                )
                 row: dict[str, Any] = {"shape": shape_text, "n": participants, "group": group_text}
                 row["current"], mask = _measure(current, weights)
                 if not args.no_reference:
