@@ -1,19 +1,22 @@
 """Benchmark: the coordinator's global-mask selection against the former two-sort selection, printed, never asserted.
 
 Run: ``python bench/selection.py [--shapes 4096x4096,4096x11008] [--votes 4,16,64] [--groups layer,row,2:4]
-[--threads 1] [--no-reference] [--json]``. For each matrix shape, number of participants n and comparison
-group it builds float16 base weights (normal) and summed keep-votes (binomial(n, 1/2) per weight: every
-vote count 0..n occurs, the middle ones millions of times), then runs the former selection (two full
-stable sorts with int64 indices, kept as ``tests/coordinator/reference_selection.py``) and the current one
-(``coordinator.aggregation.global_mask``) at 50% sparsity, checks that the masks are equal, and prints:
+[--dtype float16] [--all-tied] [--threads 1] [--no-reference] [--json]``. For each matrix shape, number of
+participants n and comparison group it builds normal base weights (float16 unless ``--dtype``) and summed
+keep-votes (binomial(n, 1/2) per weight: every count 0..n occurs, the middle ones millions of times;
+``--all-tied``: every count n/2, so that the whole matrix is one tie to settle by |W| and index, the worst
+case for memory), then runs the former selection (two full stable sorts with int64 indices, kept as
+``tests/coordinator/reference_selection.py``) and the current one (``coordinator.aggregation.global_mask``)
+at 50% sparsity, checks that the masks are equal, and prints:
 
 - ``ns_per_weight``: process CPU time of one selection divided by the matrix's weights (CPU time, so that
   other processes on a shared machine do not distort it; ``wall_ns_per_weight`` is printed too);
 - ``bytes_per_weight``: the peak resident memory the selection adds (its temporaries and the returned mask,
   the inputs excluded) divided by the weights, from the kernel's high-water mark (``VmHWM`` of
   ``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each call, after ``malloc_trim``
-  returned the heap's free memory), so torch's and numpy's allocations both count; ``traced_bytes_per_weight``: the peak of numpy's allocations as tracemalloc sees
-  them (torch's own allocator is invisible to it, so the reference shows almost nothing there).
+  returned the heap's free memory), so torch's and numpy's allocations both count;
+- ``traced_bytes_per_weight``: the peak of numpy's allocations as tracemalloc sees them (torch's own
+  allocator is invisible to it, so the reference shows almost nothing there).
 """
 
 from __future__ import annotations
@@ -91,6 +94,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (the reference's sorts use them)"
     )
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument(
+        "--all-tied",
+        action="store_true",
+        help="every vote count n/2: the worst case, one boundary of all weights",
+    )
     parser.add_argument("--no-reference", action="store_true", help="time the current selection only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -99,9 +108,16 @@ def main() -> None:
     for shape_text in args.shapes.split(","):
         rows, columns = (int(part) for part in shape_text.split("x"))
         weights = rows * columns
-        base = torch.randn(rows, columns, generator=torch.Generator().manual_seed(0)).to(torch.float16)
+        base = torch.randn(rows, columns, generator=torch.Generator().manual_seed(0)).to(
+            getattr(torch, args.dtype)
+        )
         for participants in (int(n) for n in args.votes.split(",")):
-            generated = np.random.default_rng(participants).binomial(participants, 0.5, size=(rows, columns))
+            if args.all_tied:
+                generated = np.full((rows, columns), participants // 2)
+            else:
+                generated = np.random.default_rng(participants).binomial(
+                    participants, 0.5, size=(rows, columns)
+                )
             votes = torch.from_numpy(generated.astype(np.int32))
             del generated
             for group_text in args.groups.split(","):
