@@ -3,15 +3,17 @@
 Every comparison group keeps the weights with the most keep-votes; equal counts prefer the larger |W| of
 the public base weight, then the lower flat index. |W| is compared as float32 (float16 and bfloat16
 weights convert exactly; float64 weights are rounded to float32 first), every NaN counting as one value
-above +inf. A non-negative float32 orders like its bit pattern, so |W| becomes a 31-bit integer key.
+above +inf. A float's bits without the sign order like its magnitude, so |W| becomes an integer key: the
+weight's own 15 bits for float16 and bfloat16, the float32's 31 bits otherwise.
 
 Nothing is sorted. In one big group (a whole matrix) a histogram of the vote values finds the boundary
 count: every weight below it is pruned, every weight above it kept, and only the weights at the boundary
 count are ranked, by selection (``np.partition``) on their |W| keys; equal |W| at the cut go to the lower
 index. Small groups (rows, columns, N:M) pack (votes, |W|, reversed position) into one unique int64 key
 per weight and select the ``prune``-th smallest key of every group at once. Both walk the matrix a slice
-of rows at a time, so the temporary arrays stay a few megabytes whatever the matrix size; the one array
-the size of a matrix is the boundary's |W| keys (4 bytes a boundary weight, at most 4 bytes a weight).
+of rows (or columns) at a time, so the temporary arrays stay a few tens of MiB whatever the matrix size;
+besides the returned mask (1 byte a weight), the one array that grows with the matrix is the boundary's
+|W| keys: 2 bytes (4 for float32 weights) a weight at the boundary count, at most every weight.
 """
 
 from __future__ import annotations
@@ -110,8 +112,12 @@ def select_in_one_group(votes: np.ndarray, weight: torch.Tensor, prune: int, out
         filled += chosen.size
     keys.partition(from_boundary - 1)
     cut = keys[from_boundary - 1]
-    smaller = int(np.count_nonzero(keys[: from_boundary - 1] < cut))
-    equal = int(np.count_nonzero(keys == cut))
+    # Counted a slice at a time: a comparison over all the keys would be another byte a boundary weight.
+    smaller = equal = 0
+    for start in range(0, keys.size, CHUNK_ELEMENTS):
+        part = keys[start : start + CHUNK_ELEMENTS]
+        smaller += int(np.count_nonzero(part < cut))
+        equal += int(np.count_nonzero(part == cut))
     del keys
     # Of the ``equal`` boundary weights whose |W| is exactly the cut, the lowest indices are kept.
     kept_at_cut = equal - (from_boundary - smaller)
