@@ -69,13 +69,14 @@ def main() -> int:
         # Ablation only: the coordinator keeps, among equal vote counts, the larger |W|. Ranking by random
         # numbers instead of |W| gives the random tie-break of the reference code, to measure what the rule buys.
         import coordinator.aggregation as aggregation
+        import fedprune.simulate as simulation
 
-        keep_order = aggregation._keep_order
+        selected_by_magnitude = aggregation.global_mask
 
-        def random_ties(keep_votes: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-            return keep_order(keep_votes, torch.rand(magnitude.shape))
+        def random_ties(keep_votes: torch.Tensor, base_weight: torch.Tensor, **options: Any) -> torch.Tensor:
+            return selected_by_magnitude(keep_votes, torch.rand(base_weight.shape), **options)
 
-        aggregation._keep_order = random_ties
+        simulation.global_mask = random_ties  # type: ignore[assignment]
 
     device = torch.device("cpu")
     demo = locate_or_build(cache_dir=args.cache_dir)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from coordinator.selection import select_in_one_group, select_per_group, vote_array
 from privacy.errors import PrivacyError
 from privacy.secagg.fixed_point import VoteValueCodec
 from pruning.layout import VoteLayout
@@ -54,27 +55,6 @@ class VoteTally:
         self.participants += 1
 
 
-def _keep_order(keep_votes: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """Return, along the last dim, indices ordered from most to least deserving of being kept.
-
-    Two stable sorts give the lexicographic order (more votes, then larger |W|, then lower index).
-    """
-    by_magnitude = torch.sort(magnitude, dim=-1, descending=True, stable=True).indices
-    votes_in_that_order = torch.gather(keep_votes, -1, by_magnitude)
-    by_votes = torch.sort(votes_in_that_order, dim=-1, descending=True, stable=True).indices
-    return torch.gather(by_magnitude, -1, by_votes)
-
-
-def _prune_last_dim(keep_votes: torch.Tensor, magnitude: torch.Tensor, prune_count: int) -> torch.Tensor:
-    """Return a mask pruning, in every slice along the last dim, the ``prune_count`` least-deserving entries."""
-    mask = torch.zeros(keep_votes.shape, dtype=torch.bool)
-    if prune_count:
-        order = _keep_order(keep_votes, magnitude)
-        size = keep_votes.shape[-1]
-        mask.scatter_(-1, order[..., size - prune_count :], True)
-    return mask
-
-
 def global_mask(
     keep_votes: torch.Tensor,
     base_weight: torch.Tensor,
@@ -82,28 +62,32 @@ def global_mask(
     pattern: SparsityPattern,
     group: ComparisonGroup = ComparisonGroup.LAYER,
 ) -> torch.Tensor:
-    """Return the global mask (True = pruned) of one ``[out, in]`` matrix from its summed keep-votes."""
+    """Return the global mask (True = pruned) of one ``[out, in]`` matrix from its summed keep-votes.
+
+    Linear in the matrix size, with temporaries of a few bytes a weight at most (:mod:`coordinator.selection`).
+    """
     if keep_votes.shape != base_weight.shape or keep_votes.ndim != 2:
         raise ValueError(
             f"keep_votes {tuple(keep_votes.shape)} and base weight {tuple(base_weight.shape)} must be one 2-D shape"
         )
-    votes = keep_votes.to(device="cpu", dtype=torch.int64)
-    magnitude = base_weight.detach().to(device="cpu", dtype=torch.float32).abs()
+    votes = vote_array(keep_votes)
+    weight = base_weight.detach()
     out_features, in_features = votes.shape
+    mask = np.zeros(votes.shape, dtype=np.bool_)
     if pattern.is_n_m:
         if in_features % pattern.m:
             raise ValueError(
                 f"{pattern.n}:{pattern.m} needs the input width ({in_features}) to be a multiple of {pattern.m}"
             )
-        shape = (out_features, in_features // pattern.m, pattern.m)
-        return _prune_last_dim(votes.reshape(shape), magnitude.reshape(shape), pattern.n).reshape(votes.shape)
-    if group is ComparisonGroup.LAYER:
-        count = pruned_count(votes.numel(), pattern.sparsity)
-        return _prune_last_dim(votes.reshape(1, -1), magnitude.reshape(1, -1), count).reshape(votes.shape)
-    if group is ComparisonGroup.ROW:
-        return _prune_last_dim(votes, magnitude, pruned_count(in_features, pattern.sparsity))
-    count = pruned_count(out_features, pattern.sparsity)
-    return _prune_last_dim(votes.t(), magnitude.t(), count).t().contiguous()
+        shape = (out_features * (in_features // pattern.m), pattern.m)
+        select_per_group(votes.reshape(shape), weight.reshape(shape), pattern.n, mask.reshape(shape))
+    elif group is ComparisonGroup.LAYER:
+        select_in_one_group(votes, weight, pruned_count(votes.size, pattern.sparsity), mask)
+    elif group is ComparisonGroup.ROW:
+        select_per_group(votes, weight, pruned_count(in_features, pattern.sparsity), mask)
+    else:
+        select_per_group(votes, weight, pruned_count(out_features, pattern.sparsity), mask, columns=True)
+    return torch.from_numpy(mask)
 
 
 def scaled_weight(base_weight: torch.Tensor, keep_votes: torch.Tensor, participants: int) -> torch.Tensor:
