@@ -1,7 +1,7 @@
 """End to end on one machine: centralized pruning, ``simulate``, and the private service, same model and data.
 
-    python bench/e2e.py [--blocks 6] [--hidden 384] [--intermediate 1024] [--sites 4] [--documents 24]
-                        [--seqlen 64] [--json]
+    python bench/e2e.py [--blocks 8] [--hidden 512] [--intermediate 1376] [--sites 4] [--documents 64]
+                        [--seqlen 128] [--json]
 
 It builds a random Llama (``--blocks`` decoder blocks of ``--hidden`` x ``--intermediate``), gives each of
 ``--sites`` sites ``--documents`` calibration documents of exactly ``--seqlen`` token ids (one ``input_ids``
@@ -141,17 +141,22 @@ def cpu_s(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_command(log: Path, *args: str, timeout: float) -> Measured:
-    """Run one ``fedprune`` command to its end; fail loudly if it fails."""
+def run_command(
+    log: Path, *args: str, timeout: float, marks: tuple[tuple[str, str], ...] = ()
+) -> tuple[Measured, dict[str, float]]:
+    """Run one ``fedprune`` command to its end (fail loudly if it fails); return its times and CPU phases."""
     started = time.monotonic()
     process = Process(log, *args)
+    clock = PhaseClock(process, marks)
+    clock.start()
     try:
         code, usage = reap(process, started + timeout)
     finally:
+        clock.stop()
         process.stop()
     if code != 0:
         raise SystemExit(f"fedprune {args[0]} exited {code}:\n{process.output()[-3000:]}")
-    return Measured(wall_s=time.monotonic() - started, cpu_s=cpu_s(usage))
+    return Measured(wall_s=time.monotonic() - started, cpu_s=cpu_s(usage)), clock.phases(cpu_s(usage))
 
 
 def build_model(directory: Path, *, blocks: int, hidden: int, intermediate: int, seqlen: int) -> int:
@@ -234,17 +239,31 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, object]:
     total = args.sites * args.documents
     common = ["--sparsity", "0.5", "--seqlen", str(args.seqlen), "--device", "cpu", "--no-progress"]
 
-    centralized = run_command(
+    centralized, centralized_phases = run_command(
         root / "prune.log",
         *("prune", "--model", str(model), "--data", str(pooled), "--method", "wanda"),
         *("--nsamples", str(total), "--out", str(root / "centralized"), *common),
         timeout=args.timeout,
+        marks=(("start-up + load + data", "calibration:"),),
     )
-    simulate_args = ["simulate", "--model", str(model), "--nsamples", str(args.documents), "--privacy", "off"]
+    centralized_phases["pruning + save"] = centralized_phases.pop("rest")
+    simulate_args = ["simulate", "--model", str(model), "--nsamples", str(args.documents)]
     for name in names:
         simulate_args += ["--participant-data", str(data[name])]
-    simulate_args += ["--signing-key", str(root / "simulate.key"), "--out", str(root / "simulated"), *common]
-    simulated = run_command(root / "simulate.log", *simulate_args, timeout=args.timeout)
+    simulate_args += ["--signing-key", str(root / "simulate.key"), *common]
+    simulated, _ = run_command(
+        root / "simulate.log",
+        *simulate_args,
+        *("--privacy", "off", "--out", str(root / "simulated")),
+        timeout=args.timeout,
+    )
+    # The service's privacy pipeline in one process: what privacy costs apart from processes and network.
+    private, _ = run_command(
+        root / "simulate-private.log",
+        *simulate_args,
+        *("--out", str(root / "simulated-private")),
+        timeout=args.timeout,
+    )
 
     federation = Federation(root=root / "service", pki=pki, model=model, data=data)
     federation.root.mkdir()
@@ -262,12 +281,17 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, object]:
         },
         "data": {"sites": args.sites, "documents_per_site": args.documents, "seqlen": args.seqlen},
         "cpus": os.cpu_count(),
-        "centralized": asdict(centralized),
+        "centralized": {**asdict(centralized), "phases": centralized_phases},
         "simulate": asdict(simulated),
+        "simulate_private": asdict(private),
         "service": service,
         "simulate_over_centralized": {
             "cpu": simulated.cpu_s / centralized.cpu_s,
             "wall": simulated.wall_s / centralized.wall_s,
+        },
+        "simulate_private_over_centralized": {
+            "cpu": private.cpu_s / centralized.cpu_s,
+            "wall": private.wall_s / centralized.wall_s,
         },
         "service_over_centralized": {
             "cpu": service_cpu / centralized.cpu_s,
@@ -281,7 +305,10 @@ def report(result: dict[str, object]) -> str:
     assert isinstance(model, dict) and isinstance(data, dict)
     centralized, simulated, service = result["centralized"], result["simulate"], result["service"]
     assert isinstance(centralized, dict) and isinstance(simulated, dict) and isinstance(service, dict)
+    private = result["simulate_private"]
     ratio_s, ratio_c = result["simulate_over_centralized"], result["service_over_centralized"]
+    ratio_p = result["simulate_private_over_centralized"]
+    assert isinstance(private, dict) and isinstance(ratio_p, dict)
     assert isinstance(ratio_s, dict) and isinstance(ratio_c, dict)
     lines = [
         f"llama {model['blocks']} blocks, hidden {model['hidden']}, intermediate {model['intermediate']} "
@@ -295,31 +322,35 @@ def report(result: dict[str, object]) -> str:
         f"| {ratio_s['cpu']:.2f} | {ratio_s['wall']:.2f} |",
         f"| (c) service, {data['sites']} sites, default privacy | {service['wall_s']:.1f} | {service['cpu_s']:.1f} "
         f"| {ratio_c['cpu']:.2f} | {ratio_c['wall']:.2f} |",
+        f"| (d) `fedprune simulate`, default privacy | {private['wall_s']:.1f} | {private['cpu_s']:.1f} "
+        f"| {ratio_p['cpu']:.2f} | {ratio_p['wall']:.2f} |",
         "",
         f"simulate_over_centralized: cpu {ratio_s['cpu']:.2f}, wall {ratio_s['wall']:.2f}",
         f"service_over_centralized: cpu {ratio_c['cpu']:.2f}, wall {ratio_c['wall']:.2f}",
         "",
-        "(c) CPU seconds by process and phase:",
+        "CPU seconds by process and phase:",
+        "  (a) " + ", ".join(f"{k} {v:.1f}" for k, v in centralized["phases"].items()),
+        "  (c)",
     ]
     coordinator = service["coordinator"]
     participants = service["participants"]
     assert isinstance(coordinator, dict) and isinstance(participants, dict)
     phases = ", ".join(f"{k} {v:.1f}" for k, v in coordinator["phases"].items())
-    lines.append(f"  coordinator {coordinator['cpu_s']:.1f}: {phases}")
+    lines.append(f"    coordinator {coordinator['cpu_s']:.1f}: {phases}")
     for name, entry in participants.items():
         phases = ", ".join(f"{k} {v:.1f}" for k, v in entry["phases"].items())
-        lines.append(f"  {name} {entry['cpu_s']:.1f}: {phases}")
+        lines.append(f"    {name} {entry['cpu_s']:.1f}: {phases}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=6)
-    parser.add_argument("--hidden", type=int, default=384)
-    parser.add_argument("--intermediate", type=int, default=1024)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--intermediate", type=int, default=1376)
     parser.add_argument("--sites", type=int, default=4)
-    parser.add_argument("--documents", type=int, default=24, help="calibration documents per site")
-    parser.add_argument("--seqlen", type=int, default=64, help="tokens per document (one window each)")
+    parser.add_argument("--documents", type=int, default=64, help="calibration documents per site")
+    parser.add_argument("--seqlen", type=int, default=128, help="tokens per document (one window each)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds each of (a), (b), (c) may take")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
