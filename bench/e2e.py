@@ -52,7 +52,7 @@ from tests.tiny import build_word_tokenizer, random_ids, tiny_config, write_inpu
 TICK = os.sysconf("SC_CLK_TCK")
 PARTICIPANT_MARKS = (
     ("start-up", "identity key"),
-    ("load + join", "joined run"),
+    ("load + join", "joined run"),  # model load, fingerprint, Join, data read, privacy plan
     ("scoring", "block 1: session started"),
 )
 COORDINATOR_MARKS = (
