@@ -6,13 +6,15 @@
 It builds a random Llama (``--blocks`` decoder blocks of ``--hidden`` x ``--intermediate``), gives each of
 ``--sites`` sites ``--documents`` calibration documents of exactly ``--seqlen`` token ids (one ``input_ids``
 line each, so every path reads every document as exactly one window: the same total data everywhere), and
-times three real commands, each a subprocess with ``OMP_NUM_THREADS=1``:
+times four real commands, each a subprocess with ``OMP_NUM_THREADS=1``:
 
 (a) ``fedprune prune``: Wanda at 50% on all sites' documents in one file (``--nsamples`` = every line);
 (b) ``fedprune simulate --privacy off``: the sites and the aggregation in one process;
 (c) the service: ``fedprune coordinator`` and one ``fedprune participant`` per site over mutual TLS on
     loopback (a trial CA from ``fedprune.certs``), with the default privacy: record-level DP on the
-    calibration statistics, randomized response on the keep-votes, secure aggregation.
+    calibration statistics, randomized response on the keep-votes, secure aggregation;
+(d) ``fedprune simulate`` with its default privacy (record-level DP, randomized response, secure
+    aggregation): the privacy pipeline's cost without the processes and the network.
 
 CPU time is user + system of each process, from ``os.wait4``. It prints (b)/(a) and (c)/(a) for CPU and
 wall time, and where (c)'s CPU goes: the coordinator's and each participant's, split into phases by the
@@ -21,7 +23,8 @@ moments their log lines appear (a thread follows each log and reads the process'
 up to its "identity key" line), model load and Join (to "joined run"), scoring (the whole model's calibration
 and votes, to "block 1: session started"), protocol (the sessions of every block, to its exit). The
 coordinator's: start-up until every site joined, waiting for block 1's session (the sites score), the block
-sessions, and writing the checkpoint and report after the last block. ``--json`` prints one JSON object.
+sessions, and writing the checkpoint and report after the last block. (a)'s: start-up, model load and
+data (to its "calibration:" line), pruning and saving. ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -351,7 +354,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--documents", type=int, default=64, help="calibration documents per site")
     parser.add_argument("--seqlen", type=int, default=128, help="tokens per document (one window each)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds each of (a), (b), (c) may take")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds each run may take")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedprune-bench-e2e-") as scratch:
