@@ -39,7 +39,7 @@ from participant.privacy import (
     encode_votes_and_updates,
     plan_privacy,
 )
-from participant.voting import AssignedBlockPruner, KeepVotes, iterative_votes, one_shot_votes
+from participant.voting import AssignedBlockPruner, KeepVotes, PackedBits, iterative_votes, one_shot_votes
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.durable import write_durably
@@ -244,8 +244,11 @@ class ParticipantRun:
         self.tokenizer = load_tokenizer(config.model.directory)
         self.fingerprint = base_model_fingerprint(self.model)
         self._on_block_done = on_block_done
-        self._vectors: dict[int, np.ndarray] = {}
-        self._masks: dict[int, dict[str, torch.Tensor]] = {}
+        # Keep-votes (randomized) and global masks are kept bit-packed for the whole run; only the block
+        # in session is unpacked (_unpacked). FedSpaLLM vectors are integers and stay as they are.
+        self._vectors: dict[int, np.ndarray | PackedBits] = {}
+        self._unpacked: tuple[int, np.ndarray] | None = None
+        self._masks: dict[int, PackedBits] = {}
         self._iterative: Generator[KeepVotes, dict[str, torch.Tensor], None] | None = None
         self._secagg: SecAggClient | None = None
         self._block: int | None = None
@@ -495,7 +498,19 @@ class ParticipantRun:
                 own, samples, pattern=self.pattern, device=self.device, aggregator=aggregator
             )
         elif run.mode == pb.MODE_ONE_SHOT:
-            votes: KeepVotes = {}
+            layouts = [VoteLayout.for_block(self.model, block) for block in range(run.blocks)]
+            pending: KeepVotes = {}
+            raw: list[PackedBits] = []
+
+            def collect(name: str, keep: torch.Tensor) -> None:
+                # Blocks are scored in order: pack each one as soon as its last matrix is decided, so the
+                # votes of the whole model are never held a byte a weight.
+                pending[name] = keep
+                layout = layouts[len(raw)] if len(raw) < len(layouts) else None
+                if layout is not None and all(n in pending for n in layout.names):
+                    block_votes = {n: pending.pop(n) for n in layout.names}
+                    raw.append(PackedBits.of(layout.flatten(block_votes, dtype=torch.bool).numpy()))
+
             one_shot_votes(
                 own,
                 samples,
@@ -503,13 +518,14 @@ class ParticipantRun:
                 pattern=self.pattern,
                 device=self.device,
                 aggregator=aggregator,
-                on_votes=votes.__setitem__,
+                on_votes=collect,
             )
-            for block in range(run.blocks):
-                layout = VoteLayout.for_block(self.model, block)
-                block_votes = {name: votes.pop(name) for name in layout.names}
-                self._store_vector(block, layout.flatten(block_votes, dtype=torch.bool).numpy())
             del own
+            assert not pending and len(raw) == run.blocks  # the block count was checked at join
+            # Randomized only now, block by block in order, after every calibration release: the ledger
+            # records the same events in the same order as when the votes were randomized all at the end.
+            for block, bits in enumerate(raw):
+                self._store_vector(block, bits.unpack())
         else:
             self._iterative = iterative_votes(
                 own,
@@ -597,7 +613,7 @@ class ParticipantRun:
         )
 
     def _store_vector(self, block: int, keep_votes: np.ndarray) -> None:
-        self._vectors[block] = self.privacy.randomize_block(block, keep_votes)
+        self._vectors[block] = PackedBits.of(self.privacy.randomize_block(block, keep_votes))
 
     def _vector(self, block: int) -> np.ndarray:
         """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
@@ -613,7 +629,12 @@ class ParticipantRun:
             votes = next(self._iterative) if scored == 0 else self._iterative.send(self._mask(scored - 1))
             layout = VoteLayout.for_block(self.model, scored)
             self._store_vector(scored, layout.flatten(votes, dtype=torch.bool).numpy())
-        return self._vectors[block]
+        stored = self._vectors[block]
+        if not isinstance(stored, PackedBits):
+            return stored
+        if self._unpacked is None or self._unpacked[0] != block:
+            self._unpacked = (block, stored.unpack())  # only the block in session is held unpacked
+        return self._unpacked[1]
 
     def _fedspallm_vector(self, block: int, decisions: dict[str, LocalDecision]) -> np.ndarray:
         """Return block ``block``'s vote-and-update inputs: each randomized keep bit with its weight update."""
@@ -638,7 +659,13 @@ class ParticipantRun:
         return inputs
 
     def _mask(self, block: int) -> dict[str, torch.Tensor]:
-        """Return block ``block``'s global mask (True = pruned), fetched and checked once."""
+        """Return block ``block``'s global mask (True = pruned), fetched and checked once, unpacked anew."""
+        packed = self._packed_mask(block)
+        layout = VoteLayout.for_block(self.model, block)
+        return layout.unflatten(torch.from_numpy(packed.unpack()))
+
+    def _packed_mask(self, block: int) -> PackedBits:
+        """Return block ``block``'s global mask as it arrived (bit-packed), fetched and checked once."""
         if block not in self._masks:
             layout = VoteLayout.for_block(self.model, block)
             expected_bytes = -(-layout.dimension // 8)
@@ -662,10 +689,7 @@ class ParticipantRun:
                 raise PrivacyError(
                     f"block {block}'s global mask has {last.bit_count} bits, expected {layout.dimension}"
                 )
-            bits = np.unpackbits(
-                np.frombuffer(packed, dtype=np.uint8), bitorder="little", count=layout.dimension
-            )
-            self._masks[block] = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
+            self._masks[block] = PackedBits(np.frombuffer(packed, dtype=np.uint8).copy(), layout.dimension)
         return self._masks[block]
 
     # ------------------------------------------------------------------ releases across restarts
@@ -964,7 +988,7 @@ class ParticipantRun:
             # this participant missed is still scored with the global mask.
             self._vector(self.params.blocks - 1)
         for block in range(self.params.blocks):
-            self._mask(block)  # confirm every block's global mask arrived intact before attesting
+            self._packed_mask(block)  # confirm every block's global mask arrived intact before attesting
         statement = self.privacy.statement(self.identity_key)
         request = pb.SubmitStatementRequest(
             statement=pb.SignedStatement(
@@ -1012,6 +1036,7 @@ class ParticipantRun:
         self._replay = None
         self._pending_vector = None
         self._vectors.clear()
+        self._unpacked = None
         logger.error(
             "proof of a lying coordinator, check %s: %s; this site leaves the run and sends nothing more",
             proof.check,
