@@ -15,7 +15,6 @@ block's vector packs the randomized keep-vote and the fixed-point weight update 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -248,6 +247,7 @@ class ParticipantRun:
         # in session is unpacked (_unpacked). FedSpaLLM vectors are integers and stay as they are.
         self._vectors: dict[int, np.ndarray | PackedBits] = {}
         self._unpacked: tuple[int, np.ndarray] | None = None
+        self._model_consumed = False
         self._masks: dict[int, PackedBits] = {}
         self._iterative: Generator[KeepVotes, dict[str, torch.Tensor], None] | None = None
         self._secagg: SecAggClient | None = None
@@ -491,7 +491,14 @@ class ParticipantRun:
             )
         samples = self._samples()
         aggregator = self.privacy.statistic_aggregator() if samples is not None else None
-        own = copy.deepcopy(self.model)
+        # The loaded model is pruned in place, block by block (no copy: a copy would double the site's
+        # memory). Nothing later needs a pruned block's base weights: the fingerprint was taken at start,
+        # layouts read only shapes, and FedSpaLLM reads a block's base weights before pruning it (_vector).
+        # One run per instance, so no second run can start from the pruned weights.
+        if self._model_consumed:
+            raise RuntimeError("this participant already pruned its model in place; start a new one per run")
+        self._model_consumed = True
+        own = self.model
         if self.fedspallm:
             self._codec = VoteValueCodec(participants=run.participants)
             self._pruner = AssignedBlockPruner(
@@ -618,7 +625,8 @@ class ParticipantRun:
     def _vector(self, block: int) -> np.ndarray:
         """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
         if self._pruner is not None and block not in self._vectors:
-            self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block))
+            base = self._base_weights(block)  # before prune() overwrites them in place
+            self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block), base)
             # Blocks run in order and a later block's session starts only once the earlier ones are final,
             # so their vectors (8 bytes a weight here) are never sent again: free them.
             for done in [b for b in self._vectors if b < block]:
@@ -636,17 +644,22 @@ class ParticipantRun:
             self._unpacked = (block, stored.unpack())  # only the block in session is held unpacked
         return self._unpacked[1]
 
-    def _fedspallm_vector(self, block: int, decisions: dict[str, LocalDecision]) -> np.ndarray:
+    def _base_weights(self, block: int) -> dict[str, torch.Tensor]:
+        """Return a CPU copy of block ``block``'s prunable weights as they are now (base until it is pruned)."""
+        return {
+            qualified_name(i, name): sub.weight().detach().to("cpu", copy=True)
+            for i, name, sub in iter_prunable(self.model)
+            if i == block
+        }
+
+    def _fedspallm_vector(
+        self, block: int, decisions: dict[str, LocalDecision], base: dict[str, torch.Tensor]
+    ) -> np.ndarray:
         """Return block ``block``'s vote-and-update inputs: each randomized keep bit with its weight update."""
         assert self._codec is not None
         layout = VoteLayout.for_block(self.model, block)
         keep = layout.flatten({name: d.keep_votes for name, d in decisions.items()}, dtype=torch.bool)
         bits = self.privacy.randomize_block(block, keep.numpy())
-        base = {
-            qualified_name(i, name): sub.weight().detach().cpu()
-            for i, name, sub in iter_prunable(self.model)
-            if i == block
-        }
         inputs, clipped = encode_votes_and_updates(self._codec, layout, bits, decisions, base)
         if clipped:
             logger.warning(

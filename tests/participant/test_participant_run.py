@@ -753,3 +753,6 @@ def test_one_shot_keep_votes_are_stored_packed_and_unpack_to_the_local_votes(
         vector = participant._vector(block)
         assert vector.dtype == np.bool_ and np.array_equal(vector, expected)
         assert participant._vector(block) is vector  # a repeated session sends the very same vector
+    # The model was pruned in place: a second run from this instance would start from pruned weights.
+    with pytest.raises(RuntimeError, match="already pruned its model in place"):
+        participant._prepare(reply)
