@@ -507,7 +507,7 @@ class ParticipantRun:
         elif run.mode == pb.MODE_ONE_SHOT:
             layouts = [VoteLayout.for_block(self.model, block) for block in range(run.blocks)]
             pending: KeepVotes = {}
-            raw: list[PackedBits] = []
+            raw: dict[int, PackedBits] = {}
 
             def collect(name: str, keep: torch.Tensor) -> None:
                 # Blocks are scored in order: pack each one as soon as its last matrix is decided, so the
@@ -516,7 +516,7 @@ class ParticipantRun:
                 layout = layouts[len(raw)] if len(raw) < len(layouts) else None
                 if layout is not None and all(n in pending for n in layout.names):
                     block_votes = {n: pending.pop(n) for n in layout.names}
-                    raw.append(PackedBits.of(layout.flatten(block_votes, dtype=torch.bool).numpy()))
+                    raw[len(raw)] = PackedBits.of(layout.flatten(block_votes, dtype=torch.bool).numpy())
 
             one_shot_votes(
                 own,
@@ -527,12 +527,11 @@ class ParticipantRun:
                 aggregator=aggregator,
                 on_votes=collect,
             )
-            del own
             assert not pending and len(raw) == run.blocks  # the block count was checked at join
             # Randomized only now, block by block in order, after every calibration release: the ledger
             # records the same events in the same order as when the votes were randomized all at the end.
-            for block, bits in enumerate(raw):
-                self._store_vector(block, bits.unpack())
+            for block in range(run.blocks):
+                self._store_vector(block, raw.pop(block).unpack())
         else:
             self._iterative = iterative_votes(
                 own,
