@@ -15,7 +15,6 @@ block's vector packs the randomized keep-vote and the fixed-point weight update 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -39,7 +38,7 @@ from participant.privacy import (
     encode_votes_and_updates,
     plan_privacy,
 )
-from participant.voting import AssignedBlockPruner, KeepVotes, iterative_votes, one_shot_votes
+from participant.voting import AssignedBlockPruner, KeepVotes, PackedBits, iterative_votes, one_shot_votes
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.durable import write_durably
@@ -244,8 +243,12 @@ class ParticipantRun:
         self.tokenizer = load_tokenizer(config.model.directory)
         self.fingerprint = base_model_fingerprint(self.model)
         self._on_block_done = on_block_done
-        self._vectors: dict[int, np.ndarray] = {}
-        self._masks: dict[int, dict[str, torch.Tensor]] = {}
+        # Keep-votes (randomized) and global masks are kept bit-packed for the whole run; only the block
+        # in session is unpacked (_unpacked). FedSpaLLM vectors are integers and stay as they are.
+        self._vectors: dict[int, np.ndarray | PackedBits] = {}
+        self._unpacked: tuple[int, np.ndarray] | None = None
+        self._model_consumed = False
+        self._masks: dict[int, PackedBits] = {}
         self._iterative: Generator[KeepVotes, dict[str, torch.Tensor], None] | None = None
         self._secagg: SecAggClient | None = None
         self._block: int | None = None
@@ -488,14 +491,33 @@ class ParticipantRun:
             )
         samples = self._samples()
         aggregator = self.privacy.statistic_aggregator() if samples is not None else None
-        own = copy.deepcopy(self.model)
+        # The loaded model is pruned in place, block by block (no copy: a copy would double the site's
+        # memory). Nothing later needs a pruned block's base weights: the fingerprint was taken at start,
+        # layouts read only shapes, and FedSpaLLM reads a block's base weights before pruning it (_vector).
+        # One run per instance, so no second run can start from the pruned weights.
+        if self._model_consumed:
+            raise RuntimeError("this participant already pruned its model in place; start a new one per run")
+        self._model_consumed = True
+        own = self.model
         if self.fedspallm:
             self._codec = VoteValueCodec(participants=run.participants)
             self._pruner = AssignedBlockPruner(
                 own, samples, pattern=self.pattern, device=self.device, aggregator=aggregator
             )
         elif run.mode == pb.MODE_ONE_SHOT:
-            votes: KeepVotes = {}
+            layouts = [VoteLayout.for_block(self.model, block) for block in range(run.blocks)]
+            pending: KeepVotes = {}
+            raw: dict[int, PackedBits] = {}
+
+            def collect(name: str, keep: torch.Tensor) -> None:
+                # Blocks are scored in order: pack each one as soon as its last matrix is decided, so the
+                # votes of the whole model are never held a byte a weight.
+                pending[name] = keep
+                layout = layouts[len(raw)] if len(raw) < len(layouts) else None
+                if layout is not None and all(n in pending for n in layout.names):
+                    block_votes = {n: pending.pop(n) for n in layout.names}
+                    raw[len(raw)] = PackedBits.of(layout.flatten(block_votes, dtype=torch.bool).numpy())
+
             one_shot_votes(
                 own,
                 samples,
@@ -503,13 +525,13 @@ class ParticipantRun:
                 pattern=self.pattern,
                 device=self.device,
                 aggregator=aggregator,
-                on_votes=votes.__setitem__,
+                on_votes=collect,
             )
+            assert not pending and len(raw) == run.blocks  # the block count was checked at join
+            # Randomized only now, block by block in order, after every calibration release: the ledger
+            # records the same events in the same order as when the votes were randomized all at the end.
             for block in range(run.blocks):
-                layout = VoteLayout.for_block(self.model, block)
-                block_votes = {name: votes.pop(name) for name in layout.names}
-                self._store_vector(block, layout.flatten(block_votes, dtype=torch.bool).numpy())
-            del own
+                self._store_vector(block, raw.pop(block).unpack())
         else:
             self._iterative = iterative_votes(
                 own,
@@ -597,12 +619,13 @@ class ParticipantRun:
         )
 
     def _store_vector(self, block: int, keep_votes: np.ndarray) -> None:
-        self._vectors[block] = self.privacy.randomize_block(block, keep_votes)
+        self._vectors[block] = PackedBits.of(self.privacy.randomize_block(block, keep_votes))
 
     def _vector(self, block: int) -> np.ndarray:
         """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
         if self._pruner is not None and block not in self._vectors:
-            self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block))
+            base = self._base_weights(block)  # before prune() overwrites them in place
+            self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block), base)
             # Blocks run in order and a later block's session starts only once the earlier ones are final,
             # so their vectors (8 bytes a weight here) are never sent again: free them.
             for done in [b for b in self._vectors if b < block]:
@@ -613,19 +636,29 @@ class ParticipantRun:
             votes = next(self._iterative) if scored == 0 else self._iterative.send(self._mask(scored - 1))
             layout = VoteLayout.for_block(self.model, scored)
             self._store_vector(scored, layout.flatten(votes, dtype=torch.bool).numpy())
-        return self._vectors[block]
+        stored = self._vectors[block]
+        if not isinstance(stored, PackedBits):
+            return stored
+        if self._unpacked is None or self._unpacked[0] != block:
+            self._unpacked = (block, stored.unpack())  # only the block in session is held unpacked
+        return self._unpacked[1]
 
-    def _fedspallm_vector(self, block: int, decisions: dict[str, LocalDecision]) -> np.ndarray:
+    def _base_weights(self, block: int) -> dict[str, torch.Tensor]:
+        """Return a CPU copy of block ``block``'s prunable weights as they are now (base until it is pruned)."""
+        return {
+            qualified_name(i, name): sub.weight().detach().to("cpu", copy=True)
+            for i, name, sub in iter_prunable(self.model)
+            if i == block
+        }
+
+    def _fedspallm_vector(
+        self, block: int, decisions: dict[str, LocalDecision], base: dict[str, torch.Tensor]
+    ) -> np.ndarray:
         """Return block ``block``'s vote-and-update inputs: each randomized keep bit with its weight update."""
         assert self._codec is not None
         layout = VoteLayout.for_block(self.model, block)
         keep = layout.flatten({name: d.keep_votes for name, d in decisions.items()}, dtype=torch.bool)
         bits = self.privacy.randomize_block(block, keep.numpy())
-        base = {
-            qualified_name(i, name): sub.weight().detach().cpu()
-            for i, name, sub in iter_prunable(self.model)
-            if i == block
-        }
         inputs, clipped = encode_votes_and_updates(self._codec, layout, bits, decisions, base)
         if clipped:
             logger.warning(
@@ -638,7 +671,13 @@ class ParticipantRun:
         return inputs
 
     def _mask(self, block: int) -> dict[str, torch.Tensor]:
-        """Return block ``block``'s global mask (True = pruned), fetched and checked once."""
+        """Return block ``block``'s global mask (True = pruned), fetched and checked once, unpacked anew."""
+        packed = self._packed_mask(block)
+        layout = VoteLayout.for_block(self.model, block)
+        return layout.unflatten(torch.from_numpy(packed.unpack()))
+
+    def _packed_mask(self, block: int) -> PackedBits:
+        """Return block ``block``'s global mask as it arrived (bit-packed), fetched and checked once."""
         if block not in self._masks:
             layout = VoteLayout.for_block(self.model, block)
             expected_bytes = -(-layout.dimension // 8)
@@ -662,10 +701,7 @@ class ParticipantRun:
                 raise PrivacyError(
                     f"block {block}'s global mask has {last.bit_count} bits, expected {layout.dimension}"
                 )
-            bits = np.unpackbits(
-                np.frombuffer(packed, dtype=np.uint8), bitorder="little", count=layout.dimension
-            )
-            self._masks[block] = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
+            self._masks[block] = PackedBits(np.frombuffer(packed, dtype=np.uint8).copy(), layout.dimension)
         return self._masks[block]
 
     # ------------------------------------------------------------------ releases across restarts
@@ -964,7 +1000,7 @@ class ParticipantRun:
             # this participant missed is still scored with the global mask.
             self._vector(self.params.blocks - 1)
         for block in range(self.params.blocks):
-            self._mask(block)  # confirm every block's global mask arrived intact before attesting
+            self._packed_mask(block)  # confirm every block's global mask arrived intact before attesting
         statement = self.privacy.statement(self.identity_key)
         request = pb.SubmitStatementRequest(
             statement=pb.SignedStatement(
@@ -1012,6 +1048,7 @@ class ParticipantRun:
         self._replay = None
         self._pending_vector = None
         self._vectors.clear()
+        self._unpacked = None
         logger.error(
             "proof of a lying coordinator, check %s: %s; this site leaves the run and sends nothing more",
             proof.check,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Generator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,32 @@ from pruning.statistics import ExactSum, StatisticAggregator
 
 KeepVotes = dict[str, torch.Tensor]
 """Qualified matrix name -> bool tensor ``[out, in]``, True = keep."""
+
+
+class PackedBits:
+    """A 1-D bool vector held bit-packed (little bit order, as masks travel): an eighth of a byte a bit.
+
+    A participant keeps every block's keep-votes and global mask for the whole run; as bools they would
+    cost a byte a weight, about half the fp16 model again.
+    """
+
+    __slots__ = ("count", "packed")
+
+    def __init__(self, packed: np.ndarray, count: int) -> None:
+        if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != -(-count // 8):
+            raise ValueError(f"packed must be {-(-count // 8)} uint8 bytes for {count} bits")
+        self.packed = packed
+        self.count = count
+
+    @classmethod
+    def of(cls, bits: np.ndarray) -> PackedBits:
+        """Pack a bool vector (any shape, read flat)."""
+        flat = np.ascontiguousarray(bits, dtype=np.bool_).reshape(-1)
+        return cls(np.packbits(flat, bitorder="little"), int(flat.size))
+
+    def unpack(self) -> np.ndarray:
+        """Return the bits as a fresh 1-D bool array (pad bits of the last byte ignored)."""
+        return np.unpackbits(self.packed, bitorder="little", count=self.count).view(np.bool_)
 
 
 def one_shot_votes(

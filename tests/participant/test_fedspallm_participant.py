@@ -14,14 +14,19 @@ from coordinator.config import parse_config as parse_coordinator_config
 from coordinator.run import CoordinatorRun
 from coordinator.servicer import run_parameters_to_proto
 from participant.config import parse_config as parse_participant_config
+from participant.privacy import encode_votes_and_updates
 from participant.run import ParticipantRun, RunRefusedError
+from participant.voting import sparsegpt_local_results
 from privacy.errors import PrivacyError
 from privacy.secagg import ContradictoryViewError, SessionContext, SessionParameters, ring_bit_width
 from privacy.secagg.fixed_point import COUNT_SHIFT, VoteValueCodec
 from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH
 from proto.convert import session_chunk_coordinates, to_proto
 from proto.fedprune.v1 import service_pb2 as pb
+from pruning.adapters import iter_prunable, qualified_name
 from pruning.layout import VoteLayout
+from pruning.masks import SparsityPattern
+from pruning.model_io import load_model
 from tests.tiny import random_ids
 
 
@@ -130,17 +135,12 @@ def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_i
 
 
 def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) -> None:
-    from participant.voting import sparsegpt_local_results
-    from pruning.masks import SparsityPattern
-
     site, _ = setup["participant"](None)
     site._prepare(site.join())
     lazy = {**site._pruner.prune(0), **site._pruner.prune(1)}
     reference: dict[str, Any] = {}
-    import copy
-
     sparsegpt_local_results(
-        copy.deepcopy(site.model),
+        load_model(site.config.model.directory),  # the base model: the site pruned its own in place
         random_ids(4, 16, seed=3),
         pattern=SparsityPattern(sparsity=0.5),
         device=torch.device("cpu"),
@@ -182,3 +182,29 @@ def test_a_site_restarted_after_sending_masked_votes_stays_out_of_the_run(setup:
     restarted, _ = setup["participant"](None)
     with pytest.raises(RunRefusedError, match="already sent masked votes"):
         restarted.join()
+
+
+def test_weight_updates_are_taken_against_the_base_weights_though_the_site_prunes_its_model_in_place(
+    setup: dict[str, Any],
+) -> None:
+    site, _ = setup["participant"](None)
+    site._prepare(site.join())
+    base_model = load_model(site.config.model.directory)
+    for block in (0, 1):
+        vector = site._vector(block)
+        decisions: dict[str, Any] = {}
+        sparsegpt_local_results(
+            load_model(site.config.model.directory),
+            random_ids(4, 16, seed=3),
+            pattern=SparsityPattern(sparsity=0.5),
+            device=torch.device("cpu"),
+            on_decision=decisions.__setitem__,
+        )
+        layout = VoteLayout.for_block(base_model, block)
+        ours = {name: decisions[name] for name in layout.names}
+        keep = layout.flatten({name: d.keep_votes for name, d in ours.items()}, dtype=torch.bool).numpy()
+        base = {qualified_name(i, n): sub.weight() for i, n, sub in iter_prunable(base_model) if i == block}
+        expected, _ = encode_votes_and_updates(VoteValueCodec(participants=3), layout, keep, ours, base)
+        assert np.array_equal(vector, expected)
+        pruned = {qualified_name(i, n): sub.weight() for i, n, sub in iter_prunable(site.model) if i == block}
+        assert all(torch.equal(pruned[name], ours[name].weight) for name in layout.names)  # no second copy

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +24,7 @@ from participant.client import CoordinatorClient
 from participant.config import ParticipantConfig, parse_config
 from participant.privacy import RunPrivacy, plan_privacy
 from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, run_plan, run_privacy
+from participant.voting import PackedBits, one_shot_votes
 from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.budget import LifetimeBudget
 from privacy.errors import PrivacyError
@@ -30,6 +33,8 @@ from privacy.signing import key_fingerprint, raw_public_key
 from proto.fedprune.v1 import secagg_pb2 as secagg_pb
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.layout import VoteLayout, base_model_fingerprint
+from pruning.masks import SparsityPattern
+from pruning.methods import Method
 from pruning.model_io import load_model
 from tests.tiny import random_text
 
@@ -459,7 +464,7 @@ def test_the_signed_statement_states_no_size_of_the_data(
     client = _StatementCatcher(reply)
     participant = ParticipantRun(config, cast(CoordinatorClient, client))
     participant._prepare(participant.join())
-    monkeypatch.setattr(participant, "_mask", lambda block: {})  # the global masks are not the point here
+    monkeypatch.setattr(participant, "_packed_mask", lambda block: None)  # the masks are not the point here
     participant._statement()()
     statement = json.loads(client.statement.statement)
     assert statement["data_size_class"] is None
@@ -699,3 +704,55 @@ def test_no_accepted_rosters_give_a_name_two_identities_or_an_identity_two_names
         ids = [pid for pid, _ in seen.values()]
         keys = [key for _, key in seen.values()]
         assert len(set(ids)) == len(ids) and len(set(keys)) == len(keys)
+
+
+# ---------------------------------------------------------------------- votes and masks held bit-packed
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 13, 1001, 4099])
+def test_packed_bits_round_trip_exactly_for_any_length(count: int) -> None:
+    bits = np.frombuffer(secrets.token_bytes(count), dtype=np.uint8) & 1 == 1
+    packed = PackedBits.of(bits)
+    assert packed.packed.nbytes == -(-count // 8)  # an eighth of a byte a bit
+    unpacked = packed.unpack()
+    assert unpacked.dtype == np.bool_ and np.array_equal(unpacked, bits)
+    # Pad bits of the last byte (as a coordinator may send them) never become coordinates.
+    padded = packed.packed.copy()
+    if count % 8:
+        padded[-1] |= np.uint8(0xFF << (count % 8) & 0xFF)
+    assert np.array_equal(PackedBits(padded, count).unpack(), bits)
+    with pytest.raises(ValueError, match="uint8 bytes"):
+        PackedBits(np.zeros(-(-count // 8) + 1, dtype=np.uint8), count)
+
+
+def test_one_shot_keep_votes_are_stored_packed_and_unpack_to_the_local_votes(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    config = site(privacy={"require_record_level_dp": False})
+    reply = _reply(config, record_level_dp=False, target_epsilon=None)
+    reply.run.privacy.ClearField("target_epsilon")
+    reply.run.method = pb.METHOD_MAGNITUDE  # deterministic: no data, no noise
+    participant, _ = _participant(config, reply)
+    participant.join()
+    participant._commit_budget()
+    participant._prepare(reply)
+
+    model = load_model(config.model.directory)
+    votes: dict[str, Any] = {}
+    one_shot_votes(
+        model,
+        None,
+        method=Method.MAGNITUDE,
+        pattern=SparsityPattern(sparsity=0.5),
+        device=torch.device("cpu"),
+        on_votes=votes.__setitem__,
+    )
+    for block in range(BLOCKS):
+        layout = VoteLayout.for_block(participant.model, block)
+        stored = participant._vectors[block]
+        assert isinstance(stored, PackedBits) and stored.packed.nbytes == -(-layout.dimension // 8)
+        expected = layout.flatten({n: votes[n] for n in layout.names}, dtype=torch.bool).numpy()
+        vector = participant._vector(block)
+        assert vector.dtype == np.bool_ and np.array_equal(vector, expected)
+        assert participant._vector(block) is vector  # a repeated session sends the very same vector
+    # The model was pruned in place: a second run from this instance would start from pruned weights.
+    with pytest.raises(RuntimeError, match="already pruned its model in place"):
+        participant._prepare(reply)

@@ -1,0 +1,106 @@
+"""A participant's peak memory against the bytes of its model, by model depth.
+
+    python bench/participant_memory.py [--blocks 4 12] [--hidden 1024] [--intermediate 2752] [--mode one-shot]
+
+For each depth it builds a random float16 Llama (``--hidden`` x ``--intermediate``, tests/tiny.py), a trial
+CA, three sites with their own calibration documents, and runs a real ``fedprune coordinator`` and three
+``fedprune participant`` processes on loopback over mutual TLS (Wanda, privacy off: randomized response off
+keeps the votes as they are, which costs the same memory as randomized ones). Prints each participant's
+peak resident set (``ru_maxrss`` of that child, from ``wait4``), the model's weight bytes, and the slope
+between depths: the extra peak RSS per extra model byte, free of the fixed cost of the interpreter, torch
+and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from tests.integration.harness import (  # noqa: E402
+    NAMES,
+    Federation,
+    make_data,
+    make_pki,
+    start_coordinator,
+    start_participant,
+)
+from tests.tiny import build_tiny_model, build_word_tokenizer  # noqa: E402
+
+
+def _model(directory: Path, *, blocks: int, hidden: int, intermediate: int) -> int:
+    """Save the model; return the bytes of its weights."""
+    model = build_tiny_model(
+        "llama", layers=blocks, hidden=hidden, intermediate=intermediate, dtype=torch.float16
+    )
+    model.save_pretrained(directory)
+    build_word_tokenizer().save_pretrained(directory)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _participant_peaks(federation: Federation) -> list[int]:
+    """Return each participant's peak RSS in bytes over one service run."""
+    coordinator, address = start_coordinator(federation)
+    participants = [start_participant(federation, name, address) for name in NAMES]
+    peaks = []
+    try:
+        for process in participants:
+            _, status, usage = os.wait4(process.popen.pid, 0)
+            process.popen.returncode = os.waitstatus_to_exitcode(status)
+            assert process.popen.returncode == 0, process.output()
+            peaks.append(usage.ru_maxrss * 1024)  # Linux reports kilobytes
+        assert coordinator.popen.wait(timeout=600) == 0, coordinator.output()
+    finally:
+        for process in (coordinator, *participants):
+            process.stop()
+    return peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--intermediate", type=int, default=2752)
+    parser.add_argument("--mode", choices=("one-shot", "iterative"), default="one-shot")
+    args = parser.parse_args()
+    print(
+        f"llama float16 hidden {args.hidden}, intermediate {args.intermediate}; 3 participants; wanda {args.mode}"
+    )
+    rows = ["| blocks | weights (MiB) | participant peak RSS (MiB, max of 3) |", "|---:|---:|---:|"]
+    points: list[tuple[int, int]] = []
+    with tempfile.TemporaryDirectory(prefix="fedprune-bench-participant-") as scratch:
+        root = Path(scratch)
+        pki = make_pki(root / "pki", *NAMES)
+        data = {name: make_data(root / f"{name}.jsonl", seed=i) for i, name in enumerate(NAMES)}
+        for blocks in args.blocks:
+            run_root = root / f"blocks-{blocks}"
+            run_root.mkdir()
+            weights = _model(
+                run_root / "model", blocks=blocks, hidden=args.hidden, intermediate=args.intermediate
+            )
+            federation = Federation(root=run_root, pki=pki, model=run_root / "model", data=data)
+            federation.privacy = {"randomized_response": False, "record_level_dp": False}
+            federation.run = {"mode": args.mode}
+            federation.server = {"round_timeout_s": 300.0}
+            peak = max(_participant_peaks(federation))
+            points.append((weights, peak))
+            rows.append(f"| {blocks} | {weights / 2**20:.1f} | {peak / 2**20:.0f} |")
+            print(rows[-1], flush=True)
+    print("\n".join(rows))
+    if len(points) > 1:
+        (w0, p0), (w1, p1) = points[0], points[-1]
+        print(f"extra peak RSS per extra model byte: {(p1 - p0) / (w1 - w0):.2f}")
+        print(
+            f"fixed part (peak RSS - slope x weights at {args.blocks[0]} blocks): {(p0 - (p1 - p0) / (w1 - w0) * w0) / 2**20:.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
