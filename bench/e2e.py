@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -47,6 +46,8 @@ from fedprune.certs import create_ca, issue_certificate  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Federation,
     Process,
+    cpu_s,
+    reap,
     start_coordinator,
     start_participant,
 )
@@ -125,23 +126,6 @@ class PhaseClock:
 class Measured:
     wall_s: float
     cpu_s: float
-
-
-def reap(process: Process, deadline: float) -> tuple[int, resource.struct_rusage]:
-    """Return the exit status and resource usage of ``process`` once it exits (killed at ``deadline``)."""
-    while True:
-        pid, status, usage = os.wait4(process.popen.pid, os.WNOHANG)
-        if pid:
-            process.popen.returncode = os.waitstatus_to_exitcode(status)
-            return process.popen.returncode, usage
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit(f"{process.log} still running at the deadline:\n{process.output()[-2000:]}")
-        time.sleep(0.02)
-
-
-def cpu_s(usage: resource.struct_rusage) -> float:
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_command(

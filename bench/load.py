@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import sys
 import tempfile
 import threading
@@ -37,9 +36,10 @@ sys.path.insert(0, str(REPO))
 from fedprune.certs import create_ca, issue_certificate  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Federation,
-    Process,
+    cpu_s,
     make_data,
     make_model,
+    reap,
     start_coordinator,
     start_participant,
 )
@@ -85,23 +85,6 @@ class LogClock:
 
     def block_latencies(self) -> list[float]:
         return [self.complete[b] - self.session[b] for b in sorted(self.complete) if b in self.session]
-
-
-def reap(process: Process, deadline: float) -> tuple[int, resource.struct_rusage]:
-    """Return the exit status and resource usage of ``process`` once it exits (killed at ``deadline``)."""
-    while True:
-        pid, status, usage = os.wait4(process.popen.pid, os.WNOHANG)
-        if pid:
-            process.popen.returncode = os.waitstatus_to_exitcode(status)
-            return process.popen.returncode, usage
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit(f"{process.log} still running at the deadline:\n{process.output()[-2000:]}")
-        time.sleep(0.05)
-
-
-def cpu_s(usage: resource.struct_rusage) -> float:
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -274,6 +275,24 @@ def free_address() -> str:
         probe.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
+
+
+def reap(process: Process, deadline: float) -> tuple[int, resource.struct_rusage]:
+    """Return the exit status and resource usage of ``process`` once it exits (killed at ``deadline``)."""
+    while True:
+        pid, status, usage = os.wait4(process.popen.pid, os.WNOHANG)
+        if pid:
+            process.popen.returncode = os.waitstatus_to_exitcode(status)
+            return process.popen.returncode, usage
+        if time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"{process.log} still running at the deadline:\n{process.output()[-2000:]}")
+        time.sleep(0.02)
+
+
+def cpu_s(usage: resource.struct_rusage) -> float:
+    """Return the CPU time (user + system) of a reaped process."""
+    return usage.ru_utime + usage.ru_stime
 
 def start_coordinator(
     federation: Federation, name: str = "coordinator", *, kill_at: str | None = None, verbose: bool = False
