@@ -117,22 +117,14 @@ def plan_privacy(
             delta=0.0,
             documents=documents,
         )
-    if not settings.record_level_dp:
-        return PrivacyPlan(
-            reads_data=True,
-            blocks=blocks,
-            releases=blocks,
-            noise_multiplier=None,
-            epsilon=None,
-            delta=settings.delta,
-            documents=documents,
-        )
-    sigma = planned_noise_multiplier(settings, blocks=blocks)
-    assert sigma is not None
-    release = GaussianRelease(noise_multiplier=sigma, sample_rate=settings.sample_rate, count=blocks)
-    epsilon = gaussian_epsilon(
-        [release], delta=settings.delta, tolerance=settings.accountant_tolerance
-    ).epsilon
+    sigma = epsilon = None  # exact statistics: no finite epsilon bounds them
+    if settings.record_level_dp:
+        sigma = planned_noise_multiplier(settings, blocks=blocks)
+        assert sigma is not None
+        release = GaussianRelease(noise_multiplier=sigma, sample_rate=settings.sample_rate, count=blocks)
+        epsilon = gaussian_epsilon(
+            [release], delta=settings.delta, tolerance=settings.accountant_tolerance
+        ).epsilon
     return PrivacyPlan(
         reads_data=True,
         blocks=blocks,

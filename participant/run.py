@@ -62,7 +62,6 @@ from proto.fedprune.v1 import service_pb2 as pb
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.calibration import resolve_device
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
-from pruning.errors import PruningInputError
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
@@ -303,15 +302,13 @@ class ParticipantRun:
                 f"the run's base model fingerprint {run.base_model_fingerprint.hex()} differs from model.directory's "
                 f"{self.fingerprint.hex()}"
             )
-        local_layout = VoteLayout.for_model(self.model)
-        try:
-            local_layout.check_fingerprint(run.vote_layout_fingerprint, what="model.directory's vote layout")
-        except PruningInputError:
+        local_layout = VoteLayout.for_model(self.model).fingerprint()
+        if local_layout != run.vote_layout_fingerprint:
             raise RunRefusedError(
-                f"model.directory's vote layout fingerprint {local_layout.fingerprint().hex()} differs from the "
+                f"model.directory's vote layout fingerprint {local_layout.hex()} differs from the "
                 f"run's {run.vote_layout_fingerprint.hex()}: the two sides do not prune the same matrices in "
                 "the same order"
-            ) from None
+            )
         own_blocks = len(decoder_blocks(self.model))
         if run.blocks != own_blocks:
             raise RunRefusedError(
@@ -757,9 +754,6 @@ class ParticipantRun:
             raise ContradictoryViewError(
                 "the session's context does not bind this run and block", check="session-context"
             )
-        minimum = self.config.privacy.min_threshold if self.config.privacy is not None else None
-        if minimum is not None and parameters.threshold < minimum:
-            raise PrivacyError(f"session threshold {parameters.threshold} is below privacy.min_threshold")
         names = self._check_members(task.members, parameters.participant_ids)
         if self._codec is not None:
             self._check_assignment(block)
