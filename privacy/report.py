@@ -121,14 +121,13 @@ class ThreatModel(_Frozen):
     fills it in and ``audit verify`` recomputes it.
     """
 
-    coordinator: Literal["active-in-secure-aggregation", "honest-but-curious"] = Field(
+    coordinator: Literal["active-in-secure-aggregation"] = Field(
         default="active-in-secure-aggregation",
         description="what the coordinator is assumed to do. 'active-in-secure-aggregation': it may deviate "
         "in any way in secure aggregation (forge, reorder, reroute, retry sessions, lie about who survived "
         "or who is who) and learns no more than one sum per vector over one survivor set, with at most "
         "c colluders (docs/SECURE_AGGREGATION.md); outside secure aggregation (the run's parameters, "
-        "pruning, this report) it is trusted to follow the run. 'honest-but-curious' is read in reports "
-        "written before that guarantee",
+        "pruning, this report) it is trusted to follow the run",
     )
     participants: int = Field(
         ge=1,
