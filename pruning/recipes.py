@@ -1,0 +1,83 @@
+"""What a federation computes: the recipe (what sites send, how the coordinator builds the model) and the mode.
+
+One enum each, shared by the configs, the protocol conversions, both roles and every host, and the one place
+that says which combinations a recipe allows.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pruning.errors import PruningInputError
+from pruning.methods import Method
+
+
+class Recipe(enum.Enum):
+    """What participants send and how the coordinator builds the global model."""
+
+    FEDPRLLM = "fedprllm"
+    """Keep-votes only; the global model is the public base weights under the voted mask (the default)."""
+    FEDSPALLM = "fedspallm"
+    """SparseGPT masks and reconstructed weights; kept weights are l0-norm averaged over the participants
+    that kept them; each block is pruned by its assigned participants (resource-aware block assignment)."""
+
+    @property
+    def default_method(self) -> Method:
+        """Return the local method a run of this recipe uses unless told otherwise."""
+        return Method.SPARSEGPT if self is Recipe.FEDSPALLM else Method.WANDA
+
+    @classmethod
+    def parse(cls, value: str) -> Recipe:
+        """Return the recipe named ``value``, or raise listing the choices."""
+        try:
+            return cls(value.lower())
+        except ValueError:
+            raise PruningInputError(
+                f"unknown recipe {value!r}; choose one of {', '.join(r.value for r in cls)}"
+            ) from None
+
+
+class Mode(enum.Enum):
+    """How often the coordinator aggregates."""
+
+    ONE_SHOT = "one-shot"
+    """Each participant prunes its own copy and votes on every block; one aggregation per block, no feedback."""
+    ITERATIVE = "iterative"
+    """Block l's global mask is applied at every site before block l+1 is scored."""
+
+    @classmethod
+    def parse(cls, value: str) -> Mode:
+        """Return the mode named ``value``, or raise listing the choices."""
+        try:
+            return cls(value.lower())
+        except ValueError:
+            raise PruningInputError(
+                f"unknown mode {value!r}; choose one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+
+def recipe_conflicts(recipe: Recipe, *, method: Method, mode: Mode, weight_scaling: bool) -> list[str]:
+    """Return what a run of ``recipe`` needs that these settings lack (empty when they fit).
+
+    FedSpaLLM averages SparseGPT's reconstructed weights once per block: it needs method sparsegpt, one-shot
+    mode and no weight scaling (the kept weights are averaged instead). FedPrLLM takes any combination.
+    """
+    problems = []
+    if recipe is Recipe.FEDSPALLM:
+        if method is not Method.SPARSEGPT:
+            problems.append(f"method sparsegpt (got {method.value})")
+        if mode is not Mode.ONE_SHOT:
+            problems.append(f"mode one-shot (got {mode.value})")
+        if weight_scaling:
+            problems.append("no weight scaling (the kept weights are averaged instead)")
+    return problems
+
+
+def check_recipe(recipe: Recipe, *, method: Method, mode: Mode, weight_scaling: bool) -> None:
+    """Raise PruningInputError naming what ``recipe`` needs that these settings lack."""
+    problems = recipe_conflicts(recipe, method=method, mode=mode, weight_scaling=weight_scaling)
+    if problems:
+        raise PruningInputError(f"recipe {recipe.value} needs " + ", ".join(problems))
+
+
+__all__ = ["Mode", "Recipe", "check_recipe", "recipe_conflicts"]
