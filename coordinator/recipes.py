@@ -364,8 +364,7 @@ def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorR
     randomized response of ``privacy``.
     """
     pattern, group = run.sparsity_pattern, run.group
-    recipe = Recipe(run.recipe)
-    if recipe is Recipe.FEDSPALLM:
+    if run.recipe is Recipe.FEDSPALLM:
         return FedSpaLLM(
             pattern=pattern,
             group=group,

@@ -753,7 +753,7 @@ class CoordinatorRun:
             statements=statements,
             coordinator_events=[completed[b].event for b in sorted(completed)],
             transport=self.transport,
-            recipe=config.run.recipe,
+            recipe=self.recipe.recipe.value,
         )
 
     def _final_report(self) -> PrivacyReport:
