@@ -39,6 +39,14 @@ from coordinator.errors import (
     StaleMessageError,
     UnknownParticipantError,
 )
+from coordinator.events import (
+    BlockAggregated,
+    EventSink,
+    ParticipantsPresent,
+    RunFinished,
+    SessionStarted,
+    ignore,
+)
 from coordinator.recipes import CoordinatorRecipe, coordinator_recipe
 from coordinator.report import (
     SERVICE_TRANSPORT,
@@ -205,10 +213,15 @@ class RunSummary:
 class CoordinatorRun:
     """One run of the coordinator, resumable from its state directory (all public methods thread-safe)."""
 
-    def __init__(self, config: CoordinatorConfig, *, transport: str = SERVICE_TRANSPORT) -> None:
-        """``transport`` is what the report's threat model says the roles talked over."""
+    def __init__(
+        self, config: CoordinatorConfig, *, transport: str = SERVICE_TRANSPORT, on_event: EventSink = ignore
+    ) -> None:
+        """``transport`` is what the report's threat model says the roles talked over; ``on_event`` is called
+        with each ``coordinator.events`` event from the driving thread, after the fact it reports is durable.
+        """
         self.config = config
         self.transport = transport
+        self._on_event = on_event
         self.model: nn.Module = load_model(config.run.model)
         self.tokenizer = load_tokenizer(config.run.model)
         self.blocks = len(decoder_blocks(self.model))
@@ -518,7 +531,8 @@ class CoordinatorRun:
     def _push(self, name: str, task: Task) -> None:
         self._queues[name].append(Assigned(self._sequence(), task))
 
-    def _wait_for_participants(self) -> None:
+    def _wait_for_participants(self) -> tuple[str, ...]:
+        """Return the names present once ``min_participants`` have joined."""
         needed = self.config.run.min_participants_or_default
         timeout = self.config.server.join_timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -533,7 +547,9 @@ class CoordinatorRun:
                     )
                 self._cond.wait(remaining if remaining is not None else 1.0)
             self._started = True
-        logger.info("%d participants present: %s", len(self._active), ", ".join(sorted(self._active)))
+            present = tuple(sorted(self._active))
+        logger.info("%d participants present: %s", len(present), ", ".join(present))
+        return present
 
     def _collect(self, session: _Session, phase: Phase, expected: Iterable[int], task: Any) -> set[int]:
         """Return who answered ``phase`` after sending ``task(participant)`` to ``expected`` and waiting."""
@@ -568,7 +584,7 @@ class CoordinatorRun:
             for name in sorted(set(expected) - self._active)
         )
 
-    def _run_session(self, block: int, layout: VoteLayout) -> np.ndarray:
+    def _run_session(self, block: int, layout: VoteLayout, *, attempt: int) -> np.ndarray:
         with self._cond:
             assigned = None if self._assignment is None else set(self._assignment[block])
             members = sorted(
@@ -610,6 +626,11 @@ class CoordinatorRun:
             self._session = session
         try:
             logger.info("block %d/%d: session with %d participants", block + 1, self.blocks, len(members))
+            self._on_event(
+                SessionStarted(
+                    block=block, blocks=self.blocks, members=tuple(m.name for m in members), attempt=attempt
+                )
+            )
             self._collect(
                 session,
                 Phase.ADVERTISE,
@@ -689,6 +710,15 @@ class CoordinatorRun:
         )
         self.recipe.release_sums(self.state, block, counts)
         logger.info("block %d/%d complete: %d contributors", block + 1, self.blocks, contributors)
+        self._on_event(
+            BlockAggregated(
+                block=block,
+                blocks=self.blocks,
+                contributors=tuple(contributor_names),
+                keep_votes=aggregated.keep_votes,
+                global_masks=aggregated.masks,
+            )
+        )
 
     @property
     def assignment(self) -> dict[int, tuple[str, ...]] | None:
@@ -708,7 +738,7 @@ class CoordinatorRun:
         layout = VoteLayout.for_block(self.model, block)
         for attempt in range(1, MAX_SESSION_ATTEMPTS + 1):
             try:
-                self._run_session(block, layout)
+                self._run_session(block, layout, attempt=attempt)
                 return
             except ProtocolAbort as error:
                 logger.warning("block %d: session aborted (attempt %d): %s", block, attempt, error)
@@ -818,7 +848,8 @@ class CoordinatorRun:
         try:
             if not self.config.output.overwrite and not self.state.completed_blocks():
                 prepare_output_dir(self.config.output.directory, overwrite=False)
-            self._wait_for_participants()
+            present = self._wait_for_participants()
+            self._on_event(ParticipantsPresent(names=present))
             self._assign_blocks()
             completed = self.state.completed_blocks()
             if completed:
@@ -837,6 +868,8 @@ class CoordinatorRun:
         with self._cond:
             self._complete = True
             self._cond.notify_all()
+        # After the participants may be told: the outputs are written whatever the observer does.
+        self._on_event(RunFinished(output=summary.output, report=summary.report))
         return summary
 
     def abort(self, reason: str) -> None:
