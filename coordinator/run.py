@@ -47,18 +47,17 @@ from coordinator.events import (
     SessionStarted,
     ignore,
 )
+from coordinator.outputs import OutputWriter, ReportParameters
 from coordinator.recipes import CoordinatorRecipe, coordinator_recipe
 from coordinator.report import (
     SERVICE_TRANSPORT,
     StatementBounds,
-    build_run_report,
     check_statement,
     secure_aggregation_event,
-    write_run_report,
 )
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
-from privacy.report import PrivacyReport, tolerated_colluders
+from privacy.report import tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.messages import (
     ConsistencyCheck,
@@ -75,8 +74,7 @@ from privacy.secagg.messages import (
 from privacy.signing import ParticipantStatement, StatementError
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.layout import VoteLayout, base_model_fingerprint
-from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen, save_model
-from pruning.sparsity import sparsity_table, write_sparsity_json
+from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +248,21 @@ class CoordinatorRun:
         self._told_final: set[str] = set()
         self._started = bool(self.state.members()) and bool(self.state.completed_blocks())
         self.recipe: CoordinatorRecipe = coordinator_recipe(config.run, config.privacy)
+        self.outputs = OutputWriter(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            blocks=self.blocks,
+            state=self.state,
+            recipe=self.recipe,
+            report=ReportParameters(
+                run_id=self.run_id,
+                threshold=self.threshold,
+                colluders=self.colluders,
+                privacy=config.privacy,
+                transport=transport,
+            ),
+            output=config.output,
+        )
         self._budgets: dict[str, int | None] = {}
         self._assignment: dict[int, tuple[str, ...]] | None = None
 
@@ -769,79 +782,12 @@ class CoordinatorRun:
                     break
                 self._cond.wait(remaining)
 
-    def _build_report(self, statements: list[ParticipantStatement]) -> PrivacyReport:
-        config = self.config
-        completed = self.state.completed_blocks()
-        return build_run_report(
-            run_id=self.run_id,
-            participants=self.participants,
-            threshold=self.threshold,
-            colluders=self.colluders,
-            delta=config.privacy.delta,
-            accountant_tolerance=config.privacy.accountant_tolerance,
-            record_level_dp=config.privacy.record_level_dp,
-            statements=statements,
-            coordinator_events=[completed[b].event for b in sorted(completed)],
-            transport=self.transport,
-            recipe=self.recipe.recipe.value,
-        )
-
-    def _final_report(self) -> PrivacyReport:
-        """Return the run's report; a stored statement it cannot be built with is left out, with a warning.
-
-        When no statement can be built alone, the run's own parameters are at fault (say, an accountant
-        tolerance its planned noise does not meet): that error is raised and no model is written.
-        """
-        statements = self._reportable_statements()
-        try:
-            return self._build_report(statements)
-        except (PrivacyError, ValueError, ArithmeticError) as error:
-            failure = error
-        kept: list[ParticipantStatement] = []
-        left_out: list[tuple[str, Exception]] = []
-        for statement in statements:
-            try:
-                self._build_report([statement])
-            except (PrivacyError, ValueError, ArithmeticError) as alone:
-                left_out.append((statement.participant, alone))
-                continue
-            kept.append(statement)
-        if not kept or not left_out:
-            raise failure
-        for name, reason in left_out:
-            logger.warning("the stored statement of %s is left out of the report: %s", name, reason)
-        return self._build_report(kept)
-
     def _write_outputs(self) -> RunSummary:
-        config = self.config
-        out = prepare_output_dir(config.output.directory, overwrite=True)
-        completed = self.state.completed_blocks()
-        report = self._final_report()
-        # The report is built and checked before the model exists: no output without its report.
-        report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)
-        for block in range(self.blocks):
-            self._apply_block(block, completed[block].contributors)
-        save_model(self.model, self.tokenizer, out)
-        write_sparsity_json(sparsity_table(self.model), out / "sparsity.json")
-        self.state.mark_finished()
-        return RunSummary(output=out, report=report_path, blocks=self.blocks, participants=self.participants)
-
-    def _apply_block(self, block: int, contributors: int) -> None:
-        layout = VoteLayout.for_block(self.model, block)
-        bits = np.unpackbits(
-            np.frombuffer(self.state.packed_mask(block), dtype=np.uint8),
-            bitorder="little",
-            count=layout.dimension,
+        participants = self.participants
+        written = self.outputs.write(self._reportable_statements(), participants=participants)
+        return RunSummary(
+            output=written.output, report=written.report, blocks=self.blocks, participants=participants
         )
-        masks = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
-        sublayers = {
-            qualified_name(index, name): sublayer
-            for index, name, sublayer in iter_prunable(self.model)
-            if index == block
-        }
-        self.recipe.set_block_weights(self.state, block, layout, sublayers, contributors=contributors)
-        for key, sublayer in sublayers.items():
-            sublayer.apply_pruned(masks[key])
 
     def run(self) -> RunSummary:
         """Return the outputs after driving every block (resuming at the first incomplete one)."""
