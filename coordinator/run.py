@@ -2,10 +2,10 @@
 
 Transport-free: the servicer calls the ``join``/``await_task``/``advertise``/... methods from its threads
 with the caller's verified certificate name, and ``run`` drives the blocks in its own thread. Each block
-is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its counts
-live in a memory-mapped file, its global mask is selected with ``coordinator.aggregation`` exactly as the
-one-process simulator does, and it is on disk before any participant is told. At the end the report is
-built and checked first, then the model is written.
+is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its sums
+live in a memory-mapped file, its global mask is selected from them (``coordinator.aggregation``) and it is
+on disk before any participant is told. At the end ``coordinator.outputs`` builds and checks the report
+first, then writes the model. The host learns of each step through ``on_event`` (``coordinator.events``).
 
 What differs per recipe (the session's input range and ring, decoding a block's sums and selecting its
 global mask, what is kept for the output, the block assignment) is asked of the run's
@@ -735,7 +735,10 @@ class CoordinatorRun:
 
     @property
     def assignment(self) -> dict[int, tuple[str, ...]] | None:
-        """Return which participants prune each block (FedSpaLLM, once the run started), else None."""
+        """Return which participants prune each block once the run started; None: everyone, every block.
+
+        The recipe decides (FedSpaLLM assigns blocks within the declared budgets, FedPrLLM does not).
+        """
         return None if self._assignment is None else dict(self._assignment)
 
     def _assign_blocks(self) -> None:
