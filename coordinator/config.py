@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +36,7 @@ from privacy.secagg.parameters import (
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, check_address
 from pruning.masks import SparsityPattern, parse_pattern
 from pruning.methods import Method
+from pruning.recipes import Mode, Recipe, recipe_conflicts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,10 +46,6 @@ else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls i
 from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
 
 logger = logging.getLogger(__name__)
-
-# Mode of fedprune.simulate.Mode by value; a Literal because coordinator/ cannot import fedprune/.
-RunMode = Literal["one-shot", "iterative"]
-RunRecipe = Literal["fedprllm", "fedspallm"]
 
 # The widest masked chunk: b bits a coordinate with b <= MAX_BIT_WIDTH must fit one 4 MiB message.
 MAX_CHUNK_COORDINATES = MAX_CHUNK_PAYLOAD_BYTES * 8 // MAX_BIT_WIDTH
@@ -132,12 +129,13 @@ class RunSection(_Section):
     sparsity: float | None = None
     """Fraction pruned, in (0, 1); implied by an N:M pattern."""
     group: ComparisonGroup = ComparisonGroup.LAYER
-    mode: RunMode = "one-shot"
+    mode: Mode = Mode.ONE_SHOT
+    """``one-shot`` or ``iterative``."""
     nsamples: int = Field(128, ge=1)
     seqlen: int | None = Field(None, ge=1)
     """Tokens per calibration sample; default 2048 capped at the model's context length."""
     weight_scaling: bool = False
-    recipe: RunRecipe = "fedprllm"
+    recipe: Recipe = Recipe.FEDPRLLM
     """``fedprllm`` (keep-votes only) or ``fedspallm`` (SparseGPT votes and l0-norm averaged kept weights,
     each block over the participants assigned to it within their declared ``max_blocks``)."""
     chunk_coordinates: int = Field(DEFAULT_CHUNK_COORDINATES, ge=64, le=MAX_CHUNK_COORDINATES, multiple_of=64)
@@ -174,16 +172,33 @@ class RunSection(_Section):
 
     @model_validator(mode="after")
     def _recipe_fits(self) -> RunSection:
-        if self.recipe == "fedspallm":
-            problems = []
-            if self.method is not Method.SPARSEGPT:
-                problems.append(f"method = \"sparsegpt\" (got {self.method.value!r})")
-            if self.mode != "one-shot":
-                problems.append(f"mode = \"one-shot\" (got {self.mode!r})")
-            if self.weight_scaling:
-                problems.append("weight_scaling = false (the kept weights are averaged instead)")
-            if problems:
-                raise ValueError("recipe \"fedspallm\" needs " + ", ".join(problems))
+        settings: dict[str, Any] = {
+            "method": self.method,
+            "mode": self.mode,
+            "weight_scaling": self.weight_scaling,
+        }
+        problems = recipe_conflicts(self.recipe, **settings)
+        if problems:
+            # The rule lives in pruning.recipes; the fields it objects to are those that another value of
+            # their own would satisfy better.
+            choices: dict[str, tuple[Any, ...]] = {
+                "method": tuple(Method),
+                "mode": tuple(Mode),
+                "weight_scaling": (False, True),
+            }
+            fields = [
+                field
+                for field, values in choices.items()
+                if any(
+                    len(recipe_conflicts(self.recipe, **{**settings, field: value})) < len(problems)
+                    for value in values
+                )
+            ]
+            raise ValueError(
+                f"recipe {self.recipe.value!r} needs "
+                + ", ".join(problems)
+                + f" (set {', '.join('run.' + field for field in fields)})"
+            )
         return self
 
     @property

@@ -2,18 +2,16 @@
 
 Transport-free: the servicer calls the ``join``/``await_task``/``advertise``/... methods from its threads
 with the caller's verified certificate name, and ``run`` drives the blocks in its own thread. Each block
-is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its counts
-live in a memory-mapped file, its global mask is selected with ``coordinator.aggregation`` exactly as the
-one-process simulator does, and it is on disk before any participant is told. At the end the report is
-built and checked first, then the model is written.
+is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its sums
+live in a memory-mapped file, its global mask is selected from them (``coordinator.aggregation``) and it is
+on disk before any participant is told. At the end ``coordinator.outputs`` builds and checks the report
+first, then writes the model. The host learns of each step through ``on_event`` (``coordinator.events``).
 
-Under the FedSpaLLM recipe (``run.recipe = "fedspallm"``) the participants' declared ``max_blocks`` decide,
-once at the start and durably, which of them prune each block (``coordinator.assignment``); each block's
-session runs over its own subset and sums, in one wide ring, each participant's keep-vote and its fixed-point
-SparseGPT weight update packed together (``privacy.secagg.fixed_point.VoteValueCodec``), so the votes and
-the updates are sums over exactly the same survivors. The kept weights become the l0-norm average of the
-keep-voters' weights (``coordinator.aggregation.averaged_weight``, with the randomized-response correction
-of the divisor), and the block's final weights are on disk before anyone is told.
+What differs per recipe (the session's input range and ring, decoding a block's sums and selecting its
+global mask, what is kept for the output, the block assignment) is asked of the run's
+``coordinator.recipes.CoordinatorRecipe``; this module never asks which recipe it runs. Under FedSpaLLM the
+participants' declared ``max_blocks`` decide, once at the start and durably, which of them prune each block,
+and a block's final (averaged) weights are on disk before anyone is told.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-import os
 import shutil
 import threading
 import time
@@ -34,14 +31,6 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from torch import nn
 
-from coordinator.aggregation import (
-    averaged_weight,
-    check_counts,
-    decode_votes_and_updates,
-    global_mask,
-    scaled_weight,
-)
-from coordinator.assignment import AssignmentError, assign_blocks
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import (
     MalformedMessageError,
@@ -50,20 +39,26 @@ from coordinator.errors import (
     StaleMessageError,
     UnknownParticipantError,
 )
+from coordinator.events import (
+    BlockAggregated,
+    EventSink,
+    ParticipantsPresent,
+    RunFinished,
+    SessionStarted,
+    ignore,
+)
+from coordinator.outputs import OutputWriter, ReportParameters
+from coordinator.recipes import CoordinatorRecipe, coordinator_recipe
 from coordinator.report import (
     SERVICE_TRANSPORT,
     StatementBounds,
-    build_run_report,
     check_statement,
     secure_aggregation_event,
-    write_run_report,
 )
 from coordinator.state import Member, RunState
 from privacy.errors import PrivacyError, ProtocolAbort
-from privacy.randomized_response import RandomizedResponse
-from privacy.report import PrivacyReport, SummedInputs, tolerated_colluders
+from privacy.report import tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
-from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.messages import (
     ConsistencyCheck,
     KeyAdvertisement,
@@ -76,13 +71,10 @@ from privacy.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH, ring_bit_width
 from privacy.signing import ParticipantStatement, StatementError
-from proto.convert import session_chunk_coordinates
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.layout import VoteLayout, base_model_fingerprint
-from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen, save_model
-from pruning.sparsity import sparsity_table, write_sparsity_json
+from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen
 
 logger = logging.getLogger(__name__)
 
@@ -219,10 +211,15 @@ class RunSummary:
 class CoordinatorRun:
     """One run of the coordinator, resumable from its state directory (all public methods thread-safe)."""
 
-    def __init__(self, config: CoordinatorConfig, *, transport: str = SERVICE_TRANSPORT) -> None:
-        """``transport`` is what the report's threat model says the roles talked over."""
+    def __init__(
+        self, config: CoordinatorConfig, *, transport: str = SERVICE_TRANSPORT, on_event: EventSink = ignore
+    ) -> None:
+        """``transport`` is what the report's threat model says the roles talked over; ``on_event`` is called
+        with each ``coordinator.events`` event from the driving thread, after the fact it reports is durable.
+        """
         self.config = config
         self.transport = transport
+        self._on_event = on_event
         self.model: nn.Module = load_model(config.run.model)
         self.tokenizer = load_tokenizer(config.run.model)
         self.blocks = len(decoder_blocks(self.model))
@@ -250,16 +247,24 @@ class CoordinatorRun:
         self._aborted: str | None = None
         self._told_final: set[str] = set()
         self._started = bool(self.state.members()) and bool(self.state.completed_blocks())
-        self.fedspallm = config.run.recipe == "fedspallm"
+        self.recipe: CoordinatorRecipe = coordinator_recipe(config.run, config.privacy)
+        self.outputs = OutputWriter(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            blocks=self.blocks,
+            state=self.state,
+            recipe=self.recipe,
+            report=ReportParameters(
+                run_id=self.run_id,
+                threshold=self.threshold,
+                colluders=self.colluders,
+                privacy=config.privacy,
+                transport=transport,
+            ),
+            output=config.output,
+        )
         self._budgets: dict[str, int | None] = {}
         self._assignment: dict[int, tuple[str, ...]] | None = None
-        self._codec = VoteValueCodec(participants=len(config.run.participants)) if self.fedspallm else None
-        privacy = config.privacy
-        self._flip_probability = (
-            RandomizedResponse(epsilon0=privacy.epsilon0).flip_probability
-            if self.fedspallm and privacy.randomized_response
-            else 0.0
-        )
 
     def _parameters_digest(self) -> str:
         return RunState.digest_of(
@@ -539,7 +544,8 @@ class CoordinatorRun:
     def _push(self, name: str, task: Task) -> None:
         self._queues[name].append(Assigned(self._sequence(), task))
 
-    def _wait_for_participants(self) -> None:
+    def _wait_for_participants(self) -> tuple[str, ...]:
+        """Return the names present once ``min_participants`` have joined."""
         needed = self.config.run.min_participants_or_default
         timeout = self.config.server.join_timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -554,7 +560,9 @@ class CoordinatorRun:
                     )
                 self._cond.wait(remaining if remaining is not None else 1.0)
             self._started = True
-        logger.info("%d participants present: %s", len(self._active), ", ".join(sorted(self._active)))
+            present = tuple(sorted(self._active))
+        logger.info("%d participants present: %s", len(present), ", ".join(present))
+        return present
 
     def _collect(self, session: _Session, phase: Phase, expected: Iterable[int], task: Any) -> set[int]:
         """Return who answered ``phase`` after sending ``task(participant)`` to ``expected`` and waiting."""
@@ -589,7 +597,7 @@ class CoordinatorRun:
             for name in sorted(set(expected) - self._active)
         )
 
-    def _run_session(self, block: int, layout: VoteLayout) -> np.ndarray:
+    def _run_session(self, block: int, layout: VoteLayout, *, attempt: int) -> np.ndarray:
         with self._cond:
             assigned = None if self._assignment is None else set(self._assignment[block])
             members = sorted(
@@ -607,20 +615,16 @@ class CoordinatorRun:
                 f"; missing: {missing}"
             )
         context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
-        max_input, chunk, max_bit_width = 1, self.config.run.chunk_coordinates, MAX_BIT_WIDTH
-        if self._codec is not None:
-            max_input = self._codec.max_input
-            chunk = session_chunk_coordinates(ring_bit_width(len(members), max_input), limit=chunk)
-            max_bit_width = WIDE_MAX_BIT_WIDTH
+        shape = self.recipe.session_shape(len(members), chunk_coordinates=self.config.run.chunk_coordinates)
         parameters = SessionParameters(
             participant_ids=tuple(m.participant_id for m in members),
             threshold=self.threshold,
             dimension=layout.dimension,
             context=context.encode(),
-            chunk_coordinates=chunk,
-            max_input=max_input,
+            chunk_coordinates=shape.chunk_coordinates,
+            max_input=shape.max_input,
             colluders=self.colluders,
-            max_bit_width=max_bit_width,
+            max_bit_width=shape.max_bit_width,
         )
         identity_keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in members
@@ -635,6 +639,11 @@ class CoordinatorRun:
             self._session = session
         try:
             logger.info("block %d/%d: session with %d participants", block + 1, self.blocks, len(members))
+            self._on_event(
+                SessionStarted(
+                    block=block, blocks=self.blocks, members=tuple(m.name for m in members), attempt=attempt
+                )
+            )
             self._collect(
                 session,
                 Phase.ADVERTISE,
@@ -696,123 +705,56 @@ class CoordinatorRun:
         weights = {
             qualified_name(i, name): sub.weight() for i, name, sub in iter_prunable(self.model) if i == block
         }
-        final_weights: bytes | None = None
-        if self._codec is not None:
-            masks, final_weights = self._average_block(layout, counts, weights, contributors=contributors)
-        else:
-            votes = layout.unflatten(torch.from_numpy(np.asarray(counts[: layout.dimension], dtype=np.int32)))
-            masks = {}
-            for name, keep_votes in votes.items():
-                check_counts(keep_votes, contributors, name=name)
-                masks[name] = global_mask(
-                    keep_votes,
-                    weights[name],
-                    pattern=self.config.run.sparsity_pattern,
-                    group=self.config.run.group,
-                )
-        bits = layout.flatten(masks, dtype=torch.bool).numpy()
+        aggregated = self.recipe.aggregate(layout, counts, weights, contributors=contributors)
+        bits = layout.flatten(aggregated.masks, dtype=torch.bool).numpy()
         packed = np.packbits(bits, bitorder="little").tobytes()
         event = secure_aggregation_event(
             block=block,
             coordinates=layout.dimension,
-            # FedSpaLLM: the block's own subset; the event names the survivors, so the report can list every
-            # site whose input was summed, statement or not.
-            participants=session_participants if self._codec is not None else self.participants,
+            participants=self.recipe.event_participants(session=session_participants, run=self.participants),
             threshold=self.threshold,
             contributors=contributor_names,
             colluders=self.colluders,
-            summed=SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES
-            if self._codec is not None
-            else SummedInputs.KEEP_VOTES,
+            summed=self.recipe.summed,
         )
-        if self.config.run.weight_scaling and isinstance(counts, np.memmap):
-            counts.flush()  # the counts are read back when the model is written, possibly after a restart
-            with open(self.state.counts_file(block), "rb+") as handle:
-                os.fsync(handle.fileno())
+        self.recipe.keep_sums(self.state, block, counts)
         self.state.complete_block(
-            block, packed_mask=packed, contributors=contributors, event=event, weights=final_weights
+            block, packed_mask=packed, contributors=contributors, event=event, weights=aggregated.weights
         )
-        if not self.config.run.weight_scaling:
-            self.state.counts_file(block, counts.dtype).unlink(missing_ok=True)
+        self.recipe.release_sums(self.state, block, counts)
         logger.info("block %d/%d complete: %d contributors", block + 1, self.blocks, contributors)
-
-    def _average_block(
-        self,
-        layout: VoteLayout,
-        sums: np.ndarray,
-        base_weights: dict[str, torch.Tensor],
-        *,
-        contributors: int,
-    ) -> tuple[dict[str, torch.Tensor], bytes]:
-        """Return (global masks, final weights as safetensors) of a FedSpaLLM block's sums."""
-        from safetensors.torch import save as save_safetensors
-
-        assert self._codec is not None
-        decoded = decode_votes_and_updates(
-            self._codec,
-            layout,
-            sums,
-            base_weights,
-            contributors=contributors,
-            flip_probability=self._flip_probability,
-        )
-        masks, final = {}, {}
-        for name, matrix in decoded.items():
-            base = base_weights[name]
-            masks[name] = global_mask(
-                matrix.keep_votes, base, pattern=self.config.run.sparsity_pattern, group=self.config.run.group
+        self._on_event(
+            BlockAggregated(
+                block=block,
+                blocks=self.blocks,
+                contributors=tuple(contributor_names),
+                keep_votes=aggregated.keep_votes,
+                global_masks=aggregated.masks,
             )
-            final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
-        return masks, save_safetensors(final)
+        )
 
     @property
     def assignment(self) -> dict[int, tuple[str, ...]] | None:
-        """Return which participants prune each block (FedSpaLLM, once the run started), else None."""
+        """Return which participants prune each block once the run started; None: everyone, every block.
+
+        The recipe decides (FedSpaLLM assigns blocks within the declared budgets, FedPrLLM does not).
+        """
         return None if self._assignment is None else dict(self._assignment)
 
     def _assign_blocks(self) -> None:
-        """Fix, once and durably, which participants prune each block (FedSpaLLM); a restart reuses it."""
-        if not self.fedspallm:
-            return
-        stored = self.state.assignment()
-        if stored is None:
-            with self._cond:
-                # By name, not by join order: the same budgets always give the same assignment.
-                members = sorted(
-                    (m for m in self.state.members().values() if m.name in self._active), key=lambda m: m.name
-                )
-                budgets = {m.name: self._budgets.get(m.name) for m in members}
-            try:
-                assignment = assign_blocks(
-                    [budgets[m.name] or self.blocks for m in members],  # None: no limit
-                    blocks=self.blocks,
-                    threshold=self.threshold,
-                )
-            except AssignmentError as error:
-                raise RunClosedError(
-                    f"no block assignment fits the participants' max_blocks ({budgets}): {error}"
-                ) from None
-            stored = {
-                "budgets": budgets,
-                "blocks": [[members[i].name for i in block] for block in assignment.blocks],
-            }
-            self.state.save_assignment(stored)
-        blocks = stored["blocks"]
-        assert isinstance(blocks, list)
-        self._assignment = {index: tuple(names) for index, names in enumerate(blocks)}
-        coverage = sorted({len(names) for names in self._assignment.values()})
-        logger.info(
-            "block assignment: %d blocks, %s participants per block (max_blocks %s)",
-            self.blocks,
-            "/".join(str(c) for c in coverage),
-            stored["budgets"],
+        """Fix, once and durably, which participants prune each block (the recipe's choice); a restart reuses it."""
+        with self._cond:
+            names = sorted(m.name for m in self.state.members().values() if m.name in self._active)
+            budgets = {name: self._budgets.get(name) for name in names}
+        self._assignment = self.recipe.assign_blocks(
+            self.state, budgets, blocks=self.blocks, threshold=self.threshold
         )
 
     def _run_block(self, block: int) -> None:
         layout = VoteLayout.for_block(self.model, block)
         for attempt in range(1, MAX_SESSION_ATTEMPTS + 1):
             try:
-                self._run_session(block, layout)
+                self._run_session(block, layout, attempt=attempt)
                 return
             except ProtocolAbort as error:
                 logger.warning("block %d: session aborted (attempt %d): %s", block, attempt, error)
@@ -843,96 +785,20 @@ class CoordinatorRun:
                     break
                 self._cond.wait(remaining)
 
-    def _build_report(self, statements: list[ParticipantStatement]) -> PrivacyReport:
-        config = self.config
-        completed = self.state.completed_blocks()
-        return build_run_report(
-            run_id=self.run_id,
-            participants=self.participants,
-            threshold=self.threshold,
-            colluders=self.colluders,
-            delta=config.privacy.delta,
-            accountant_tolerance=config.privacy.accountant_tolerance,
-            record_level_dp=config.privacy.record_level_dp,
-            statements=statements,
-            coordinator_events=[completed[b].event for b in sorted(completed)],
-            transport=self.transport,
-            recipe=config.run.recipe,
-        )
-
-    def _final_report(self) -> PrivacyReport:
-        """Return the run's report; a stored statement it cannot be built with is left out, with a warning.
-
-        When no statement can be built alone, the run's own parameters are at fault (say, an accountant
-        tolerance its planned noise does not meet): that error is raised and no model is written.
-        """
-        statements = self._reportable_statements()
-        try:
-            return self._build_report(statements)
-        except (PrivacyError, ValueError, ArithmeticError) as error:
-            failure = error
-        kept: list[ParticipantStatement] = []
-        left_out: list[tuple[str, Exception]] = []
-        for statement in statements:
-            try:
-                self._build_report([statement])
-            except (PrivacyError, ValueError, ArithmeticError) as alone:
-                left_out.append((statement.participant, alone))
-                continue
-            kept.append(statement)
-        if not kept or not left_out:
-            raise failure
-        for name, reason in left_out:
-            logger.warning("the stored statement of %s is left out of the report: %s", name, reason)
-        return self._build_report(kept)
-
     def _write_outputs(self) -> RunSummary:
-        config = self.config
-        out = prepare_output_dir(config.output.directory, overwrite=True)
-        completed = self.state.completed_blocks()
-        report = self._final_report()
-        # The report is built and checked before the model exists: no output without its report.
-        report_path = write_run_report(report, signing_key=config.output.signing_key, directory=out)
-        for block in range(self.blocks):
-            self._apply_block(block, completed[block].contributors)
-        save_model(self.model, self.tokenizer, out)
-        write_sparsity_json(sparsity_table(self.model), out / "sparsity.json")
-        self.state.mark_finished()
-        return RunSummary(output=out, report=report_path, blocks=self.blocks, participants=self.participants)
-
-    def _apply_block(self, block: int, contributors: int) -> None:
-        layout = VoteLayout.for_block(self.model, block)
-        bits = np.unpackbits(
-            np.frombuffer(self.state.packed_mask(block), dtype=np.uint8),
-            bitorder="little",
-            count=layout.dimension,
+        participants = self.participants
+        written = self.outputs.write(self._reportable_statements(), participants=participants)
+        return RunSummary(
+            output=written.output, report=written.report, blocks=self.blocks, participants=participants
         )
-        masks = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
-        final = None
-        if self._codec is not None:
-            from safetensors.torch import load as load_safetensors
-
-            final = load_safetensors(self.state.block_weights(block))
-        counts = None
-        if self.config.run.weight_scaling:
-            raw = np.fromfile(self.state.counts_file(block), dtype=np.uint16)[: layout.dimension]
-            counts = layout.unflatten(torch.from_numpy(raw.astype(np.int32)))
-        for index, name, sublayer in iter_prunable(self.model):
-            if index != block:
-                continue
-            key = qualified_name(index, name)
-            if final is not None:
-                sublayer.set_weight(final[key].to(device=sublayer.weight().device))
-            if counts is not None:
-                sublayer.set_weight(scaled_weight(sublayer.weight(), counts[key], contributors))
-            sublayer.apply_pruned(masks[key])
 
     def run(self) -> RunSummary:
         """Return the outputs after driving every block (resuming at the first incomplete one)."""
         try:
             if not self.config.output.overwrite and not self.state.completed_blocks():
                 prepare_output_dir(self.config.output.directory, overwrite=False)
-            self._wait_for_participants()
+            present = self._wait_for_participants()
+            self._on_event(ParticipantsPresent(names=present))
             self._assign_blocks()
             completed = self.state.completed_blocks()
             if completed:
@@ -951,6 +817,8 @@ class CoordinatorRun:
         with self._cond:
             self._complete = True
             self._cond.notify_all()
+        # After the participants may be told: the outputs are written whatever the observer does.
+        self._on_event(RunFinished(output=summary.output, report=summary.report))
         return summary
 
     def abort(self, reason: str) -> None:
@@ -1002,7 +870,7 @@ class CoordinatorRun:
             "protocol_version": PROTOCOL_VERSION,
             "recipe": run.recipe,
             "colluders": self.colluders,
-            "max_input": 1 if self._codec is None else self._codec.max_input,
+            "max_input": self.recipe.max_input,
             "participant_names": sorted(run.participants),
         }
 

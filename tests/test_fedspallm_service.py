@@ -14,6 +14,7 @@ from fedprune.cli import main
 from privacy.secagg.fixed_point import VoteValueCodec
 from pruning.adapters import iter_prunable, qualified_name
 from pruning.model_io import load_model
+from pruning.recipes import Recipe
 from pruning.updates import update_bound
 from tests.tiny import random_text
 
@@ -141,4 +142,5 @@ def _coordinator(tmp_path: Path, **run: object) -> dict:
 def test_coordinator_config_refuses_a_fedspallm_run_it_cannot_do(tmp_path: Path, run: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=f"fedspallm.*{named}"):
         parse_config(_coordinator(tmp_path, recipe="fedspallm", **run))
-    assert parse_config(_coordinator(tmp_path, recipe="fedspallm", method="sparsegpt")).run.recipe == "fedspallm"
+    config = parse_config(_coordinator(tmp_path, recipe="fedspallm", method="sparsegpt"))
+    assert config.run.recipe is Recipe.FEDSPALLM

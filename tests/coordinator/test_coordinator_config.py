@@ -17,6 +17,7 @@ from coordinator.config import (
     parse_config,
 )
 from pruning.methods import Method
+from pruning.recipes import Mode, Recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,7 +99,7 @@ def test_defaults_fill_what_the_contract_leaves_out() -> None:
     )
     run = parse_config(data).run
     assert run.min_participants_or_default == 3
-    assert run.method is Method.WANDA and run.pattern == "unstructured" and run.mode == "one-shot"
+    assert run.method is Method.WANDA and run.pattern == "unstructured" and run.mode is Mode.ONE_SHOT
     assert run.sparsity_pattern.sparsity == 0.5
 
 
@@ -134,6 +135,33 @@ def test_bad_configs_fail_naming_the_field(data: dict[str, Any], message: str) -
         parse_config(data, source="coordinator.toml")
     assert str(error.value).startswith("coordinator.toml: ")
     assert message in str(error.value)
+
+
+def test_recipe_and_mode_read_as_the_shared_enums_and_dump_as_the_toml_strings() -> None:
+    run = parse_config(_with("run", recipe="fedspallm", method="sparsegpt", mode="one-shot")).run
+    assert run.recipe is Recipe.FEDSPALLM and run.mode is Mode.ONE_SHOT
+    assert parse_config(_with("run", mode="iterative")).run.mode is Mode.ITERATIVE
+    # The state directory's parameters digest is over the JSON dump: a run resumed after an upgrade finds the
+    # digest its first start wrote.
+    dumped = run.model_dump(mode="json")
+    assert (dumped["recipe"], dumped["mode"]) == ("fedspallm", "one-shot")
+
+
+@pytest.mark.parametrize(
+    ("run", "named", "not_named"),
+    [
+        ({"method": "wanda"}, ["run.method"], ["run.mode", "run.weight_scaling"]),
+        ({"method": "wanda", "weight_scaling": True}, ["run.method", "run.weight_scaling"], ["run.mode"]),
+        ({"method": "sparsegpt", "mode": "iterative"}, ["run.mode"], ["run.method", "run.weight_scaling"]),
+    ],
+)
+def test_a_recipe_conflict_names_exactly_the_fields_at_fault(
+    run: dict[str, Any], named: list[str], not_named: list[str]
+) -> None:
+    with pytest.raises(ConfigError, match=r"run: recipe 'fedspallm' needs ") as error:
+        parse_config(_with("run", recipe="fedspallm", **run))
+    assert all(field in str(error.value) for field in named), error.value
+    assert not any(field in str(error.value) for field in not_named), error.value
 
 
 def _five_sites(**run: Any) -> dict[str, Any]:

@@ -26,6 +26,13 @@ from coordinator.errors import (
     RunClosedError,
     UnknownParticipantError,
 )
+from coordinator.events import (
+    BlockAggregated,
+    ParticipantsPresent,
+    RunEvent,
+    RunFinished,
+    SessionStarted,
+)
 from coordinator.run import CoordinatorRun, RunSummary, WaitTask
 from coordinator.servicer import CoordinatorServicer
 from participant.config import parse_config as parse_participant_config
@@ -128,8 +135,10 @@ def _masks(run: CoordinatorRun) -> list[bytes]:
     return [run.state.packed_mask(block) for block in range(run.blocks)]
 
 
-def _run_to_end(config: CoordinatorConfig, **clients: Any) -> tuple[CoordinatorRun, RunSummary]:
-    run = CoordinatorRun(config)
+def _run_to_end(
+    config: CoordinatorConfig, *, run: CoordinatorRun | None = None, **clients: Any
+) -> tuple[CoordinatorRun, RunSummary]:
+    run = run or CoordinatorRun(config)
     loopback = Loopback(CoordinatorServicer(run))
     threads = Threads()
     threads.start("coordinator", run.run)
@@ -289,6 +298,81 @@ def test_a_coordinator_killed_after_acknowledging_a_block_resumes_without_counti
     text = json.dumps(report)
     assert text.count('"mechanism": "secure_aggregation"') == BLOCKS, "one session event per block, never two"
     second.close()
+
+
+# ---------------------------------------------------------------------- events
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"weight_scaling": True}, {"recipe": "fedspallm", "method": "sparsegpt"}],
+    ids=["fedprllm", "weight-scaling", "fedspallm"],
+)
+def test_the_run_reports_each_step_once_it_is_durable_with_the_keep_votes_its_masks_came_from(
+    federation: Callable[..., CoordinatorConfig], settings: dict[str, Any]
+) -> None:
+    import numpy as np
+    import torch
+
+    from coordinator.aggregation import global_mask
+    from pruning.adapters import iter_prunable, qualified_name
+    from pruning.layout import VoteLayout
+    from pruning.model_io import load_model
+
+    config = federation("events", **settings)
+    events: list[RunEvent] = []
+
+    def record(event: RunEvent) -> None:
+        if isinstance(event, BlockAggregated):
+            assert event.block in run.state.completed_blocks(), "told before the block is on disk"
+        if isinstance(event, RunFinished):
+            assert (
+                run.state.finished and event.report.is_file() and (event.output / "sparsity.json").is_file()
+            )
+        events.append(event)
+
+    run = CoordinatorRun(config, on_event=record)
+    _, summary = _run_to_end(config, run=run)
+
+    kinds = [type(event) for event in events]
+    assert kinds == [ParticipantsPresent, *[SessionStarted, BlockAggregated] * BLOCKS, RunFinished]
+    present, sessions, aggregated, finished = events[0], events[1:-1:2], events[2:-1:2], events[-1]
+    assert isinstance(present, ParticipantsPresent) and present.names == NAMES
+    assert isinstance(finished, RunFinished)
+    assert (finished.output, finished.report) == (summary.output, summary.report)
+    for block, session in enumerate(sessions):
+        assert isinstance(session, SessionStarted)
+        assert (session.block, session.blocks, session.attempt) == (block, BLOCKS, 1)
+        assert sorted(session.members) == list(NAMES)
+
+    base = load_model(config.run.model)
+    weights = {qualified_name(b, n): s.weight().detach() for b, n, s in iter_prunable(base)}
+    informative = False
+    for block, event in enumerate(aggregated):
+        assert isinstance(event, BlockAggregated)
+        assert (event.block, event.blocks, sorted(event.contributors)) == (block, BLOCKS, list(NAMES))
+        layout = VoteLayout.for_block(base, block)
+        assert list(event.keep_votes) == list(event.global_masks) == list(layout.names)
+        bits = np.unpackbits(
+            np.frombuffer(run.state.packed_mask(block), dtype=np.uint8),
+            bitorder="little",
+            count=layout.dimension,
+        )
+        stored = layout.unflatten(torch.from_numpy(bits.astype(np.bool_)))
+        for name, votes in event.keep_votes.items():
+            assert votes.dtype == torch.int32 and int(votes.min()) >= 0 and int(votes.max()) <= len(NAMES)
+            informative |= int(votes.min()) < int(votes.max())
+            # The masks are the selection from exactly these sums, and they are the ones kept on disk.
+            selected = global_mask(
+                votes, weights[name], pattern=config.run.sparsity_pattern, group=config.run.group
+            )
+            assert torch.equal(event.global_masks[name], selected), name
+            assert torch.equal(stored[name], selected), name
+        if config.run.weight_scaling:
+            # The sums the output scales by are the ones reported.
+            counts = np.fromfile(run.state.counts_file(block), dtype=np.uint16)[: layout.dimension]
+            flat = layout.flatten(dict(event.keep_votes), dtype=torch.int32)
+            assert torch.equal(torch.from_numpy(counts.astype(np.int32)), flat)
+    assert informative, "the sites' votes differ somewhere: the test would not see votes taken from elsewhere"
+    run.close()
 
 
 # ---------------------------------------------------------------------- hostile messages

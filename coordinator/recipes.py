@@ -1,0 +1,391 @@
+"""What the coordinator does differently per recipe: one object per recipe, chosen in one place.
+
+A recipe decides what a block's secure sum carries (the session's ``max_input``, ring and chunking), what
+the summed vector means in the ledger, how a block's sums are decoded into keep-votes and global masks,
+what is kept durably for the output (the counts under weight scaling, the averaged weights under
+FedSpaLLM), how a block's weights are set when the model is written, and which participants prune each
+block. ``coordinator.run.CoordinatorRun`` asks its recipe and never which recipe it runs: another recipe
+is another class here and one entry in :func:`coordinator_recipe`.
+
+- :class:`FedPrLLM`: keep-votes only, one per weight, each in {0, 1}; the global model is the base weights
+  under the voted mask. :class:`ScaledFedPrLLM` also keeps the counts and scales each kept weight by
+  ``keep_votes / n`` (``run.weight_scaling``).
+- :class:`FedSpaLLM`: each participant's keep-vote and fixed-point SparseGPT weight update packed together
+  in one wide ring (``privacy.secagg.fixed_point.VoteValueCodec``); the kept weights are the l0-norm
+  average of the keep-voters' weights (with the randomized-response correction of the divisor), and each
+  block is pruned by the participants assigned to it within their declared ``max_blocks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from coordinator.aggregation import (
+    ComparisonGroup,
+    averaged_weight,
+    check_counts,
+    decode_votes_and_updates,
+    global_mask,
+    scaled_weight,
+)
+from coordinator.assignment import AssignmentError, assign_blocks
+from coordinator.config import PrivacySection, RunSection
+from coordinator.errors import RunClosedError
+from coordinator.state import RunState
+from privacy.randomized_response import RandomizedResponse
+from privacy.report import SummedInputs
+from privacy.secagg.fixed_point import VoteValueCodec
+from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH, ring_bit_width
+from proto.convert import session_chunk_coordinates
+from pruning.adapters import LinearSublayer
+from pruning.layout import VoteLayout
+from pruning.masks import SparsityPattern
+from pruning.recipes import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionShape:
+    """What a block's secure-aggregation session takes from the recipe: its input range and its ring."""
+
+    max_input: int
+    """The largest value one participant's coordinate may hold."""
+    chunk_coordinates: int
+    """Coordinates per masked-input chunk."""
+    max_bit_width: int
+    """The widest ring the session may use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatedBlock:
+    """A block's decoded sums and what the coordinator selected from them."""
+
+    keep_votes: dict[str, torch.Tensor]
+    """Summed keep-votes per matrix (int32, by qualified name): what the masks were selected from."""
+    masks: dict[str, torch.Tensor]
+    """Global masks per matrix (True = pruned)."""
+    weights: bytes | None = None
+    """The block's final weights (safetensors) to keep durably with its mask; None when the output
+    derives them from the base weights."""
+
+
+class CoordinatorRecipe(Protocol):
+    """The coordinator's side of a recipe (see the module docstring)."""
+
+    @property
+    def recipe(self) -> Recipe:
+        """Return which recipe this is (the report names it)."""
+        ...
+
+    @property
+    def summed(self) -> SummedInputs:
+        """Return what a block's summed vector holds, as the block's ledger event says."""
+        ...
+
+    @property
+    def max_input(self) -> int:
+        """Return the largest value a participant's coordinate may hold (announced at Join)."""
+        ...
+
+    def session_shape(self, members: int, *, chunk_coordinates: int) -> SessionShape:
+        """Return the input range and ring of a session of ``members`` (``chunk_coordinates``: the run's)."""
+        ...
+
+    def event_participants(self, *, session: int, run: int) -> int:
+        """Return the participant count a block's ledger event records (its session's or the run's)."""
+        ...
+
+    def assign_blocks(
+        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
+    ) -> dict[int, tuple[str, ...]] | None:
+        """Return who prunes each block, fixed durably in ``state`` once; None: every participant, every block.
+
+        ``budgets`` are the active participants' declared ``max_blocks`` (None: no limit), sorted by name.
+        """
+        ...
+
+    def aggregate(
+        self,
+        layout: VoteLayout,
+        sums: np.ndarray,
+        base_weights: Mapping[str, torch.Tensor],
+        *,
+        contributors: int,
+    ) -> AggregatedBlock:
+        """Return a block's keep-votes and global masks (and final weights) decoded from its sums.
+
+        Raises ValueError naming the matrix when a sum is not one that ``contributors`` inputs make.
+        """
+        ...
+
+    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Make durable what the output needs of ``sums`` (before the block is recorded complete)."""
+        ...
+
+    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Remove what is no longer needed of ``sums`` (after the block is recorded complete)."""
+        ...
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Set the weights of a finished block's matrices before its global mask is applied to them."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FedPrLLM:
+    """Keep-votes only; the global model is the base weights under the voted mask."""
+
+    pattern: SparsityPattern
+    group: ComparisonGroup
+    recipe: Recipe = dataclasses.field(default=Recipe.FEDPRLLM, init=False)
+    summed: SummedInputs = dataclasses.field(default=SummedInputs.KEEP_VOTES, init=False)
+
+    @property
+    def max_input(self) -> int:
+        """Return 1: a keep-vote is a bit."""
+        return 1
+
+    def session_shape(self, members: int, *, chunk_coordinates: int) -> SessionShape:
+        """Return bits summed in the narrow ring, in the run's chunks."""
+        return SessionShape(max_input=1, chunk_coordinates=chunk_coordinates, max_bit_width=MAX_BIT_WIDTH)
+
+    def event_participants(self, *, session: int, run: int) -> int:
+        """Return the run's participants: every block is everyone's."""
+        return run
+
+    def assign_blocks(
+        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
+    ) -> dict[int, tuple[str, ...]] | None:
+        """Return None: every participant votes on every block."""
+        return None
+
+    def aggregate(
+        self,
+        layout: VoteLayout,
+        sums: np.ndarray,
+        base_weights: Mapping[str, torch.Tensor],
+        *,
+        contributors: int,
+    ) -> AggregatedBlock:
+        """Return the counts as keep-votes and the masks selected from them."""
+        votes = layout.unflatten(torch.from_numpy(np.asarray(sums[: layout.dimension], dtype=np.int32)))
+        masks = {}
+        for name, keep_votes in votes.items():
+            check_counts(keep_votes, contributors, name=name)
+            masks[name] = global_mask(keep_votes, base_weights[name], pattern=self.pattern, group=self.group)
+        return AggregatedBlock(keep_votes=votes, masks=masks)
+
+    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Keep nothing: the mask is all the output needs."""
+
+    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Delete the block's counts file."""
+        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Leave the base weights."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledFedPrLLM(FedPrLLM):
+    """FedPrLLM whose kept weights are scaled by ``keep_votes / n`` (the counts are kept for the output)."""
+
+    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Flush and fsync the counts: they are read back when the model is written, possibly after a restart."""
+        if isinstance(sums, np.memmap):
+            sums.flush()
+            with open(state.counts_file(block), "rb+") as handle:
+                os.fsync(handle.fileno())
+
+    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Keep the counts file (read by :meth:`set_block_weights`)."""
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Scale each weight by its keep-votes over the block's contributors."""
+        raw = np.fromfile(state.counts_file(block), dtype=np.uint16)[: layout.dimension]
+        counts = layout.unflatten(torch.from_numpy(raw.astype(np.int32)))
+        for key, sublayer in sublayers.items():
+            sublayer.set_weight(scaled_weight(sublayer.weight(), counts[key], contributors))
+
+
+@dataclasses.dataclass(frozen=True)
+class FedSpaLLM:
+    """SparseGPT keep-votes and weight updates summed together; l0-norm averaged kept weights."""
+
+    pattern: SparsityPattern
+    group: ComparisonGroup
+    codec: VoteValueCodec
+    flip_probability: float
+    """Randomized response's flip probability of a keep-vote (0: none), which the divisor corrects for."""
+    recipe: Recipe = dataclasses.field(default=Recipe.FEDSPALLM, init=False)
+    summed: SummedInputs = dataclasses.field(default=SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES, init=False)
+
+    @property
+    def max_input(self) -> int:
+        """Return the packed vote-and-update's largest value."""
+        return self.codec.max_input
+
+    def session_shape(self, members: int, *, chunk_coordinates: int) -> SessionShape:
+        """Return the wide ring of ``members`` packed inputs, in chunks that fit a message at its width."""
+        width = ring_bit_width(members, self.codec.max_input)
+        return SessionShape(
+            max_input=self.codec.max_input,
+            chunk_coordinates=session_chunk_coordinates(width, limit=chunk_coordinates),
+            max_bit_width=WIDE_MAX_BIT_WIDTH,
+        )
+
+    def event_participants(self, *, session: int, run: int) -> int:
+        """Return the block's own subset: the event names its survivors, so the report can list every site
+        whose input was summed, statement or not."""
+        return session
+
+    def assign_blocks(
+        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
+    ) -> dict[int, tuple[str, ...]] | None:
+        """Return the assignment stored in ``state``, or make it from ``budgets`` and store it first."""
+        stored = state.assignment()
+        if stored is None:
+            # By name, not by join order: the same budgets always give the same assignment.
+            names = list(budgets)
+            try:
+                assignment = assign_blocks(
+                    [budgets[name] or blocks for name in names],  # None: no limit
+                    blocks=blocks,
+                    threshold=threshold,
+                )
+            except AssignmentError as error:
+                raise RunClosedError(
+                    f"no block assignment fits the participants' max_blocks ({dict(budgets)}): {error}"
+                ) from None
+            stored = {
+                "budgets": dict(budgets),
+                "blocks": [[names[i] for i in block] for block in assignment.blocks],
+            }
+            state.save_assignment(stored)
+        assigned = stored["blocks"]
+        assert isinstance(assigned, list)
+        result = {index: tuple(names) for index, names in enumerate(assigned)}
+        coverage = sorted({len(names) for names in result.values()})
+        logger.info(
+            "block assignment: %d blocks, %s participants per block (max_blocks %s)",
+            blocks,
+            "/".join(str(c) for c in coverage),
+            stored["budgets"],
+        )
+        return result
+
+    def aggregate(
+        self,
+        layout: VoteLayout,
+        sums: np.ndarray,
+        base_weights: Mapping[str, torch.Tensor],
+        *,
+        contributors: int,
+    ) -> AggregatedBlock:
+        """Return the decoded keep-votes, the masks selected from them and the averaged kept weights."""
+        from safetensors.torch import save as save_safetensors
+
+        decoded = decode_votes_and_updates(
+            self.codec,
+            layout,
+            sums,
+            base_weights,
+            contributors=contributors,
+            flip_probability=self.flip_probability,
+        )
+        keep_votes, masks, final = {}, {}, {}
+        for name, matrix in decoded.items():
+            base = base_weights[name]
+            keep_votes[name] = matrix.keep_votes
+            masks[name] = global_mask(matrix.keep_votes, base, pattern=self.pattern, group=self.group)
+            final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
+        return AggregatedBlock(keep_votes=keep_votes, masks=masks, weights=save_safetensors(final))
+
+    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Keep nothing of the sums: the final weights are kept with the mask."""
+
+    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Delete the block's sums file."""
+        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Set the averaged weights kept with the block (checked against their recorded digest)."""
+        from safetensors.torch import load as load_safetensors
+
+        final = load_safetensors(state.block_weights(block))
+        for key, sublayer in sublayers.items():
+            sublayer.set_weight(final[key].to(device=sublayer.weight().device))
+
+
+def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorRecipe:
+    """Return the coordinator's side of ``run.recipe`` for this run (the one place a recipe is chosen).
+
+    The FedSpaLLM codec is sized for every listed participant; its divisor's correction needs the
+    randomized response of ``privacy``.
+    """
+    pattern, group = run.sparsity_pattern, run.group
+    if run.recipe is Recipe.FEDSPALLM:
+        return FedSpaLLM(
+            pattern=pattern,
+            group=group,
+            codec=VoteValueCodec(participants=len(run.participants)),
+            flip_probability=(
+                RandomizedResponse(epsilon0=privacy.epsilon0).flip_probability
+                if privacy.randomized_response
+                else 0.0
+            ),
+        )
+    if run.weight_scaling:
+        return ScaledFedPrLLM(pattern=pattern, group=group)
+    return FedPrLLM(pattern=pattern, group=group)
+
+
+__all__ = [
+    "AggregatedBlock",
+    "CoordinatorRecipe",
+    "FedPrLLM",
+    "FedSpaLLM",
+    "ScaledFedPrLLM",
+    "SessionShape",
+    "coordinator_recipe",
+]
