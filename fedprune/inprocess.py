@@ -35,7 +35,9 @@ from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
 from participant.client import collect_mask_stream
 from participant.config import ParticipantConfig
-from participant.run import ParticipantRun, RunAbortedError, progress_reporter
+from participant.events import ParticipantEvent, ignore
+from participant.progress import BlockProgressBar
+from participant.run import ParticipantRun, RunAbortedError
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.data import CalibrationSet
 
@@ -231,19 +233,21 @@ def run_federation(
     *,
     transport: str = IN_PROCESS_TRANSPORT,
     progress: bool = False,
+    on_participant_event: Callable[[str, ParticipantEvent], None] | None = None,
 ) -> FederationResult:
     """Return the outputs of one run of the coordinator and ``sites``, all in this process.
 
     The coordinator writes the outputs exactly as the service does (report built and checked first, then
     the checkpoint and ``sparsity.json`` in ``config.output.directory``). Raises the first participant's
-    error if one failed (the run is aborted then), otherwise the coordinator's.
+    error if one failed (the run is aborted then), otherwise the coordinator's. ``on_participant_event``
+    gets each site's events with the site's name, from that site's thread.
     """
     names = [site.name for site in sites]
     if sorted(names) != sorted(config.run.participants):
         raise ValueError(f"sites {names} differ from the run's participants {list(config.run.participants)}")
     run = CoordinatorRun(config, transport=transport)
     server = InProcessServer(CoordinatorServicer(run))
-    on_block_done, close_progress = progress_reporter(progress)
+    bar = BlockProgressBar(enabled=progress)
     threads = _Threads()
 
     def failed(label: str, error: BaseException) -> None:
@@ -262,7 +266,7 @@ def run_federation(
             participant = ParticipantRun(
                 site.config,
                 InProcessClient(server, site.name),
-                on_block_done=on_block_done if index == 0 else None,
+                on_event=_site_sink(site.name, bar if index == 0 else ignore, on_participant_event),
                 samples=site.samples,
                 strict=True,
             )
@@ -281,11 +285,27 @@ def run_federation(
             threads.start(site.name, lambda i=index, s=site: participant_body(i, s), failed)  # type: ignore[misc]
         threads.join()
     finally:
-        close_progress()
+        bar.close()
         run.close()
     if threads.errors:
         raise _first_cause(threads.errors, names)
     return FederationResult(summary=summaries[0], run=run)
+
+
+def _site_sink(
+    name: str,
+    own: Callable[[ParticipantEvent], None],
+    observer: Callable[[str, ParticipantEvent], None] | None,
+) -> Callable[[ParticipantEvent], None]:
+    """Return the sink of site ``name``: its own (the progress bar) and then the host's observer."""
+    if observer is None:
+        return own
+
+    def sink(event: ParticipantEvent) -> None:
+        own(event)
+        observer(name, event)
+
+    return sink
 
 
 def _first_cause(errors: dict[str, BaseException], names: Sequence[str]) -> BaseException:
