@@ -2,8 +2,9 @@
 
 Everything is written under one service folder (``pki/``, ``configs/``, ``state/``, ``logs/``) and the
 processes are the same programs an operator runs (``fedprune coordinator --config``, ``fedprune
-participant --config``). Their log lines go to ``logs/NAME.log``; the few that mark progress (joins,
-blocks, statements, completion, warnings) are condensed into one line each by :class:`ProgressBoard`.
+participant --config --events``). Their output goes to ``logs/NAME.log`` and their run events to
+``logs/NAME.events.jsonl``; :class:`ProgressBoard` condenses the events (joins, blocks, statements,
+completion) into one line each and shows the warnings and errors of the output as they are.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from coordinator.events import BlockAggregated, ParticipantsPresent, RunFinished, SessionStarted
+from fedprune.events import Event, EventTail
+from participant.events import BlockScored, Joined, RunEnded, StatementSubmitted
+
 logger = logging.getLogger(__name__)
 
 COORDINATOR = "coordinator"
@@ -34,6 +39,7 @@ DEFAULT_RECIPE = "fedprllm"
 JOIN_TIMEOUT_S = 180.0
 RETRY_TIME_S = 60.0
 STOP_GRACE_S = 5.0
+EVENT_POLL_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +235,15 @@ def prepare(plan: ServicePlan, files: ServiceFiles, *, address: str) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- progress
-_LOG_LINE = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<source>[\w.]+): (?P<message>.*)$")
+_LOG_LINE = re.compile(r"^(?P<level>WARNING|ERROR|CRITICAL) (?P<source>[\w.]+): (?P<message>.*)$")
 
 
 class ProgressBoard:
-    """Condenses the processes' log lines into one line per event: a join, a block, a site's completion."""
+    """Condenses the processes' run events (``--events``) into one line each: a join, a block, a completion.
+
+    Progress comes from the typed events alone. Of the processes' output only what is meant for people is
+    shown as it is: warnings, errors and the coordinator's address.
+    """
 
     def __init__(
         self,
@@ -248,8 +258,8 @@ class ProgressBoard:
         self._write = write
         self._started = started
         self._lock = threading.Lock()
-        self._block_started = started
-        self._sent: dict[int, list[str]] = {}
+        self._block_started: dict[int, float] = {}
+        self._scored: set[str] = set()
         self.completed_blocks = 0
         self.blocks: int | None = None
 
@@ -258,71 +268,74 @@ class ProgressBoard:
         with self._lock:
             self._write(f"[{time.perf_counter() - self._started:6.1f}s] {who:<11} {message}")
 
-    def on_line(self, name: str, line: str) -> None:
-        """Take one output line of process ``name``."""
-        line = line.rstrip()
-        if name == COORDINATOR:
-            self._coordinator(line)
-        else:
-            self._site(name, line)
-
-    def _coordinator(self, line: str) -> None:
-        if line.startswith("fedprune coordinator listening on"):
-            self.say("coordinator", line.removeprefix("fedprune coordinator ") + " (mutual TLS)")
-            return
-        if line.startswith("fedprune coordinator: error"):
-            self.say("coordinator", line)
-            return
-        match = _LOG_LINE.match(line)
-        if match is None:
-            return
-        level, message = match["level"], match["message"]
-        if level in ("WARNING", "ERROR", "CRITICAL"):
-            self.say("coordinator", f"{level.lower()}: {message}")
-        elif m := re.match(r"(\S+) joined as participant (\d+)", message):
-            self.say(m[1], "joined: certificate accepted, base-model fingerprint matches")
-        elif "participants present" in message:
-            self.say("coordinator", message + "; the run starts")
-        elif m := re.match(r"block (\d+)/(\d+): session with (\d+) participants", message):
-            self.blocks = int(m[2])
+    def on_event(self, name: str, event: Event) -> None:
+        """Take one run event of process ``name``."""
+        if isinstance(event, ParticipantsPresent):
+            self.say(
+                "coordinator",
+                f"{len(event.names)} participants present: {', '.join(sorted(event.names))}; the run starts",
+            )
+        elif isinstance(event, SessionStarted):
+            self.blocks = event.blocks
             with self._lock:
-                self._block_started = time.perf_counter()
-        elif m := re.match(r"block (\d+)/(\d+) complete: (\d+) contributors", message):
-            block, blocks = int(m[1]), int(m[2])
-            self.completed_blocks = block
-            seconds = time.perf_counter() - self._block_started
+                self._block_started[event.block] = time.perf_counter()
+        elif isinstance(event, BlockAggregated):
+            self.completed_blocks = max(self.completed_blocks, event.block + 1)
+            with self._lock:
+                begun = self._block_started.get(event.block, self._started)
+            seconds = time.perf_counter() - begun
             summed = (
                 "randomized votes and weight updates summed under secure aggregation, mask and averaged "
                 "weights published"
                 if self.recipe == "fedspallm"
                 else "randomized votes summed under secure aggregation, mask published"
             )
-            self.say(f"block {block}/{blocks}", f"{m[3]} sites' {summed} ({seconds:.1f} s)")
-        elif m := re.match(r"(\S+) submitted its signed privacy statement \((\d+) events\)", message):
-            self.say(m[1], f"signed its privacy statement ({m[2]} ledger events)")
+            self.say(
+                f"block {event.block + 1}/{event.blocks}",
+                f"{len(event.contributors)} sites' {summed} ({seconds:.1f} s)",
+            )
+        elif isinstance(event, RunFinished):
+            self.say("coordinator", f"checkpoint and signed privacy report written to {event.output}")
+        elif isinstance(event, Joined):
+            self.say(name, "joined: certificate accepted, base-model fingerprint matches")
+        elif isinstance(event, BlockScored):
+            self._scored_block(name, event)
+        elif isinstance(event, StatementSubmitted):
+            self.say(name, f"signed its privacy statement ({event.events} ledger events)")
+        elif isinstance(event, RunEnded):
+            self.say(name, "done" if event.complete else f"stopped: {event.reason}")
 
-    def _site(self, name: str, line: str) -> None:
-        if line.startswith("fedprune participant:"):
-            message = line.removeprefix("fedprune participant: ")
-            if message != "run complete":
-                self.say(name, message)
+    def _scored_block(self, name: str, event: BlockScored) -> None:
+        if self.recipe == "fedspallm":
+            # FedSpaLLM prunes lazily, one block when its session starts: say so for the first one only.
+            with self._lock:
+                first = name not in self._scored
+                self._scored.add(name)
+            if first:
+                self.say(
+                    name,
+                    f"block {event.block + 1} pruned with SparseGPT: votes randomized, weight updates ready "
+                    "to mask",
+                )
+        elif event.block + 1 == event.blocks:
+            self.say(name, "votes of every block computed, randomized and ready to mask")
+
+    def on_line(self, name: str, line: str) -> None:
+        """Take one output line of process ``name``: shown only when it is meant for people."""
+        line = line.rstrip()
+        role = "coordinator" if name == COORDINATOR else "participant"
+        if line.startswith("fedprune coordinator listening on"):
+            self.say(name, line.removeprefix("fedprune coordinator ") + " (mutual TLS)")
+            return
+        if line.startswith(f"fedprune {role}: error"):
+            self.say(name, line)
             return
         match = _LOG_LINE.match(line)
         if match is None:
             return
-        level, message = match["level"], match["message"]
-        if level in ("ERROR", "CRITICAL") or (level == "WARNING" and "transformers" not in match["source"]):
-            self.say(name, f"{level.lower()}: {message}")
-        elif message.startswith("block 0: session started"):
-            if self.recipe == "fedspallm":
-                # FedSpaLLM prunes lazily, one block when its session starts: here only block 1 is done.
-                self.say(
-                    name, "block 1 pruned with SparseGPT: votes randomized, weight updates ready to mask"
-                )
-            else:
-                self.say(name, "votes of every block computed, randomized and ready to mask")
-        elif re.match(r"run \S+ complete", message):
-            self.say(name, "done")
+        if role == "participant" and match["level"] == "WARNING" and "transformers" in match["source"]:
+            return
+        self.say(name, f"{match['level'].lower()}: {match['message']}")
 
 
 @dataclasses.dataclass
@@ -331,6 +344,7 @@ class _Running:
     popen: subprocess.Popen[str]
     log: IO[str]
     reader: threading.Thread
+    tail: threading.Thread
 
 
 class Federation:
@@ -349,9 +363,19 @@ class Federation:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    def events_file(self, name: str) -> Path:
+        """Return where process ``name`` appends its run events (``--events``)."""
+        return self.files.logs / f"{name}.events.jsonl"
+
     def start(self, name: str, role: str) -> None:
-        """Start ``fedprune ROLE --config configs/NAME.toml`` with its output read line by line."""
+        """Start ``fedprune ROLE --config configs/NAME.toml --events logs/NAME.events.jsonl``.
+
+        Its output is read line by line into ``logs/NAME.log``; its events file is followed as it grows.
+        """
+        events = self.events_file(name)
+        events.unlink(missing_ok=True)  # the process appends: a previous demo's events must not replay
         command = [sys.executable, "-m", "fedprune.cli", role, "--config", str(self.files.config(name))]
+        command += ["--events", str(events)]
         log = open(self.files.logs / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         popen = subprocess.Popen(
             command,
@@ -364,8 +388,10 @@ class Federation:
             start_new_session=True,
         )
         reader = threading.Thread(target=self._read, args=(name, popen, log), daemon=True)
-        self.processes.append(_Running(name=name, popen=popen, log=log, reader=reader))
+        tail = threading.Thread(target=self._follow, args=(name, popen, events), daemon=True)
+        self.processes.append(_Running(name=name, popen=popen, log=log, reader=reader, tail=tail))
         reader.start()
+        tail.start()
 
     def _read(self, name: str, popen: subprocess.Popen[str], log: IO[str]) -> None:
         assert popen.stdout is not None
@@ -375,7 +401,21 @@ class Federation:
             try:
                 self.board.on_line(name, line)
             except Exception:  # progress is cosmetic: never let it stop the reading of a log
-                logger.debug("cannot show progress line %r", line, exc_info=True)
+                logger.debug("cannot show output line %r", line, exc_info=True)
+
+    def _follow(self, name: str, popen: subprocess.Popen[str], path: Path) -> None:
+        tail = EventTail(path)
+        while True:
+            ended = popen.poll() is not None  # checked first: what it wrote before it ended is read below
+            try:
+                for event in tail.read():
+                    self.board.on_event(name, event)
+            except Exception:  # progress is cosmetic: a bad line ends the board for this process only
+                logger.warning("cannot follow the events of %s in %s", name, path, exc_info=True)
+                return
+            if ended:
+                return
+            time.sleep(EVENT_POLL_S)
 
     def pids(self) -> list[int]:
         """Return the process ids of every started process."""
@@ -400,6 +440,7 @@ class Federation:
             if all(code == 0 for code in codes.values()):
                 for running in self.processes:
                     running.reader.join(timeout=5)
+                    running.tail.join(timeout=5)
                 return {name: 0 for name in codes}
             if time.monotonic() > deadline:
                 raise ServiceError(
@@ -421,6 +462,7 @@ class Federation:
                 running.popen.wait(timeout=STOP_GRACE_S)
         for running in self.processes:
             running.reader.join(timeout=2)
+            running.tail.join(timeout=2)
             running.log.close()
         return len(alive)
 
