@@ -35,7 +35,7 @@ from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
 from participant.client import collect_mask_stream
 from participant.config import ParticipantConfig
-from participant.events import ParticipantEvent, ignore
+from participant.events import ignore
 from participant.progress import BlockProgressBar
 from participant.run import ParticipantRun, RunAbortedError
 from proto.fedprune.v1 import service_pb2 as pb
@@ -233,14 +233,12 @@ def run_federation(
     *,
     transport: str = IN_PROCESS_TRANSPORT,
     progress: bool = False,
-    on_participant_event: Callable[[str, ParticipantEvent], None] | None = None,
 ) -> FederationResult:
     """Return the outputs of one run of the coordinator and ``sites``, all in this process.
 
     The coordinator writes the outputs exactly as the service does (report built and checked first, then
     the checkpoint and ``sparsity.json`` in ``config.output.directory``). Raises the first participant's
-    error if one failed (the run is aborted then), otherwise the coordinator's. ``on_participant_event``
-    gets each site's events with the site's name, from that site's thread.
+    error if one failed (the run is aborted then), otherwise the coordinator's.
     """
     names = [site.name for site in sites]
     if sorted(names) != sorted(config.run.participants):
@@ -266,7 +264,7 @@ def run_federation(
             participant = ParticipantRun(
                 site.config,
                 InProcessClient(server, site.name),
-                on_event=_site_sink(site.name, bar if index == 0 else ignore, on_participant_event),
+                on_event=bar if index == 0 else ignore,
                 samples=site.samples,
                 strict=True,
             )
@@ -290,22 +288,6 @@ def run_federation(
     if threads.errors:
         raise _first_cause(threads.errors, names)
     return FederationResult(summary=summaries[0], run=run)
-
-
-def _site_sink(
-    name: str,
-    own: Callable[[ParticipantEvent], None],
-    observer: Callable[[str, ParticipantEvent], None] | None,
-) -> Callable[[ParticipantEvent], None]:
-    """Return the sink of site ``name``: its own (the progress bar) and then the host's observer."""
-    if observer is None:
-        return own
-
-    def sink(event: ParticipantEvent) -> None:
-        own(event)
-        observer(name, event)
-
-    return sink
 
 
 def _first_cause(errors: dict[str, BaseException], names: Sequence[str]) -> BaseException:
