@@ -170,3 +170,40 @@ def test_the_progress_bar_counts_each_released_block_once(capsys: pytest.Capture
     assert bar.released == {0, 1}
     shown = capsys.readouterr().err
     assert "2/3" in shown and "3/3" not in shown
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Return certificates, a model and data for a site whose coordinator is not there."""
+    from tests.integration.harness import make_federation
+
+    return make_federation(tmp_path_factory.mktemp("federation"), names=("site-a", "site-b"))
+
+
+def test_the_participant_command_appends_its_events_to_the_events_file(
+    tmp_path: Path, federation: Any
+) -> None:
+    """``fedprune participant --events FILE``: a site that gives up on an unreachable coordinator says so there."""
+    from fedprune.events import read_events, to_line
+    from tests.integration.harness import free_address
+
+    config = federation.participant_config("site-a", free_address(), max_retry_time_s=0.5)
+    events = tmp_path / "site-a.events.jsonl"
+    events.write_text(to_line(BlockScored(block=0, blocks=1)), encoding="utf-8")  # an earlier run's line
+    assert main(["participant", "--config", str(config), "--events", str(events)]) == 1
+    earlier, ended = read_events(events)
+    assert earlier == BlockScored(block=0, blocks=1), "the file is appended to, never truncated"
+    assert isinstance(ended, RunEnded) and not ended.complete and ended.reason
+
+
+def test_an_events_file_that_cannot_be_opened_is_refused_naming_the_flag(
+    tmp_path: Path, federation: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.harness import free_address
+
+    config = federation.participant_config("site-a", free_address())
+    (tmp_path / "taken").write_text("a file, not a folder", encoding="utf-8")
+    assert (
+        main(["participant", "--config", str(config), "--events", str(tmp_path / "taken" / "e.jsonl")]) == 2
+    )
+    assert "--events" in capsys.readouterr().err
