@@ -12,10 +12,12 @@ keep-votes or the mask, so a parsed ``BlockAggregated`` has empty ``keep_votes``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +38,8 @@ SCHEMA = 1
 """Raised whenever a kind or a field changes meaning, is removed or is added."""
 
 Event = RunEvent | ParticipantEvent
+
+logger = logging.getLogger(__name__)
 
 
 class Field(enum.Enum):
@@ -187,7 +191,9 @@ def _parse_lines(path: Path, lines: list[str], first: int = 1) -> Iterator[Event
 class EventLog:
     """An event sink that appends each event to ``path`` as one JSON line and flushes it at once.
 
-    Safe to call from several threads; ``close`` (or leaving its ``with`` block) closes the file.
+    Opening raises OSError. A write that fails later (a full disk) is logged once and ends the file's
+    events, not the run: what a run computes and sends matters more than its observers. Safe to call from
+    several threads; ``close`` (or leaving its ``with`` block) closes the file.
     """
 
     def __init__(self, path: Path) -> None:
@@ -195,15 +201,22 @@ class EventLog:
         self.path = path
         self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._lock = threading.Lock()
+        self.failed: OSError | None = None
 
     def __call__(self, event: Event) -> None:
         line = to_line(event)
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            if self.failed is not None:
+                return
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError as error:
+                self.failed = error
+                logger.error("events file %s: %s; no further events are written to it", self.path, error)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):  # what could not be written was reported already
             self._file.close()
 
     def __enter__(self) -> EventLog:

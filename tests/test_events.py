@@ -152,6 +152,19 @@ def test_the_log_appends_and_flushes_each_line_as_it_happens(tmp_path: Path) -> 
     ]
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device whose writes fail)")
+def test_a_write_that_fails_is_reported_once_and_does_not_stop_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = EventLog(Path("/dev/full"))  # every write: no space left on device
+    log(BlockScored(block=0, blocks=2))
+    log(BlockScored(block=1, blocks=2))
+    log.close()
+    assert isinstance(log.failed, OSError)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "/dev/full" in errors[0].getMessage()
+
+
 def test_read_events_names_the_file_and_line_of_a_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
     path.write_text(to_line(BlockScored(block=0, blocks=1)) + '{"schema": 1}\n', encoding="utf-8")
