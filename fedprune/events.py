@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from coordinator.events import BlockAggregated, ParticipantsPresent, RunEvent, RunFinished, SessionStarted
 from participant.events import (
@@ -166,24 +166,42 @@ def from_record(record: object) -> Event:
     return event
 
 
-def from_line(line: str) -> Event:
-    """Return the event of one JSON line; raise EventStreamError naming what is wrong."""
+class StampedEvent(NamedTuple):
+    """An event with the ``time`` of its line (ISO 8601 in UTC: such strings sort as the moments do)."""
+
+    time: str
+    event: Event
+
+    @property
+    def seconds(self) -> float:
+        """Return the time as seconds since the epoch."""
+        return datetime.datetime.fromisoformat(self.time.replace("Z", "+00:00")).timestamp()
+
+
+def from_stamped_line(line: str) -> StampedEvent:
+    """Return the event of one JSON line with its time; raise EventStreamError naming what is wrong."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise EventStreamError(f"not JSON: {error}") from None
-    return from_record(record)
+    event = from_record(record)
+    return StampedEvent(record["time"], event)
+
+
+def from_line(line: str) -> Event:
+    """Return the event of one JSON line; raise EventStreamError naming what is wrong."""
+    return from_stamped_line(line).event
 
 
 def read_events(path: Path) -> list[Event]:
     """Return every event in an events file; raise EventStreamError naming the file and line."""
-    return list(_parse_lines(path, path.read_text(encoding="utf-8").splitlines()))
+    return [stamped.event for stamped in _parse_lines(path, path.read_text(encoding="utf-8").splitlines())]
 
 
-def _parse_lines(path: Path, lines: list[str], first: int = 1) -> Iterator[Event]:
+def _parse_lines(path: Path, lines: list[str], first: int = 1) -> Iterator[StampedEvent]:
     for number, line in enumerate(lines, start=first):
         try:
-            yield from_line(line)
+            yield from_stamped_line(line)
         except EventStreamError as error:
             raise EventStreamError(f"{path} line {number}: {error}") from None
 
@@ -235,7 +253,7 @@ class EventTail:
         self._line = 0
         self._partial = b""
 
-    def read(self) -> list[Event]:
+    def read(self) -> list[StampedEvent]:
         """Return the events of the lines completed since the last call (none while the file is absent)."""
         try:
             with open(self.path, "rb") as file:
@@ -269,10 +287,12 @@ __all__ = [
     "EventLog",
     "EventStreamError",
     "EventTail",
+    "StampedEvent",
     "Field",
     "Kind",
     "fan_out",
     "from_line",
+    "from_stamped_line",
     "from_record",
     "read_events",
     "to_line",

@@ -6,16 +6,14 @@ moves the board.
 
 from __future__ import annotations
 
+import datetime
 import re
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 from coordinator.events import BlockAggregated, ParticipantsPresent, RunFinished, SessionStarted
 from fedprune.demo.service import ProgressBoard
-from fedprune.events import EventLog
+from fedprune.events import to_line
 from participant.events import BlockReleased, BlockScored, Joined, RunEnded, StatementSubmitted
 
 SITES = ("site-1", "site-2")
@@ -84,6 +82,23 @@ def test_a_run_of_events_gives_one_line_per_join_block_statement_and_completion(
     assert (board.blocks, board.completed_blocks) == (2, 2)
 
 
+def test_the_run_starts_on_the_board_once_every_site_present_said_it_joined() -> None:
+    """The coordinator admits a site before the site has checked the run: the site's word comes first."""
+    board, lines = _board()
+    board.on_event("coordinator", ParticipantsPresent(names=SITES))
+    board.on_event("site-2", Joined(run_id="00", name="site-2", participant_id=2, blocks=1))
+    assert len(lines) == 1
+    board.on_event("site-1", Joined(run_id="00", name="site-1", participant_id=1, blocks=1))
+    assert [line.split()[0] for line in _text(lines)] == ["site-2", "site-1", "coordinator"]
+    board, lines = _board()
+    board.on_event("coordinator", ParticipantsPresent(names=SITES))
+    board.on_event("site-1", RunEnded(complete=False, reason="refused"))  # a site that never says it joined
+    assert _text(lines) == [
+        "coordinator 2 participants present: site-1, site-2; the run starts",
+        "site-1      stopped: refused",
+    ]
+
+
 def test_a_block_line_times_the_block_from_its_session() -> None:
     board, lines = _board()
     board.on_event("coordinator", SessionStarted(block=0, blocks=1, members=SITES, attempt=1))
@@ -139,30 +154,44 @@ def test_log_lines_never_move_the_board_only_warnings_and_errors_are_shown() -> 
     ]
 
 
-def test_the_federation_follows_the_events_file_a_process_writes(tmp_path: Path) -> None:
-    """What a process appends to its ``--events`` file reaches the board while it runs, and to the end."""
+def test_the_federation_shows_the_events_of_several_files_in_the_order_they_happened(tmp_path: Path) -> None:
+    """What the processes append reaches the board while they run, merged by time, and all of it by ``stop``."""
     from fedprune.demo.service import Federation, ServiceFiles
 
     board, lines = _board()
     federation = Federation(ServiceFiles(tmp_path), board)
-    path = federation.events_file("site-1")
-    path.parent.mkdir(parents=True)
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    follower = threading.Thread(target=federation._follow, args=("site-1", process, path), daemon=True)
-    follower.start()
-    try:
-        with EventLog(path) as log:
-            log(Joined(run_id="00", name="site-1", participant_id=0, blocks=1))
-            deadline = time.monotonic() + 5
-            while not lines and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert _text(lines) == [
-                "site-1      joined: certificate accepted, base-model fingerprint matches"
-            ]
-            log(RunEnded(complete=True, reason="run complete"))
-    finally:
-        process.kill()
-        process.wait()
-    follower.join(timeout=5)
-    assert not follower.is_alive(), "the follower ends with its process"
-    assert _text(lines)[-1] == "site-1      done", "what was written before the process ended is read"
+    files = {name: tmp_path / f"{name}.events.jsonl" for name in ("coordinator", "site-1")}
+    at = [datetime.datetime(2026, 1, 2, 3, 4, second, tzinfo=datetime.timezone.utc) for second in range(6)]
+    aggregated = BlockAggregated(block=0, blocks=1, contributors=("site-1",), keep_votes={}, global_masks={})
+    # Written before they are followed, so that one round reads them all.
+    files["coordinator"].write_text(
+        to_line(ParticipantsPresent(names=("site-1",)), now=at[0])
+        + to_line(SessionStarted(block=0, blocks=1, members=("site-1",), attempt=1), now=at[1])
+        + to_line(aggregated, now=at[4])
+        + to_line(RunFinished(output=Path("/out"), report=Path("/out/r.json")), now=at[5]),
+        encoding="utf-8",
+    )
+    files["site-1"].write_text(
+        to_line(Joined(run_id="00", name="site-1", participant_id=0, blocks=1), now=at[2])
+        + to_line(StatementSubmitted(events=3), now=at[3]),
+        encoding="utf-8",
+    )
+    for name, path in files.items():
+        federation.follow(name, path)
+    deadline = time.monotonic() + 5
+    while len(lines) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    text = _text(lines)
+    assert [line.split()[0] for line in text] == [
+        "site-1",
+        "coordinator",
+        "site-1",
+        "block",
+        "coordinator",
+    ], text
+    assert text[1].startswith("coordinator 1 participants present")
+    assert text[3].endswith("(3.0 s)"), "a block is timed by its events' times, not by when they were read"
+    with open(files["site-1"], "a", encoding="utf-8") as file:  # the last line before the process ends
+        file.write(to_line(RunEnded(complete=True, reason="run complete")))
+    assert federation.stop() == 0
+    assert _text(lines)[-1] == "site-1      done"

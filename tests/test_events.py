@@ -180,15 +180,31 @@ def test_a_tail_returns_complete_lines_only_and_each_once(tmp_path: Path) -> Non
     with open(path, "wb") as file:
         file.write(first + second[:7])  # the writer is half-way through the second line
         file.flush()
-        assert tail.read() == [BlockScored(block=0, blocks=2)]
+        assert [stamped.event for stamped in tail.read()] == [BlockScored(block=0, blocks=2)]
         assert tail.read() == []
         file.write(second[7:])
         file.flush()
-        assert tail.read() == [BlockScored(block=1, blocks=2)]
+        assert [stamped.event for stamped in tail.read()] == [BlockScored(block=1, blocks=2)]
         file.write(b'{"schema": 1}\n')
         file.flush()
     with pytest.raises(EventStreamError, match=r"run\.jsonl line 3"):
         tail.read()
+
+
+def test_a_tail_gives_each_event_with_the_time_of_its_line(tmp_path: Path) -> None:
+    """Lines of several files merge in the order they happened: by their time, which sorts as text."""
+    path = tmp_path / "run.jsonl"
+    moments = [
+        datetime.datetime(2026, 1, 2, 3, 4, 5, ms * 1000, tzinfo=datetime.timezone.utc) for ms in (9, 10)
+    ]
+    events = [BlockScored(block=0, blocks=1), RunEnded(complete=True, reason="run complete")]
+    path.write_text(
+        "".join(to_line(e, now=m) for e, m in zip(events, moments, strict=True)), encoding="utf-8"
+    )
+    stamped = EventTail(path).read()
+    assert [s.event for s in stamped] == events
+    assert [s.time for s in stamped] == ["2026-01-02T03:04:05.009Z", "2026-01-02T03:04:05.010Z"]
+    assert sorted(s.time for s in stamped) == [s.time for s in stamped]
 
 
 def test_fan_out_hands_each_event_to_every_sink_in_order() -> None:

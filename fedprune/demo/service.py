@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from coordinator.events import BlockAggregated, ParticipantsPresent, RunFinished, SessionStarted
-from fedprune.events import Event, EventTail
+from fedprune.events import Event, EventTail, StampedEvent
 from participant.events import BlockScored, Joined, RunEnded, StatementSubmitted
 
 logger = logging.getLogger(__name__)
@@ -260,6 +260,8 @@ class ProgressBoard:
         self._lock = threading.Lock()
         self._block_started: dict[int, float] = {}
         self._scored: set[str] = set()
+        self._joined: set[str] = set()
+        self._present: ParticipantsPresent | None = None
         self.completed_blocks = 0
         self.blocks: int | None = None
 
@@ -268,22 +270,23 @@ class ProgressBoard:
         with self._lock:
             self._write(f"[{time.perf_counter() - self._started:6.1f}s] {who:<11} {message}")
 
-    def on_event(self, name: str, event: Event) -> None:
-        """Take one run event of process ``name``."""
+    def on_event(self, name: str, event: Event, *, at: float | None = None) -> None:
+        """Take one run event of process ``name``; ``at``: when it happened (epoch seconds), else now."""
+        moment = time.time() if at is None else at
         if isinstance(event, ParticipantsPresent):
-            self.say(
-                "coordinator",
-                f"{len(event.names)} participants present: {', '.join(sorted(event.names))}; the run starts",
-            )
+            with self._lock:
+                self._present = event
+            self._announce_present()
         elif isinstance(event, SessionStarted):
             self.blocks = event.blocks
             with self._lock:
-                self._block_started[event.block] = time.perf_counter()
+                self._block_started[event.block] = moment
         elif isinstance(event, BlockAggregated):
+            self._announce_present(waiting=False)
             self.completed_blocks = max(self.completed_blocks, event.block + 1)
             with self._lock:
-                begun = self._block_started.get(event.block, self._started)
-            seconds = time.perf_counter() - begun
+                begun = self._block_started.get(event.block)
+            seconds = max(0.0, moment - begun) if begun is not None else 0.0
             summed = (
                 "randomized votes and weight updates summed under secure aggregation, mask and averaged "
                 "weights published"
@@ -295,15 +298,34 @@ class ProgressBoard:
                 f"{len(event.contributors)} sites' {summed} ({seconds:.1f} s)",
             )
         elif isinstance(event, RunFinished):
+            self._announce_present(waiting=False)
             self.say("coordinator", f"checkpoint and signed privacy report written to {event.output}")
         elif isinstance(event, Joined):
             self.say(name, "joined: certificate accepted, base-model fingerprint matches")
+            with self._lock:
+                self._joined.add(name)
+            self._announce_present()
         elif isinstance(event, BlockScored):
             self._scored_block(name, event)
         elif isinstance(event, StatementSubmitted):
             self.say(name, f"signed its privacy statement ({event.events} ledger events)")
         elif isinstance(event, RunEnded):
+            self._announce_present(waiting=False)
             self.say(name, "done" if event.complete else f"stopped: {event.reason}")
+
+    def _announce_present(self, *, waiting: bool = True) -> None:
+        """Say that the run starts, once every site present has said it joined (or ``waiting`` is off).
+
+        The coordinator admits a site before the site has checked the run; the site's own word comes
+        second in time but first on the board.
+        """
+        with self._lock:
+            present = self._present
+            if present is None or (waiting and not set(present.names) <= self._joined):
+                return
+            self._present = None
+        names = ", ".join(sorted(present.names))
+        self.say("coordinator", f"{len(present.names)} participants present: {names}; the run starts")
 
     def _scored_block(self, name: str, event: BlockScored) -> None:
         if self.recipe == "fedspallm":
@@ -344,7 +366,6 @@ class _Running:
     popen: subprocess.Popen[str]
     log: IO[str]
     reader: threading.Thread
-    tail: threading.Thread
 
 
 class Federation:
@@ -355,6 +376,10 @@ class Federation:
         self.board = board
         self._threads = threads
         self.processes: list[_Running] = []
+        self._tails: list[tuple[str, EventTail]] = []
+        self._tails_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._follower: threading.Thread | None = None
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -370,7 +395,7 @@ class Federation:
     def start(self, name: str, role: str) -> None:
         """Start ``fedprune ROLE --config configs/NAME.toml --events logs/NAME.events.jsonl``.
 
-        Its output is read line by line into ``logs/NAME.log``; its events file is followed as it grows.
+        Its output is read line by line into ``logs/NAME.log``; its events file is followed (``follow``).
         """
         events = self.events_file(name)
         events.unlink(missing_ok=True)  # the process appends: a previous demo's events must not replay
@@ -388,10 +413,21 @@ class Federation:
             start_new_session=True,
         )
         reader = threading.Thread(target=self._read, args=(name, popen, log), daemon=True)
-        tail = threading.Thread(target=self._follow, args=(name, popen, events), daemon=True)
-        self.processes.append(_Running(name=name, popen=popen, log=log, reader=reader, tail=tail))
+        self.processes.append(_Running(name=name, popen=popen, log=log, reader=reader))
         reader.start()
-        tail.start()
+        self.follow(name, events)
+
+    def follow(self, name: str, path: Path) -> None:
+        """Hand the events process ``name`` appends to ``path`` to the board, until ``wait`` or ``stop``.
+
+        One thread reads every followed file in turn and hands each round's events to the board in the
+        order of their times, so that one process's event is not shown before another's that came first.
+        """
+        with self._tails_lock:
+            self._tails.append((name, EventTail(path)))
+            if self._follower is None:
+                self._follower = threading.Thread(target=self._follow, daemon=True)
+                self._follower.start()
 
     def _read(self, name: str, popen: subprocess.Popen[str], log: IO[str]) -> None:
         assert popen.stdout is not None
@@ -403,19 +439,33 @@ class Federation:
             except Exception:  # progress is cosmetic: never let it stop the reading of a log
                 logger.debug("cannot show output line %r", line, exc_info=True)
 
-    def _follow(self, name: str, popen: subprocess.Popen[str], path: Path) -> None:
-        tail = EventTail(path)
+    def _follow(self) -> None:
+        broken: set[str] = set()
         while True:
-            ended = popen.poll() is not None  # checked first: what it wrote before it ended is read below
-            try:
-                for event in tail.read():
-                    self.board.on_event(name, event)
-            except Exception:  # progress is cosmetic: a bad line ends the board for this process only
-                logger.warning("cannot follow the events of %s in %s", name, path, exc_info=True)
-                return
-            if ended:
+            closing = self._closing.is_set()  # checked first: what was written before it is read below
+            with self._tails_lock:
+                tails = [(name, tail) for name, tail in self._tails if name not in broken]
+            batch: list[tuple[str, str, StampedEvent]] = []
+            for name, tail in tails:
+                try:
+                    batch += [(stamped.time, name, stamped) for stamped in tail.read()]
+                except Exception:  # progress is cosmetic: a bad line ends the board for this process only
+                    logger.warning("cannot follow the events of %s in %s", name, tail.path, exc_info=True)
+                    broken.add(name)
+            for _, name, stamped in sorted(batch, key=lambda item: item[0]):
+                try:
+                    self.board.on_event(name, stamped.event, at=stamped.seconds)
+                except Exception:
+                    logger.debug("cannot show event %r", stamped.event, exc_info=True)
+            if closing:
                 return
             time.sleep(EVENT_POLL_S)
+
+    def _stop_following(self, timeout_s: float) -> None:
+        """Return once the events written so far are on the board (the processes have ended)."""
+        self._closing.set()
+        if self._follower is not None:
+            self._follower.join(timeout=timeout_s)
 
     def pids(self) -> list[int]:
         """Return the process ids of every started process."""
@@ -440,7 +490,7 @@ class Federation:
             if all(code == 0 for code in codes.values()):
                 for running in self.processes:
                     running.reader.join(timeout=5)
-                    running.tail.join(timeout=5)
+                self._stop_following(5)
                 return {name: 0 for name in codes}
             if time.monotonic() > deadline:
                 raise ServiceError(
@@ -462,8 +512,8 @@ class Federation:
                 running.popen.wait(timeout=STOP_GRACE_S)
         for running in self.processes:
             running.reader.join(timeout=2)
-            running.tail.join(timeout=2)
             running.log.close()
+        self._stop_following(2)
         return len(alive)
 
 
