@@ -28,8 +28,8 @@ class Joined:
 class BlockScored:
     """This site's keep-votes of a block are computed from its data and randomized, ready to mask.
 
-    One-shot runs score every block before the first session; iterative and FedSpaLLM runs score a block
-    when it is due (FedSpaLLM: only the blocks assigned to this site).
+    One-shot runs score every block before the first session, iterative runs each block when it is due,
+    FedSpaLLM runs each block assigned to this site when its session starts.
     """
 
     block: int
@@ -38,9 +38,9 @@ class BlockScored:
 
 @dataclasses.dataclass(frozen=True)
 class BlockReleased:
-    """This site's masked votes of a block are in the block's sum: its unmask answer was accepted.
+    """This site's masked input of a block is in the block's sum: its unmask answer was accepted.
 
-    Sent again for a block whose session the coordinator retried (the same votes, never new ones).
+    May come again for a block whose session the coordinator ran again (the same input, never new noise).
     """
 
     block: int
