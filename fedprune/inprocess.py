@@ -35,7 +35,9 @@ from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
 from participant.client import collect_mask_stream
 from participant.config import ParticipantConfig
-from participant.run import ParticipantRun, RunAbortedError, progress_reporter
+from participant.events import ignore
+from participant.progress import BlockProgressBar
+from participant.run import ParticipantRun, RunAbortedError
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.data import CalibrationSet
 
@@ -243,7 +245,7 @@ def run_federation(
         raise ValueError(f"sites {names} differ from the run's participants {list(config.run.participants)}")
     run = CoordinatorRun(config, transport=transport)
     server = InProcessServer(CoordinatorServicer(run))
-    on_block_done, close_progress = progress_reporter(progress)
+    bar = BlockProgressBar(enabled=progress)
     threads = _Threads()
 
     def failed(label: str, error: BaseException) -> None:
@@ -262,7 +264,7 @@ def run_federation(
             participant = ParticipantRun(
                 site.config,
                 InProcessClient(server, site.name),
-                on_block_done=on_block_done if index == 0 else None,
+                on_event=bar if index == 0 else ignore,
                 samples=site.samples,
                 strict=True,
             )
@@ -281,7 +283,7 @@ def run_federation(
             threads.start(site.name, lambda i=index, s=site: participant_body(i, s), failed)  # type: ignore[misc]
         threads.join()
     finally:
-        close_progress()
+        bar.close()
         run.close()
     if threads.errors:
         raise _first_cause(threads.errors, names)

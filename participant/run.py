@@ -27,10 +27,18 @@ import grpc
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from tqdm.auto import tqdm
 
 from participant.client import CoordinatorCalls, StreamTooLargeError
 from participant.config import ParticipantConfig
+from participant.events import (
+    BlockReleased,
+    BlockScored,
+    Joined,
+    ParticipantEventSink,
+    RunEnded,
+    StatementSubmitted,
+    ignore,
+)
 from participant.privacy import (
     ParticipantPrivacy,
     PrivacyPlan,
@@ -216,7 +224,7 @@ class ParticipantRun:
         config: ParticipantConfig,
         client: CoordinatorCalls,
         *,
-        on_block_done: Callable[[int, int], None] | None = None,
+        on_event: ParticipantEventSink = ignore,
         samples: torch.Tensor | CalibrationSet | None = None,
         strict: bool = False,
     ) -> None:
@@ -241,7 +249,7 @@ class ParticipantRun:
         self.model = load_model(config.model.directory)
         self.tokenizer = load_tokenizer(config.model.directory)
         self.fingerprint = base_model_fingerprint(self.model)
-        self._on_block_done = on_block_done
+        self._on_event = on_event
         # Keep-votes (randomized) and global masks are kept bit-packed for the whole run; only the block
         # in session is unpacked (_unpacked). FedSpaLLM vectors are integers and stay as they are.
         self._vectors: dict[int, np.ndarray | PackedBits] = {}
@@ -374,6 +382,7 @@ class ParticipantRun:
         logger.info(
             "joined run %s as %s (participant %d)", run.run_id.hex(), reply.name, reply.participant_id
         )
+        self._on_event(Joined(run.run_id.hex(), reply.name, reply.participant_id, run.blocks))
         return reply
 
     # ------------------------------------------------------------------ lifetime budget
@@ -617,12 +626,14 @@ class ParticipantRun:
 
     def _store_vector(self, block: int, keep_votes: np.ndarray) -> None:
         self._vectors[block] = PackedBits.of(self.privacy.randomize_block(block, keep_votes))
+        self._on_event(BlockScored(block, self.params.blocks))
 
     def _vector(self, block: int) -> np.ndarray:
         """Return block ``block``'s randomized keep-votes (iterative: scoring up to it first)."""
         if self._pruner is not None and block not in self._vectors:
             base = self._base_weights(block)  # before prune() overwrites them in place
             self._vectors[block] = self._fedspallm_vector(block, self._pruner.prune(block), base)
+            self._on_event(BlockScored(block, self.params.blocks))
             # Blocks run in order and a later block's session starts only once the earlier ones are final,
             # so their vectors (8 bytes a weight here) are never sent again: free them.
             for done in [b for b in self._vectors if b < block]:
@@ -983,8 +994,7 @@ class ParticipantRun:
         def send() -> None:
             self.client.unmask(request)
             logger.info("block %d: votes sent and unmasked", block)
-            if self._on_block_done is not None:
-                self._on_block_done(block, self.params.blocks)
+            self._on_event(BlockReleased(block, self.params.blocks))
 
         return send
 
@@ -1004,7 +1014,12 @@ class ParticipantRun:
                 signature=bytes.fromhex(statement.signature),
             )
         )
-        return lambda: self.client.submit_statement(request)
+
+        def send() -> None:
+            self.client.submit_statement(request)
+            self._on_event(StatementSubmitted(len(statement.events)))
+
+        return send
 
     def _handle(self, task: pb.Task) -> Callable[[], None] | None:
         kind = task.WhichOneof("kind")
@@ -1033,7 +1048,13 @@ class ParticipantRun:
             self._run()
         except CoordinatorMisbehaviour as proof:
             self._leave(proof)
-            raise CoordinatorLiedError(proof) from None
+            lied = CoordinatorLiedError(proof)
+            self._on_event(RunEnded(complete=False, reason=str(lied)))
+            raise lied from None
+        except Exception as error:
+            self._on_event(RunEnded(complete=False, reason=str(error)))
+            raise
+        self._on_event(RunEnded(complete=True, reason="run complete"))
 
     def _leave(self, proof: CoordinatorMisbehaviour) -> None:
         if self._secagg is not None:
@@ -1089,22 +1110,6 @@ class ParticipantRun:
                 if self._strict:
                     raise
                 logger.warning("%s refused by this participant: %s", kind, error)
-
-
-def progress_reporter(enabled: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """Return (on_block_done, close) driving a progress bar over the run's blocks."""
-    bar: list[Any] = []
-
-    def update(block: int, blocks: int) -> None:
-        if not bar:
-            bar.append(tqdm(total=blocks, desc="blocks", unit="block", disable=not enabled))
-        bar[0].update(1)
-
-    def close() -> None:
-        if bar:
-            bar[0].close()
-
-    return update, close
 
 
 def _describe(privacy: pb.PrivacyParameters) -> str:

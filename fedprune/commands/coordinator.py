@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedprune.errors import CommandError
+
+if TYPE_CHECKING:
+    from coordinator.config import CoordinatorConfig
+    from fedprune.events import EventLog
 
 logger = logging.getLogger(__name__)
 
@@ -25,24 +29,52 @@ def register(subparsers: Any) -> None:
         "coordinator", help="run the coordinator of a federated run", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--config", type=Path, required=True, help="coordinator TOML file")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="append the run's events to FILE, one JSON object a line (docs/OPERATORS.md, 'Run events')",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from coordinator.config import ConfigError, load_config
-    from coordinator.errors import CoordinatorError
-    from coordinator.run import CoordinatorRun
-    from coordinator.servicer import serve
     from coordinator.state import StateError
     from fedprune.commands.common import quiet_transformers
-    from privacy.signing import grouped_fingerprint, load_or_create_signing_key
+    from fedprune.events import EventLog
     from proto.tls import TlsConfigurationError
 
     quiet_transformers()
     try:
         config = load_config(args.config)
         config.check_paths()
-        run_ = CoordinatorRun(config)
+    except (ConfigError, StateError, TlsConfigurationError) as error:
+        raise CommandError(str(error)) from None
+    try:
+        events = EventLog(args.events) if args.events is not None else None
+    except OSError as error:
+        raise CommandError(f"--events {args.events}: {error.strerror or error}") from None
+    try:
+        return _serve(config, events)
+    finally:
+        if events is not None:
+            events.close()
+
+
+def _serve(config: CoordinatorConfig, events: EventLog | None) -> int:
+    from coordinator.config import ConfigError
+    from coordinator.errors import CoordinatorError
+    from coordinator.run import CoordinatorRun
+    from coordinator.servicer import serve
+    from coordinator.state import StateError
+    from privacy.signing import grouped_fingerprint, load_or_create_signing_key
+    from proto.tls import TlsConfigurationError
+
+    try:
+        run_ = (
+            CoordinatorRun(config) if events is None else CoordinatorRun(config, on_event=events)  # type: ignore[call-arg]
+        )
     except (ConfigError, StateError, TlsConfigurationError) as error:
         raise CommandError(str(error)) from None
     try:

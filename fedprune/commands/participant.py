@@ -26,11 +26,18 @@ def register(subparsers: Any) -> None:
         "participant", help="take part in a federated run", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--config", type=Path, required=True, help="participant TOML file")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="append the run's events to FILE, one JSON object a line (docs/PARTICIPANTS.md, 'Run events')",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fedprune.commands.common import quiet_transformers
+    from fedprune.events import EventLog, fan_out
     from participant.client import (
         ConfigurationError,
         CoordinatorClient,
@@ -38,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         RetryPolicy,
     )
     from participant.config import ConfigError, load_config
-    from participant.run import ParticipantRun, RunAbortedError, RunRefusedError, progress_reporter
+    from participant.progress import BlockProgressBar
+    from participant.run import ParticipantRun, RunAbortedError, RunRefusedError
     from proto.tls import TlsConfigurationError
 
     quiet_transformers()
@@ -57,16 +65,23 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ConfigError, TlsConfigurationError) as error:
         raise CommandError(str(error)) from None
-    on_block, close_bar = progress_reporter(config.runtime.progress and sys.stderr.isatty())
+    bar = BlockProgressBar(enabled=config.runtime.progress and sys.stderr.isatty())
     try:
-        ParticipantRun(config, client, on_block_done=on_block).run()
+        events = EventLog(args.events) if args.events is not None else None
+    except OSError as error:
+        client.close()
+        raise CommandError(f"--events {args.events}: {error.strerror or error}") from None
+    try:
+        ParticipantRun(config, client, on_event=bar if events is None else fan_out(bar, events)).run()
     except ConfigurationError as error:
         raise CommandError(f"configuration error: {error}") from None
     except (RunRefusedError, RunAbortedError, CoordinatorUnreachableError) as error:
         print(f"fedprune participant: {error}", file=sys.stderr)
         return EXIT_REFUSED
     finally:
-        close_bar()
+        bar.close()
+        if events is not None:
+            events.close()
         client.close()
     print("fedprune participant: run complete", file=sys.stderr)
     return 0

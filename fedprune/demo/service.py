@@ -2,8 +2,9 @@
 
 Everything is written under one service folder (``pki/``, ``configs/``, ``state/``, ``logs/``) and the
 processes are the same programs an operator runs (``fedprune coordinator --config``, ``fedprune
-participant --config``). Their log lines go to ``logs/NAME.log``; the few that mark progress (joins,
-blocks, statements, completion, warnings) are condensed into one line each by :class:`ProgressBoard`.
+participant --config --events``). Their output goes to ``logs/NAME.log`` and their run events to
+``logs/NAME.events.jsonl``; :class:`ProgressBoard` condenses the events (joins, blocks, statements,
+completion) into one line each and shows the warnings and errors of the output as they are.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from coordinator.events import BlockAggregated, ParticipantsPresent, RunFinished, SessionStarted
+from fedprune.events import Event, EventTail, StampedEvent
+from participant.events import BlockScored, Joined, RunEnded, StatementSubmitted
+
 logger = logging.getLogger(__name__)
 
 COORDINATOR = "coordinator"
@@ -34,6 +39,7 @@ DEFAULT_RECIPE = "fedprllm"
 JOIN_TIMEOUT_S = 180.0
 RETRY_TIME_S = 60.0
 STOP_GRACE_S = 5.0
+EVENT_POLL_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +235,15 @@ def prepare(plan: ServicePlan, files: ServiceFiles, *, address: str) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- progress
-_LOG_LINE = re.compile(r"^(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<source>[\w.]+): (?P<message>.*)$")
+_LOG_LINE = re.compile(r"^(?P<level>WARNING|ERROR|CRITICAL) (?P<source>[\w.]+): (?P<message>.*)$")
 
 
 class ProgressBoard:
-    """Condenses the processes' log lines into one line per event: a join, a block, a site's completion."""
+    """Condenses the processes' run events (``--events``) into one line each: a join, a block, a completion.
+
+    Progress comes from the typed events alone. Of the processes' output only what is meant for people is
+    shown as it is: warnings, errors and the coordinator's address.
+    """
 
     def __init__(
         self,
@@ -248,8 +258,10 @@ class ProgressBoard:
         self._write = write
         self._started = started
         self._lock = threading.Lock()
-        self._block_started = started
-        self._sent: dict[int, list[str]] = {}
+        self._block_started: dict[int, float] = {}
+        self._scored: set[str] = set()
+        self._joined: set[str] = set()
+        self._present: ParticipantsPresent | None = None
         self.completed_blocks = 0
         self.blocks: int | None = None
 
@@ -258,71 +270,94 @@ class ProgressBoard:
         with self._lock:
             self._write(f"[{time.perf_counter() - self._started:6.1f}s] {who:<11} {message}")
 
-    def on_line(self, name: str, line: str) -> None:
-        """Take one output line of process ``name``."""
-        line = line.rstrip()
-        if name == COORDINATOR:
-            self._coordinator(line)
-        else:
-            self._site(name, line)
-
-    def _coordinator(self, line: str) -> None:
-        if line.startswith("fedprune coordinator listening on"):
-            self.say("coordinator", line.removeprefix("fedprune coordinator ") + " (mutual TLS)")
-            return
-        if line.startswith("fedprune coordinator: error"):
-            self.say("coordinator", line)
-            return
-        match = _LOG_LINE.match(line)
-        if match is None:
-            return
-        level, message = match["level"], match["message"]
-        if level in ("WARNING", "ERROR", "CRITICAL"):
-            self.say("coordinator", f"{level.lower()}: {message}")
-        elif m := re.match(r"(\S+) joined as participant (\d+)", message):
-            self.say(m[1], "joined: certificate accepted, base-model fingerprint matches")
-        elif "participants present" in message:
-            self.say("coordinator", message + "; the run starts")
-        elif m := re.match(r"block (\d+)/(\d+): session with (\d+) participants", message):
-            self.blocks = int(m[2])
+    def on_event(self, name: str, event: Event, *, at: float | None = None) -> None:
+        """Take one run event of process ``name``; ``at``: when it happened (epoch seconds), else now."""
+        moment = time.time() if at is None else at
+        if isinstance(event, ParticipantsPresent):
             with self._lock:
-                self._block_started = time.perf_counter()
-        elif m := re.match(r"block (\d+)/(\d+) complete: (\d+) contributors", message):
-            block, blocks = int(m[1]), int(m[2])
-            self.completed_blocks = block
-            seconds = time.perf_counter() - self._block_started
+                self._present = event
+            self._announce_present()
+        elif isinstance(event, SessionStarted):
+            self.blocks = event.blocks
+            with self._lock:
+                self._block_started[event.block] = moment
+        elif isinstance(event, BlockAggregated):
+            self._announce_present(waiting=False)
+            self.completed_blocks = max(self.completed_blocks, event.block + 1)
+            with self._lock:
+                begun = self._block_started.get(event.block)
+            seconds = max(0.0, moment - begun) if begun is not None else 0.0
             summed = (
                 "randomized votes and weight updates summed under secure aggregation, mask and averaged "
                 "weights published"
                 if self.recipe == "fedspallm"
                 else "randomized votes summed under secure aggregation, mask published"
             )
-            self.say(f"block {block}/{blocks}", f"{m[3]} sites' {summed} ({seconds:.1f} s)")
-        elif m := re.match(r"(\S+) submitted its signed privacy statement \((\d+) events\)", message):
-            self.say(m[1], f"signed its privacy statement ({m[2]} ledger events)")
+            self.say(
+                f"block {event.block + 1}/{event.blocks}",
+                f"{len(event.contributors)} sites' {summed} ({seconds:.1f} s)",
+            )
+        elif isinstance(event, RunFinished):
+            self._announce_present(waiting=False)
+            self.say("coordinator", f"checkpoint and signed privacy report written to {event.output}")
+        elif isinstance(event, Joined):
+            self.say(name, "joined: certificate accepted, base-model fingerprint matches")
+            with self._lock:
+                self._joined.add(name)
+            self._announce_present()
+        elif isinstance(event, BlockScored):
+            self._scored_block(name, event)
+        elif isinstance(event, StatementSubmitted):
+            self.say(name, f"signed its privacy statement ({event.events} ledger events)")
+        elif isinstance(event, RunEnded):
+            self._announce_present(waiting=False)
+            self.say(name, "done" if event.complete else f"stopped: {event.reason}")
 
-    def _site(self, name: str, line: str) -> None:
-        if line.startswith("fedprune participant:"):
-            message = line.removeprefix("fedprune participant: ")
-            if message != "run complete":
-                self.say(name, message)
+    def _announce_present(self, *, waiting: bool = True) -> None:
+        """Say that the run starts, once every site present has said it joined (or ``waiting`` is off).
+
+        The coordinator admits a site before the site has checked the run; the site's own word comes
+        second in time but first on the board.
+        """
+        with self._lock:
+            present = self._present
+            if present is None or (waiting and not set(present.names) <= self._joined):
+                return
+            self._present = None
+        names = ", ".join(sorted(present.names))
+        self.say("coordinator", f"{len(present.names)} participants present: {names}; the run starts")
+
+    def _scored_block(self, name: str, event: BlockScored) -> None:
+        if self.recipe == "fedspallm":
+            # FedSpaLLM prunes lazily, one block when its session starts: say so for the first one only.
+            with self._lock:
+                first = name not in self._scored
+                self._scored.add(name)
+            if first:
+                self.say(
+                    name,
+                    f"block {event.block + 1} pruned with SparseGPT: votes randomized, weight updates ready "
+                    "to mask",
+                )
+        elif event.block + 1 == event.blocks:
+            self.say(name, "votes of every block computed, randomized and ready to mask")
+
+    def on_line(self, name: str, line: str) -> None:
+        """Take one output line of process ``name``: shown only when it is meant for people."""
+        line = line.rstrip()
+        role = "coordinator" if name == COORDINATOR else "participant"
+        if line.startswith("fedprune coordinator listening on"):
+            self.say(name, line.removeprefix("fedprune coordinator ") + " (mutual TLS)")
+            return
+        if line.startswith(f"fedprune {role}: error"):
+            self.say(name, line)
             return
         match = _LOG_LINE.match(line)
         if match is None:
             return
-        level, message = match["level"], match["message"]
-        if level in ("ERROR", "CRITICAL") or (level == "WARNING" and "transformers" not in match["source"]):
-            self.say(name, f"{level.lower()}: {message}")
-        elif message.startswith("block 0: session started"):
-            if self.recipe == "fedspallm":
-                # FedSpaLLM prunes lazily, one block when its session starts: here only block 1 is done.
-                self.say(
-                    name, "block 1 pruned with SparseGPT: votes randomized, weight updates ready to mask"
-                )
-            else:
-                self.say(name, "votes of every block computed, randomized and ready to mask")
-        elif re.match(r"run \S+ complete", message):
-            self.say(name, "done")
+        if role == "participant" and match["level"] == "WARNING" and "transformers" in match["source"]:
+            return
+        self.say(name, f"{match['level'].lower()}: {match['message']}")
 
 
 @dataclasses.dataclass
@@ -341,6 +376,10 @@ class Federation:
         self.board = board
         self._threads = threads
         self.processes: list[_Running] = []
+        self._tails: list[tuple[str, EventTail]] = []
+        self._tails_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._follower: threading.Thread | None = None
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -349,9 +388,19 @@ class Federation:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    def events_file(self, name: str) -> Path:
+        """Return where process ``name`` appends its run events (``--events``)."""
+        return self.files.logs / f"{name}.events.jsonl"
+
     def start(self, name: str, role: str) -> None:
-        """Start ``fedprune ROLE --config configs/NAME.toml`` with its output read line by line."""
+        """Start ``fedprune ROLE --config configs/NAME.toml --events logs/NAME.events.jsonl``.
+
+        Its output is read line by line into ``logs/NAME.log``; its events file is followed (``follow``).
+        """
+        events = self.events_file(name)
+        events.unlink(missing_ok=True)  # the process appends: a previous demo's events must not replay
         command = [sys.executable, "-m", "fedprune.cli", role, "--config", str(self.files.config(name))]
+        command += ["--events", str(events)]
         log = open(self.files.logs / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
         popen = subprocess.Popen(
             command,
@@ -366,6 +415,19 @@ class Federation:
         reader = threading.Thread(target=self._read, args=(name, popen, log), daemon=True)
         self.processes.append(_Running(name=name, popen=popen, log=log, reader=reader))
         reader.start()
+        self.follow(name, events)
+
+    def follow(self, name: str, path: Path) -> None:
+        """Hand the events process ``name`` appends to ``path`` to the board, until ``wait`` or ``stop``.
+
+        One thread reads every followed file in turn and hands each round's events to the board in the
+        order of their times, so that one process's event is not shown before another's that came first.
+        """
+        with self._tails_lock:
+            self._tails.append((name, EventTail(path)))
+            if self._follower is None:
+                self._follower = threading.Thread(target=self._follow, daemon=True)
+                self._follower.start()
 
     def _read(self, name: str, popen: subprocess.Popen[str], log: IO[str]) -> None:
         assert popen.stdout is not None
@@ -375,7 +437,35 @@ class Federation:
             try:
                 self.board.on_line(name, line)
             except Exception:  # progress is cosmetic: never let it stop the reading of a log
-                logger.debug("cannot show progress line %r", line, exc_info=True)
+                logger.debug("cannot show output line %r", line, exc_info=True)
+
+    def _follow(self) -> None:
+        broken: set[str] = set()
+        while True:
+            closing = self._closing.is_set()  # checked first: what was written before it is read below
+            with self._tails_lock:
+                tails = [(name, tail) for name, tail in self._tails if name not in broken]
+            batch: list[tuple[str, str, StampedEvent]] = []
+            for name, tail in tails:
+                try:
+                    batch += [(stamped.time, name, stamped) for stamped in tail.read()]
+                except Exception:  # progress is cosmetic: a bad line ends the board for this process only
+                    logger.warning("cannot follow the events of %s in %s", name, tail.path, exc_info=True)
+                    broken.add(name)
+            for _, name, stamped in sorted(batch, key=lambda item: item[0]):
+                try:
+                    self.board.on_event(name, stamped.event, at=stamped.seconds)
+                except Exception:
+                    logger.debug("cannot show event %r", stamped.event, exc_info=True)
+            if closing:
+                return
+            time.sleep(EVENT_POLL_S)
+
+    def _stop_following(self, timeout_s: float) -> None:
+        """Return once the events written so far are on the board (the processes have ended)."""
+        self._closing.set()
+        if self._follower is not None:
+            self._follower.join(timeout=timeout_s)
 
     def pids(self) -> list[int]:
         """Return the process ids of every started process."""
@@ -400,6 +490,7 @@ class Federation:
             if all(code == 0 for code in codes.values()):
                 for running in self.processes:
                     running.reader.join(timeout=5)
+                self._stop_following(5)
                 return {name: 0 for name in codes}
             if time.monotonic() > deadline:
                 raise ServiceError(
@@ -422,6 +513,7 @@ class Federation:
         for running in self.processes:
             running.reader.join(timeout=2)
             running.log.close()
+        self._stop_following(2)
         return len(alive)
 
 
