@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve(config: CoordinatorConfig, events: EventLog | None) -> int:
     from coordinator.config import ConfigError
     from coordinator.errors import CoordinatorError
+    from coordinator.events import ignore
     from coordinator.run import CoordinatorRun
     from coordinator.servicer import serve
     from coordinator.state import StateError
@@ -72,9 +73,7 @@ def _serve(config: CoordinatorConfig, events: EventLog | None) -> int:
     from proto.tls import TlsConfigurationError
 
     try:
-        run_ = (
-            CoordinatorRun(config) if events is None else CoordinatorRun(config, on_event=events)  # type: ignore[call-arg]
-        )
+        run_ = CoordinatorRun(config, on_event=ignore if events is None else events)
     except (ConfigError, StateError, TlsConfigurationError) as error:
         raise CommandError(str(error)) from None
     try:
