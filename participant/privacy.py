@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -262,14 +262,6 @@ class ParticipantPrivacy:
         return sign_participant_statement(
             participant=self.name, run_id=self.run_id, events=self.events(), private_key=identity_key
         )
-
-
-def own_events_only(events: Sequence[MechanismEvent], *, name: str) -> list[MechanismEvent]:
-    """Return ``events`` after checking every one is ``name``'s; raise PrivacyError naming the first other."""
-    for index, event in enumerate(events):
-        if event.participant != name:
-            raise PrivacyError(f"events[{index}].participant is {event.participant!r}, expected {name!r}")
-    return list(events)
 
 
 def encode_votes_and_updates(

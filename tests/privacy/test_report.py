@@ -21,14 +21,17 @@ from privacy.randomized_response import RandomizedResponse
 from privacy.report import (
     SCHEMA_PATH,
     PrivacyReport,
+    ReportVerificationError,
     ThreatModel,
     build_report,
     contributors_parameter,
+    render_html,
+    render_markdown,
     report_json_schema,
     sign_report,
+    verify_report,
     write_signed_report,
 )
-from privacy.report_verify import ReportVerificationError, render_html, render_markdown, verify_report
 from privacy.signing import TrustedKey, key_fingerprint, sign_participant_statement
 from pruning.statistics import StatisticKind
 
