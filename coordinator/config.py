@@ -24,8 +24,8 @@ from pydantic import (
 )
 
 from coordinator.aggregation import ComparisonGroup
-from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.ledger import MIN_NOISE_MULTIPLIER
+from privacy.parameters import PrivacyParameters
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
     MAX_BIT_WIDTH,
@@ -207,24 +207,15 @@ class RunSection(_Section):
         return parse_pattern(self.pattern, self.sparsity)
 
 
-class PrivacySection(_Section):
-    """``[privacy]``: the run's privacy parameters (every key has a default, so the section is optional)."""
+class PrivacySection(PrivacyParameters):
+    """``[privacy]``: the run's privacy parameters (every key has a default, so the section is optional).
 
-    randomized_response: bool = True
-    epsilon0: float = Field(4.0, gt=0)
-    """Randomized response per mask bit (used when ``randomized_response`` is on)."""
-    record_level_dp: bool = True
+    The rules are :class:`privacy.parameters.PrivacyParameters`'s, the model a site reads back from the
+    run; the file adds only a default target epsilon and a floor on the noise multiplier.
+    """
+
     noise_multiplier: float | None = Field(None, ge=MIN_NOISE_MULTIPLIER)
     """Record-level noise multiplier; at least the least a site's statement may attest (0.3)."""
-    target_epsilon: float | None = Field(None, gt=0)
-    """Record-level epsilon at ``delta``; default 8.0 when record-level DP is on and no sigma is given."""
-    delta: float = Field(1e-5, gt=0, lt=1)
-    sample_rate: float = Field(1.0, gt=0, le=1)
-    """Poisson sampling rate of each participant's records per block."""
-    colluders: int | None = Field(None, ge=0)
-    """Participants assumed to collude with the coordinator; default the most the threshold tolerates."""
-    accountant_tolerance: float = Field(DEFAULT_ACCOUNTANT_TOLERANCE, ge=0)
-    """Largest relative gap allowed between the RDP and PRV accountants."""
 
     @model_validator(mode="before")
     @classmethod
@@ -241,16 +232,6 @@ class PrivacySection(_Section):
             ):
                 data["target_epsilon"] = DEFAULT_TARGET_EPSILON
         return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PrivacySection:
-        if self.noise_multiplier is not None and self.target_epsilon is not None:
-            raise ValueError("give either noise_multiplier or target_epsilon, not both")
-        if not self.record_level_dp and (
-            self.noise_multiplier is not None or self.target_epsilon is not None
-        ):
-            raise ValueError("noise_multiplier and target_epsilon need record_level_dp = true")
-        return self
 
 
 class OutputSection(_Section):
