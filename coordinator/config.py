@@ -8,7 +8,6 @@ key; relative paths are relative to the config file; a bad value fails naming ``
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,13 +16,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from coordinator.aggregation import ComparisonGroup
+from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
 from privacy.ledger import MIN_NOISE_MULTIPLIER
 from privacy.parameters import PrivacyParameters
 from privacy.secagg.parameters import (
@@ -33,16 +32,10 @@ from privacy.secagg.parameters import (
     default_threshold,
     minimum_threshold,
 )
+from proto.config_file import ConfigError, load_model, parse_model
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, check_address
 from pruning.masks import SparsityPattern, parse_pattern
 from pruning.methods import Method
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls it in there only)
-    import tomli as tomllib
-
-from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +47,6 @@ RunRecipe = Literal["fedprllm", "fedspallm"]
 MAX_CHUNK_COORDINATES = MAX_CHUNK_PAYLOAD_BYTES * 8 // MAX_BIT_WIDTH
 # Server threads beyond the admitted calls' own: a refused call is answered from a thread too (in microseconds).
 REFUSAL_HEADROOM_THREADS = 4
-
-
-class ConfigError(ValueError):
-    """The configuration file cannot be used; the message names the file and the field."""
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
@@ -327,36 +316,13 @@ class CoordinatorConfig(_Section):
                 raise ConfigError(f"{field}: no {kind} at {path}")
 
 
-def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"{location}: unknown key"
-    if error["type"] == "missing":
-        return f"{location}: required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    # Cross-section checks have no single location; their message starts with the fields it concerns.
-    return f"{location}: {message}" if location else message
-
-
 def parse_config(
     data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config"
 ) -> CoordinatorConfig:
     """Return the validated configuration of a parsed TOML document (paths relative to ``base_dir``)."""
-    try:
-        return CoordinatorConfig.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as error:
-        problems = "; ".join(_describe(e) for e in error.errors(include_url=False))
-        raise ConfigError(f"{source}: {problems}") from None
+    return parse_model(CoordinatorConfig, data, base_dir=base_dir, source=source)
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:
     """Return the coordinator configuration read from the TOML file at ``path``."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+    return load_model(CoordinatorConfig, path)

@@ -22,10 +22,11 @@ from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.calibration_dp import DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
-from privacy.parameters import PrivacyParameters, describe_validation_error
+from privacy.parameters import PrivacyParameters
 from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.signing import ParticipantStatement, sign_participant_statement
+from proto.config_file import describe_validation_error
 from pruning.layout import VoteLayout
 from pruning.methods import LocalDecision
 from pruning.updates import local_updates, update_bound

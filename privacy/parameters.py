@@ -12,7 +12,7 @@ attest) and announces them; a site reads the same model back from the run's para
 
 A bad value raises pydantic's ``ValidationError`` whose location names the field (in a config file:
 ``privacy.epsilon0``); the site's ``RunPrivacy`` raises :class:`~privacy.errors.PrivacyError` instead,
-naming the field the same way (:func:`describe_validation_error`).
+naming the field the same way.
 """
 
 from __future__ import annotations
@@ -21,27 +21,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """Return the problems of ``error`` as ``field: reason`` phrases joined by ``; ``."""
-    problems = []
-    for item in error.errors(include_url=False):
-        location = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{location}: unknown parameter")
-            continue
-        message = str(item["msg"]).removeprefix("Value error, ")
-        # Cross-field rules have no single location; their message starts with the fields it concerns.
-        problems.append(f"{location}: {message}" if location else message)
-    return "; ".join(problems)
 
 
 class PrivacyParameters(BaseModel):

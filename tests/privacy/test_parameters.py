@@ -35,7 +35,7 @@ BROKEN = [
     ({"sample_rate": 1.5}, "sample_rate: "),
     ({"colluders": -1}, "colluders: "),
     ({"accountant_tolerance": -0.1}, "accountant_tolerance: "),
-    ({"epsilon": 1.0}, "epsilon: unknown parameter"),
+    ({"epsilon": 1.0}, "epsilon: unknown key"),
 ]
 
 
