@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -53,8 +54,6 @@ def test_mypy_finds_nothing_in_the_packages(tmp_path: Path) -> None:
 
 def _import_graph(packages: list[str]) -> dict[str, set[str]]:
     """Return module -> the modules of ``packages`` it imports (at module level or inside functions)."""
-    import ast
-
     files: dict[str, Path] = {}
     for package in packages:
         for path in (ROOT / package).rglob("*.py"):
