@@ -1,5 +1,7 @@
 """Rendering a privacy report for reading (``fedprune audit show``): Markdown or HTML, status first.
 
+Public API::
+
     render_markdown(report, verification=, failure=) -> str;  render_html(...) -> str
     verification_status(verification, failure) -> str   # UNVERIFIED, UNAUTHENTICATED or verified
 
