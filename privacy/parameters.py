@@ -5,7 +5,7 @@ adds only what a file needs: the default target epsilon and the least noise a si
 attest) and announces them; a site reads the same model back from the run's parameters
 (``participant.privacy.RunPrivacy``) and plans its own bill from it. The rules every holder relies on:
 
-* ``epsilon0`` > 0 when ``randomized_response`` is on (it is not used otherwise);
+* ``epsilon0`` > 0 when ``randomized_response`` is on, >= 0 otherwise (then it is not used);
 * record-level DP takes exactly one of ``noise_multiplier`` (> 0) and ``target_epsilon`` (> 0), and
   neither is given without it;
 * ``delta`` in (0, 1), ``sample_rate`` in (0, 1], ``colluders`` >= 0, ``accountant_tolerance`` >= 0.
@@ -53,6 +53,8 @@ class PrivacyParameters(BaseModel):
     @field_validator("epsilon0")
     @classmethod
     def _positive_when_used(cls, value: float, info: ValidationInfo) -> float:
+        if not value >= 0:
+            raise ValueError(f"must be >= 0, got {value}")
         if info.data.get("randomized_response", True) and not value > 0:
             raise ValueError(f"must be positive when randomized_response is on, got {value}")
         return value

@@ -25,6 +25,7 @@ ANNOUNCED: dict[str, Any] = {
 BROKEN = [
     ({"epsilon0": 0.0}, "epsilon0: must be positive when randomized_response is on"),
     ({"epsilon0": float("nan")}, "epsilon0: "),
+    ({"randomized_response": False, "epsilon0": -1.0}, "epsilon0: must be >= 0"),
     ({"noise_multiplier": 1.0}, "either noise_multiplier or target_epsilon, not both"),
     ({"record_level_dp": False}, "need record_level_dp = true"),
     ({"target_epsilon": 0.0}, "target_epsilon: "),
