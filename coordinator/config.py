@@ -8,7 +8,6 @@ key; relative paths are relative to the config file; a bad value fails naming ``
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,15 +16,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from coordinator.aggregation import ComparisonGroup
-from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
 from privacy.ledger import MIN_NOISE_MULTIPLIER
+from privacy.parameters import PrivacyParameters
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
     MAX_BIT_WIDTH,
@@ -33,17 +32,11 @@ from privacy.secagg.parameters import (
     default_threshold,
     minimum_threshold,
 )
+from proto.config_file import ConfigError, load_model, parse_model
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, check_address
 from pruning.masks import SparsityPattern, parse_pattern
 from pruning.methods import Method
 from pruning.recipes import Mode, Recipe, recipe_conflicts
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls it in there only)
-    import tomli as tomllib
-
-from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +44,6 @@ logger = logging.getLogger(__name__)
 MAX_CHUNK_COORDINATES = MAX_CHUNK_PAYLOAD_BYTES * 8 // MAX_BIT_WIDTH
 # Server threads beyond the admitted calls' own: a refused call is answered from a thread too (in microseconds).
 REFUSAL_HEADROOM_THREADS = 4
-
-
-class ConfigError(ValueError):
-    """The configuration file cannot be used; the message names the file and the field."""
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
@@ -222,24 +211,15 @@ class RunSection(_Section):
         return parse_pattern(self.pattern, self.sparsity)
 
 
-class PrivacySection(_Section):
-    """``[privacy]``: the run's privacy parameters (every key has a default, so the section is optional)."""
+class PrivacySection(PrivacyParameters):
+    """``[privacy]``: the run's privacy parameters (every key has a default, so the section is optional).
 
-    randomized_response: bool = True
-    epsilon0: float = Field(4.0, gt=0)
-    """Randomized response per mask bit (used when ``randomized_response`` is on)."""
-    record_level_dp: bool = True
+    The rules are :class:`privacy.parameters.PrivacyParameters`'s, the model a site reads back from the
+    run; the file adds only a default target epsilon and a floor on the noise multiplier.
+    """
+
     noise_multiplier: float | None = Field(None, ge=MIN_NOISE_MULTIPLIER)
     """Record-level noise multiplier; at least the least a site's statement may attest (0.3)."""
-    target_epsilon: float | None = Field(None, gt=0)
-    """Record-level epsilon at ``delta``; default 8.0 when record-level DP is on and no sigma is given."""
-    delta: float = Field(1e-5, gt=0, lt=1)
-    sample_rate: float = Field(1.0, gt=0, le=1)
-    """Poisson sampling rate of each participant's records per block."""
-    colluders: int | None = Field(None, ge=0)
-    """Participants assumed to collude with the coordinator; default the most the threshold tolerates."""
-    accountant_tolerance: float = Field(DEFAULT_ACCOUNTANT_TOLERANCE, ge=0)
-    """Largest relative gap allowed between the RDP and PRV accountants."""
 
     @model_validator(mode="before")
     @classmethod
@@ -256,16 +236,6 @@ class PrivacySection(_Section):
             ):
                 data["target_epsilon"] = DEFAULT_TARGET_EPSILON
         return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PrivacySection:
-        if self.noise_multiplier is not None and self.target_epsilon is not None:
-            raise ValueError("give either noise_multiplier or target_epsilon, not both")
-        if not self.record_level_dp and (
-            self.noise_multiplier is not None or self.target_epsilon is not None
-        ):
-            raise ValueError("noise_multiplier and target_epsilon need record_level_dp = true")
-        return self
 
 
 class OutputSection(_Section):
@@ -361,36 +331,13 @@ class CoordinatorConfig(_Section):
                 raise ConfigError(f"{field}: no {kind} at {path}")
 
 
-def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"{location}: unknown key"
-    if error["type"] == "missing":
-        return f"{location}: required key is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    # Cross-section checks have no single location; their message starts with the fields it concerns.
-    return f"{location}: {message}" if location else message
-
-
 def parse_config(
     data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config"
 ) -> CoordinatorConfig:
     """Return the validated configuration of a parsed TOML document (paths relative to ``base_dir``)."""
-    try:
-        return CoordinatorConfig.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as error:
-        problems = "; ".join(_describe(e) for e in error.errors(include_url=False))
-        raise ConfigError(f"{source}: {problems}") from None
+    return parse_model(CoordinatorConfig, data, base_dir=base_dir, source=source)
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:
     """Return the coordinator configuration read from the TOML file at ``path``."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+    return load_model(CoordinatorConfig, path)

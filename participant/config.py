@@ -10,7 +10,6 @@ required, epsilon at most 8 and delta at most 1e-5 per run).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,27 +18,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from privacy.signing import SigningKeyError, TrustedKey
+from proto.config_file import ConfigError, load_model, parse_model
 from proto.tls import check_address
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10 has no tomllib; tomli is the same parser (pyproject pulls it in there only)
-    import tomli as tomllib
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_KEY_NAME = "identity_key.pem"
 BUDGET_FILE_NAME = "privacy_budget.json"
-
-
-class ConfigError(ValueError):
-    """The configuration file cannot be used; the message names the file and the field."""
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
@@ -310,34 +300,13 @@ class ParticipantConfig(_Section):
                 raise ConfigError(f"{field}: no {kind} at {path}")
 
 
-def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"  # no cross-section checks here
-    if error["type"] == "extra_forbidden":
-        return f"{location}: unknown key"
-    if error["type"] == "missing":
-        return f"{location}: required key is missing"
-    return f"{location}: {str(error['msg']).removeprefix('Value error, ')}"
-
-
 def parse_config(
     data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config"
 ) -> ParticipantConfig:
     """Return the validated configuration of a parsed TOML document (paths relative to ``base_dir``)."""
-    try:
-        return ParticipantConfig.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as error:
-        problems = "; ".join(_describe(e) for e in error.errors(include_url=False))
-        raise ConfigError(f"{source}: {problems}") from None
+    return parse_model(ParticipantConfig, data, base_dir=base_dir, source=source)
 
 
 def load_config(path: str | Path) -> ParticipantConfig:
     """Return the participant configuration read from the TOML file at ``path``."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+    return load_model(ParticipantConfig, path)

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
-from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE, GaussianRelease, gaussian_epsilon
+from privacy.accounting import GaussianRelease, gaussian_epsilon
 from privacy.calibration_dp import DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
+from privacy.parameters import PrivacyParameters
 from privacy.randomized_response import THRESHOLD_BITS, RandomizedResponse
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.signing import ParticipantStatement, sign_participant_statement
+from proto.config_file import describe_validation_error
 from pruning.layout import VoteLayout
 from pruning.methods import LocalDecision
 from pruning.updates import local_updates, update_bound
@@ -30,24 +34,19 @@ from pruning.updates import local_updates, update_bound
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RunPrivacy:
-    """The run's privacy parameters as the coordinator announced them (and the participant accepted)."""
+class RunPrivacy(PrivacyParameters):
+    """The run's privacy parameters as the coordinator announced them (and the participant accepted).
 
-    randomized_response: bool
-    epsilon0: float
-    record_level_dp: bool
-    noise_multiplier: float | None
-    target_epsilon: float | None
-    delta: float
-    sample_rate: float
-    accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE
+    :class:`privacy.parameters.PrivacyParameters`, the model the coordinator's ``[privacy]`` table is
+    too; built here, a parameter that breaks its rules raises PrivacyError naming the field, which the
+    site turns into a refusal of the run.
+    """
 
-    def __post_init__(self) -> None:
-        if self.randomized_response and not self.epsilon0 > 0:
-            raise PrivacyError(f"epsilon0 must be positive, got {self.epsilon0}")
-        if self.record_level_dp and (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise PrivacyError("record-level DP needs exactly one of noise_multiplier and target_epsilon")
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as error:
+            raise PrivacyError(f"the run's privacy parameters: {describe_validation_error(error)}") from None
 
 
 def planned_noise_multiplier(settings: RunPrivacy, *, blocks: int) -> float | None:
@@ -262,14 +261,6 @@ class ParticipantPrivacy:
         return sign_participant_statement(
             participant=self.name, run_id=self.run_id, events=self.events(), private_key=identity_key
         )
-
-
-def own_events_only(events: Sequence[MechanismEvent], *, name: str) -> list[MechanismEvent]:
-    """Return ``events`` after checking every one is ``name``'s; raise PrivacyError naming the first other."""
-    for index, event in enumerate(events):
-        if event.participant != name:
-            raise PrivacyError(f"events[{index}].participant is {event.participant!r}, expected {name!r}")
-    return list(events)
 
 
 def encode_votes_and_updates(

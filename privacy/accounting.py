@@ -9,10 +9,6 @@ Pure functions (the math)::
     gaussian_epsilon(releases, delta=, tolerance=) -> GaussianEpsilon  RDP and PRV (opacus), the larger
     noise_multiplier_for_epsilon(target_epsilon=, delta=, releases=, sample_rate=) -> sigma
 
-Stateful accountants (Opacus-style interface: ``step``, ``get_epsilon``, ``state_dict``,
-``load_state_dict`` that validates) and a registry: :class:`GaussianAccountant`,
-:class:`RandomizedResponseAccountant`, :data:`ACCOUNTANTS`, :func:`create_accountant`.
-
 Randomized response over k coordinates. The privacy loss of one eps0-RR bit is +eps0 with probability
 1 - p and -eps0 with probability p (p = 1/(1+e^eps0)); over k coordinates it is eps0 (k - 2I) with
 I ~ Binomial(k, p), and ``delta(eps) = E[(1 - e^(eps - L))_+]``. This equals the optimal composition
@@ -33,13 +29,12 @@ the larger of the two accountants without the check (``check_tolerance=False``).
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import logging
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -359,115 +354,3 @@ def noise_multiplier_for_epsilon(
             lambda s: gaussian_epsilon(plan(s), delta=delta, tolerance=tolerance).epsilon <= target_epsilon,
         )
     return sigma
-
-
-# --------------------------------------------------------------------------------------------------
-# Stateful accountants and registry
-# --------------------------------------------------------------------------------------------------
-
-
-class PrivacyAccountant(abc.ABC):
-    """Accumulates mechanism events of one kind and returns the composed epsilon at a delta."""
-
-    mechanism: ClassVar[str]
-
-    def __init__(self) -> None:
-        self.history: list[tuple[float, float, int]] = []
-
-    @abc.abstractmethod
-    def step(self, **parameters: float) -> None:
-        """Record one mechanism event."""
-
-    @abc.abstractmethod
-    def get_epsilon(self, delta: float) -> float:
-        """Return the composed epsilon at ``delta`` of everything recorded so far."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the accountant's state (mechanism name and history)."""
-        return {"mechanism": self.mechanism, "history": [list(entry) for entry in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the history with ``state``'s after validating it; raise PrivacyError if it is unusable."""
-        if not isinstance(state, dict) or state.get("mechanism") != self.mechanism:
-            raise PrivacyError(f"state is not a {self.mechanism} accountant state")
-        history = state.get("history")
-        if not isinstance(history, list) or any(
-            not isinstance(entry, (list, tuple)) or len(entry) != 3 for entry in history
-        ):
-            raise PrivacyError("accountant history must be a list of (parameter, parameter, count) triples")
-        previous = self.history
-        self.history = []
-        try:
-            for first, second, count in history:
-                self._append(float(first), float(second), int(count))
-        except PrivacyError:
-            self.history = previous
-            raise
-
-    @abc.abstractmethod
-    def _append(self, first: float, second: float, count: int) -> None: ...
-
-    def __len__(self) -> int:
-        return sum(entry[2] for entry in self.history)
-
-
-class GaussianAccountant(PrivacyAccountant):
-    """Poisson-subsampled Gaussian releases; epsilon = max(Opacus RDP, Opacus PRV)."""
-
-    mechanism = "gaussian"
-
-    def __init__(self, *, tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE) -> None:
-        super().__init__()
-        self.tolerance = tolerance
-
-    def step(self, *, noise_multiplier: float, sample_rate: float = 1.0, count: int = 1) -> None:  # type: ignore[override]
-        """Record ``count`` releases with this noise multiplier and sample rate."""
-        self._append(noise_multiplier, sample_rate, count)
-
-    def _append(self, first: float, second: float, count: int) -> None:
-        GaussianRelease(noise_multiplier=first, sample_rate=second, count=count)
-        self.history.append((first, second, count))
-
-    def releases(self) -> list[GaussianRelease]:
-        """Return the recorded releases."""
-        return [GaussianRelease(noise_multiplier=s, sample_rate=q, count=c) for s, q, c in self.history]
-
-    def get_epsilon(self, delta: float) -> float:
-        return gaussian_epsilon(self.releases(), delta=delta, tolerance=self.tolerance).epsilon
-
-
-class RandomizedResponseAccountant(PrivacyAccountant):
-    """Randomized-response coordinates; exact composition, with the largest eps0 when they differ."""
-
-    mechanism = "randomized_response"
-
-    def step(self, *, epsilon0: float, coordinates: int) -> None:  # type: ignore[override]
-        """Record ``coordinates`` bits randomized with ``epsilon0``."""
-        self._append(epsilon0, 0.0, coordinates)
-
-    def _append(self, first: float, second: float, count: int) -> None:
-        _check_rr(first, count)
-        self.history.append((first, 0.0, count))
-
-    def get_epsilon(self, delta: float) -> float:
-        if not self.history:
-            return 0.0
-        # Heterogeneous eps0: k-fold composition of max(eps0)-DP bounds them all (conservative, valid).
-        epsilon0 = max(entry[0] for entry in self.history)
-        return rr_epsilon(delta, epsilon0=epsilon0, coordinates=len(self))
-
-
-ACCOUNTANTS: dict[str, type[PrivacyAccountant]] = {
-    GaussianAccountant.mechanism: GaussianAccountant,
-    RandomizedResponseAccountant.mechanism: RandomizedResponseAccountant,
-}
-
-
-def create_accountant(mechanism: str) -> PrivacyAccountant:
-    """Return a new accountant for ``mechanism`` (a key of :data:`ACCOUNTANTS`)."""
-    try:
-        return ACCOUNTANTS[mechanism]()
-    except KeyError:
-        raise PrivacyError(
-            f"no accountant for {mechanism!r}; known: {', '.join(sorted(ACCOUNTANTS))}"
-        ) from None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from privacy.report_verify import VerifiedReport
+    from privacy.report import VerifiedReport
     from privacy.signing import TrustedKey
 
 NO_PIN = (
@@ -158,7 +158,7 @@ def _missing_lines(verified: VerifiedReport) -> list[str]:
 
 
 def _failure(error: Exception) -> str:
-    from privacy.report_verify import MissingStatementError
+    from privacy.report import MissingStatementError
 
     if isinstance(error, MissingStatementError):
         return f"{error} (--allow-missing-statements accepts the report with a warning)"
@@ -166,7 +166,7 @@ def _failure(error: Exception) -> str:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from privacy.report_verify import ReportVerificationError, verify_report
+    from privacy.report import ReportVerificationError, verify_report
 
     trusted, participants = _pins(args)
     text = _read(args.report)
@@ -243,8 +243,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from privacy.report import PrivacyReport
-    from privacy.report_verify import (
+    from privacy.report import (
+        PrivacyReport,
         ReportVerificationError,
         render_html,
         render_markdown,

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import transformers
 
-from fedprune.demo import cache, corpus, training
+import fedprune.demo.cache as cache
+import fedprune.demo.corpus as corpus
+import fedprune.demo.training as training
 from fedprune.demo.recipe import DEFAULT, DemoRecipe, recipe_hash
 from fedprune.demo.tokenizer import train_tokenizer
 

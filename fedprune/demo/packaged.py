@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fedprune.demo import cache
+import fedprune.demo.cache as cache
 from fedprune.demo.build import (
     CENTRALIZED_FILE,
     EVAL_FILE,

@@ -174,8 +174,7 @@ def _run(
     write: Callable[[str], None] = print,
     on_started: Callable[[Federation], None] | None = None,
 ) -> dict[str, Any]:
-    from privacy.report import PrivacyReport
-    from privacy.report_verify import render_html, verify_report
+    from privacy.report import PrivacyReport, render_html, verify_report
     from privacy.signing import TrustedKey, grouped_fingerprint, key_fingerprint, load_or_create_signing_key
 
     started = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from typing import IO, Any
 from coordinator.events import BlockAggregated, ParticipantsPresent, RunFinished, SessionStarted
 from fedprune.events import Event, EventTail, StampedEvent
 from participant.events import BlockScored, Joined, RunEnded, StatementSubmitted
+from proto.config_file import write_toml
 
 logger = logging.getLogger(__name__)
 
@@ -104,27 +104,6 @@ class ServiceFiles:
 
     def identity_key(self, name: str) -> Path:
         return self.state / name / "identity_key.pem"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
-
-
-def write_toml(path: Path, sections: dict[str, dict[str, object]], *, header: str = "") -> Path:
-    """Write ``sections`` (flat tables) as TOML to ``path`` and return it."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    for section, values in sections.items():
-        lines += ["", f"[{section}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines).lstrip("\n") + "\n", encoding="utf-8")
-    return path
 
 
 def free_loopback_address() -> str:

@@ -34,6 +34,7 @@ from privacy.secagg.parameters import (
     minimum_threshold,
     resolve_threshold,
     ring_bit_width,
+    tolerated_colluders,
 )
 from privacy.secagg.server import AggregateResult, SecAggServer, ServerState
 
@@ -73,4 +74,5 @@ __all__ = [
     "ring_bit_width",
     "run_session",
     "sender_of",
+    "tolerated_colluders",
 ]

@@ -26,8 +26,9 @@ from typing import Concatenate, ParamSpec, TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+import privacy.secagg.primitives as primitives
+import privacy.secagg.shamir as shamir
 from privacy.errors import PrivacyError, ProtocolAbort
-from privacy.secagg import primitives, shamir
 from privacy.secagg.errors import (
     ContradictoryViewError,
     ForgedRelayError,

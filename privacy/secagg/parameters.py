@@ -67,6 +67,11 @@ def default_threshold(participants: int, *, colluders: int = 0) -> int:
     return max((2 * participants) // 3 + 1, minimum_threshold(participants, colluders=colluders))
 
 
+def tolerated_colluders(participants: int, threshold: int) -> int:
+    """Return the most colluders c that threshold t tolerates among n: c < t and t > (n + c) / 2."""
+    return max(0, min(threshold - 1, 2 * threshold - participants - 1))
+
+
 def check_threshold(threshold: int, *, participants: int, colluders: int = 0,
                     allow_unsafe_threshold: bool = False) -> int:
     """Return `threshold` if it is an int in [minimum_threshold, n]; raises PrivacyError naming it otherwise.

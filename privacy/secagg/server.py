@@ -24,8 +24,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+import privacy.secagg.primitives as primitives
+import privacy.secagg.shamir as shamir
 from privacy.errors import PrivacyError
-from privacy.secagg import primitives, shamir
 from privacy.secagg.accumulator import PackedAccumulator, UploadSpool
 from privacy.secagg.errors import (
     InsufficientParticipantsError,

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proto.config_file import write_toml
 from tests.tiny import build_tiny_model, build_word_tokenizer, random_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,27 +80,6 @@ def make_data(path: Path, *, seed: int) -> Path:
         "".join(json.dumps({"text": random_text(40, seed=seed * 100 + d)}) + "\n" for d in range(12)),
         encoding="utf-8",
     )
-    return path
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def write_toml(path: Path, sections: dict[str, dict[str, object]]) -> Path:
-    """Write a TOML file of flat sections and return its path."""
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 

@@ -9,11 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privacy.accounting import (
-    ACCOUNTANTS,
-    GaussianAccountant,
     GaussianRelease,
-    RandomizedResponseAccountant,
-    create_accountant,
     gaussian_epsilon,
     noise_multiplier_for_epsilon,
     rr_composition,
@@ -125,26 +121,6 @@ def test_shuffle_bound_is_reported_only_where_valid() -> None:
     assert not small.valid and small.epsilon is None and "invalid" in small.reason
     large = shuffle_amplification(epsilon0=1.0, honest_voters=100_000, delta=1e-5)
     assert large.valid and 0 < large.epsilon < 1.0
-
-
-def test_accountants_registry_and_state_round_trip() -> None:
-    assert set(ACCOUNTANTS) == {"gaussian", "randomized_response"}
-    rr = create_accountant("randomized_response")
-    assert isinstance(rr, RandomizedResponseAccountant)
-    rr.step(epsilon0=1.0, coordinates=60)
-    rr.step(epsilon0=1.0, coordinates=40)
-    assert rr.get_epsilon(1e-5) == pytest.approx(79.84, abs=0.05)
-    copy = RandomizedResponseAccountant()
-    copy.load_state_dict(rr.state_dict())
-    assert copy.get_epsilon(1e-5) == rr.get_epsilon(1e-5)
-    gaussian = GaussianAccountant()
-    with pytest.raises(PrivacyError):
-        gaussian.load_state_dict(rr.state_dict())
-    with pytest.raises(PrivacyError):
-        gaussian.load_state_dict({"mechanism": "gaussian", "history": [[-1.0, 1.0, 3]]})
-    assert gaussian.history == []
-    with pytest.raises(PrivacyError):
-        create_accountant("laplace")
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf])

@@ -21,14 +21,17 @@ from privacy.randomized_response import RandomizedResponse
 from privacy.report import (
     SCHEMA_PATH,
     PrivacyReport,
+    ReportVerificationError,
     ThreatModel,
     build_report,
     contributors_parameter,
+    render_html,
+    render_markdown,
     report_json_schema,
     sign_report,
+    verify_report,
     write_signed_report,
 )
-from privacy.report_verify import ReportVerificationError, render_html, render_markdown, verify_report
 from privacy.signing import TrustedKey, key_fingerprint, sign_participant_statement
 from pruning.statistics import StatisticKind
 
@@ -635,3 +638,27 @@ def test_the_threat_model_states_the_data_dependent_aborts(signed_json: str) -> 
             )
         )
     assert error.value.field == "threat_model.data_dependent_aborts"
+
+
+def test_the_report_modules_import_one_way() -> None:
+    # schema <- guarantees <- verify <- build <- render: each module imports only the ones before it,
+    # at module level or inside a function, so no part of the report needs a later one to load.
+    import ast
+    from pathlib import Path
+
+    import privacy.report
+
+    order = ["schema", "guarantees", "verify", "build", "render"]
+    package = Path(privacy.report.__file__).parent
+    for position, name in enumerate(order):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            ours = [m for m in modules if m == "privacy.report" or m.startswith("privacy.report.")]
+            imported |= {m.removeprefix("privacy.report.") for m in ours}
+        assert imported <= set(order[:position]), f"privacy.report.{name} imports {sorted(imported)}"

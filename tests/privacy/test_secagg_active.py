@@ -40,6 +40,7 @@ from privacy.secagg import (
     resolve_threshold,
     sender_of,
     shamir,
+    tolerated_colluders,
 )
 from privacy.secagg import driver as secagg_driver
 from privacy.secagg.messages import (
@@ -308,6 +309,16 @@ def test_the_threshold_is_validated_when_settings_are_built() -> None:
         resolve_threshold(3, participants=5, colluders=2)
     with pytest.raises(PrivacyError, match="threshold must be an integer"):
         resolve_threshold(True, participants=4)
+
+
+def test_the_colluders_a_threshold_tolerates_are_the_most_the_threshold_rule_allows() -> None:
+    # One rule, t > (n + c) / 2 and c < t, read both ways: the threshold for given colluders, and the
+    # colluders a given threshold tolerates (what a report assumes when the operator states none).
+    for n in range(1, 40):
+        for t in range(minimum_threshold(n), n + 1):
+            c = tolerated_colluders(n, t)
+            assert 0 <= c < t and minimum_threshold(n, colluders=c) <= t
+            assert c + 1 >= t or minimum_threshold(n, colluders=c + 1) > t
 
 
 def test_aggregate_in_process_rejects_a_bad_threshold_before_running_anything(
