@@ -6,8 +6,9 @@ its own thread. A participant's calls reach the servicer as plain method calls (
 ``participant.client.WireCalls``, and the participant talks to it through the same ``WireClient``
 conversions as over gRPC) with a servicer context whose verified identity is the site's name, what a
 client certificate's common name is over the network. Every message therefore goes through the same
-protobuf conversions, state machines, secure-aggregation sessions, randomized response, DP statistics, signed statements and signed report as in the service; what is not exercised is the
-network: no socket, no TLS, no gRPC channel, no retries (nothing here is transient).
+protobuf conversions, state machines, secure-aggregation sessions, randomized response, DP statistics,
+signed statements and signed report as in the service; what is not exercised is the network: no socket,
+no TLS, no gRPC channel, no retries (nothing here is transient).
 
 An aborted call raises an ``InProcessRpcError`` carrying the status the servicer chose, exactly what a
 participant's ``WireClient`` sees over the network (and classifies the same way). A participant that
