@@ -639,6 +639,20 @@ def test_another_vote_layout_is_refused_naming_the_local_then_the_run_s_fingerpr
     )
 
 
+def test_a_run_whose_parameters_cannot_be_read_whole_is_refused_at_join(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    # An enum naming no value could only be read as a guess (an unspecified mode used to run iterative);
+    # the site binds itself to the run it read, so it refuses one it cannot read whole.
+    config = site()
+    reply = _reply(config)
+    reply.run.mode = pb.MODE_UNSPECIFIED
+    participant, client = _participant(config, reply)
+    with pytest.raises(RunRefusedError, match=r"RunParameters\.mode must be one of"):
+        participant.join()
+    assert participant.plan is None and client.calls == ["Join"]
+
+
 @pytest.mark.parametrize("extra", [b"", b"\x00"], ids=["exact", "trailing-byte"])
 def test_a_global_mask_with_trailing_bytes_is_refused(
     site: Callable[..., ParticipantConfig], extra: bytes
