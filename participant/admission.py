@@ -8,15 +8,23 @@ own model and data), never a figure the coordinator states.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
 from participant.config import ParticipantConfig
-from participant.errors import RunRefusedError
+from participant.errors import PeerKeyError, RunRefusedError
+from participant.markers import SiteRecords
 from participant.privacy import PrivacyPlan, RunPrivacy, plan_privacy
 from participant.recipes import recipe_max_input
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
+from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.errors import PrivacyError
-from privacy.secagg import check_threshold
-from proto.domain import PrivacyParameters, RunParameters
+from privacy.secagg import ContradictoryViewError, SessionHistory, check_threshold
+from privacy.signing import TrustedKey, key_fingerprint
+from proto.domain import Member, PrivacyParameters, RunParameters
 from pruning.methods import Method
+
+logger = logging.getLogger(__name__)
 
 
 def check_run_binding(run: RunParameters) -> None:
@@ -135,4 +143,155 @@ def describe_plan(plan: PrivacyPlan) -> str:
     )
 
 
-__all__ = ["check_run_binding", "describe_plan", "describe_privacy", "refusals", "run_plan", "run_privacy"]
+# ------------------------------------------------------------------ lifetime budget
+class LifetimeSpend:
+    """The site's lifetime privacy budget for one run: checked at join, committed before any vote exists.
+
+    The spend is the site's own plan, charged per release: the token that names this state directory's
+    release in the run (``SiteRecords.release_token``), so a second computation on the data under the same
+    run id (another state directory over the same budget file) is charged again.
+    """
+
+    def __init__(self, config: ParticipantConfig, records: SiteRecords) -> None:
+        minimums = config.privacy
+        self.records = records
+        self.budget = (
+            LifetimeBudget(
+                config.runtime.budget_path,
+                dataset=config.data.dataset_name,
+                lifetime_epsilon=minimums.lifetime_epsilon,
+                lifetime_delta=minimums.lifetime_delta,
+            )
+            if minimums.lifetime_epsilon is not None
+            else None
+        )
+        self._spend: tuple[str, str, float, float, int | None] | None = None
+
+    def check(self, run: RunParameters, plan: PrivacyPlan) -> None:
+        """Refuse the run (RunRefusedError) if it would pass the lifetime budget; remember its spend."""
+        if self.budget is None:
+            return
+        epsilon, delta = plan.epsilon, plan.delta
+        if epsilon is None:
+            # Exact statistics have no finite epsilon: counting them as 0 would under-count, so the safe
+            # reading of a lifetime budget is to refuse them.
+            raise RunRefusedError(
+                f"the run has no record-level DP (exact calibration statistics, unbounded epsilon), which "
+                f"privacy.lifetime_epsilon {self.budget.lifetime_epsilon:g} cannot account for"
+            )
+        run_id = run.run_id_hex
+        release = self.records.release_token(run_id)
+        try:
+            after = self.budget.check(epsilon, delta, run_id=run_id, release=release, records=plan.documents)
+        except BudgetExceeded as error:
+            raise RunRefusedError(str(error)) from None
+        except BudgetLedgerError as error:
+            raise RunRefusedError(f"runtime.budget: {error}") from None
+        self._spend = (run_id, release, epsilon, delta, plan.documents)
+        logger.info(
+            "lifetime budget of dataset %r: this run spends epsilon %.4g (delta %g) for %d releases; %.4g "
+            "of %g after it",
+            self.budget.dataset,
+            epsilon,
+            delta,
+            plan.releases,
+            after.epsilon,
+            self.budget.lifetime_epsilon,
+        )
+
+    def commit(self) -> None:
+        """Record the checked spend durably before anything computed from the data exists (idempotent)."""
+        if self.budget is None or self._spend is None:
+            return
+        run_id, release, epsilon, delta, documents = self._spend
+        try:
+            self.budget.commit(run_id, epsilon=epsilon, delta=delta, release=release, records=documents)
+        except BudgetExceeded as error:
+            raise RunRefusedError(str(error)) from None
+        except BudgetLedgerError as error:
+            raise RunRefusedError(f"runtime.budget: {error}") from None
+
+
+# ------------------------------------------------------------------ peers
+def check_roster(
+    members: Iterable[Member],
+    participant_ids: Sequence[int],
+    *,
+    run: RunParameters,
+    own: Member,
+    pins: Mapping[str, TrustedKey],
+    history: SessionHistory,
+) -> dict[int, str]:
+    """Return {participant id: name} of a session's members after checking who they are.
+
+    Identities are fixed for the run: each member is one of the run's announced names, no name, id
+    or key appears twice, the ids are the session's, and each name keeps the id and identity key it
+    had the first time this site (``own``) saw it (remembered durably in ``history``):
+    CoordinatorMisbehaviour otherwise. A key that differs from the one pinned in [peers] refuses the run
+    (PeerKeyError).
+    """
+    members = list(members)
+    allowed = set(run.participant_names)
+    if len(members) != len(participant_ids):
+        raise ContradictoryViewError(
+            "the session's members are not its participant ids", check="session-members"
+        )
+    for what, values in (
+        ("name", [m.name for m in members]),
+        ("participant id", [m.participant_id for m in members]),
+        ("identity key", [m.identity_key for m in members]),
+    ):
+        if len(set(values)) != len(values):
+            raise ContradictoryViewError(
+                f"the session's roster repeats a {what}: one site under several ids would hold several "
+                "shares of every secret",
+                check="roster-repeats-identity",
+            )
+    if {m.participant_id for m in members} != set(participant_ids):
+        raise ContradictoryViewError(
+            "the session's members are not its participant ids", check="session-members"
+        )
+    strangers = sorted(m.name for m in members if m.name not in allowed)
+    if strangers:
+        raise ContradictoryViewError(
+            f"the session's roster holds {strangers}, not among the run's participants",
+            check="session-members",
+        )
+    if own.participant_id not in {m.participant_id for m in members}:
+        raise ContradictoryViewError("the session does not include this participant", check="session-members")
+    for member in members:
+        key = member.identity_key
+        if member.participant_id == own.participant_id:
+            if key != own.identity_key or member.name != own.name:
+                raise PeerKeyError(
+                    f"the coordinator announced another identity for this participant "
+                    f"({member.name!r}): {key_fingerprint(key)} instead of {key_fingerprint(own.identity_key)}"
+                )
+        elif pins:
+            pin = pins.get(member.name)
+            if pin is None:
+                raise PeerKeyError(
+                    f"the session's roster holds {member.name!r}, which has no pinned key in [peers]: "
+                    "refusing a peer whose key only the coordinator vouches for"
+                )
+            if not pin.matches(key):
+                raise PeerKeyError(
+                    f"the identity key the coordinator relays for {member.name!r} "
+                    f"({key_fingerprint(key)}) differs from the one pinned in peers.{member.name} "
+                    f"({pin.fingerprint}): refusing the run"
+                )
+    for member in members:
+        history.bind_identity(name=member.name, participant=member.participant_id, key=member.identity_key)
+    return {m.participant_id: m.name for m in members}
+
+
+__all__ = [
+    "LifetimeSpend",
+    "check_roster",
+    "check_run_binding",
+    "describe_plan",
+    "describe_privacy",
+    "refusals",
+    "run_plan",
+    "run_privacy",
+]

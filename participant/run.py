@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tqdm.auto import tqdm
 
 from participant.admission import (
+    LifetimeSpend,
+    check_roster,
     check_run_binding,
     describe_plan,
     describe_privacy,
@@ -54,7 +56,6 @@ from participant.markers import RELEASE_TOKEN_PREFIX, SiteRecords
 from participant.privacy import ParticipantPrivacy, PrivacyPlan
 from participant.recipes import ParticipantRecipe, SiteInputs, plugin_for, recipe_max_input
 from participant.voting import PackedBits
-from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.errors import PrivacyError
 from privacy.secagg import (
     PROTOCOL_VERSION,
@@ -150,18 +151,9 @@ class ParticipantRun:
         """This site's privacy plan of the run it joined (``run_plan``): set at join, before anything is
         computed from the data; ``plan.releases`` is what the lifetime budget was charged for."""
         self.pins: dict[str, TrustedKey] = config.pinned_keys()
-        minimums = config.privacy
-        self.budget = (
-            LifetimeBudget(
-                config.runtime.budget_path,
-                dataset=config.data.dataset_name,
-                lifetime_epsilon=minimums.lifetime_epsilon,
-                lifetime_delta=minimums.lifetime_delta,
-            )
-            if minimums.lifetime_epsilon is not None
-            else None
-        )
-        self._spend: tuple[str, str, float, float] | None = None
+        self.spend = LifetimeSpend(config, self.records)
+        """The lifetime budget of this site's data: the run's spend checked at join, committed before any
+        vote is computed."""
 
     @property
     def _vectors(self) -> dict[int, np.ndarray | PackedBits]:
@@ -246,7 +238,7 @@ class ParticipantRun:
             describe_plan(plan),
         )
         self.plan = plan
-        self._check_budget(run)
+        self.spend.check(run, plan)
         if not self.pins:
             logger.warning(
                 "no [peers] identity keys pinned: trusting the keys the coordinator relays for the other "
@@ -265,63 +257,9 @@ class ParticipantRun:
         return reply
 
     # ------------------------------------------------------------------ lifetime budget
-    def _check_budget(self, run: RunParameters) -> None:
-        """Refuse the run (RunRefusedError) if it would pass the lifetime budget; remember its spend.
-
-        The spend is this site's own plan (``self.plan``), charged per release: the token that names this
-        state directory's release in the run, so a second computation on the data under the same run id
-        (another state directory over the same budget file) is charged again.
-        """
-        if self.budget is None:
-            return
-        assert self.plan is not None
-        epsilon, delta = self.plan.epsilon, self.plan.delta
-        if epsilon is None:
-            # Exact statistics have no finite epsilon: counting them as 0 would under-count, so the safe
-            # reading of a lifetime budget is to refuse them.
-            raise RunRefusedError(
-                f"the run has no record-level DP (exact calibration statistics, unbounded epsilon), which "
-                f"privacy.lifetime_epsilon {self.budget.lifetime_epsilon:g} cannot account for"
-            )
-        run_id = run.run_id_hex
-        release = self.records.release_token(run_id)
-        try:
-            after = self.budget.check(
-                epsilon, delta, run_id=run_id, release=release, records=self.plan.documents
-            )
-        except BudgetExceeded as error:
-            raise RunRefusedError(str(error)) from None
-        except BudgetLedgerError as error:
-            raise RunRefusedError(f"runtime.budget: {error}") from None
-        self._spend = (run_id, release, epsilon, delta)
-        logger.info(
-            "lifetime budget of dataset %r: this run spends epsilon %.4g (delta %g) for %d releases; %.4g "
-            "of %g after it",
-            self.budget.dataset,
-            epsilon,
-            delta,
-            self.plan.releases,
-            after.epsilon,
-            self.budget.lifetime_epsilon,
-        )
-
     def _commit_budget(self) -> None:
         """Record the run's spend durably before anything computed from the data exists (idempotent)."""
-        if self.budget is None or self._spend is None:
-            return
-        run_id, release, epsilon, delta = self._spend
-        try:
-            self.budget.commit(
-                run_id,
-                epsilon=epsilon,
-                delta=delta,
-                release=release,
-                records=self.plan.documents if self.plan is not None else None,
-            )
-        except BudgetExceeded as error:
-            raise RunRefusedError(str(error)) from None
-        except BudgetLedgerError as error:
-            raise RunRefusedError(f"runtime.budget: {error}") from None
+        self.spend.commit()
 
     # ------------------------------------------------------------------ votes
     def _prepare(self, reply: JoinReply) -> None:
@@ -600,71 +538,11 @@ class ParticipantRun:
         self.recipe.check_assignment(block, max_blocks=self.config.runtime.max_blocks)
 
     def _check_members(self, members: Iterable[Member], participant_ids: Sequence[int]) -> dict[int, str]:
-        """Return {participant id: name} of a session's members after checking who they are.
-
-        Identities are fixed for the run: each member is one of the run's announced names, no name, id
-        or key appears twice, the ids are the session's, and each name keeps the id and identity key it
-        had the first time this site saw it (remembered durably in the history): CoordinatorMisbehaviour
-        otherwise. A key that differs from the one pinned in [peers] refuses the run (PeerKeyError).
-        """
-        members = list(members)
-        allowed = set(self.params.participant_names)
-        if len(members) != len(participant_ids):
-            raise ContradictoryViewError(
-                "the session's members are not its participant ids", check="session-members"
-            )
-        for what, values in (
-            ("name", [m.name for m in members]),
-            ("participant id", [m.participant_id for m in members]),
-            ("identity key", [m.identity_key for m in members]),
-        ):
-            if len(set(values)) != len(values):
-                raise ContradictoryViewError(
-                    f"the session's roster repeats a {what}: one site under several ids would hold several "
-                    "shares of every secret",
-                    check="roster-repeats-identity",
-                )
-        if {m.participant_id for m in members} != set(participant_ids):
-            raise ContradictoryViewError(
-                "the session's members are not its participant ids", check="session-members"
-            )
-        strangers = sorted(m.name for m in members if m.name not in allowed)
-        if strangers:
-            raise ContradictoryViewError(
-                f"the session's roster holds {strangers}, not among the run's participants",
-                check="session-members",
-            )
-        if self.participant_id not in {m.participant_id for m in members}:
-            raise ContradictoryViewError(
-                "the session does not include this participant", check="session-members"
-            )
-        own = raw_public_key(self.identity_key)
-        for member in members:
-            key = member.identity_key
-            if member.participant_id == self.participant_id:
-                if key != own or member.name != self.name:
-                    raise PeerKeyError(
-                        f"the coordinator announced another identity for this participant "
-                        f"({member.name!r}): {key_fingerprint(key)} instead of {key_fingerprint(own)}"
-                    )
-            elif self.pins:
-                pin = self.pins.get(member.name)
-                if pin is None:
-                    raise PeerKeyError(
-                        f"the session's roster holds {member.name!r}, which has no pinned key in [peers]: "
-                        "refusing a peer whose key only the coordinator vouches for"
-                    )
-                if not pin.matches(key):
-                    raise PeerKeyError(
-                        f"the identity key the coordinator relays for {member.name!r} "
-                        f"({key_fingerprint(key)}) differs from the one pinned in peers.{member.name} "
-                        f"({pin.fingerprint}): refusing the run"
-                    )
-        for member in members:
-            self.history.bind_identity(
-                name=member.name, participant=member.participant_id, key=member.identity_key
-            )
-        return {m.participant_id: m.name for m in members}
+        """Return {participant id: name} of a session's members (``participant.admission.check_roster``)."""
+        own = Member(self.name, self.participant_id, raw_public_key(self.identity_key))
+        return check_roster(
+            members, participant_ids, run=self.params, own=own, pins=self.pins, history=self.history
+        )
 
     def _client_for(self, block: int) -> SecAggClient:
         if self._secagg is None or self._block != block:

@@ -36,7 +36,7 @@ from privacy.secagg.parameters import MAX_BIT_WIDTH, MAX_PARTICIPANT_ID, Session
 from proto import domain
 from proto.fedprune.v1 import secagg_pb2 as pb
 from proto.fedprune.v1 import service_pb2 as spb
-from proto.tls import MAX_CHUNK_PAYLOAD_BYTES
+from proto.limits import MAX_CHUNK_PAYLOAD_BYTES
 from pruning.masks import ComparisonGroup, SparsityPattern
 from pruning.methods import Method
 from pruning.recipes import Mode, Recipe

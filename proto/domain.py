@@ -253,10 +253,6 @@ Task = (
     | RunAbortedTask
 )
 
-SESSION_TASKS = (StartSessionTask, ShareKeysTask, MaskedInputTask, SignSurvivorsTask, UnmaskTask)
-"""The tasks that belong to one block's session (they carry ``block``)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Assigned:
     """A task and its sequence number (a retried Await gets the same number for the same task).
@@ -299,7 +295,6 @@ class SignedStatement:
 
 
 __all__ = [
-    "SESSION_TASKS",
     "Assigned",
     "BlockMask",
     "JoinReply",
