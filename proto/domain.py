@@ -253,6 +253,7 @@ Task = (
     | RunAbortedTask
 )
 
+
 @dataclasses.dataclass(frozen=True)
 class Assigned:
     """A task and its sequence number (a retried Await gets the same number for the same task).
