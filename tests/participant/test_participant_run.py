@@ -227,6 +227,30 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
     assert _budget(config).spent().epsilon == spend
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "needs"),
+    [("mode", pb.MODE_ITERATIVE, "mode one-shot"), ("weight_scaling", True, "no weight scaling")],
+)
+def test_a_recipe_announced_with_settings_it_does_not_allow_is_refused_before_anything_is_charged(
+    site: Callable[..., ParticipantConfig], field: str, value: Any, needs: str
+) -> None:
+    from privacy.secagg.fixed_point import VoteValueCodec
+
+    # FedSpaLLM averages SparseGPT's weights once per block; announced otherwise, the run is refused at
+    # join, before the lifetime budget is charged for a run this site never takes part in.
+    config = site(privacy={"lifetime_epsilon": 10.0}, data={"dataset": "notes"})
+    reply = _reply(config, method=pb.METHOD_SPARSEGPT)
+    reply.run.method = pb.METHOD_SPARSEGPT
+    reply.run.recipe = pb.RECIPE_FEDSPALLM
+    reply.run.max_input = VoteValueCodec(participants=3).max_input
+    setattr(reply.run, field, value)
+    participant, client = _participant(config, reply)
+    with pytest.raises(RunRefusedError, match=f"recipe is fedspallm, which needs {needs}"):
+        participant.run()
+    assert client.calls == ["Join"] and participant.plan is None
+    assert _budget(config).spent().runs == 0
+
+
 def test_a_lifetime_budget_refuses_exact_statistics_but_not_magnitude_pruning(
     site: Callable[..., ParticipantConfig],
 ) -> None:
