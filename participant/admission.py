@@ -1,9 +1,13 @@
-"""What a site accepts at Join: the run's frame, its privacy against the site's minimums, the site's own bill.
+"""What a site accepts: at Join the run's frame, its privacy against the site's minimums, the site's own bill;
+then each session's frame and roster against the run.
 
-Pure functions over the announced ``proto.domain.RunParameters`` and the site's config; ``ParticipantRun``
-calls them in order at Join and refuses the run (``RunRefusedError``) on the first problem. Epsilon and
-noise multiplier are always the site's own figures (``run_plan``: the announced mechanism over the site's
-own model and data), never a figure the coordinator states.
+Functions over the announced ``proto.domain`` types and the site's config (and ``LifetimeSpend``, the
+lifetime budget). ``ParticipantRun`` calls the run checks at Join and refuses the run
+(``RunRefusedError``) on the first problem; it calls the session checks before it answers a session: a
+session outside the run's frame, or a roster that moves an identity, is proof that the coordinator lied
+(``CoordinatorMisbehaviour``), and a peer key the site's pins refuse refuses the run (``PeerKeyError``).
+Epsilon and noise multiplier are always the site's own figures (``run_plan``: the announced mechanism
+over the site's own model and data), never a figure the coordinator states.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ from participant.config import ParticipantConfig
 from participant.errors import PeerKeyError, RunRefusedError
 from participant.markers import SiteRecords
 from participant.privacy import PrivacyPlan, RunPrivacy, plan_privacy
-from participant.recipes import recipe_max_input
+from participant.recipes import ParticipantRecipe, recipe_max_input
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.errors import PrivacyError
-from privacy.secagg import ContradictoryViewError, SessionHistory, check_threshold
+from privacy.secagg import ContradictoryViewError, SessionHistory, SessionParameters, check_threshold
 from privacy.signing import TrustedKey, key_fingerprint
-from proto.domain import Member, PrivacyParameters, RunParameters
+from proto.domain import Member, PrivacyParameters, RunParameters, SessionTerms
 from pruning.methods import Method
 
 logger = logging.getLogger(__name__)
@@ -212,6 +216,56 @@ class LifetimeSpend:
             raise RunRefusedError(f"runtime.budget: {error}") from None
 
 
+# ------------------------------------------------------------------ sessions
+def check_session_frame(
+    run: RunParameters,
+    parameters: SessionTerms | SessionParameters,
+    *,
+    recipe: ParticipantRecipe,
+    dimension: int,
+    block: int,
+) -> None:
+    """Raise CoordinatorMisbehaviour unless a session of ``block`` stays inside the frame the run announced.
+
+    The run's t and c exactly (so t > (n + c)/2 holds with the run's c for the session's n), no more
+    members than the run's n, the recipe's max_input and ring, the block's own ``dimension``, and the
+    chunking both roles derive from the announced chunk_coordinates (``recipe.chunk_coordinates``).
+    """
+    if parameters.threshold != run.threshold:
+        raise ContradictoryViewError(
+            f"session threshold {parameters.threshold} is not the run's {run.threshold}",
+            check="session-threshold",
+        )
+    if parameters.colluders != run.colluders:
+        raise ContradictoryViewError(
+            f"session colluders {parameters.colluders} is not the run's {run.colluders}",
+            check="session-colluders",
+        )
+    participants = len(parameters.participant_ids)
+    if participants > run.participants:
+        raise ContradictoryViewError(
+            f"the session has {participants} participants; the run has {run.participants}",
+            check="session-members",
+        )
+    if parameters.max_input != run.max_input or not parameters.ring_headroom:
+        raise ContradictoryViewError(
+            f"session max_input {parameters.max_input} (ring headroom {parameters.ring_headroom}) is not "
+            f"the run's encoding: max_input {run.max_input} with ring headroom",
+            check="session-encoding",
+        )
+    if parameters.dimension != dimension:
+        raise ContradictoryViewError(
+            f"session dimension {parameters.dimension} is not block {block}'s {dimension}",
+            check="session-dimension",
+        )
+    chunk = recipe.chunk_coordinates(participants=participants, max_input=parameters.max_input)
+    if parameters.chunk_coordinates != chunk:
+        raise ContradictoryViewError(
+            f"session chunk_coordinates {parameters.chunk_coordinates} is not the {chunk} the run announced",
+            check="session-chunk",
+        )
+
+
 # ------------------------------------------------------------------ peers
 def check_roster(
     members: Iterable[Member],
@@ -288,6 +342,7 @@ def check_roster(
 __all__ = [
     "LifetimeSpend",
     "check_roster",
+    "check_session_frame",
     "check_run_binding",
     "describe_plan",
     "describe_privacy",

@@ -30,6 +30,7 @@ from participant.admission import (
     LifetimeSpend,
     check_roster,
     check_run_binding,
+    check_session_frame,
     describe_plan,
     describe_privacy,
     refusals,
@@ -488,49 +489,15 @@ class ParticipantRun:
         return lambda: self.client.advertise_keys(ref, advertisement)
 
     def _check_session_frame(self, block: int, parameters: SessionTerms | SessionParameters) -> None:
-        """Raise CoordinatorMisbehaviour unless the session stays inside the frame the run announced.
-
-        The run's t and c exactly (so t > (n + c)/2 holds with the run's c for the session's n), no more
-        members than the run's n, the recipe's max_input and ring, the block's own dimension, and the
-        chunking both roles derive from the announced chunk_coordinates.
-        """
+        """Raise CoordinatorMisbehaviour unless the session stays inside the run's frame (``check_session_frame``)."""
         assert self.recipe is not None
-        run = self.params
-        if parameters.threshold != run.threshold:
-            raise ContradictoryViewError(
-                f"session threshold {parameters.threshold} is not the run's {run.threshold}",
-                check="session-threshold",
-            )
-        if parameters.colluders != run.colluders:
-            raise ContradictoryViewError(
-                f"session colluders {parameters.colluders} is not the run's {run.colluders}",
-                check="session-colluders",
-            )
-        participants = len(parameters.participant_ids)
-        if participants > run.participants:
-            raise ContradictoryViewError(
-                f"the session has {participants} participants; the run has {run.participants}",
-                check="session-members",
-            )
-        if parameters.max_input != run.max_input or not parameters.ring_headroom:
-            raise ContradictoryViewError(
-                f"session max_input {parameters.max_input} (ring headroom {parameters.ring_headroom}) is not "
-                f"the run's encoding: max_input {run.max_input} with ring headroom",
-                check="session-encoding",
-            )
-        dimension = VoteLayout.for_block(self.model, block).dimension
-        if parameters.dimension != dimension:
-            raise ContradictoryViewError(
-                f"session dimension {parameters.dimension} is not block {block}'s {dimension}",
-                check="session-dimension",
-            )
-        chunk = self.recipe.chunk_coordinates(participants=participants, max_input=parameters.max_input)
-        if parameters.chunk_coordinates != chunk:
-            raise ContradictoryViewError(
-                f"session chunk_coordinates {parameters.chunk_coordinates} is not the {chunk} the run "
-                "announced",
-                check="session-chunk",
-            )
+        check_session_frame(
+            self.params,
+            parameters,
+            recipe=self.recipe,
+            dimension=VoteLayout.for_block(self.model, block).dimension,
+            block=block,
+        )
 
     def _check_assignment(self, block: int) -> None:
         """Refuse (PrivacyError) a session beyond what this site takes under its recipe and budget."""
