@@ -448,7 +448,7 @@ class ParticipantRun:
         terms = task.parameters
         self._check_session_frame(block, terms)
         # A malformed message (not a lie about the run) is refused, and the site waits for the next task.
-        parameters = session_parameters_from_terms(_as_terms(terms), max_bit_width=self.recipe.max_bit_width)
+        parameters = session_parameters_from_terms(terms, max_bit_width=self.recipe.max_bit_width)
         context = SessionContext.decode(parameters.context)
         if context.run_id != self.run_id or context.block != block or run_id != self.params.run_id:
             raise ContradictoryViewError(
@@ -665,11 +665,6 @@ class ParticipantRun:
                 if self._strict:
                     raise
                 logger.warning("%s refused by this participant: %s", task.kind, error)
-
-
-def _as_terms(parameters: SessionTerms | SessionParameters) -> SessionTerms:
-    """Return session parameters as announced terms (a received task always carries terms)."""
-    return parameters if isinstance(parameters, SessionTerms) else SessionTerms.of(parameters)
 
 
 def progress_reporter(enabled: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:

@@ -130,7 +130,7 @@ def session_terms_from_proto(message: pb.SessionParameters) -> domain.SessionTer
 
 
 def session_parameters_from_terms(
-    terms: domain.SessionTerms, *, max_bit_width: int = MAX_BIT_WIDTH
+    terms: domain.SessionTerms | SessionParameters, *, max_bit_width: int = MAX_BIT_WIDTH
 ) -> SessionParameters:
     """Return validated SessionParameters of announced terms (PrivacyError names the bad field).
 
