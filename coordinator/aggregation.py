@@ -10,7 +10,6 @@ deterministically: first by the larger |W| of the public base weight (kept), the
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,22 +19,11 @@ from coordinator.selection import select_in_one_group, select_per_group, vote_ar
 from privacy.errors import PrivacyError
 from privacy.secagg.fixed_point import VoteValueCodec
 from pruning.layout import VoteLayout
-from pruning.masks import SparsityPattern, pruned_count
+from pruning.masks import ComparisonGroup, SparsityPattern, pruned_count
 from pruning.updates import update_bound
 
 VOTE_DTYPE = torch.int32
 """Keep-vote counts: exact for any realistic number of participants (up to 2^31 - 1)."""
-
-
-class ComparisonGroup(enum.Enum):
-    """Which weights compete with each other for the kept places."""
-
-    LAYER = "layer"
-    """One weight matrix (the recipe the FedPrLLM study found best)."""
-    ROW = "row"
-    """One output row of a matrix."""
-    COLUMN = "column"
-    """One input column of a matrix."""
 
 
 class VoteTally:

@@ -55,23 +55,35 @@ from coordinator.report import (
     check_statement,
     secure_aggregation_event,
 )
-from coordinator.state import Member, RunState
+from coordinator.state import RunState
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.report import tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.messages import (
-    ConsistencyCheck,
     KeyAdvertisement,
     MaskedInputChunk,
     MaskedInputDone,
-    Roster,
-    ShareDelivery,
     ShareKeys,
     SurvivorSignature,
-    UnmaskRequest,
     UnmaskResponse,
 )
 from privacy.signing import ParticipantStatement, StatementError
+from proto.domain import (
+    AnnouncedPrivacy,
+    Assigned,
+    MaskedInputTask,
+    Member,
+    RunAbortedTask,
+    RunCompleteTask,
+    RunParameters,
+    ShareKeysTask,
+    SignSurvivorsTask,
+    StartSessionTask,
+    StatementTask,
+    Task,
+    UnmaskTask,
+    WaitTask,
+)
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
 from pruning.layout import VoteLayout, base_model_fingerprint
 from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen
@@ -80,83 +92,6 @@ logger = logging.getLogger(__name__)
 
 IDENTITY_KEY_BYTES = 32
 MAX_SESSION_ATTEMPTS = 3
-
-
-# ---------------------------------------------------------------------------------------------- tasks
-@dataclasses.dataclass(frozen=True)
-class WaitTask:
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class StartSessionTask:
-    block: int
-    parameters: SessionParameters
-    members: tuple[Member, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class ShareKeysTask:
-    block: int
-    session_id: bytes
-    roster: Roster
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskedInputTask:
-    block: int
-    session_id: bytes
-    delivery: ShareDelivery
-
-
-@dataclasses.dataclass(frozen=True)
-class SignSurvivorsTask:
-    block: int
-    session_id: bytes
-    check: ConsistencyCheck
-
-
-@dataclasses.dataclass(frozen=True)
-class UnmaskTask:
-    block: int
-    session_id: bytes
-    request: UnmaskRequest
-
-
-@dataclasses.dataclass(frozen=True)
-class StatementTask:
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class RunCompleteTask:
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class RunAbortedTask:
-    reason: str
-
-
-Task = (
-    WaitTask
-    | StartSessionTask
-    | ShareKeysTask
-    | MaskedInputTask
-    | SignSurvivorsTask
-    | UnmaskTask
-    | StatementTask
-    | RunCompleteTask
-    | RunAbortedTask
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Assigned:
-    """A task and its sequence number (a retried Await gets the same number for the same task)."""
-
-    sequence: int
-    task: Task
 
 
 class Phase(enum.Enum):
@@ -846,33 +781,42 @@ class CoordinatorRun:
                     return
                 self._cond.wait(remaining)
 
-    def run_parameters(self) -> dict[str, Any]:
+    def run_parameters(self) -> RunParameters:
         """Return the run's parameters as the servicer announces them at Join."""
         privacy = self.config.privacy
         run = self.config.run
-        return {
-            "run_id": self.run_id,
-            "method": run.method,
-            "pattern": run.sparsity_pattern,
-            "group": run.group,
-            "mode": run.mode,
-            "nsamples": run.nsamples,
-            "seqlen": resolve_seqlen(self.model, run.seqlen),
-            "privacy": privacy,
-            "participants": len(run.participants),
-            "min_participants": run.min_participants_or_default,
-            "threshold": self.threshold,
-            "chunk_coordinates": run.chunk_coordinates,
-            "blocks": self.blocks,
-            "vote_layout_fingerprint": self.layout_fingerprint,
-            "base_model_fingerprint": self.model_fingerprint,
-            "weight_scaling": run.weight_scaling,
-            "protocol_version": PROTOCOL_VERSION,
-            "recipe": run.recipe,
-            "colluders": self.colluders,
-            "max_input": self.recipe.max_input,
-            "participant_names": sorted(run.participants),
-        }
+        return RunParameters(
+            run_id=bytes.fromhex(self.run_id),
+            method=run.method,
+            pattern=run.sparsity_pattern,
+            group=run.group,
+            mode=run.mode,
+            recipe=run.recipe,
+            nsamples=run.nsamples,
+            seqlen=resolve_seqlen(self.model, run.seqlen),
+            privacy=AnnouncedPrivacy(
+                randomized_response=privacy.randomized_response,
+                epsilon0=privacy.epsilon0,
+                record_level_dp=privacy.record_level_dp,
+                delta=privacy.delta,
+                sample_rate=privacy.sample_rate,
+                noise_multiplier=privacy.noise_multiplier,
+                target_epsilon=privacy.target_epsilon,
+                accountant_tolerance=privacy.accountant_tolerance,
+            ),
+            participants=len(run.participants),
+            min_participants=run.min_participants_or_default,
+            threshold=self.threshold,
+            colluders=self.colluders,
+            max_input=self.recipe.max_input,
+            chunk_coordinates=run.chunk_coordinates,
+            blocks=self.blocks,
+            vote_layout_fingerprint=self.layout_fingerprint,
+            base_model_fingerprint=self.model_fingerprint,
+            weight_scaling=run.weight_scaling,
+            protocol_version=PROTOCOL_VERSION,
+            participant_names=tuple(sorted(run.participants)),
+        )
 
     def close(self) -> None:
         """Release the state database."""

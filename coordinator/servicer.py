@@ -7,6 +7,7 @@ sizes and keepalive (``proto.tls``) and the standard health service.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -25,22 +26,11 @@ from coordinator.errors import (
     TooLargeError,
     UnknownParticipantError,
 )
-from coordinator.run import (
-    Assigned,
-    CoordinatorRun,
-    MaskedInputTask,
-    RunAbortedTask,
-    RunCompleteTask,
-    ShareKeysTask,
-    SignSurvivorsTask,
-    StartSessionTask,
-    StatementTask,
-    UnmaskTask,
-    WaitTask,
-)
+from coordinator.run import CoordinatorRun
 from privacy.secagg.errors import InvalidMessageError
 from privacy.signing import ParticipantStatement
 from proto import convert
+from proto.domain import Assigned, JoinReply
 from proto.fedprune.v1 import service_pb2 as pb
 from proto.fedprune.v1 import service_pb2_grpc
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, PeerIdentityError, add_secure_port, server_options
@@ -99,106 +89,9 @@ def _peer(context: grpc.ServicerContext) -> str:
     return peer_common_name(context)
 
 
-def _ref(run: CoordinatorRun, block: int, session_id: bytes = b"") -> pb.SessionRef:
-    return pb.SessionRef(run_id=bytes.fromhex(run.run_id), block=block, session_id=session_id)
-
-
-def run_parameters_to_proto(run: CoordinatorRun) -> pb.RunParameters:
-    """Return the run's parameters as announced at Join."""
-    values = run.run_parameters()
-    privacy = values["privacy"]
-    pattern = values["pattern"]
-    privacy_message = pb.PrivacyParameters(
-        randomized_response=privacy.randomized_response,
-        epsilon0=privacy.epsilon0,
-        record_level_dp=privacy.record_level_dp,
-        delta=privacy.delta,
-        sample_rate=privacy.sample_rate,
-        accountant_tolerance=privacy.accountant_tolerance,
-    )
-    if privacy.noise_multiplier is not None:
-        privacy_message.noise_multiplier = privacy.noise_multiplier
-    if privacy.target_epsilon is not None:
-        privacy_message.target_epsilon = privacy.target_epsilon
-    return pb.RunParameters(
-        run_id=bytes.fromhex(values["run_id"]),
-        method=pb.Method.Value(f"METHOD_{values['method'].name}"),
-        pattern=pb.SparsityPattern(sparsity=pattern.sparsity, n=pattern.n, m=pattern.m),
-        group=pb.ComparisonGroup.Value(f"COMPARISON_GROUP_{values['group'].name}"),
-        mode=pb.Mode.Value(f"MODE_{values['mode'].name}"),
-        nsamples=values["nsamples"],
-        seqlen=values["seqlen"],
-        privacy=privacy_message,
-        participants=values["participants"],
-        min_participants=values["min_participants"],
-        threshold=values["threshold"],
-        chunk_coordinates=values["chunk_coordinates"],
-        blocks=values["blocks"],
-        vote_layout_fingerprint=values["vote_layout_fingerprint"],
-        base_model_fingerprint=values["base_model_fingerprint"],
-        weight_scaling=values["weight_scaling"],
-        protocol_version=values["protocol_version"],
-        recipe=pb.Recipe.Value(f"RECIPE_{values['recipe'].name}"),
-        colluders=values["colluders"],
-        max_input=values["max_input"],
-        participant_names=values["participant_names"],
-    )
-
-
 def task_to_proto(run: CoordinatorRun, assigned: Assigned) -> pb.Task:
-    """Return the wire form of an assigned task."""
-    task = assigned.task
-    message = pb.Task(sequence=assigned.sequence)
-    if isinstance(task, WaitTask):
-        message.wait.CopyFrom(pb.Wait(retry_after_ms=0, reason=task.reason))
-    elif isinstance(task, StartSessionTask):
-        message.start_session.CopyFrom(
-            pb.StartSession(
-                session=_ref(run, task.block),
-                parameters=convert.session_parameters_to_proto(task.parameters),
-                members=[
-                    pb.Member(
-                        participant_id=m.participant_id, name=m.name, identity_public_key=m.identity_key
-                    )
-                    for m in task.members
-                ],
-            )
-        )
-    elif isinstance(task, ShareKeysTask):
-        message.share_keys.CopyFrom(
-            pb.ShareKeysTask(
-                session=_ref(run, task.block, task.session_id), roster=convert.roster_to_proto(task.roster)
-            )
-        )
-    elif isinstance(task, MaskedInputTask):
-        message.masked_input.CopyFrom(
-            pb.MaskedInputTask(
-                session=_ref(run, task.block, task.session_id),
-                delivery=convert.share_delivery_to_proto(task.delivery),
-                resume_from_chunk=0,
-            )
-        )
-    elif isinstance(task, SignSurvivorsTask):
-        message.sign_survivors.CopyFrom(
-            pb.SignSurvivorsTask(
-                session=_ref(run, task.block, task.session_id),
-                check=convert.consistency_check_to_proto(task.check),
-            )
-        )
-    elif isinstance(task, UnmaskTask):
-        message.unmask.CopyFrom(
-            pb.UnmaskTask(
-                session=_ref(run, task.block, task.session_id),
-                request=convert.unmask_request_to_proto(task.request),
-            )
-        )
-    elif isinstance(task, StatementTask):
-        message.statement.CopyFrom(pb.StatementTask(run_id=bytes.fromhex(run.run_id)))
-    elif isinstance(task, RunCompleteTask):
-        message.run_complete.CopyFrom(pb.RunComplete(run_id=bytes.fromhex(run.run_id)))
-    elif isinstance(task, RunAbortedTask):
-        message.run_aborted.CopyFrom(pb.RunAborted(run_id=bytes.fromhex(run.run_id), reason=task.reason))
-    return message
+    """Return the wire form of an assigned task, its session references naming ``run``."""
+    return convert.task_to_proto(dataclasses.replace(assigned, run_id=bytes.fromhex(run.run_id)))
 
 
 class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
@@ -221,15 +114,17 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
         def body(name: str) -> pb.JoinReply:
+            joining = convert.join_request_from_proto(request)
             answer = self.run.join(
                 name,
-                model_fingerprint=bytes(request.base_model_fingerprint),
-                identity_key=bytes(request.identity_public_key),
-                max_blocks=int(request.capabilities.max_blocks) or None,
+                model_fingerprint=joining.base_model_fingerprint,
+                identity_key=joining.identity_public_key,
+                max_blocks=joining.max_blocks,
             )
-            return pb.JoinReply(
-                run=run_parameters_to_proto(self.run), participant_id=answer.participant_id, name=answer.name
+            reply = JoinReply(
+                run=self.run.run_parameters(), participant_id=answer.participant_id, name=answer.name
             )
+            return convert.join_reply_to_proto(reply)
 
         return _call(context, "Join", body)
 
@@ -319,33 +214,17 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
     def BlockMask(
         self, request: pb.BlockMaskRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.BlockMaskChunk]:  # noqa: N802
-        import hashlib
-
         def body(name: str) -> tuple[bytes, int, bytes]:
             self._check_run(request.run_id)
             return self.run.block_mask(name, int(request.block))
 
         packed, bits, layout = _call(context, "BlockMask", body)
-        digest = hashlib.sha256(packed).digest()
-        pieces = [
-            packed[i : i + MAX_CHUNK_PAYLOAD_BYTES] for i in range(0, len(packed), MAX_CHUNK_PAYLOAD_BYTES)
-        ]
-        pieces = pieces or [b""]
-        for index, piece in enumerate(pieces):
-            last = index == len(pieces) - 1
-            yield pb.BlockMaskChunk(
-                block=request.block,
-                chunk_index=index,
-                bit_count=bits,
-                packed=piece,
-                layout_fingerprint=layout,
-                digest=digest if last else b"",
-                last=last,
-            )
+        mask = convert.block_mask_of(int(request.block), packed, bit_count=bits, layout_fingerprint=layout)
+        yield from convert.block_mask_to_chunks(mask, chunk_bytes=MAX_CHUNK_PAYLOAD_BYTES)
 
     def SubmitStatement(self, request: pb.SubmitStatementRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.SubmitStatementReply:
-            signed = request.statement
+            signed = convert.signed_statement_from_proto(request)
             self._check_run(signed.run_id)
             if len(signed.statement) > MAX_STATEMENT_BYTES:
                 raise TooLargeError(f"statement exceeds {MAX_STATEMENT_BYTES} bytes")
@@ -353,7 +232,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
                 statement = ParticipantStatement.model_validate_json(signed.statement)
             except ValueError as error:
                 raise MalformedMessageError(f"statement: {error}") from None
-            if bytes.fromhex(statement.signature) != bytes(signed.signature):
+            if bytes.fromhex(statement.signature) != signed.signature:
                 raise MalformedMessageError(
                     "SignedStatement.signature differs from the statement's signature"
                 )

@@ -27,6 +27,7 @@ import numpy as np
 from privacy.durable import write_durably
 from privacy.ledger import MechanismEvent
 from privacy.signing import ParticipantStatement
+from proto.domain import Member
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,6 @@ CREATE TABLE IF NOT EXISTS statements (name TEXT PRIMARY KEY, statement TEXT NOT
 
 class StateError(ValueError):
     """The state directory belongs to another run or is damaged; the message says which."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """A participant bound to the run: its certificate name, Shamir id and long-term identity key."""
-
-    name: str
-    participant_id: int
-    identity_key: bytes
 
 
 @dataclass(frozen=True)

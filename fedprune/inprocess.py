@@ -2,15 +2,17 @@
 
 ``run_federation`` runs ``coordinator.run.CoordinatorRun`` behind the real
 ``coordinator.servicer.CoordinatorServicer`` and one ``participant.run.ParticipantRun`` per site, each in
-its own thread. A participant's calls reach the servicer as plain method calls (``InProcessClient`` has the
-methods of ``participant.client.CoordinatorClient``) with a servicer context whose verified identity is the
-site's name, what a client certificate's common name is over the network. Every message therefore goes
-through the same protobuf conversions, state machines, secure-aggregation sessions, randomized response,
-DP statistics, signed statements and signed report as in the service; what is not exercised is the
-network: no socket, no TLS, no gRPC channel, no retries (nothing here is transient).
+its own thread. A participant's calls reach the servicer as plain method calls (``InProcessClient`` is a
+``participant.client.WireCalls``, and the participant talks to it through the same ``WireClient``
+conversions as over gRPC) with a servicer context whose verified identity is the site's name, what a
+client certificate's common name is over the network. Every message therefore goes through the same
+protobuf conversions, state machines, secure-aggregation sessions, randomized response, DP statistics,
+signed statements and signed report as in the service; what is not exercised is the network: no socket,
+no TLS, no gRPC channel, no retries (nothing here is transient).
 
 An aborted call raises an ``InProcessRpcError`` carrying the status the servicer chose, exactly what a
-participant sees over the network. A participant that fails aborts the coordinator's run at once.
+participant's ``WireClient`` sees over the network (and classifies the same way). A participant that
+fails aborts the coordinator's run at once.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from coordinator.config import CoordinatorConfig
 from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
-from participant.client import collect_mask_stream
+from participant.client import WireClient, collect_mask_stream
 from participant.config import ParticipantConfig
 from participant.events import ignore
 from participant.progress import BlockProgressBar
@@ -124,7 +126,7 @@ class InProcessServer:
 
 
 class InProcessClient:
-    """``participant.client.CoordinatorClient``'s methods over an ``InProcessServer``, as caller ``name``."""
+    """The coordinator's protobuf calls (``WireCalls``) over an ``InProcessServer``, as caller ``name``."""
 
     def __init__(self, server: InProcessServer, name: str) -> None:
         self.server = server
@@ -263,7 +265,7 @@ def run_federation(
         try:
             participant = ParticipantRun(
                 site.config,
-                InProcessClient(server, site.name),
+                WireClient(InProcessClient(server, site.name)),
                 on_event=bar if index == 0 else ignore,
                 samples=site.samples,
                 strict=True,

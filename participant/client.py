@@ -1,12 +1,22 @@
-"""The participant's connection to the coordinator: deadlines on every call, retries only transient failures.
+"""The participant's connection to the coordinator: protobuf on the wire, domain types to the run logic.
 
-A call is retried on UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED, with jittered
-exponential backoff bounded by ``max_backoff_s`` and given up after ``max_retry_time_s`` without success
-(clock and sleep are injectable for tests). A refused TLS handshake, a name not in the run
-(PERMISSION_DENIED, UNAUTHENTICATED) or a refused run is a configuration error: it is raised at once as
-``ConfigurationError`` saying which. So is a message over a size limit (RESOURCE_EXHAUSTED saying
-"larger than max", from this client's own gRPC limit or the coordinator's, or the coordinator's own
-"exceeds ... bytes"): the same message is as large on every retry (``MessageTooLargeError``).
+``WireClient`` turns any object with the coordinator's protobuf calls (``WireCalls``: ``GrpcWire`` over a
+mutual-TLS channel, an in-process servicer, a scripted test coordinator) into ``participant.calls``'
+``CoordinatorCalls``: every request and answer goes through ``proto.convert``, and every failed call
+becomes a domain error, classified by its status code: FAILED_PRECONDITION is ``CoordinatorRefusedError``,
+INVALID_ARGUMENT ``MessageRejectedError``, PERMISSION_DENIED and UNAUTHENTICATED ``ConfigurationError``,
+the transient codes ``CoordinatorUnreachableError``, anything else ``CoordinatorFailedError``.
+``CoordinatorClient`` is ``WireClient`` over ``GrpcWire``, what the daemon uses.
+
+``GrpcWire`` puts a deadline on every call and retries only transient failures: UNAVAILABLE,
+DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED, with jittered exponential backoff bounded by
+``max_backoff_s`` and given up after ``max_retry_time_s`` without success (clock and sleep are injectable
+for tests). A refused TLS handshake, a name not in the run (PERMISSION_DENIED, UNAUTHENTICATED) or a
+refused run is a configuration error: it is raised at once as ``ConfigurationError`` saying which. So is
+a message over a size limit (RESOURCE_EXHAUSTED saying "larger than max", from this client's own gRPC
+limit or the coordinator's, or the coordinator's own "exceeds ... bytes"; the status code alone cannot
+tell it from the coordinator's call caps, which are transient): the same message is as large on every
+retry (``MessageTooLargeError``).
 """
 
 from __future__ import annotations
@@ -15,11 +25,33 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from participant.calls import (
+    ConfigurationError,
+    CoordinatorCallError,
+    CoordinatorFailedError,
+    CoordinatorRefusedError,
+    CoordinatorUnreachableError,
+    MalformedReplyError,
+    MalformedTaskError,
+    MessageRejectedError,
+    MessageTooLargeError,
+    StreamTooLargeError,
+)
+from privacy.secagg.messages import (
+    KeyAdvertisement,
+    MaskedInputChunk,
+    MaskedInputDone,
+    ShareKeys,
+    SurvivorSignature,
+    UnmaskResponse,
+)
+from proto import convert
+from proto.domain import Assigned, BlockMask, JoinReply, JoinRequest, SessionRef, SignedStatement
 from proto.fedprune.v1 import service_pb2 as pb
 from proto.fedprune.v1 import service_pb2_grpc
 from proto.tls import TlsPaths, secure_channel
@@ -44,22 +76,6 @@ _HANDSHAKE_SIGNS = (
     "tls alert",
     "peer did not return",
 )
-
-
-class ConfigurationError(Exception):
-    """The coordinator refused this participant for a reason no retry fixes; the message says which."""
-
-
-class CoordinatorUnreachableError(Exception):
-    """Transient failures lasted longer than ``max_retry_time_s``."""
-
-
-class MessageTooLargeError(ConfigurationError):
-    """A message exceeded a size limit: no retry can succeed, since it is as large every time."""
-
-
-class StreamTooLargeError(ValueError):
-    """A server stream carried more bytes than the participant expects of it; it was cut off there."""
 
 
 # What gRPC (its own message limit) and the coordinator (its payload limits) say about an over-size message.
@@ -175,9 +191,9 @@ def with_retries(
             sleep(delay)
 
 
-class CoordinatorCalls(Protocol):
-    """The calls a participant makes to its coordinator: ``CoordinatorClient`` over gRPC, or an in-memory
-    transport (``fedprune.inprocess``) that hands them to the servicer in the same process."""
+class WireCalls(Protocol):
+    """The coordinator's RPCs in protobuf messages: ``GrpcWire`` over gRPC, or an in-memory transport
+    (``fedprune.inprocess``) that hands them to the servicer in the same process."""
 
     def join(self, request: pb.JoinRequest) -> pb.JoinReply: ...
 
@@ -198,8 +214,100 @@ class CoordinatorCalls(Protocol):
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None: ...
 
 
-class CoordinatorClient:
-    """The coordinator's RPCs with deadlines and retries; messages in and out are protobufs."""
+def call_error(error: grpc.RpcError, what: str) -> CoordinatorCallError:
+    """Return the domain error of a failed call, by its status code (and, for size limits, its details)."""
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    details = (error.details() or "") if callable(getattr(error, "details", None)) else str(error)
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        return CoordinatorRefusedError(what, code.name, details)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return MessageRejectedError(what, code.name, details)
+    if code is not None and message_too_large(error):
+        return MessageTooLargeError(
+            f"{what}: a message is over a size limit, which no retry changes ({details})"
+        )
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        assert code is not None
+        return ConfigurationError(
+            f"{what}: the coordinator refused this participant ({code.name}): {details}"
+        )
+    if code in RETRYABLE:
+        assert code is not None
+        return CoordinatorUnreachableError(f"{what}: {code.name}: {details}")
+    status = code.name if code is not None else "failed"
+    return CoordinatorFailedError(f"{what}: {status}: {details}")
+
+
+class WireClient:
+    """``participant.calls.CoordinatorCalls`` over a ``WireCalls``: converts, and classifies failures."""
+
+    def __init__(self, wire: WireCalls) -> None:
+        self.wire = wire
+
+    def _call(self, what: str, call: Callable[[], R]) -> R:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            raise call_error(error, what) from None
+
+    def join(self, request: JoinRequest) -> JoinReply:
+        """Return the run's parameters and this participant's id (MalformedReplyError: unreadable)."""
+        message = convert.join_request_to_proto(request)
+        reply = self._call("Join", lambda: self.wire.join(message))
+        try:
+            return convert.join_reply_from_proto(reply)
+        except ValueError as error:
+            raise MalformedReplyError(f"Join: the coordinator's answer cannot be read: {error}") from None
+
+    def await_task(self, run_id: bytes, *, max_wait_s: float) -> Assigned:
+        """Return the next task (MalformedTaskError naming its kind when it cannot be read)."""
+        message = self._call("Await", lambda: self.wire.await_task(run_id, max_wait_s=max_wait_s))
+        try:
+            return convert.task_from_proto(message)
+        except ValueError as error:
+            raise MalformedTaskError(message.WhichOneof("kind") or "task", str(error)) from None
+
+    def advertise_keys(self, session: SessionRef, advertisement: KeyAdvertisement) -> None:
+        """Send round 0."""
+        request = convert.advertise_keys_request_to_proto(session, advertisement)
+        self._call("AdvertiseKeys", lambda: self.wire.advertise_keys(request))
+
+    def share_keys(self, session: SessionRef, message: ShareKeys) -> None:
+        """Send round 1."""
+        request = convert.share_keys_request_to_proto(session, message)
+        self._call("ShareKeys", lambda: self.wire.share_keys(request))
+
+    def masked_input(
+        self, session: SessionRef, messages: Sequence[MaskedInputChunk | MaskedInputDone]
+    ) -> None:
+        """Stream round 2 (the same parts again on each retry)."""
+        parts = convert.masked_input_parts_to_proto(session, messages)
+        self._call("MaskedInput", lambda: self.wire.masked_input(lambda: iter(parts)))
+
+    def sign_survivors(self, session: SessionRef, signature: SurvivorSignature) -> None:
+        """Send the consistency signature."""
+        request = convert.sign_survivors_request_to_proto(session, signature)
+        self._call("SignSurvivors", lambda: self.wire.sign_survivors(request))
+
+    def unmask(self, session: SessionRef, response: UnmaskResponse) -> None:
+        """Send round 3."""
+        request = convert.unmask_submission_to_proto(session, response)
+        self._call("Unmask", lambda: self.wire.unmask(request))
+
+    def block_mask(self, run_id: bytes, block: int, *, max_bytes: int) -> BlockMask:
+        """Return one block's global mask as it arrived; StreamTooLargeError past ``max_bytes`` packed bytes."""
+        request = convert.block_mask_request_to_proto(run_id, block)
+        chunks = self._call("BlockMask", lambda: self.wire.block_mask(request, max_bytes=max_bytes))
+        return convert.block_mask_from_chunks(block, chunks)
+
+    def submit_statement(self, statement: SignedStatement) -> None:
+        """Send the signed privacy statement."""
+        request = convert.signed_statement_to_proto(statement)
+        self._call("SubmitStatement", lambda: self.wire.submit_statement(request))
+
+
+class GrpcWire:
+    """The coordinator's RPCs over a mutual-TLS channel, with deadlines and retries; protobufs in and out."""
 
     def __init__(
         self,
@@ -290,3 +398,52 @@ class CoordinatorClient:
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
         """Send the signed privacy statement."""
         self._unary("SubmitStatement", self._stub.SubmitStatement, request)
+
+
+class CoordinatorClient(WireClient):
+    """The daemon's client: ``WireClient`` over ``GrpcWire`` (deadlines, retries, mutual TLS)."""
+
+    wire: GrpcWire
+
+    def __init__(
+        self,
+        address: str,
+        tls: TlsPaths,
+        *,
+        call_timeout_s: float,
+        stream_timeout_s: float,
+        policy: RetryPolicy,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(
+            GrpcWire(
+                address,
+                tls,
+                call_timeout_s=call_timeout_s,
+                stream_timeout_s=stream_timeout_s,
+                policy=policy,
+                clock=clock,
+                sleep=sleep,
+            )
+        )
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.wire.close()
+
+
+__all__ = [
+    "ConfigurationError",
+    "CoordinatorClient",
+    "CoordinatorUnreachableError",
+    "GrpcWire",
+    "MessageTooLargeError",
+    "RetryPolicy",
+    "StreamTooLargeError",
+    "WireCalls",
+    "WireClient",
+    "call_error",
+    "collect_mask_stream",
+    "with_retries",
+]

@@ -22,11 +22,10 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from proto.limits import MAX_CHUNK_PAYLOAD_BYTES
+
 logger = logging.getLogger(__name__)
 
-MiB = 1 << 20
-MAX_CHUNK_PAYLOAD_BYTES = 4 * MiB
-"""Largest masked-input or block-mask payload in one message (the protocol's "chunks of at most 4 MiB")."""
 MAX_MESSAGE_BYTES = MAX_CHUNK_PAYLOAD_BYTES + 64 * 1024
 """Largest message either side sends or accepts: one full chunk plus its envelope (ids, digest, tags)."""
 

@@ -9,11 +9,23 @@ of each aligned group of M consecutive inputs.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 
 import torch
 
 from pruning.errors import PruningInputError
+
+
+class ComparisonGroup(enum.Enum):
+    """Which weights compete with each other for the kept places when votes are aggregated."""
+
+    LAYER = "layer"
+    """One weight matrix (the recipe the FedPrLLM study found best)."""
+    ROW = "row"
+    """One output row of a matrix."""
+    COLUMN = "column"
+    """One input column of a matrix."""
 
 
 @dataclasses.dataclass(frozen=True)

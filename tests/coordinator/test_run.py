@@ -35,6 +35,7 @@ from coordinator.events import (
 )
 from coordinator.run import CoordinatorRun, RunSummary, WaitTask
 from coordinator.servicer import CoordinatorServicer
+from participant.client import WireClient
 from participant.config import parse_config as parse_participant_config
 from participant.run import ParticipantRun
 from privacy.signing import raw_public_key
@@ -127,7 +128,7 @@ def _start_participants(
 ) -> None:
     for name in NAMES:
         client = clients.get(name) or LoopbackClient(loopback, name)
-        participant = ParticipantRun(_participant_config(config, name, "p"), client)
+        participant = ParticipantRun(_participant_config(config, name, "p"), WireClient(client))
         threads.start(name, participant.run)
 
 

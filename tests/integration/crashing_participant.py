@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from participant.client import CoordinatorClient, RetryPolicy
+from participant.client import GrpcWire, RetryPolicy, WireClient
 from participant.config import load_config
 from participant.run import ParticipantRun
 from proto.fedprune.v1 import service_pb2 as pb
@@ -50,8 +50,8 @@ class Fault:
         return fault
 
 
-class CrashingClient(CoordinatorClient):
-    """A client whose process is killed (or stopped) at ``fault``'s stage of ``fault``'s block."""
+class CrashingClient(GrpcWire):
+    """A gRPC wire whose process is killed (or stopped) at ``fault``'s stage of ``fault``'s block."""
 
     def __init__(self, *args: Any, fault: Fault, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy=RetryPolicy(max_backoff_s=section.max_backoff_s, max_retry_time_s=section.max_retry_time_s),
         fault=fault,
     )
-    ParticipantRun(config, client).run()
+    ParticipantRun(config, WireClient(client)).run()
     return 0  # reached only if the fault's block never came
 
 

@@ -84,8 +84,8 @@ class RecordingClient(CoordinatorClient):
 
     def __init__(self, *args: Any, recorder: Recorder, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel = grpc.intercept_channel(self._channel, recorder)
-        self._stub = service_pb2_grpc.CoordinatorStub(self._channel)
+        self.wire._channel = grpc.intercept_channel(self.wire._channel, recorder)
+        self.wire._stub = service_pb2_grpc.CoordinatorStub(self.wire._channel)
 
 
 class LogRecords(logging.Handler):

@@ -1,7 +1,8 @@
 """A scripted hostile coordinator: real secure-aggregation sessions, with the lies a test chooses.
 
 It speaks the participant's wire vocabulary (the protobuf requests and tasks of ``fedprune.v1``), so a
-real ``ParticipantRun`` drives it in-process (it has ``CoordinatorCalls``' methods), and
+real ``ParticipantRun`` drives it in-process through the participant's own conversions (it has
+``participant.client.WireCalls``' methods: ``WireClient(coordinator)``), and
 ``HostileServicer`` puts it behind a real gRPC server with mutual TLS for a ``fedprune participant``
 process. The other sites are simulated with ``SecAggClient`` and the sums are computed by a real
 ``SecAggServer``, so every answer the participant gets is what a coordinator could really send. Every
@@ -95,6 +96,7 @@ class HostileCoordinator:
             run_id=RUN_ID,
             method=pb.METHOD_MAGNITUDE,
             pattern=pb.SparsityPattern(sparsity=0.5),
+            group=pb.COMPARISON_GROUP_LAYER,
             mode=pb.MODE_ONE_SHOT,
             nsamples=4,
             seqlen=8,

@@ -12,7 +12,7 @@ import torch
 
 from coordinator.config import parse_config as parse_coordinator_config
 from coordinator.run import CoordinatorRun
-from coordinator.servicer import run_parameters_to_proto
+from participant.client import WireClient
 from participant.config import parse_config as parse_participant_config
 from participant.privacy import encode_votes_and_updates
 from participant.run import ParticipantRun, RunRefusedError
@@ -21,12 +21,14 @@ from privacy.errors import PrivacyError
 from privacy.secagg import ContradictoryViewError, SessionContext, SessionParameters, ring_bit_width
 from privacy.secagg.fixed_point import COUNT_SHIFT, VoteValueCodec
 from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH
-from proto.convert import session_chunk_coordinates, to_proto
+from proto.convert import run_parameters_to_proto, session_chunk_coordinates
+from proto.domain import SessionTerms
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.adapters import iter_prunable, qualified_name
 from pruning.layout import VoteLayout
 from pruning.masks import SparsityPattern
 from pruning.model_io import load_model
+from pruning.recipes import Recipe
 from tests.tiny import random_ids
 
 
@@ -69,7 +71,9 @@ def setup(tmp_path: Path, model_dir) -> dict[str, Any]:
             }
         )
     )
-    reply = pb.JoinReply(run=run_parameters_to_proto(coordinator), participant_id=1, name="a")
+    reply = pb.JoinReply(
+        run=run_parameters_to_proto(coordinator.run_parameters()), participant_id=1, name="a"
+    )
     coordinator.close()
     data = tmp_path / "a.jsonl"
     data.write_text(json.dumps({"text": "unused here"}) + "\n", encoding="utf-8")
@@ -86,7 +90,7 @@ def setup(tmp_path: Path, model_dir) -> dict[str, Any]:
             }
         )
         client = _JoinOnly(reply)
-        return ParticipantRun(config, client, samples=random_ids(4, 16, seed=3)), client  # type: ignore[arg-type]
+        return ParticipantRun(config, WireClient(client), samples=random_ids(4, 16, seed=3)), client  # type: ignore[arg-type]
 
     return {"participant": participant, "reply": reply}
 
@@ -97,7 +101,7 @@ def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_i
     site, client = setup["participant"](1)
     reply = site.join()
     assert client.requests[0].capabilities.max_blocks == 1
-    assert reply.run.recipe == pb.RECIPE_FEDSPALLM
+    assert reply.run.recipe is Recipe.FEDSPALLM
     site._prepare(reply)
     codec = VoteValueCodec(participants=3)
     run = reply.run
@@ -118,8 +122,8 @@ def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_i
         )
 
     with pytest.raises(ContradictoryViewError, match="session-encoding"):
-        site._check_session_frame(0, to_proto(session(codec.max_input + 2)))
-    site._check_session_frame(0, to_proto(session(codec.max_input)))
+        site._check_session_frame(0, SessionTerms.of(session(codec.max_input + 2)))
+    site._check_session_frame(0, SessionTerms.of(session(codec.max_input)))
     site._check_assignment(0)
     vector = site._vector(0)
     layout = VoteLayout.for_block(site.model, 0)
@@ -137,7 +141,7 @@ def test_the_budget_is_declared_and_a_session_past_it_or_with_another_encoding_i
 def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) -> None:
     site, _ = setup["participant"](None)
     site._prepare(site.join())
-    lazy = {**site._pruner.prune(0), **site._pruner.prune(1)}
+    lazy = {**site.recipe.pruner.prune(0), **site.recipe.pruner.prune(1)}
     reference: dict[str, Any] = {}
     sparsegpt_local_results(
         load_model(site.config.model.directory),  # the base model: the site pruned its own in place
@@ -151,7 +155,7 @@ def test_the_lazy_pruner_matches_whole_model_sparsegpt(setup: dict[str, Any]) ->
         assert torch.equal(lazy[name].pruned, decision.pruned.cpu()), name
         assert torch.equal(lazy[name].weight, decision.weight.cpu()), name
     with pytest.raises(ValueError, match="already pruned"):
-        site._pruner.prune(0)
+        site.recipe.pruner.prune(0)
 
 
 def test_a_later_blocks_vector_frees_the_earlier_ones_which_are_never_sent_again(

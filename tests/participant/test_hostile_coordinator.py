@@ -13,11 +13,11 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from participant.client import CoordinatorClient
+from participant.client import WireClient
 from participant.config import ParticipantConfig, parse_config
 from participant.run import CoordinatorLiedError, ParticipantRun, RunAbortedError
 from pruning.model_io import load_model
@@ -51,7 +51,7 @@ def site(
             base_dir=tmp_path,
         )
         coordinator = HostileCoordinator(model, names=names, threshold=threshold, sessions=sessions, **run)
-        return ParticipantRun(config, cast(CoordinatorClient, coordinator)), coordinator
+        return ParticipantRun(config, WireClient(coordinator)), coordinator
 
     return make
 

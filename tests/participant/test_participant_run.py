@@ -6,6 +6,7 @@ the run's announced parameters, the participant's answer (refusal message, budge
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from participant.client import CoordinatorClient
+from participant.client import WireClient
 from participant.config import ParticipantConfig, parse_config
 from participant.privacy import RunPrivacy, plan_privacy
 from participant.run import ParticipantRun, PeerKeyError, RunRefusedError, run_plan, run_privacy
@@ -30,6 +31,8 @@ from privacy.budget import LifetimeBudget
 from privacy.errors import PrivacyError
 from privacy.secagg import ContradictoryViewError, SessionHistory
 from privacy.signing import key_fingerprint, raw_public_key
+from proto import convert
+from proto.domain import Member
 from proto.fedprune.v1 import secagg_pb2 as secagg_pb
 from proto.fedprune.v1 import service_pb2 as pb
 from pruning.layout import VoteLayout, base_model_fingerprint
@@ -98,7 +101,9 @@ def _reply(config: ParticipantConfig, *, run_id: bytes = b"\x01" * 16, **privacy
         run_id=run_id,
         method=privacy.pop("method", pb.METHOD_WANDA) if "method" in privacy else pb.METHOD_WANDA,
         pattern=pb.SparsityPattern(sparsity=0.5),
+        group=pb.COMPARISON_GROUP_LAYER,
         mode=pb.MODE_ONE_SHOT,
+        recipe=pb.RECIPE_FEDPRLLM,
         nsamples=4,
         seqlen=8,
         privacy=pb.PrivacyParameters(**{k: v for k, v in settings.items() if k != "method"}),
@@ -116,9 +121,14 @@ def _reply(config: ParticipantConfig, *, run_id: bytes = b"\x01" * 16, **privacy
     return pb.JoinReply(run=run, participant_id=1, name="site-a")
 
 
+def _run(reply: pb.JoinReply) -> Any:
+    """Return the run parameters of a hand-built Join reply as the participant reads them."""
+    return convert.run_parameters_from_proto(reply.run)
+
+
 def _participant(config: ParticipantConfig, reply: pb.JoinReply, tasks: list[pb.Task] | None = None) -> Any:
     client = FakeCoordinator(reply, tasks)
-    return ParticipantRun(config, cast(CoordinatorClient, client)), client
+    return ParticipantRun(config, WireClient(cast(Any, client))), client
 
 
 # ---------------------------------------------------------------------- record-level epsilon of a sigma
@@ -129,7 +139,7 @@ def test_a_run_that_states_a_noise_multiplier_reports_the_epsilon_the_accountant
     reply = _reply(config, target_epsilon=None, noise_multiplier=1.0)
     reply.run.privacy.ClearField("target_epsilon")
     expected = gaussian_epsilon([GaussianRelease(noise_multiplier=1.0, count=BLOCKS)], delta=1e-5).epsilon
-    plan = run_plan(reply.run, blocks=BLOCKS)
+    plan = run_plan(_run(reply), blocks=BLOCKS)
     assert (plan.epsilon, plan.delta, plan.releases) == (pytest.approx(expected), 1e-5, BLOCKS)
 
     loose = site(privacy={"max_target_epsilon": expected * 1.01})
@@ -148,11 +158,11 @@ def test_a_run_that_states_a_noise_multiplier_reports_the_epsilon_the_accountant
 
 def test_the_accountant_tolerance_comes_from_the_run_and_defaults_when_absent() -> None:
     stated = pb.PrivacyParameters(record_level_dp=True, noise_multiplier=1.0, delta=1e-5, sample_rate=0.1)
-    assert run_privacy(stated).accountant_tolerance == 0.10
+    assert run_privacy(convert.privacy_parameters_from_proto(stated)).accountant_tolerance == 0.10
     stated.accountant_tolerance = 0.3
-    assert run_privacy(stated).accountant_tolerance == 0.3
+    assert run_privacy(convert.privacy_parameters_from_proto(stated)).accountant_tolerance == 0.3
     # At q = 0.1 RDP is 10-16% looser than PRV: the run's recorded tolerance is what lets it be accounted.
-    settings = run_privacy(stated)
+    settings = run_privacy(convert.privacy_parameters_from_proto(stated))
     assert plan_privacy(settings, reads_data=True, blocks=8).epsilon is not None
 
 
@@ -197,7 +207,7 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
 
     monkeypatch.setattr(participant, "_prepare", prepare)
     participant.run()
-    spend = run_plan(first.run, blocks=BLOCKS).epsilon  # the site's own figure for target 6: at most 6
+    spend = run_plan(_run(first), blocks=BLOCKS).epsilon  # the site's own figure for target 6: at most 6
     assert spend is not None and 5.9 < spend <= 6.0
     assert seen == [spend]
 
@@ -217,6 +227,30 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
     assert _budget(config).spent().epsilon == spend
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "needs"),
+    [("mode", pb.MODE_ITERATIVE, "mode one-shot"), ("weight_scaling", True, "no weight scaling")],
+)
+def test_a_recipe_announced_with_settings_it_does_not_allow_is_refused_before_anything_is_charged(
+    site: Callable[..., ParticipantConfig], field: str, value: Any, needs: str
+) -> None:
+    from privacy.secagg.fixed_point import VoteValueCodec
+
+    # FedSpaLLM averages SparseGPT's weights once per block; announced otherwise, the run is refused at
+    # join, before the lifetime budget is charged for a run this site never takes part in.
+    config = site(privacy={"lifetime_epsilon": 10.0}, data={"dataset": "notes"})
+    reply = _reply(config, method=pb.METHOD_SPARSEGPT)
+    reply.run.method = pb.METHOD_SPARSEGPT
+    reply.run.recipe = pb.RECIPE_FEDSPALLM
+    reply.run.max_input = VoteValueCodec(participants=3).max_input
+    setattr(reply.run, field, value)
+    participant, client = _participant(config, reply)
+    with pytest.raises(RunRefusedError, match=f"recipe is fedspallm, which needs {needs}"):
+        participant.run()
+    assert client.calls == ["Join"] and participant.plan is None
+    assert _budget(config).spent().runs == 0
+
+
 def test_a_lifetime_budget_refuses_exact_statistics_but_not_magnitude_pruning(
     site: Callable[..., ParticipantConfig],
 ) -> None:
@@ -230,7 +264,7 @@ def test_a_lifetime_budget_refuses_exact_statistics_but_not_magnitude_pruning(
     magnitude = _reply(config, run_id=b"\x03" * 16, record_level_dp=False, target_epsilon=None)
     magnitude.run.privacy.ClearField("target_epsilon")
     magnitude.run.method = pb.METHOD_MAGNITUDE
-    plan = run_plan(magnitude.run, blocks=BLOCKS)
+    plan = run_plan(_run(magnitude), blocks=BLOCKS)
     assert (plan.epsilon, plan.delta, plan.releases) == (0.0, 0.0, 0)  # magnitude pruning reads no data
     participant, _ = _participant(config, magnitude)
     participant.join()
@@ -278,11 +312,11 @@ def test_the_statistics_aggregator_refuses_a_release_past_the_planned_count(
 
     config = site()
     reply = _reply(config)
-    plan = run_plan(reply.run, blocks=BLOCKS)
+    plan = run_plan(_run(reply), blocks=BLOCKS)
     # Even a plan that somehow counted fewer releases than the model has blocks stops the extra release.
     short = dataclasses.replace(plan, releases=1)
     privacy = ParticipantPrivacy(
-        name="site-a", run_id="r", settings=run_privacy(reply.run.privacy), blocks=BLOCKS, plan=short
+        name="site-a", run_id="r", settings=run_privacy(_run(reply).privacy), blocks=BLOCKS, plan=short
     )
     aggregator = privacy.statistic_aggregator()
     assert aggregator is not None and aggregator.noise_multiplier == plan.noise_multiplier
@@ -430,7 +464,7 @@ def test_two_state_directories_over_one_budget_file_are_each_charged_for_their_r
         for name in ("state-a", "state-b", "state-c")
     ]
     reply = _reply(configs[0], target_epsilon=4.0)  # one run id for all three
-    spend = run_plan(reply.run, blocks=BLOCKS).epsilon
+    spend = run_plan(_run(reply), blocks=BLOCKS).epsilon
     for config in configs[:2]:
         participant, _ = _participant(config, reply)
         participant.join()
@@ -462,7 +496,7 @@ def test_the_signed_statement_states_no_size_of_the_data(
     config = site()
     reply = _reply(config)
     client = _StatementCatcher(reply)
-    participant = ParticipantRun(config, cast(CoordinatorClient, client))
+    participant = ParticipantRun(config, WireClient(cast(Any, client)))
     participant._prepare(participant.join())
     monkeypatch.setattr(participant, "_packed_mask", lambda block: None)  # the masks are not the point here
     participant._statement()()
@@ -473,12 +507,10 @@ def test_the_signed_statement_states_no_size_of_the_data(
 
 
 # ---------------------------------------------------------------------- pinned identity keys
-def _members(config: ParticipantConfig, participant: Any, peers: dict[str, bytes]) -> list[pb.Member]:
-    own = pb.Member(
-        participant_id=1, name="site-a", identity_public_key=raw_public_key(participant.identity_key)
-    )
+def _members(config: ParticipantConfig, participant: Any, peers: dict[str, bytes]) -> list[Member]:
+    own = Member(participant_id=1, name="site-a", identity_key=raw_public_key(participant.identity_key))
     return [own] + [
-        pb.Member(participant_id=i + 2, name=name, identity_public_key=key)
+        Member(participant_id=i + 2, name=name, identity_key=key)
         for i, (name, key) in enumerate(peers.items())
     ]
 
@@ -486,12 +518,12 @@ def _members(config: ParticipantConfig, participant: Any, peers: dict[str, bytes
 def _joined(config: ParticipantConfig) -> Any:
     reply = _reply(config)
     participant, _ = _participant(config, reply)
-    participant.participant_id, participant.name, participant.params = 1, "site-a", reply.run
+    participant.participant_id, participant.name, participant.params = 1, "site-a", _run(reply)
     participant.history = SessionHistory()
     return participant
 
 
-def _check(participant: Any, members: list[pb.Member]) -> None:
+def _check(participant: Any, members: list[Member]) -> None:
     participant._check_members(members, [m.participant_id for m in members])
 
 
@@ -524,7 +556,7 @@ def test_without_pins_the_participant_warns_and_refuses_a_key_that_changes_withi
     with caplog.at_level(logging.WARNING, logger="participant.run"):
         participant.join()
     assert "no [peers] identity keys pinned" in caplog.text
-    participant.participant_id, participant.name, participant.params = 1, "site-a", _reply(config).run
+    participant.participant_id, participant.name, participant.params = 1, "site-a", _run(_reply(config))
     participant.history = SessionHistory()
     b_key, forged = (raw_public_key(Ed25519PrivateKey.generate()) for _ in range(2))
     _check(participant, _members(config, participant, {"site-b": b_key}))
@@ -540,7 +572,7 @@ def test_a_roster_that_gives_this_participant_another_key_is_refused(
     config = site()
     participant = _joined(config)
     members = _members(config, participant, {})
-    members[0].identity_public_key = raw_public_key(Ed25519PrivateKey.generate())
+    members[0] = dataclasses.replace(members[0], identity_key=raw_public_key(Ed25519PrivateKey.generate()))
     with pytest.raises(PeerKeyError, match="another identity for this participant"):
         _check(participant, members)
 
@@ -631,6 +663,20 @@ def test_another_vote_layout_is_refused_naming_the_local_then_the_run_s_fingerpr
     )
 
 
+def test_a_run_whose_parameters_cannot_be_read_whole_is_refused_at_join(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    # An enum naming no value could only be read as a guess (an unspecified mode used to run iterative);
+    # the site binds itself to the run it read, so it refuses one it cannot read whole.
+    config = site()
+    reply = _reply(config)
+    reply.run.mode = pb.MODE_UNSPECIFIED
+    participant, client = _participant(config, reply)
+    with pytest.raises(RunRefusedError, match=r"RunParameters\.mode must be one of"):
+        participant.join()
+    assert participant.plan is None and client.calls == ["Join"]
+
+
 @pytest.mark.parametrize("extra", [b"", b"\x00"], ids=["exact", "trailing-byte"])
 def test_a_global_mask_with_trailing_bytes_is_refused(
     site: Callable[..., ParticipantConfig], extra: bytes
@@ -638,7 +684,7 @@ def test_a_global_mask_with_trailing_bytes_is_refused(
     config = site()
     reply = _reply(config)
     participant, client = _participant(config, reply)
-    participant.params = reply.run
+    participant.params = _run(reply)
     layout = VoteLayout.for_block(participant.model, 0)
     packed = b"\x00" * (-(-layout.dimension // 8)) + extra
     asked: list[int] = []
@@ -686,21 +732,17 @@ def test_no_accepted_rosters_give_a_name_two_identities_or_an_identity_two_names
     if participant is None:
         participant = _PARTICIPANTS[id(site)] = _joined(site())
     participant.history = SessionHistory()
-    own = pb.Member(
-        participant_id=1, name="site-a", identity_public_key=raw_public_key(participant.identity_key)
-    )
+    own = Member(participant_id=1, name="site-a", identity_key=raw_public_key(participant.identity_key))
     seen: dict[str, tuple[int, bytes]] = {}
     for roster in rosters:
-        members = [own] + [
-            pb.Member(participant_id=i, name=n, identity_public_key=_KEYS[k]) for n, i, k in roster
-        ]
+        members = [own] + [Member(participant_id=i, name=n, identity_key=_KEYS[k]) for n, i, k in roster]
         try:
             _check(participant, members)
         except ContradictoryViewError:
             continue
         for member in members[1:]:
-            seen.setdefault(member.name, (member.participant_id, bytes(member.identity_public_key)))
-            assert seen[member.name] == (member.participant_id, bytes(member.identity_public_key))
+            seen.setdefault(member.name, (member.participant_id, member.identity_key))
+            assert seen[member.name] == (member.participant_id, member.identity_key)
         ids = [pid for pid, _ in seen.values()]
         keys = [key for _, key in seen.values()]
         assert len(set(ids)) == len(ids) and len(set(keys)) == len(keys)
@@ -731,9 +773,9 @@ def test_one_shot_keep_votes_are_stored_packed_and_unpack_to_the_local_votes(
     reply.run.privacy.ClearField("target_epsilon")
     reply.run.method = pb.METHOD_MAGNITUDE  # deterministic: no data, no noise
     participant, _ = _participant(config, reply)
-    participant.join()
+    joined = participant.join()
     participant._commit_budget()
-    participant._prepare(reply)
+    participant._prepare(joined)
 
     model = load_model(config.model.directory)
     votes: dict[str, Any] = {}
@@ -755,4 +797,4 @@ def test_one_shot_keep_votes_are_stored_packed_and_unpack_to_the_local_votes(
         assert participant._vector(block) is vector  # a repeated session sends the very same vector
     # The model was pruned in place: a second run from this instance would start from pruned weights.
     with pytest.raises(RuntimeError, match="already pruned its model in place"):
-        participant._prepare(reply)
+        participant._prepare(joined)

@@ -1,0 +1,334 @@
+"""What a site computes and sends for a block, one object per recipe and mode (the participant's plug-ins).
+
+The run loop (``participant.run``) asks its recipe for a block's input vector, the ring its sessions may
+use, the chunking they must have and whether a session is within the site's budget; it never asks which
+recipe it runs. ``plugin_for`` chooses the class, in this one place, from the run's parameters:
+
+- ``FedPrLLMOneShot``: the site prunes its own copy block by block with its own masks and votes on every
+  block at once; each block's keep-votes are randomized once, after every calibration release, and held
+  bit-packed.
+- ``FedPrLLMIterative``: block l+1 is scored only after block l's global mask is applied (fetched from the
+  coordinator through the ``global_mask`` callback it is given).
+- ``FedSpaLLM``: SparseGPT on the blocks whose sessions the coordinator starts with this site
+  (``AssignedBlockPruner``), at most ``runtime.max_blocks`` of them; each vector packs the randomized
+  keep-vote and the fixed-point weight update of every weight (``VoteValueCodec`` for the run's n), so one
+  wide-ring session sums both.
+
+Which settings a recipe allows is ``pruning.recipes.recipe_conflicts``, never a copy of it here.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Callable, Generator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from participant.errors import RunRefusedError
+from participant.privacy import ParticipantPrivacy, encode_votes_and_updates
+from participant.voting import AssignedBlockPruner, KeepVotes, PackedBits, iterative_votes, one_shot_votes
+from privacy.errors import PrivacyError
+from privacy.secagg import ring_bit_width
+from privacy.secagg.fixed_point import VoteValueCodec
+from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
+from proto.convert import session_chunk_coordinates
+from proto.domain import RunParameters
+from pruning.adapters import iter_prunable, qualified_name
+from pruning.layout import VoteLayout
+from pruning.masks import SparsityPattern
+from pruning.methods import LocalDecision, Method
+from pruning.recipes import Mode, Recipe, recipe_conflicts
+from pruning.statistics import StatisticAggregator
+from pruning.updates import UPDATE_RANGE_FACTOR
+
+logger = logging.getLogger(__name__)
+
+GlobalMask = Callable[[int], dict[str, torch.Tensor]]
+"""Block -> its global mask (True = pruned), as the coordinator published it and the site checked it."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SiteInputs:
+    """What a recipe computes a site's vectors from: its model (pruned in place), data and privacy."""
+
+    model: nn.Module
+    samples: Any
+    """Calibration windows or records; None for magnitude pruning, which reads no data."""
+    aggregator: StatisticAggregator | None
+    method: Method
+    pattern: SparsityPattern
+    device: torch.device
+    privacy: ParticipantPrivacy
+    on_scored: Callable[[int], None] = lambda block: None
+    """Told each block whose vector is computed and randomized (the run's ``BlockScored`` event)."""
+
+
+class ParticipantRecipe(abc.ABC):
+    """One recipe and mode for the participant role: a block's input vector and the frame of its sessions."""
+
+    recipe: ClassVar[Recipe]
+    max_bit_width: ClassVar[int] = MAX_BIT_WIDTH
+    """The widest ring this recipe's sessions may use: the site's own acceptance limit, never read from
+    the wire."""
+
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+        self.run = run
+        self.inputs = inputs
+        self.global_mask = global_mask
+        self.vectors: dict[int, np.ndarray | PackedBits] = {}
+        """Block -> its vector as it will be (or was) sent; blocks a site never sends again are freed."""
+
+    @staticmethod
+    def max_input(participants: int) -> int:
+        """Return the largest value one site adds per coordinate for ``participants`` sites."""
+        return 1
+
+    @classmethod
+    def admission_problems(cls, run: RunParameters, *, max_blocks: int | None) -> list[str]:
+        """Return why a site with ``runtime.max_blocks`` cannot take ``run`` under this recipe (empty: it can)."""
+        return []
+
+    def chunk_coordinates(self, *, participants: int, max_input: int) -> int:
+        """Return the chunking a session of ``participants`` must have: the run's announced one."""
+        return self.run.chunk_coordinates
+
+    def check_assignment(self, block: int, *, max_blocks: int | None) -> None:
+        """Raise PrivacyError when a session for ``block`` is beyond what this site takes (default: never)."""
+        return None
+
+    @abc.abstractmethod
+    def vector(self, block: int) -> np.ndarray:
+        """Return block ``block``'s input vector (the same object again for a repeated session)."""
+
+    def finish(self) -> None:
+        """Do what must happen before the site attests (default: nothing; every block is computed)."""
+        return None
+
+    def drop(self) -> None:
+        """Forget every vector (the site leaves the run)."""
+        self.vectors.clear()
+
+
+class _PackedVotes(ParticipantRecipe):
+    """FedPrLLM's storage: randomized keep-votes bit-packed per block, only the block in session unpacked."""
+
+    recipe = Recipe.FEDPRLLM
+
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+        super().__init__(run, inputs, global_mask=global_mask)
+        self._unpacked: tuple[int, np.ndarray] | None = None
+
+    @classmethod
+    def admission_problems(cls, run: RunParameters, *, max_blocks: int | None) -> list[str]:
+        if max_blocks is not None and max_blocks < run.blocks:
+            return [
+                f"the run's recipe (fedprllm) prunes all {run.blocks} decoder blocks at every site, over this "
+                f"site's runtime.max_blocks = {max_blocks}"
+            ]
+        return []
+
+    def _store(self, block: int, keep_votes: np.ndarray) -> None:
+        self.vectors[block] = PackedBits.of(self.inputs.privacy.randomize_block(block, keep_votes))
+        self.inputs.on_scored(block)
+
+    def _compute(self, block: int) -> None:
+        raise PrivacyError(f"block {block} has no keep-votes at this site")
+
+    def vector(self, block: int) -> np.ndarray:
+        if block not in self.vectors:
+            self._compute(block)
+        stored = self.vectors[block]
+        assert isinstance(stored, PackedBits)
+        if self._unpacked is None or self._unpacked[0] != block:
+            self._unpacked = (block, stored.unpack())  # only the block in session is held unpacked
+        return self._unpacked[1]
+
+    def drop(self) -> None:
+        super().drop()
+        self._unpacked = None
+
+
+class FedPrLLMOneShot(_PackedVotes):
+    """Every block's keep-votes from the site's own pruned copy, computed at once when the run starts."""
+
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+        super().__init__(run, inputs, global_mask=global_mask)
+        model = inputs.model
+        layouts = [VoteLayout.for_block(model, block) for block in range(run.blocks)]
+        pending: KeepVotes = {}
+        raw: dict[int, PackedBits] = {}
+
+        def collect(name: str, keep: torch.Tensor) -> None:
+            # Blocks are scored in order: pack each one as soon as its last matrix is decided, so the
+            # votes of the whole model are never held a byte a weight.
+            pending[name] = keep
+            layout = layouts[len(raw)] if len(raw) < len(layouts) else None
+            if layout is not None and all(n in pending for n in layout.names):
+                block_votes = {n: pending.pop(n) for n in layout.names}
+                raw[len(raw)] = PackedBits.of(layout.flatten(block_votes, dtype=torch.bool).numpy())
+
+        one_shot_votes(
+            model,
+            inputs.samples,
+            method=inputs.method,
+            pattern=inputs.pattern,
+            device=inputs.device,
+            aggregator=inputs.aggregator,
+            on_votes=collect,
+        )
+        assert not pending and len(raw) == run.blocks  # the block count was checked at join
+        # Randomized only now, block by block in order, after every calibration release: the ledger
+        # records the same events in the same order as when the votes were randomized all at the end.
+        for block in range(run.blocks):
+            self._store(block, raw.pop(block).unpack())
+
+
+class FedPrLLMIterative(_PackedVotes):
+    """Keep-votes block by block, each block scored on the global masks of the blocks before it."""
+
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+        super().__init__(run, inputs, global_mask=global_mask)
+        self._scoring: Generator[KeepVotes, dict[str, torch.Tensor], None] = iterative_votes(
+            inputs.model,
+            inputs.samples,
+            method=inputs.method,
+            pattern=inputs.pattern,
+            device=inputs.device,
+            aggregator=inputs.aggregator,
+        )
+
+    def _compute(self, block: int) -> None:
+        while block not in self.vectors:
+            scored = len(self.vectors)
+            # The first block needs no mask; every later one is scored on its predecessor's global mask.
+            votes = next(self._scoring) if scored == 0 else self._scoring.send(self.global_mask(scored - 1))
+            layout = VoteLayout.for_block(self.inputs.model, scored)
+            self._store(scored, layout.flatten(votes, dtype=torch.bool).numpy())
+
+    def finish(self) -> None:
+        # Score every block (and so record every DP release) before attesting; a block whose session
+        # this participant missed is still scored with the global mask.
+        self.vector(self.run.blocks - 1)
+
+
+class FedSpaLLM(ParticipantRecipe):
+    """SparseGPT on the assigned blocks; each vector packs a keep-vote and a weight update per weight."""
+
+    recipe = Recipe.FEDSPALLM
+    max_bit_width = WIDE_MAX_BIT_WIDTH
+
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+        super().__init__(run, inputs, global_mask=global_mask)
+        self.codec = VoteValueCodec(participants=run.participants)
+        self.pruner = AssignedBlockPruner(
+            inputs.model,
+            inputs.samples,
+            pattern=inputs.pattern,
+            device=inputs.device,
+            aggregator=inputs.aggregator,
+        )
+
+    @staticmethod
+    def max_input(participants: int) -> int:
+        return VoteValueCodec(participants=participants).max_input
+
+    def chunk_coordinates(self, *, participants: int, max_input: int) -> int:
+        # The wide ring takes the most coordinates that fit one chunk's payload at the session's bit width.
+        return session_chunk_coordinates(
+            ring_bit_width(participants, max_input), limit=self.run.chunk_coordinates
+        )
+
+    def check_assignment(self, block: int, *, max_blocks: int | None) -> None:
+        """Refuse (PrivacyError) a session past ``runtime.max_blocks``."""
+        pruned = len(self.pruner.pruned)
+        if max_blocks is not None and block not in self.vectors and pruned >= max_blocks:
+            raise PrivacyError(
+                f"block {block} would be block {pruned + 1} this participant prunes, over "
+                f"runtime.max_blocks = {max_blocks}"
+            )
+
+    def vector(self, block: int) -> np.ndarray:
+        if block not in self.vectors:
+            base = self._base_weights(block)  # before prune() overwrites them in place
+            self.vectors[block] = self._encode(block, self.pruner.prune(block), base)
+            self.inputs.on_scored(block)
+            # Blocks run in order and a later block's session starts only once the earlier ones are final,
+            # so their vectors (8 bytes a weight here) are never sent again: free them.
+            for done in [b for b in self.vectors if b < block]:
+                del self.vectors[done]
+        stored = self.vectors[block]
+        assert isinstance(stored, np.ndarray)
+        return stored
+
+    def _base_weights(self, block: int) -> dict[str, torch.Tensor]:
+        """Return a CPU copy of block ``block``'s prunable weights as they are now (base until it is pruned)."""
+        return {
+            qualified_name(i, name): sub.weight().detach().to("cpu", copy=True)
+            for i, name, sub in iter_prunable(self.inputs.model)
+            if i == block
+        }
+
+    def _encode(
+        self, block: int, decisions: dict[str, LocalDecision], base: dict[str, torch.Tensor]
+    ) -> np.ndarray:
+        """Return block ``block``'s vote-and-update inputs: each randomized keep bit with its weight update."""
+        layout = VoteLayout.for_block(self.inputs.model, block)
+        keep = layout.flatten({name: d.keep_votes for name, d in decisions.items()}, dtype=torch.bool)
+        bits = self.inputs.privacy.randomize_block(block, keep.numpy())
+        inputs, clipped = encode_votes_and_updates(self.codec, layout, bits, decisions, base)
+        if clipped:
+            logger.warning(
+                "block %d: %d weight updates exceeded the public bound (%g x max |W0| of their matrix) and "
+                "were clipped to it",
+                block,
+                clipped,
+                UPDATE_RANGE_FACTOR,
+            )
+        return inputs
+
+
+_PLUGINS: dict[tuple[Recipe, Mode], type[ParticipantRecipe]] = {
+    (Recipe.FEDPRLLM, Mode.ONE_SHOT): FedPrLLMOneShot,
+    (Recipe.FEDPRLLM, Mode.ITERATIVE): FedPrLLMIterative,
+    (Recipe.FEDSPALLM, Mode.ONE_SHOT): FedSpaLLM,
+}
+
+
+def plugin_for(run: RunParameters) -> type[ParticipantRecipe]:
+    """Return the participant's recipe class of ``run``; RunRefusedError when its settings do not fit it."""
+    problems = recipe_conflicts(
+        run.recipe, method=run.method, mode=run.mode, weight_scaling=run.weight_scaling
+    )
+    if problems:
+        raise RunRefusedError(
+            f"the run's recipe is {run.recipe.value}, which needs {', '.join(problems)}; the coordinator "
+            "announced otherwise"
+        )
+    try:
+        return _PLUGINS[(run.recipe, run.mode)]
+    except KeyError:  # pragma: no cover - recipe_conflicts refuses every pair missing here
+        raise RunRefusedError(
+            f"no participant recipe for {run.recipe.value} in mode {run.mode.value}"
+        ) from None
+
+
+def recipe_max_input(run: RunParameters) -> int:
+    """Return the largest value one participant adds per coordinate under the run's recipe and n."""
+    return plugin_for(run).max_input(run.participants)
+
+
+__all__ = [
+    "FedPrLLMIterative",
+    "FedPrLLMOneShot",
+    "FedSpaLLM",
+    "GlobalMask",
+    "ParticipantRecipe",
+    "SiteInputs",
+    "plugin_for",
+    "recipe_max_input",
+]
