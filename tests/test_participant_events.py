@@ -46,7 +46,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[ParticipantEvent
         ) -> None:
             def record(event: ParticipantEvent) -> None:
                 with lock:
-                    events.setdefault(client.name, []).append(event)
+                    events.setdefault(client.wire.name, []).append(event)
                 on_event(event)
 
             super().__init__(config, client, on_event=record, **kwargs)
