@@ -50,6 +50,7 @@ from coordinator.errors import (
     StaleMessageError,
     UnknownParticipantError,
 )
+from coordinator.events import BlockAggregated, EventSink, ignore
 from coordinator.report import (
     SERVICE_TRANSPORT,
     StatementBounds,
@@ -219,10 +220,18 @@ class RunSummary:
 class CoordinatorRun:
     """One run of the coordinator, resumable from its state directory (all public methods thread-safe)."""
 
-    def __init__(self, config: CoordinatorConfig, *, transport: str = SERVICE_TRANSPORT) -> None:
-        """``transport`` is what the report's threat model says the roles talked over."""
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        *,
+        transport: str = SERVICE_TRANSPORT,
+        on_event: EventSink | None = None,
+    ) -> None:
+        """``transport`` is what the report's threat model says the roles talked over; ``on_event`` is
+        called with each typed run event (``coordinator.events``)."""
         self.config = config
         self.transport = transport
+        self._on_event: EventSink = on_event or ignore
         self.model: nn.Module = load_model(config.run.model)
         self.tokenizer = load_tokenizer(config.run.model)
         self.blocks = len(decoder_blocks(self.model))
@@ -698,7 +707,9 @@ class CoordinatorRun:
         }
         final_weights: bytes | None = None
         if self._codec is not None:
-            masks, final_weights = self._average_block(layout, counts, weights, contributors=contributors)
+            masks, final_weights, votes = self._average_block(
+                layout, counts, weights, contributors=contributors
+            )
         else:
             votes = layout.unflatten(torch.from_numpy(np.asarray(counts[: layout.dimension], dtype=np.int32)))
             masks = {}
@@ -735,6 +746,15 @@ class CoordinatorRun:
         if not self.config.run.weight_scaling:
             self.state.counts_file(block, counts.dtype).unlink(missing_ok=True)
         logger.info("block %d/%d complete: %d contributors", block + 1, self.blocks, contributors)
+        self._on_event(
+            BlockAggregated(
+                block=block,
+                blocks=self.blocks,
+                contributors=tuple(contributor_names),
+                keep_votes=votes,
+                global_masks=masks,
+            )
+        )
 
     def _average_block(
         self,
@@ -743,8 +763,8 @@ class CoordinatorRun:
         base_weights: dict[str, torch.Tensor],
         *,
         contributors: int,
-    ) -> tuple[dict[str, torch.Tensor], bytes]:
-        """Return (global masks, final weights as safetensors) of a FedSpaLLM block's sums."""
+    ) -> tuple[dict[str, torch.Tensor], bytes, dict[str, torch.Tensor]]:
+        """Return (global masks, final weights as safetensors, keep-vote sums) of a FedSpaLLM block's sums."""
         from safetensors.torch import save as save_safetensors
 
         assert self._codec is not None
@@ -763,7 +783,7 @@ class CoordinatorRun:
                 matrix.keep_votes, base, pattern=self.config.run.sparsity_pattern, group=self.config.run.group
             )
             final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
-        return masks, save_safetensors(final)
+        return masks, save_safetensors(final), {name: matrix.keep_votes for name, matrix in decoded.items()}
 
     @property
     def assignment(self) -> dict[int, tuple[str, ...]] | None:

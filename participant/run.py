@@ -273,6 +273,8 @@ class ParticipantRun:
         self.fedspallm = False
         self._pruner: AssignedBlockPruner | None = None
         self._codec: VoteValueCodec | None = None
+        self.clipped_updates = 0
+        """FedSpaLLM: weight updates clipped to the public fixed-point bound so far (0 in a healthy run)."""
 
     # ------------------------------------------------------------------ joining
     def join(self) -> pb.JoinReply:
@@ -593,19 +595,17 @@ class ParticipantRun:
 
     def _log_signal_outlook(self, records: int) -> None:
         """Tell this site's operator, before any release, what the DP noise will leave of its statistics."""
-        from participant.privacy import released_dimension
-        from privacy.calibration_dp import signal_outlook
-        from pruning.statistics import StatisticKind
+        from participant.privacy import block_signal_outlook
 
-        blocks = decoder_blocks(self.model)
         sigma = self.plan.noise_multiplier if self.plan is not None else None  # the noise the site applies
         if sigma is None:
             return
-        outlook = signal_outlook(
+        outlook = block_signal_outlook(
+            self.model,
+            method=self.method,
             records=records,
             noise_multiplier=sigma,
             sample_rate=self.privacy.settings.sample_rate,
-            dimension=released_dimension(blocks[0], gram=self.method.statistic is StatisticKind.GRAM),
         )
         logger.info(
             "record-level DP: %d documents, noise multiplier %.3g, signal/noise %.2f: %s",
@@ -657,6 +657,7 @@ class ParticipantRun:
         keep = layout.flatten({name: d.keep_votes for name, d in decisions.items()}, dtype=torch.bool)
         bits = self.privacy.randomize_block(block, keep.numpy())
         inputs, clipped = encode_votes_and_updates(self._codec, layout, bits, decisions, base)
+        self.clipped_updates += clipped
         if clipped:
             logger.warning(
                 "block %d: %d weight updates exceeded the public bound (%g x max |W0| of their matrix) and "
