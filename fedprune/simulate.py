@@ -72,7 +72,8 @@ class SimulationSettings:
     mode: Mode = Mode.ONE_SHOT
     weight_scaling: bool = False
     nsamples: int = 128
-    seqlen: int = 2048
+    seqlen: int | None = None
+    """Tokens per calibration window; None: 2048 capped at the model's context (the coordinator's default)."""
     seed: int = 0
     recipe: Recipe = Recipe.FEDPRLLM
     budgets: tuple[int, ...] | None = None
@@ -129,6 +130,8 @@ def load_participant_samples(
 
     ``disjoint`` draws non-overlapping windows.
     """
+    if settings.seqlen is None:
+        raise ValueError("settings.seqlen must be set to cut calibration windows")
     return [
         calibration_samples(
             path,

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from fedprune.cli import main
-from fedprune.private_votes import PrivacySettings
-from fedprune.simulate import Mode, SimulationSettings, simulate_service
+from coordinator.config import PrivacySection
+from fedprune.simulate import SimulationSettings, simulate_service
 from participant.run import RunRefusedError
 from privacy.ledger import Mechanism
 from privacy.signing import ParticipantStatement, verify_statement_signature
 from pruning.masks import SparsityPattern
+from pruning.recipes import Mode
 from tests.tiny import random_text
 
 SITES = 3
@@ -113,7 +114,7 @@ def test_a_failing_site_aborts_the_run_at_once_and_nothing_is_written(
             model,
             files,
             settings=SimulationSettings(pattern=SparsityPattern(sparsity=0.5), mode=Mode.ONE_SHOT, seqlen=16),
-            privacy=PrivacySettings(),
+            privacy=PrivacySection.model_validate({}),
             out=out,
             signing_key=tmp_path / "report.key",
             device="cpu",
