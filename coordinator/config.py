@@ -46,7 +46,7 @@ from privacy.calibration_dp import DEFAULT_TARGET_EPSILON
 
 logger = logging.getLogger(__name__)
 
-# Mode of fedprune.simulate.Mode by value; a Literal because coordinator/ cannot import fedprune/.
+# pruning.recipes.Mode and Recipe by value.
 RunMode = Literal["one-shot", "iterative"]
 RunRecipe = Literal["fedprllm", "fedspallm"]
 

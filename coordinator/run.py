@@ -3,8 +3,8 @@
 Transport-free: the servicer calls the ``join``/``await_task``/``advertise``/... methods from its threads
 with the caller's verified certificate name, and ``run`` drives the blocks in its own thread. Each block
 is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its counts
-live in a memory-mapped file, its global mask is selected with ``coordinator.aggregation`` exactly as the
-one-process simulator does, and it is on disk before any participant is told. At the end the report is
+live in a memory-mapped file, its global mask is selected with ``coordinator.aggregation`` (``fedprune
+simulate`` runs this very class in one process), and it is on disk before any participant is told. At the end the report is
 built and checked first, then the model is written.
 
 Under the FedSpaLLM recipe (``run.recipe = "fedspallm"``) the participants' declared ``max_blocks`` decide,
