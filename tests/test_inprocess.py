@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedprune.cli import main
 from coordinator.config import PrivacySection
+from fedprune.cli import main
 from fedprune.simulate import SimulationSettings, simulate_service
 from participant.run import RunRefusedError
 from privacy.ledger import Mechanism
