@@ -177,6 +177,9 @@ def test_bad_simulation_options(federation, tmp_path: Path, capsys) -> None:
     assert main(_args(federation, tmp_path / "c", "--privacy", "off", "--sigma", "1")) == 2
     assert main(_args(federation, tmp_path / "d", "--threshold", "5")) == 2
     assert "threshold" in capsys.readouterr().err
+    # Without DP the votes are still summed by secure aggregation: its threshold rule holds (t > (n + c)/2).
+    assert main(_args(federation, tmp_path / "e", "--privacy", "off", "--threshold", "1")) == 2
+    assert "--threshold" in capsys.readouterr().err
 
 
 def test_a_float16_checkpoint_runs_with_privacy_on(
