@@ -9,7 +9,8 @@ line each, so every path reads every document as exactly one window: the same to
 times four real commands, each a subprocess with ``OMP_NUM_THREADS=1``:
 
 (a) ``fedprune prune``: Wanda at 50% on all sites' documents in one file (``--nsamples`` = every line);
-(b) ``fedprune simulate --privacy off``: the sites and the aggregation in one process;
+(b) ``fedprune simulate --privacy off``: the same coordinator and participant roles in one process (no
+    randomized response, no record-level DP; secure aggregation still sums the votes);
 (c) the service: ``fedprune coordinator`` and one ``fedprune participant`` per site over mutual TLS on
     loopback (a trial CA from ``fedprune.certs``), with the default privacy: record-level DP on the
     calibration statistics, randomized response on the keep-votes, secure aggregation;
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fedprune.certs import create_ca, issue_certificate  # noqa: E402
+from fedprune.simulate import site_name  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Federation,
     Process,
@@ -208,7 +210,7 @@ def run_service(federation: Federation, names: tuple[str, ...], *, timeout: floa
 
 
 def measure(root: Path, args: argparse.Namespace) -> dict[str, object]:
-    names = tuple(f"site-{i}" for i in range(args.sites))
+    names = tuple(site_name(i) for i in range(args.sites))
     pki = root / "pki"
     create_ca(pki)
     issue_certificate(pki, "coordinator", pki, hosts=["127.0.0.1"])

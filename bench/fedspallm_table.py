@@ -9,10 +9,13 @@ perplexity on the union of the participants' held-out tails of:
 - the FedSpaLLM recipe (SparseGPT masks and l0-norm averaged reconstructed weights),
 - local-only SparseGPT (mean and worst participant),
 
-without privacy, and with the privacy layers of ``fedprune simulate`` (record-level DP statistics at
-``--target-epsilon``, randomized response at ``--epsilon0``, secure aggregation; FedSpaLLM's keep-votes and
-fixed-point weight updates packed in the block's one session, as the service sends them). Local-only with
-privacy uses the same DP statistics (no votes to randomize).
+without DP (``fedprune simulate --privacy off``: exact statistics, true votes, secure aggregation) and
+with the privacy layers of ``fedprune simulate`` (record-level DP statistics at ``--target-epsilon``,
+randomized response at ``--epsilon0``, secure aggregation). Every federated figure is one run of the
+service's own coordinator and participants in one process (``fedprune.simulate.simulate_service``), so
+FedSpaLLM's keep-votes and fixed-point weight updates are packed in each block's one session, as the service
+sends them. Local-only is each site's own model from the FedSpaLLM run (pruned alone with its own
+statistics, DP ones with privacy on; no votes to randomize).
 The DP noise comes from the OS CSPRNG and cannot be seeded: each private figure is one run.
 
     python bench/fedspallm_table.py [--sparsities 0.5,0.7] [--documents 32] [--json]
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,28 +53,21 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
+    from coordinator.config import PrivacySection
+    from fedprune.baselines import centralized_model, evaluate
     from fedprune.demo import locate_or_build, participant_document_files
     from fedprune.demo.packaged import open_packaged
-    from fedprune.private_votes import (
-        PrivacySettings,
-        PrivateBlockAggregation,
-        PrivateVoteAggregation,
-        statistic_aggregator,
-    )
     from fedprune.simulate import (
-        Recipe,
         SimulationSettings,
-        centralized_model,
         load_participant_records,
-        simulate,
+        privacy_off,
+        simulate_service,
     )
-    from privacy.ledger import PrivacyLedger
-    from pruning.adapters import decoder_blocks
     from pruning.data import CalibrationSet, evaluation_stream
     from pruning.masks import parse_pattern
     from pruning.methods import Method
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
-    from pruning.perplexity import perplexity
+    from pruning.recipes import Recipe
 
     device = torch.device("cpu")
     demo = (
@@ -82,10 +79,9 @@ def main() -> int:
     tokenizer = load_tokenizer(demo.model_dir)
     vocab = vocabulary_size(base)
     stream = evaluation_stream(demo.eval_file, tokenizer, vocab_size=vocab)
-    blocks = len(decoder_blocks(base))
 
     def ppl(model: torch.nn.Module) -> float:
-        return perplexity(model, stream, seqlen=demo.seq_len, device=device, batch_size=16).perplexity
+        return evaluate(model, stream, seqlen=demo.seq_len, device=device, batch_size=16)
 
     files = participant_document_files(demo, args.participants)
     sites: list[CalibrationSet] = []
@@ -103,7 +99,6 @@ def main() -> int:
                 documents=args.documents,
             )
         )
-    n = len(sites)
 
     started = time.perf_counter()
     dense = ppl(base)
@@ -112,46 +107,35 @@ def main() -> int:
         pattern = parse_pattern("unstructured", sparsity)
         for privacy_on in (part == "on" for part in args.privacy.split(",")):
             privacy = (
-                PrivacySettings(epsilon0=args.epsilon0, target_epsilon=args.target_epsilon)
+                PrivacySection.model_validate(
+                    {"epsilon0": args.epsilon0, "target_epsilon": args.target_epsilon}
+                )
                 if privacy_on
-                else None
+                else privacy_off()
             )
             row: dict[str, object] = {"sparsity": sparsity, "privacy": privacy_on}
-            settings = {
-                recipe: SimulationSettings(
-                    method=Method.SPARSEGPT, pattern=pattern, seqlen=demo.seq_len, recipe=recipe
-                )
-                for recipe in Recipe
-            }
             if not privacy_on:
                 row["centralized"] = ppl(
-                    centralized_model(base, sites, settings=settings[Recipe.FEDPRLLM], device=device)
+                    centralized_model(base, sites, method=Method.SPARSEGPT, pattern=pattern, device=device)
                 )
             for recipe in Recipe:
-                ledger = PrivacyLedger()
-                stats = None
-                aggregator: object = None
-                if privacy is not None:
-                    aggregator = (
-                        PrivateBlockAggregation(privacy, ledger, participants=n)
-                        if recipe is Recipe.FEDSPALLM
-                        else PrivateVoteAggregation(privacy, ledger, participants=n)
-                    )
-
-                    def stats(i: int, ledger: PrivacyLedger = ledger, privacy: PrivacySettings = privacy):  # noqa: ANN202
-                        return statistic_aggregator(privacy, ledger, participant=i, blocks=blocks)
-
-                result = simulate(
-                    base,
-                    sites,
-                    settings=settings[recipe],
-                    device=device,
-                    vote_aggregator=aggregator if recipe is Recipe.FEDPRLLM else None,  # type: ignore[arg-type]
-                    block_aggregator=aggregator if recipe is Recipe.FEDSPALLM else None,  # type: ignore[arg-type]
-                    statistic_aggregators=stats,
-                    keep_local_models=recipe is Recipe.FEDSPALLM,
-                    progress=False,
+                settings = SimulationSettings(
+                    method=Method.SPARSEGPT, pattern=pattern, seqlen=demo.seq_len, recipe=recipe
                 )
+                with tempfile.TemporaryDirectory(prefix="fedprune-bench-") as scratch:
+                    result = simulate_service(
+                        demo.model_dir,
+                        files,
+                        settings=settings,
+                        privacy=privacy,
+                        out=Path(scratch) / "out",
+                        signing_key=Path(scratch) / "report.key",
+                        device="cpu",
+                        participant_samples=sites,
+                        progress=False,
+                        state_dir=Path(scratch) / "state",
+                        keep_local_models=recipe is Recipe.FEDSPALLM,
+                    )
                 row[recipe.value] = ppl(result.model)
                 if recipe is Recipe.FEDSPALLM:
                     row["clipped_updates"] = result.clipped_updates

@@ -1,15 +1,19 @@
 """The privacy-utility curve on the embedded demo model: perplexity of private federated pruning.
 
-At one sparsity (default 70%) and for each number of participants (default 4 and 16, non-IID topic
-shards), prints the perplexity on the union of held-out tails of:
+Every federated figure is one run of the service's own coordinator and participants in one process
+(``fedprune.simulate.simulate_service``) with that row's privacy parameters, the coordinator's
+``[privacy]`` section: each sweep point is a separate run of the roles. Secure aggregation sums the votes
+in every row. At one sparsity (default 70%) and for each number of participants (default 4 and 16,
+non-IID topic shards), prints the perplexity on the union of held-out tails of:
 - magnitude pruning (no data: the eps = 0 baseline every private result must beat),
-- the non-private federated model (exact statistics, true votes),
-- randomized response on mask bits at each eps0 (with secure aggregation, exact statistics),
+- the federated model without DP (exact statistics, true votes: ``simulate --privacy off``),
+- randomized response on mask bits at each eps0 (exact statistics),
 - record-level DP calibration statistics at each noise multiplier sigma (a record is one document, a
   docstring, with all of its 128-token windows; every document of the site's corpus is a candidate per
   block, sample rate 1), with its record-level epsilon at delta,
 - record-level DP at a target epsilon (default 8) for several local corpus sizes N with Poisson sampling
   rate q = records / N (amplification by subsampling): how many records a site needs.
+The record-level epsilon of a row is the largest of the sites' guarantees in the run's signed report.
 
     python bench/privacy_table.py [--participants 4,16] [--repeats 3] [--random-ties] [--json]
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,52 +53,58 @@ def main() -> int:
         help="ablation: break equal vote counts at random instead of by larger |W| (the shipped rule)",
     )
     parser.add_argument("--cache-dir")
+    parser.add_argument(
+        "--trained-model",
+        action="store_true",
+        help="the build trained on this machine (fedprune demo-model --rebuild) instead of the shipped one",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import torch
 
+    torch.set_num_threads(1)
+    from coordinator.config import PrivacySection
+    from fedprune.baselines import evaluate, magnitude_model
     from fedprune.demo import locate_or_build, participant_document_files
-    from fedprune.private_votes import PrivacySettings, PrivateVoteAggregation, statistic_aggregator
-    from fedprune.simulate import SimulationSettings, load_participant_records, magnitude_model, simulate
-    from privacy.accounting import gaussian_epsilon
-    from privacy.ledger import Mechanism, PrivacyLedger
-    from privacy.report import gaussian_releases
-    from pruning.adapters import decoder_blocks
+    from fedprune.demo.packaged import open_packaged
+    from fedprune.simulate import SimulationSettings, load_participant_records, privacy_off, simulate_service
     from pruning.data import CalibrationSet, evaluation_stream
     from pruning.masks import parse_pattern
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
-    from pruning.perplexity import perplexity
 
     if args.random_ties:
         # Ablation only: the coordinator keeps, among equal vote counts, the larger |W|. Ranking by random
-        # numbers instead of |W| gives the random tie-break of the reference code, to measure what the rule buys.
-        import coordinator.aggregation as aggregation
-        import fedprune.simulate as simulation
-
-        selected_by_magnitude = aggregation.global_mask
+        # numbers instead of |W| gives the random tie-break of the reference code, to measure what the rule
+        # buys. The coordinator role itself selects, so its module's selection function is swapped.
+        import coordinator.run as coordinator_run
+        from coordinator.aggregation import global_mask as selected_by_magnitude
 
         def random_ties(keep_votes: torch.Tensor, base_weight: torch.Tensor, **options: Any) -> torch.Tensor:
             return selected_by_magnitude(keep_votes, torch.rand(base_weight.shape), **options)
 
-        simulation.global_mask = random_ties  # type: ignore[assignment]
+        coordinator_run.global_mask = random_ties  # type: ignore[assignment]
 
     device = torch.device("cpu")
-    demo = locate_or_build(cache_dir=args.cache_dir)
+    demo = (
+        locate_or_build(cache_dir=args.cache_dir)
+        if args.trained_model
+        else open_packaged(cache_dir=args.cache_dir)
+    )
     base = load_model(demo.model_dir)
     tokenizer = load_tokenizer(demo.model_dir)
     vocab = vocabulary_size(base)
-    blocks = len(decoder_blocks(base))
     stream = evaluation_stream(demo.eval_file, tokenizer, vocab_size=vocab)
     pattern = parse_pattern("unstructured", args.sparsity)
 
     def ppl(model: torch.nn.Module) -> float:
-        return perplexity(model, stream, seqlen=demo.seq_len, device=device, batch_size=16).perplexity
+        return evaluate(model, stream, seqlen=demo.seq_len, device=device, batch_size=16)
 
-    def run(files, nsamples: int, privacy: PrivacySettings | None) -> tuple[list[float], float | None]:
+    def run(files, nsamples: int, privacy: dict[str, Any] | None) -> tuple[list[float], float | None]:
         """Return the perplexities of --repeats runs (one run when nothing is random) and the record-level eps."""
-        noisy = privacy is not None and (privacy.epsilon0 is not None or privacy.private_statistics)
-        outcomes = [run_once(files, nsamples, privacy) for _ in range(args.repeats if noisy else 1)]
+        section = privacy_off() if privacy is None else PrivacySection.model_validate(privacy)
+        noisy = section.randomized_response or section.record_level_dp
+        outcomes = [run_once(files, nsamples, section) for _ in range(args.repeats if noisy else 1)]
         return [value for value, _ in outcomes], outcomes[0][1]
 
     corpora: dict[tuple[str, ...], list[CalibrationSet]] = {}
@@ -119,36 +130,26 @@ def main() -> int:
             )
         return sites
 
-    def run_once(files, nsamples: int, privacy: PrivacySettings | None) -> tuple[float, float | None]:
+    def run_once(files, nsamples: int, privacy: PrivacySection) -> tuple[float, float | None]:
         # Every row calibrates on the same local corpora (nsamples documents per site), exact or private.
         settings = SimulationSettings(pattern=pattern, seqlen=demo.seq_len, seed=0)
-        samples = local_corpora(files, nsamples)
-        ledger = PrivacyLedger()
-        votes = PrivateVoteAggregation(privacy, ledger, participants=len(files)) if privacy else None
-        stats = None
-        if privacy is not None and privacy.private_statistics:
-
-            def stats(i: int):  # noqa: ANN202
-                return statistic_aggregator(privacy, ledger, participant=i, blocks=blocks)
-
-        result = simulate(
-            base,
-            samples,
-            settings=settings,
-            device=device,
-            vote_aggregator=votes,
-            statistic_aggregators=stats,
-            progress=False,
-        )
-        record_epsilon = None
-        releases = gaussian_releases(ledger.entries)
-        if releases:
-            record_epsilon = max(
-                gaussian_epsilon(r, delta=args.delta, tolerance=privacy.accountant_tolerance).epsilon  # type: ignore[union-attr]
-                for r in releases.values()
+        with tempfile.TemporaryDirectory(prefix="fedprune-bench-") as scratch:
+            result = simulate_service(
+                demo.model_dir,
+                files,
+                settings=settings,
+                privacy=privacy,
+                out=Path(scratch) / "out",
+                signing_key=Path(scratch) / "report.key",
+                device="cpu",
+                participant_samples=local_corpora(files, nsamples),
+                progress=False,
+                state_dir=Path(scratch) / "state",
             )
-        assert privacy is None or not privacy.private_statistics or ledger.events(Mechanism.GAUSSIAN)
-        return ppl(result.model), record_epsilon
+            report = json.loads(result.report.read_text(encoding="utf-8"))
+        record = [g["epsilon"] for g in report["guarantees"] if g["layer"] == "calibration_statistics"]
+        assert bool(record) == privacy.record_level_dp
+        return ppl(result.model), max(record) if record else None
 
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -177,21 +178,16 @@ def main() -> int:
         sections = set(args.sections.split(","))
         add("magnitude (eps = 0)", ([magnitude], 0.0))
         if "baseline" in sections:
-            add("federated, no privacy", run(files, args.records, None), records=args.records)
+            # True votes, exact statistics, secure aggregation: also the former "RR eps0=inf + secagg" row.
+            add("federated, no DP (secagg)", run(files, args.records, None), records=args.records)
         for eps0 in args.epsilon0.split(",") if "rr" in sections else []:
             add(
                 f"RR eps0={eps0} + secagg",
-                run(files, args.records, PrivacySettings(epsilon0=float(eps0), record_level_dp=False)),
-                records=args.records,
-            )
-        if "rr" in sections:
-            add(
-                "RR eps0=inf + secagg",
-                run(files, args.records, PrivacySettings(epsilon0=None, record_level_dp=False)),
+                run(files, args.records, {"epsilon0": float(eps0), "record_level_dp": False}),
                 records=args.records,
             )
         for sigma in args.sigmas.split(",") if "sigma" in sections else []:
-            privacy = PrivacySettings(epsilon0=None, noise_multiplier=float(sigma), delta=args.delta)
+            privacy = {"randomized_response": False, "noise_multiplier": float(sigma), "delta": args.delta}
             add(
                 f"DP stats sigma={sigma}",
                 run(files, args.records, privacy),
@@ -205,14 +201,21 @@ def main() -> int:
             for corpus in (int(n) for n in args.corpus_sizes.split(","))
             for rate in sorted({min(1.0, args.records / corpus), 1.0})
         ]
+        baselines = {args.records} if "baseline" in sections else set()
         for corpus, rate in targets if "target" in sections else []:
-            privacy = PrivacySettings(
-                epsilon0=None,
-                target_epsilon=args.target_epsilon,
-                delta=args.delta,
-                sample_rate=rate,
-                accountant_tolerance=0.1 if rate == 1.0 else 0.3,
-            )
+            if corpus not in baselines:
+                baselines.add(corpus)
+                try:
+                    add("federated, no DP (secagg)", run(files, corpus, None), records=corpus)
+                except ValueError as error:  # a site with fewer than N documents: said below
+                    print(f"N={corpus}: {error}", file=sys.stderr)
+            privacy = {
+                "randomized_response": False,
+                "target_epsilon": args.target_epsilon,
+                "delta": args.delta,
+                "sample_rate": rate,
+                "accountant_tolerance": 0.1 if rate == 1.0 else 0.3,
+            }
             try:
                 value = run(files, corpus, privacy)
             except Exception as error:  # a site with fewer than N documents: say so in the table

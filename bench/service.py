@@ -5,9 +5,10 @@
 For each depth it builds a tiny-but-not-trivial Llama (random weights, ``--hidden`` x ``--intermediate``),
 a trial CA with ``fedprune certs``, three sites with their own calibration documents, and runs a real
 ``fedprune coordinator`` and three ``fedprune participant`` processes on loopback over mutual TLS, then
-``fedprune simulate`` on the same model and data. Both with privacy off (randomized response and
-record-level DP), the setting whose masks the integration tests prove equal, so the figures compare the
-same work. Prints the coordinator's peak resident set (``ru_maxrss`` of that one child, from ``wait4``),
+``fedprune simulate`` on the same model and data: the same coordinator and participant roles in one
+process over an in-memory transport. Both with randomized response and record-level DP off and secure
+aggregation on (``simulate --privacy off`` and the service's setting whose masks the integration tests
+prove equal), so the figures compare the same work. Prints the coordinator's peak resident set (``ru_maxrss`` of that one child, from ``wait4``),
 the size of the model's weights it must hold to write the checkpoint, one block's accumulator (uint16
 counts; under ``--recipe fedspallm`` uint64 sums of the packed keep-votes and weight updates, with SparseGPT
 at every site), and the wall times.

@@ -47,6 +47,11 @@ class BlockAssignment:
         """Return the number of blocks ``participant`` prunes."""
         return len(self.blocks_of(participant))
 
+    @property
+    def is_full(self) -> bool:
+        """Return True when every participant prunes every block."""
+        return all(len(members) == self.participants for members in self.blocks)
+
 
 def full_assignment(*, participants: int, blocks: int) -> BlockAssignment:
     """Return the assignment in which every participant prunes every block."""

@@ -4,7 +4,7 @@ Transport-free: the servicer calls the ``join``/``await_task``/``advertise``/...
 with the caller's verified certificate name, and ``run`` drives the blocks in its own thread. Each block
 is one ``SecAggServer`` session whose context binds the run id, the block and a fresh nonce; its sums
 live in a memory-mapped file, its global mask is selected from them (``coordinator.aggregation``) and it is
-on disk before any participant is told. At the end ``coordinator.outputs`` builds and checks the report
+on disk before any participant is told (``fedprune simulate`` runs this very class in one process). At the end ``coordinator.outputs`` builds and checks the report
 first, then writes the model. The host learns of each step through ``on_event`` (``coordinator.events``).
 
 What differs per recipe (the session's input range and ring, decoding a block's sums and selecting its

@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.config import CoordinatorConfig
+from coordinator.events import EventSink
+from coordinator.events import ignore as ignore_run_events
 from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
 from participant.client import WireClient, collect_mask_stream
@@ -183,6 +185,8 @@ class FederationResult:
 
     summary: RunSummary
     run: CoordinatorRun
+    participants: tuple[ParticipantRun, ...] = ()
+    """Each site's finished run, in the order of the sites (kept only when asked: each holds its model)."""
 
 
 @contextlib.contextmanager
@@ -235,17 +239,23 @@ def run_federation(
     *,
     transport: str = IN_PROCESS_TRANSPORT,
     progress: bool = False,
+    on_event: EventSink | None = None,
+    keep_participants: bool = False,
 ) -> FederationResult:
     """Return the outputs of one run of the coordinator and ``sites``, all in this process.
 
     The coordinator writes the outputs exactly as the service does (report built and checked first, then
     the checkpoint and ``sparsity.json`` in ``config.output.directory``). Raises the first participant's
-    error if one failed (the run is aborted then), otherwise the coordinator's.
+    error if one failed (the run is aborted then), otherwise the coordinator's. ``on_event`` receives the
+    coordinator's typed run events (``coordinator.events``), from the coordinator's thread;
+    ``keep_participants`` returns each site's finished run (its model, pruned in place, with it).
     """
     names = [site.name for site in sites]
     if sorted(names) != sorted(config.run.participants):
         raise ValueError(f"sites {names} differ from the run's participants {list(config.run.participants)}")
-    run = CoordinatorRun(config, transport=transport)
+    run = CoordinatorRun(
+        config, transport=transport, on_event=on_event if on_event is not None else ignore_run_events
+    )
     server = InProcessServer(CoordinatorServicer(run))
     bar = BlockProgressBar(enabled=progress)
     threads = _Threads()
@@ -260,6 +270,7 @@ def run_federation(
     loading = [len(sites)]
     loading_lock = threading.Lock()
     all_loaded = threading.Event()
+    participants: dict[int, ParticipantRun] = {}
 
     def participant_body(index: int, site: Site) -> None:
         try:
@@ -270,6 +281,8 @@ def run_federation(
                 samples=site.samples,
                 strict=True,
             )
+            if keep_participants:
+                participants[index] = participant
         finally:
             with loading_lock:
                 loading[0] -= 1
@@ -289,7 +302,11 @@ def run_federation(
         run.close()
     if threads.errors:
         raise _first_cause(threads.errors, names)
-    return FederationResult(summary=summaries[0], run=run)
+    return FederationResult(
+        summary=summaries[0],
+        run=run,
+        participants=tuple(participants[i] for i in sorted(participants)),
+    )
 
 
 def _first_cause(errors: dict[str, BaseException], names: Sequence[str]) -> BaseException:

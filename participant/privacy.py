@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from privacy.accounting import GaussianRelease, gaussian_epsilon
-from privacy.calibration_dp import DPStatisticAggregator
+from privacy.calibration_dp import DPStatisticAggregator, SignalOutlook, signal_outlook
 from privacy.errors import PrivacyError
 from privacy.ledger import Mechanism, MechanismEvent, PrivacyLedger
 from privacy.parameters import PrivacyParameters
@@ -28,7 +28,7 @@ from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.signing import ParticipantStatement, sign_participant_statement
 from proto.config_file import describe_validation_error
 from pruning.layout import VoteLayout
-from pruning.methods import LocalDecision
+from pruning.methods import LocalDecision, Method
 from pruning.updates import local_updates, update_bound
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,24 @@ def plan_privacy(
         epsilon=epsilon,
         delta=settings.delta,
         documents=documents,
+    )
+
+
+def block_signal_outlook(
+    model: torch.nn.Module, *, method: Method, records: int, noise_multiplier: float, sample_rate: float
+) -> SignalOutlook:
+    """Return what the record-level noise will leave of a site's statistics, said before any release.
+
+    One function for every host that says it: the participant's log and ``fedprune simulate``'s printout.
+    """
+    from pruning.adapters import decoder_blocks
+    from pruning.statistics import StatisticKind
+
+    return signal_outlook(
+        records=records,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        dimension=released_dimension(decoder_blocks(model)[0], gram=method.statistic is StatisticKind.GRAM),
     )
 
 

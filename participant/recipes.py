@@ -82,6 +82,8 @@ class ParticipantRecipe(abc.ABC):
         self.global_mask = global_mask
         self.vectors: dict[int, np.ndarray | PackedBits] = {}
         """Block -> its vector as it will be (or was) sent; blocks a site never sends again are freed."""
+        self.clipped_updates = 0
+        """Weight updates clipped to the public fixed-point bound so far (FedSpaLLM; 0 in a healthy run)."""
 
     @staticmethod
     def max_input(participants: int) -> int:
@@ -281,6 +283,7 @@ class FedSpaLLM(ParticipantRecipe):
         keep = layout.flatten({name: d.keep_votes for name, d in decisions.items()}, dtype=torch.bool)
         bits = self.inputs.privacy.randomize_block(block, keep.numpy())
         inputs, clipped = encode_votes_and_updates(self.codec, layout, bits, decisions, base)
+        self.clipped_updates += clipped
         if clipped:
             logger.warning(
                 "block %d: %d weight updates exceeded the public bound (%g x max |W0| of their matrix) and "

@@ -165,6 +165,11 @@ class ParticipantRun:
         vote is computed."""
 
     @property
+    def clipped_updates(self) -> int:
+        """Return the weight updates clipped to the public fixed-point bound so far (FedSpaLLM; else 0)."""
+        return self.recipe.clipped_updates if self.recipe is not None else 0
+
+    @property
     def _vectors(self) -> dict[int, np.ndarray | PackedBits]:
         """Block -> its vector as this site holds it (none before the run starts or after it left)."""
         return self.recipe.vectors if self.recipe is not None else {}
@@ -375,19 +380,17 @@ class ParticipantRun:
 
     def _log_signal_outlook(self, records: int) -> None:
         """Tell this site's operator, before any release, what the DP noise will leave of its statistics."""
-        from participant.privacy import released_dimension
-        from privacy.calibration_dp import signal_outlook
-        from pruning.statistics import StatisticKind
+        from participant.privacy import block_signal_outlook
 
-        blocks = decoder_blocks(self.model)
         sigma = self.plan.noise_multiplier if self.plan is not None else None  # the noise the site applies
         if sigma is None:
             return
-        outlook = signal_outlook(
+        outlook = block_signal_outlook(
+            self.model,
+            method=self.method,
             records=records,
             noise_multiplier=sigma,
             sample_rate=self.privacy.settings.sample_rate,
-            dimension=released_dimension(blocks[0], gram=self.method.statistic is StatisticKind.GRAM),
         )
         logger.info(
             "record-level DP: %d documents, noise multiplier %.3g, signal/noise %.2f: %s",

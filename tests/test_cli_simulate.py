@@ -117,11 +117,24 @@ def test_no_model_is_written_when_the_report_does_not_check(federation, tmp_path
     assert not (out / "privacy_report.json").exists()
 
 
-def test_privacy_off_says_so_loudly_and_writes_no_report(federation, tmp_path: Path, capsys) -> None:
+def test_privacy_off_says_so_loudly_and_its_signed_report_claims_no_dp(
+    federation, tmp_path: Path, capsys
+) -> None:
+    """The research baseline runs the same roles: no randomized response, no DP statistics, still secure sums."""
     out = tmp_path / "research"
     assert main(_args(federation, out, "--privacy", "off")) == 0
-    assert "research baseline" in capsys.readouterr().err
-    assert not (out / "privacy_report.json").exists()
+    banner = capsys.readouterr().err
+    assert "research baseline with NO differential-privacy guarantee" in banner
+    assert "STILL ON: secure aggregation" in banner
+    report = json.loads((out / "privacy_report.json").read_text())
+    # Only the coordinator's secure-aggregation sessions: no randomized response, no Gaussian release.
+    assert {entry["event"]["mechanism"] for entry in report["ledger"]} == {"secure_aggregation"}
+    assert report["guarantees"] == []
+    assert any("no record-level guarantee" in line for line in report["exclusions"])
+    _verify(out / "privacy_report.json", capsys)
+    summary = json.loads((out / "simulation.json").read_text())
+    assert summary["privacy"]["randomized_response"].startswith("off")
+    assert summary["privacy"]["record_level_dp"].startswith("off")
 
 
 def test_privacy_off_matches_exact_secure_sum_without_randomization(federation, tmp_path: Path) -> None:
@@ -164,6 +177,9 @@ def test_bad_simulation_options(federation, tmp_path: Path, capsys) -> None:
     assert main(_args(federation, tmp_path / "c", "--privacy", "off", "--sigma", "1")) == 2
     assert main(_args(federation, tmp_path / "d", "--threshold", "5")) == 2
     assert "threshold" in capsys.readouterr().err
+    # Without DP the votes are still summed by secure aggregation: its threshold rule holds (t > (n + c)/2).
+    assert main(_args(federation, tmp_path / "e", "--privacy", "off", "--threshold", "1")) == 2
+    assert "--threshold" in capsys.readouterr().err
 
 
 def test_a_float16_checkpoint_runs_with_privacy_on(

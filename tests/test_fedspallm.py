@@ -15,24 +15,25 @@ from hypothesis import strategies as st
 
 from coordinator.aggregation import ComparisonGroup, true_keepers_estimate
 from coordinator.assignment import AssignmentError, assign_blocks, check_assignment
+from coordinator.config import PrivacySection
 from fedprune.cli import main
-from fedprune.private_votes import PrivacySettings, PrivateBlockAggregation
 from fedprune.simulate import (
-    PlainBlockSum,
-    Recipe,
+    ServiceSimulationResult,
     SimulationSettings,
     load_participant_samples,
-    simulate,
+    privacy_off,
+    simulate_service,
 )
-from privacy.ledger import Mechanism, PrivacyLedger
 from privacy.secagg.fixed_point import VoteValueCodec
 from pruning.adapters import iter_prunable, qualified_name
 from pruning.local import prune_model
 from pruning.masks import parse_pattern, pruned_count
 from pruning.methods import LocalDecision, Method
 from pruning.model_io import load_model, load_tokenizer, vocabulary_size
+from pruning.recipes import Mode, Recipe
 from pruning.updates import update_bound
 from tests.reference import plain_global_mask
+from tests.roles import run_roles
 from tests.tiny import build_tiny_model, random_ids, random_text
 
 CPU = torch.device("cpu")
@@ -72,13 +73,20 @@ def _local_decisions(base: torch.nn.Module, samples: torch.Tensor) -> dict[str, 
     return decisions
 
 
-def test_plain_global_weights_are_the_l0_norm_average_of_the_kept_weights() -> None:
-    base = build_tiny_model("llama", layers=2)
-    sites = _sites(3)
-    result = simulate(base, sites, settings=_settings(), device=CPU, progress=False)
-    # Reference: each site's own SparseGPT run, then sum(m_i w_i) / sum(m_i) on the voted top (1 - s).
+def _sessions(result: ServiceSimulationResult) -> list[dict]:
+    """Return the secure-aggregation events of the run's signed report."""
+    report = json.loads(result.report.read_text(encoding="utf-8"))
+    return [e["event"] for e in report["ledger"] if e["event"]["mechanism"] == "secure_aggregation"]
+
+
+def _assert_l0_norm_average(
+    base: torch.nn.Module, sites: list[torch.Tensor], result: ServiceSimulationResult
+) -> None:
+    """Check the global model against a plain reference: each site's own SparseGPT run, then sum(m_i w_i) /
+    sum(m_i) on the voted top (1 - s); the averaged weights within the fixed-point codec's documented error."""
     local = [_local_decisions(base, samples) for samples in sites]
     base_weights = _weights(base)
+    codec = VoteValueCodec(participants=len(sites))
     for key, weight in _weights(result.model).items():
         keep = torch.stack([(~d[key].pruned).to(torch.float64) for d in local])
         kept_weights = torch.stack([d[key].weight.to(torch.float64) for d in local])  # type: ignore[union-attr]
@@ -89,43 +97,41 @@ def test_plain_global_weights_are_the_l0_norm_average_of_the_kept_weights() -> N
         expected = torch.where(
             mask, 0.0, torch.where(votes > 0, average, base_weights[key].to(torch.float64))
         )
-        torch.testing.assert_close(weight.to(torch.float64), expected, rtol=0, atol=1e-6)
-
-
-def test_securely_aggregated_average_equals_the_plain_one_within_the_fixed_point_error() -> None:
-    base = build_tiny_model("llama", layers=2)
-    sites = _sites(4)
-    plain = simulate(base, sites, settings=_settings(), device=CPU, progress=False)
-    ledger = PrivacyLedger()
-    secure = PrivateBlockAggregation(
-        PrivacySettings(epsilon0=None, record_level_dp=False), ledger, participants=4
-    )
-    result = simulate(base, sites, settings=_settings(), device=CPU, progress=False, block_aggregator=secure)
-    assert result.clipped_updates == 0
-    codec = VoteValueCodec(participants=4)
-    base_weights = _weights(base)
-    for key, weight in _weights(result.model).items():
-        assert torch.equal(result.global_masks[key], plain.global_masks[key])
         # documented bound: bound / max_input per averaged weight, plus float32 rounding of the result
         tolerance = codec.max_error(update_bound(base_weights[key])) + 2 * torch.finfo(torch.float32).eps
-        assert (weight - _weights(plain.model)[key]).abs().max().item() <= tolerance, key
-    sessions = [e.event for e in ledger.entries if e.event.mechanism is Mechanism.SECURE_AGGREGATION]
-    assert [(e.block, e.parameters["participants"]) for e in sessions] == [(0, 4), (1, 4)]  # one session per block
+        torch.testing.assert_close(weight.to(torch.float64), expected, rtol=0, atol=tolerance)
+
+
+def test_plain_global_weights_are_the_l0_norm_average_of_the_kept_weights(tmp_path: Path) -> None:
+    base = build_tiny_model("llama", layers=2)
+    sites = _sites(3)
+    result = run_roles(base, sites, settings=_settings(), directory=tmp_path)
+    _assert_l0_norm_average(base, sites, result)
+
+
+def test_securely_aggregated_average_equals_the_plain_one_within_the_fixed_point_error(
+    tmp_path: Path,
+) -> None:
+    base = build_tiny_model("llama", layers=2)
+    sites = _sites(4)
+    result = run_roles(base, sites, settings=_settings(), directory=tmp_path)
+    assert result.clipped_updates == 0
+    _assert_l0_norm_average(base, sites, result)
+    # one session per block, over every site
+    assert [(e["block"], e["parameters"]["participants"]) for e in _sessions(result)] == [(0, 4), (1, 4)]
 
 
 @pytest.mark.parametrize("group", ["layer", "row", "column"])
-def test_the_global_model_meets_the_target_sparsity_exactly(group: str) -> None:
+def test_the_global_model_meets_the_target_sparsity_exactly(group: str, tmp_path: Path) -> None:
     base = build_tiny_model("llama", layers=2)
     sparsity = 0.7
-    privacy = PrivacySettings(epsilon0=1.0, record_level_dp=False)
-    aggregator = PrivateBlockAggregation(privacy, PrivacyLedger(), participants=4)
-    result = simulate(
+    privacy = PrivacySection.model_validate({"epsilon0": 1.0, "record_level_dp": False})
+    result = run_roles(
         base,
         _sites(4),
         settings=_settings(sparsity, group=ComparisonGroup(group)),
-        device=CPU,
-        progress=False,
-        block_aggregator=aggregator,
+        directory=tmp_path,
+        privacy=privacy,
     )
     for key, weight in _weights(result.model).items():
         rows, columns = weight.shape
@@ -159,7 +165,18 @@ def test_a_participants_local_result_is_what_fedprune_prune_sparsegpt_gives(
         seed=3,
     )
     samples = load_participant_samples(sites, tokenizer, settings=settings, vocab_size=vocabulary_size(base))
-    result = simulate(base, samples, settings=settings, device=CPU, keep_local_models=True, progress=False)
+    result = simulate_service(
+        model,
+        sites,
+        settings=settings,
+        privacy=privacy_off(),
+        out=tmp_path / "global",
+        signing_key=tmp_path / "report.key",
+        device="cpu",
+        participant_samples=samples,
+        progress=False,
+        keep_local_models=True,
+    )
     assert result.local_models is not None
     local, reference = _weights(result.local_models[0]), _weights(load_model(pruned))
     assert local.keys() == reference.keys()
@@ -167,29 +184,31 @@ def test_a_participants_local_result_is_what_fedprune_prune_sparsegpt_gives(
         assert torch.equal(local[key], reference[key]), key
 
 
-def test_budgets_assign_each_block_to_a_subset_and_the_report_counts_contributors() -> None:
+def test_budgets_assign_each_block_to_a_subset_and_the_report_counts_contributors(tmp_path: Path) -> None:
     base = build_tiny_model("llama", layers=3)
-    ledger = PrivacyLedger()
-    aggregator = PrivateBlockAggregation(PrivacySettings(record_level_dp=False), ledger, participants=4)
     budgets = (3, 2, 2, 2)  # 9 block-prunings = 3 blocks x t = 3
-    result = simulate(
+    result = run_roles(
         base,
         _sites(4),
         settings=_settings(budgets=budgets),
-        device=CPU,
-        progress=False,
-        block_aggregator=aggregator,
+        directory=tmp_path,
+        privacy=PrivacySection.model_validate({"record_level_dp": False}),
     )
-    assert result.assignment is not None
-    check_assignment(result.assignment, budgets, threshold=aggregator.threshold)
+    assert result.assignment is not None and result.threshold == 3
+    check_assignment(result.assignment, budgets, threshold=result.threshold)
     assert [len(m) for m in result.assignment.blocks] == [3, 3, 3]
-    sessions = [e.event for e in ledger.entries if e.event.mechanism is Mechanism.SECURE_AGGREGATION]
-    assert sorted({(e.block, e.parameters["participants"]) for e in sessions}) == [(0, 3), (1, 3), (2, 3)]
-    randomized = [e.event for e in ledger.entries if e.event.mechanism is Mechanism.RANDOMIZED_RESPONSE]
+    sessions = _sessions(result)
+    assert sorted({(e["block"], e["parameters"]["participants"]) for e in sessions}) == [
+        (0, 3),
+        (1, 3),
+        (2, 3),
+    ]
+    report = json.loads(result.report.read_text(encoding="utf-8"))
+    randomized = [e["event"] for e in report["ledger"] if e["event"]["mechanism"] == "randomized_response"]
     for participant in range(4):
         # a participant randomizes (and releases) only the blocks it was given
         assert (
-            len([e for e in randomized if e.participant == f"participant-{participant:03d}"])
+            len([e for e in randomized if e["participant"] == f"participant-{participant:03d}"])
             == budgets[participant]
         )
 
@@ -275,8 +294,7 @@ def test_the_randomized_response_correction_reduces_the_shrinkage_toward_the_bas
 
 
 def test_the_recipe_needs_sparsegpt_and_one_shot() -> None:
-    base = build_tiny_model("llama", layers=1)
     with pytest.raises(ValueError, match="needs method sparsegpt"):
-        wanda = SimulationSettings(method=Method.WANDA, recipe=Recipe.FEDSPALLM, nsamples=8, seqlen=16)
-        simulate(base, _sites(2), settings=wanda, device=CPU, progress=False)
-    assert PlainBlockSum(coverage=2).coverage == 2
+        SimulationSettings(method=Method.WANDA, recipe=Recipe.FEDSPALLM, nsamples=8, seqlen=16)
+    with pytest.raises(ValueError, match="needs mode one-shot"):
+        SimulationSettings(method=Method.SPARSEGPT, recipe=Recipe.FEDSPALLM, mode=Mode.ITERATIVE)

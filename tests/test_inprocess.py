@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from coordinator.config import PrivacySection
 from fedprune.cli import main
-from fedprune.private_votes import PrivacySettings
-from fedprune.simulate import Mode, SimulationSettings, simulate_service
+from fedprune.simulate import SimulationSettings, simulate_service
 from participant.run import RunRefusedError
 from privacy.ledger import Mechanism
 from privacy.signing import ParticipantStatement, verify_statement_signature
 from pruning.masks import SparsityPattern
+from pruning.recipes import Mode
 from tests.tiny import random_text
 
 SITES = 3
@@ -113,7 +114,7 @@ def test_a_failing_site_aborts_the_run_at_once_and_nothing_is_written(
             model,
             files,
             settings=SimulationSettings(pattern=SparsityPattern(sparsity=0.5), mode=Mode.ONE_SHOT, seqlen=16),
-            privacy=PrivacySettings(),
+            privacy=PrivacySection.model_validate({}),
             out=out,
             signing_key=tmp_path / "report.key",
             device="cpu",
@@ -150,3 +151,38 @@ def test_no_site_starts_before_every_site_has_loaded_its_model(
     _simulate(model, files, tmp_path / "out", "--record-dp", "off")
     assert len(loaded) == len(started) == SITES
     assert min(started) >= max(loaded)
+
+
+def test_the_coordinator_tells_its_host_each_blocks_sums_and_mask_as_typed_events(tmp_path: Path) -> None:
+    """A study re-selects from what the role reported: the layer rule on the reported sums is the written mask."""
+    from coordinator.aggregation import ComparisonGroup, global_mask
+    from coordinator.events import BlockAggregated, RunEvent
+    from fedprune.simulate import privacy_off
+    from pruning.adapters import iter_prunable, qualified_name
+    from tests.roles import run_roles
+    from tests.tiny import build_tiny_model, random_ids
+
+    base = build_tiny_model("llama", layers=3)
+    samples = [random_ids(3, 16, seed=30 + i) for i in range(3)]
+    events: list[RunEvent] = []
+    pattern = SparsityPattern(sparsity=0.5)
+    result = run_roles(
+        base,
+        samples,
+        settings=SimulationSettings(pattern=pattern, seqlen=16),
+        directory=tmp_path,
+        privacy=privacy_off(),
+        on_event=events.append,
+    )
+    aggregated = [event for event in events if isinstance(event, BlockAggregated)]
+    assert [(e.block, e.blocks) for e in aggregated] == [(0, 3), (1, 3), (2, 3)]
+    assert all(sorted(e.contributors) == list(result.participants) for e in aggregated)
+    written = {qualified_name(b, n): s.weight() == 0 for b, n, s in iter_prunable(result.model)}
+    for block, name, sublayer in iter_prunable(base):
+        key = qualified_name(block, name)
+        event = aggregated[block]
+        votes = event.keep_votes[key]
+        assert int(votes.min()) >= 0 and int(votes.max()) <= len(samples)
+        assert torch.equal(event.global_masks[key], written[key]), key
+        reselected = global_mask(votes, sublayer.weight(), pattern=pattern, group=ComparisonGroup.LAYER)
+        assert torch.equal(reselected, event.global_masks[key]), key

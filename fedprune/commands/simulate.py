@@ -1,12 +1,14 @@
-"""``fedprune simulate``: every participant and the aggregation in one process, no network.
+"""``fedprune simulate``: every participant and the coordinator in one process, no network.
 
-With privacy on (the default) both recipes run the service's own coordinator and participants in
-this process over an in-memory transport (``fedprune.inprocess``): record-level DP on the calibration
-statistics (the record is one document; epsilon 8 at delta 1e-5 unless told otherwise), randomized response
-on each participant's keep-vote bits, one secure-aggregation session per block, each site's signed
-statement, and the coordinator's signed privacy report.
+Every run, privacy on or off, either recipe, either mode, runs the service's own coordinator and
+participants in this process over an in-memory transport (``fedprune.inprocess``): one secure-aggregation
+session per block, each site's signed statement and the coordinator's signed privacy report. With privacy
+on (the default) the sites add record-level DP to their calibration statistics (the record is one
+document; epsilon 8 at delta 1e-5 unless told otherwise) and randomized response to their keep-vote bits.
 ``--record-dp off`` keeps the statistics exact (no record-level guarantee, and the output says so);
-``--privacy off`` is the research baseline and says so loudly.
+``--privacy off`` also sends true keep-votes (no randomized response): the research baseline, still summed
+by secure aggregation (exactly) and still reported, with a report that states no DP guarantee; it says so
+loudly.
 With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
 participant's local-only model, evaluates them all on ``--eval-data`` and prints the table.
 ``--recipe fedspallm`` (SparseGPT) also averages the kept weights over the participants that kept them
@@ -18,7 +20,6 @@ session) and, with ``--budgets``, lets each participant prune only as many block
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -32,8 +33,11 @@ from fedprune.commands.common import add_device_argument, positive_int, quiet_tr
 logger = logging.getLogger(__name__)
 
 PRIVACY_OFF_BANNER = (
-    "WARNING: --privacy off: research baseline. Participants' raw keep-votes are summed in the clear, "
-    "no randomized response, no secure aggregation, no privacy report. Do not run this on real data."
+    "WARNING: --privacy off: research baseline with NO differential-privacy guarantee. OFF: randomized "
+    "response (each site's true keep-votes enter the sum) and record-level DP (exact calibration statistics: "
+    "nothing bounds what the mask reveals about one document). STILL ON: secure aggregation (the coordinator "
+    "learns each block's exact vote sums, not one site's votes) and the signed privacy report, which states "
+    "that the run makes no DP claim. Do not run this on data that needs protecting."
 )
 NO_RECORD_DP_BANNER = (
     "WARNING: --record-dp off: calibration statistics are exact. Randomized response and secure "
@@ -91,7 +95,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing calibration windows [0]")
     add_device_argument(parser)
     privacy = parser.add_argument_group("privacy")
-    privacy.add_argument("--privacy", choices=("on", "off"), default="on", help="privacy pipeline [on]")
+    privacy.add_argument(
+        "--privacy",
+        choices=("on", "off"),
+        default="on",
+        help="on: record-level DP and randomized response; off: neither (no DP guarantee), secure "
+        "aggregation and the signed report stay [on]",
+    )
     privacy.add_argument(
         "--epsilon0",
         type=float,
@@ -139,8 +149,8 @@ def register(subparsers: Any) -> None:
     privacy.add_argument(
         "--threshold",
         type=int,
-        help="secure-aggregation threshold t, above (n + colluders)/2; with --privacy off, fedspallm still covers "
-        "every block with t participants [floor(2n/3)+1]",
+        help="secure-aggregation threshold t, above (n + colluders)/2 (also with --privacy off: the votes are "
+        "still summed by secure aggregation); fedspallm covers every block with t participants [floor(2n/3)+1]",
     )
     privacy.add_argument(
         "--colluders",
@@ -160,27 +170,50 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _privacy_settings(args: argparse.Namespace) -> Any:
+def _privacy(args: argparse.Namespace) -> Any:
+    """Return the simulation's ``[privacy]`` section (``coordinator.config.PrivacySection``) from the flags."""
+    from pydantic import ValidationError
+
+    from coordinator.config import PrivacySection
     from fedprune.errors import CommandError
-    from fedprune.private_votes import PrivacySettings
+    from fedprune.simulate import privacy_off
 
     if (args.privacy == "off" or args.record_dp == "off") and (
         args.sigma is not None or args.target_epsilon is not None
     ):
         raise CommandError("--sigma/--target-epsilon need --privacy on and --record-dp on")
     if args.privacy == "off":
-        return None
-    return PrivacySettings(
-        epsilon0=None if math.isinf(args.epsilon0) else args.epsilon0,
-        record_level_dp=args.record_dp == "on",
-        noise_multiplier=args.sigma,
-        target_epsilon=args.target_epsilon,
-        delta=args.delta,
-        sample_rate=args.sample_rate,
-        threshold=args.threshold,
-        colluders=args.colluders,
-        accountant_tolerance=args.accountant_tolerance,
-    )
+        return privacy_off()
+    flags = {
+        "epsilon0": "--epsilon0",
+        "noise_multiplier": "--sigma",
+        "target_epsilon": "--target-epsilon",
+        "delta": "--delta",
+        "sample_rate": "--sample-rate",
+        "colluders": "--colluders",
+        "accountant_tolerance": "--accountant-tolerance",
+    }
+    section: dict[str, Any] = {
+        "randomized_response": not math.isinf(args.epsilon0),
+        "record_level_dp": args.record_dp == "on",
+        "noise_multiplier": args.sigma,
+        "target_epsilon": args.target_epsilon,
+        "delta": args.delta,
+        "sample_rate": args.sample_rate,
+        "colluders": args.colluders,
+        "accountant_tolerance": args.accountant_tolerance,
+    }
+    if not math.isinf(args.epsilon0):
+        section["epsilon0"] = args.epsilon0
+    try:
+        return PrivacySection.model_validate({k: v for k, v in section.items() if v is not None})
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors(include_url=False):
+            field = ".".join(str(part) for part in problem["loc"])
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            problems.append(f"{flags.get(field, 'privacy')}: {message}" if field else message)
+        raise CommandError("; ".join(problems)) from None
 
 
 def _budgets(args: argparse.Namespace) -> tuple[int, ...] | None:
@@ -208,29 +241,78 @@ def _format_table(rows: list[tuple[str, float]]) -> str:
     )
 
 
+def _settings(args: argparse.Namespace, base: Any) -> Any:
+    """Return the run's ``SimulationSettings`` from the flags (the recipe's rule checked here)."""
+    from coordinator.aggregation import ComparisonGroup
+    from fedprune.errors import CommandError
+    from fedprune.simulate import SimulationSettings
+    from pruning.errors import PruningInputError
+    from pruning.masks import parse_pattern
+    from pruning.methods import Method
+    from pruning.model_io import resolve_seqlen
+    from pruning.recipes import Mode, Recipe
+
+    recipe = Recipe.parse(args.recipe)
+    try:
+        return SimulationSettings(
+            method=Method.parse(args.method) if args.method else recipe.default_method,
+            pattern=parse_pattern(args.pattern, args.sparsity),
+            group=ComparisonGroup(args.group),
+            mode=Mode.parse(args.mode),
+            weight_scaling=args.weight_scaling,
+            nsamples=args.nsamples,
+            seqlen=resolve_seqlen(base, args.seqlen),
+            seed=args.seed,
+            recipe=recipe,
+            budgets=_budgets(args),
+        )
+    except PruningInputError as error:
+        raise CommandError(f"--recipe {recipe.value}: {error}") from None
+
+
+def _checked_threshold(args: argparse.Namespace, settings: Any, privacy: Any, blocks: int, out: Path) -> int:
+    """Return t after checking the whole coordinator config and the block assignment, before any work."""
+    from coordinator.assignment import AssignmentError, assign_blocks
+    from coordinator.config import ConfigError
+    from fedprune.errors import CommandError
+    from fedprune.simulate import simulation_config
+
+    n = len(args.participant_data)
+    try:
+        config = simulation_config(
+            args.model,
+            participants=n,
+            settings=settings,
+            privacy=privacy,
+            out=out,
+            signing_key=out / "unused.key",
+            state=out / "unused-state",
+            threshold=args.threshold,
+        )
+    except ConfigError as error:
+        raise CommandError(str(error).replace("run.threshold", "--threshold")) from None
+    if settings.budgets is not None:
+        # The coordinator assigns the blocks; checked here too, so that a budget too small is refused
+        # before any participant computes anything.
+        try:
+            assign_blocks(settings.budgets, blocks=blocks, threshold=config.threshold)
+        except AssignmentError as error:
+            raise CommandError(f"--budgets: {error}") from None
+    return config.threshold
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
-    from coordinator.aggregation import ComparisonGroup
-    from coordinator.assignment import AssignmentError
     from fedprune.errors import CommandError
     from fedprune.simulate import (
-        Mode,
-        PlainBlockSum,
-        Recipe,
-        SimulationSettings,
-        centralized_model,
-        evaluate,
+        describe_privacy,
         load_participant_records,
         load_participant_samples,
-        magnitude_model,
-        resolve_assignment,
-        simulate,
         simulate_service,
     )
+    from pruning.adapters import decoder_blocks
     from pruning.calibration import resolve_device
     from pruning.data import evaluation_stream
-    from pruning.local import prune_model
-    from pruning.masks import parse_pattern
     from pruning.methods import Method
     from pruning.model_io import (
         check_model_dir,
@@ -238,43 +320,24 @@ def run(args: argparse.Namespace) -> int:
         load_model,
         load_tokenizer,
         prepare_output_dir,
-        resolve_seqlen,
-        save_model,
         vocabulary_size,
     )
-    from pruning.sparsity import sparsity_table, write_sparsity_json
+    from pruning.recipes import Recipe
+    from pruning.sparsity import sparsity_table
 
-    recipe = Recipe(args.recipe)
-    method = Method.parse(args.method or ("sparsegpt" if recipe is Recipe.FEDSPALLM else "wanda"))
-    if recipe is Recipe.FEDSPALLM:
-        if method is not Method.SPARSEGPT:
-            raise CommandError("--recipe fedspallm needs --method sparsegpt")
-        if args.mode != "one-shot" or args.weight_scaling:
-            raise CommandError("--recipe fedspallm runs one-shot without --weight-scaling")
-    budgets = _budgets(args)
-    pattern = parse_pattern(args.pattern, args.sparsity)
     if args.baselines and not args.eval_data:
         raise CommandError("--baselines needs --eval-data FILE (held-out text to evaluate on)")
-    privacy = _privacy_settings(args)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    privacy = _privacy(args)
     check_model_dir(args.model)
-    device = resolve_device(args.device)
     base = load_model(args.model)
+    settings = _settings(args, base)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    threshold = _checked_threshold(args, settings, privacy, len(decoder_blocks(base)), out)
+    device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)
-    settings = SimulationSettings(
-        method=method,
-        pattern=pattern,
-        group=ComparisonGroup(args.group),
-        mode=Mode(args.mode),
-        weight_scaling=args.weight_scaling,
-        nsamples=args.nsamples,
-        seqlen=resolve_seqlen(base, args.seqlen),
-        seed=args.seed,
-        recipe=recipe,
-        budgets=budgets,
-    )
     vocab = vocabulary_size(base)
-    record_level = privacy is not None and privacy.private_statistics and method is not Method.MAGNITUDE
+    method = settings.method
+    record_level = privacy.record_level_dp and method is not Method.MAGNITUDE
     samples: list[Any]
     if method is Method.MAGNITUDE:
         samples = [None] * len(args.participant_data)
@@ -295,140 +358,71 @@ def run(args: argparse.Namespace) -> int:
             check_samples_fit(base, participant_samples)
     eval_stream = evaluation_stream(args.eval_data, tokenizer, vocab_size=vocab) if args.baselines else None
     n = len(samples)
-    # With privacy the service's own coordinator and participants run in this process; the research
-    # baseline (--privacy off) runs the library path with plain sums.
-    service = privacy is not None
-
-    block_aggregator: Any = None
-    assignment: Any = None
-    if privacy is None:
+    if args.privacy == "off":
         print(PRIVACY_OFF_BANNER, file=sys.stderr)
-        if recipe is Recipe.FEDSPALLM:
-            from privacy.secagg import default_threshold
+    elif not privacy.record_level_dp:
+        print(NO_RECORD_DP_BANNER, file=sys.stderr)
+    elif record_level:
+        _print_outlook(privacy, base, samples, method=method)
 
-            # Blocks are still covered by t participants, so that a budgeted run compares with the service's.
-            if args.threshold is not None and not 1 <= args.threshold <= n:
-                raise CommandError(f"--threshold must be in [1, {n}] (the participants), got {args.threshold}")
-            block_aggregator = PlainBlockSum(coverage=args.threshold or default_threshold(n))
-            try:
-                assignment = resolve_assignment(
-                    base, participants=n, budgets=budgets, coverage=block_aggregator.coverage
-                )
-            except AssignmentError as error:
-                raise CommandError(f"--budgets: {error}") from None
-    else:
-        from fedprune.private_votes import threshold_and_colluders
-
-        threshold, _ = threshold_and_colluders(privacy, participants=n)  # refused before any work
-        if budgets is not None:
-            # The coordinator assigns the blocks; checked here too, so that a budget too small is refused
-            # before any participant computes anything.
-            try:
-                resolve_assignment(base, participants=n, budgets=budgets, coverage=threshold)
-            except AssignmentError as error:
-                raise CommandError(f"--budgets: {error}") from None
-        if not privacy.private_statistics:
-            print(NO_RECORD_DP_BANNER, file=sys.stderr)
-        elif record_level:
-            _print_outlook(privacy, base, samples, method=method, args=args)
-
+    # The coordinator builds and checks the report (with every site's signed statement) before it writes
+    # the checkpoint and sparsity.json, as the service does.
     started = time.perf_counter()
-    report_path = None
-    result: Any = None
-    if service:
-        # The coordinator builds and checks the report (with every site's signed statement) before it
-        # writes the checkpoint and sparsity.json, as the service does.
-        key_path = _signing_key_path(args.signing_key)
-        served = simulate_service(
-            args.model,
-            args.participant_data,
-            settings=settings,
-            privacy=privacy,
-            out=out,
-            signing_key=key_path,
-            device=str(device),
-            participant_samples=samples,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-        elapsed = time.perf_counter() - started
-        global_model, report_path = served.model, served.report
-        _announce_report(report_path, key_path)
-        table = sparsity_table(global_model)
-        served_assignment = served.participants_per_block
-    else:
-        result = simulate(
-            base,
-            samples,
-            settings=settings,
-            device=device,
-            block_aggregator=block_aggregator,
-            assignment=assignment,
-            keep_local_models=args.baselines and settings.mode is Mode.ONE_SHOT and budgets is None,
-            progress=not args.no_progress,
-        )
-        elapsed = time.perf_counter() - started
-        global_model = result.model
-        served_assignment = (
-            [len(members) for members in result.assignment.blocks] if result.assignment is not None else None
-        )
-        save_model(global_model, tokenizer, out)
-        table = sparsity_table(global_model)
-        write_sparsity_json(table, out / "sparsity.json")
+    key_path = _signing_key_path(args.signing_key)
+    served = simulate_service(
+        args.model,
+        args.participant_data,
+        settings=settings,
+        privacy=privacy,
+        threshold=threshold,
+        out=out,
+        signing_key=key_path,
+        device=str(device),
+        participant_samples=samples,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        keep_local_models=args.baselines,
+    )
+    elapsed = time.perf_counter() - started
+    _announce_report(served.report, key_path)
+    table = sparsity_table(served.model)
     summary: dict[str, Any] = {
         "participants": n,
-        "recipe": recipe.value,
+        "recipe": settings.recipe.value,
         "method": method.value,
-        "pattern": str(pattern),
+        "pattern": str(settings.pattern),
         "group": args.group,
         "mode": args.mode,
         "weight_scaling": args.weight_scaling,
         "nsamples": None if record_level else args.nsamples,
         "seqlen": settings.seqlen,
-        "privacy": privacy.describe() if privacy is not None else "off: research baseline, no privacy",
+        "privacy": describe_privacy(privacy),
+        "threshold": served.threshold,
+        "transport": "in process: the service's coordinator and participants, no network",
         "seconds": round(elapsed, 2),
         "sparsity": table["total"]["sparsity"],
+        "privacy_report": str(served.report),
     }
-    if service:
-        summary["transport"] = "in process: the service's coordinator and participants, no network"
-    if recipe is Recipe.FEDSPALLM:
-        summary["participants_per_block"] = served_assignment
-        summary["budgets"] = list(budgets) if budgets is not None else None
-        if result is not None:
-            summary["clipped_weight_updates"] = result.clipped_updates
+    if settings.recipe is Recipe.FEDSPALLM:
+        summary["participants_per_block"] = served.participants_per_block
+        summary["budgets"] = list(settings.budgets) if settings.budgets is not None else None
+        summary["clipped_weight_updates"] = served.clipped_updates
     print(
-        f"federated {method.value} ({recipe.value}, {pattern}, {args.group} group, {args.mode}) over {n} participants "
-        f"in {elapsed:.1f} s; total sparsity {table['total']['sparsity']:.4f}; saved to {out}"
+        f"federated {method.value} ({settings.recipe.value}, {settings.pattern}, {args.group} group, {args.mode}) "
+        f"over {n} participants in {elapsed:.1f} s; total sparsity {table['total']['sparsity']:.4f}; "
+        f"saved to {out}"
     )
-    if report_path is not None:
-        summary["privacy_report"] = str(report_path)
-
     if eval_stream is not None:
-        rows: list[tuple[str, float]] = []
-        ppl = lambda model: evaluate(model, eval_stream, seqlen=settings.seqlen, device=device)  # noqa: E731
-        rows.append(("dense", ppl(base)))
-        rows.append(("magnitude", ppl(magnitude_model(base, pattern=pattern, device=device))))
-        if method is not Method.MAGNITUDE:
-            calibrated = [own for own in samples if own is not None]
-            rows.append(
-                ("centralized", ppl(centralized_model(base, calibrated, settings=settings, device=device)))
-            )
-        rows.append(
-            (
-                f"federated ({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})",
-                ppl(global_model),
-            )
+        rows, local = _baseline_rows(
+            args,
+            base,
+            samples,
+            served,
+            eval_stream,
+            settings=settings,
+            device=device,
+            record_level_dp=privacy.record_level_dp,
         )
-        local_models = result.local_models if result is not None else None
-        if local_models is None:
-            local_models = []
-            for own in samples:
-                model = copy.deepcopy(base)
-                prune_model(model, own, method=method, pattern=pattern, device=device, progress=False)
-                local_models.append(model)
-        local = [ppl(model) for model in local_models]
-        rows.append(("local-only (mean)", sum(local) / len(local)))
-        rows.append(("local-only (worst)", max(local)))
         print(_format_table(rows))
         summary["perplexity"] = dict(rows)
         summary["local_only"] = local
@@ -436,34 +430,85 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_outlook(
-    privacy: Any, base: Any, samples: list[Any], *, method: Any, args: argparse.Namespace
-) -> None:
-    """Say before the run what the record-level noise will leave of each participant's statistics."""
-    from participant.privacy import planned_noise_multiplier, released_dimension
-    from privacy.calibration_dp import signal_outlook
-    from pruning.adapters import decoder_blocks
-    from pruning.statistics import StatisticKind
+def _baseline_rows(
+    args: argparse.Namespace,
+    base: Any,
+    samples: list[Any],
+    served: Any,
+    stream: Any,
+    *,
+    settings: Any,
+    device: Any,
+    record_level_dp: bool,
+) -> tuple[list[tuple[str, float]], list[float]]:
+    """Return the table's rows (dense, magnitude, centralized, federated, local-only) and each site's figure."""
+    from fedprune.baselines import centralized_model, evaluate, local_only_models, magnitude_model
+    from pruning.methods import Method
 
-    blocks = decoder_blocks(base)
-    sigma = planned_noise_multiplier(privacy.run_privacy(), blocks=len(blocks))
+    def ppl(model: Any) -> float:
+        return evaluate(model, stream, seqlen=settings.seqlen, device=device)
+
+    method, pattern = settings.method, settings.pattern
+    rows = [("dense", ppl(base)), ("magnitude", ppl(magnitude_model(base, pattern=pattern, device=device)))]
+    if method is not Method.MAGNITUDE:
+        centralized = centralized_model(base, samples, method=method, pattern=pattern, device=device)
+        rows.append(("centralized", ppl(centralized)))
+    rows.append(
+        (
+            f"federated ({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})",
+            ppl(served.model),
+        )
+    )
+    # A site's own model from the run is its local-only model when its statistics were exact (and it
+    # pruned every block alone, one-shot); otherwise each site prunes a copy alone, with exact statistics.
+    local_models = None if record_level_dp else served.local_models
+    if local_models is None:
+        local_models = local_only_models(base, samples, method=method, pattern=pattern, device=device)
+    local = [ppl(model) for model in local_models]
+    rows.append(("local-only (mean)", sum(local) / len(local)))
+    rows.append(("local-only (worst)", max(local)))
+    return rows, local
+
+
+def _print_outlook(privacy: Any, base: Any, samples: list[Any], *, method: Any) -> None:
+    """Say before the run what the record-level noise will leave of each participant's statistics."""
+    from participant.privacy import RunPrivacy, block_signal_outlook, planned_noise_multiplier
+    from pruning.adapters import decoder_blocks
+
+    blocks = len(decoder_blocks(base))
+    sigma = planned_noise_multiplier(
+        RunPrivacy(
+            randomized_response=privacy.randomized_response,
+            epsilon0=privacy.epsilon0,
+            record_level_dp=privacy.record_level_dp,
+            noise_multiplier=privacy.noise_multiplier,
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            sample_rate=privacy.sample_rate,
+            accountant_tolerance=privacy.accountant_tolerance,
+        ),
+        blocks=blocks,
+    )
     assert sigma is not None  # the outlook is printed with record-level DP only
-    dimension = released_dimension(blocks[0], gram=method.statistic is StatisticKind.GRAM)
     target = (
         f"epsilon {privacy.target_epsilon:g}" if privacy.target_epsilon is not None else f"sigma {sigma:.3g}"
     )
-    print(
-        f"record-level DP: one document is the unit; {target} at delta {privacy.delta:g} over {len(blocks)} "
-        f"blocks -> noise multiplier {sigma:.3g}, sample rate {privacy.sample_rate:g}, {dimension} released "
-        "coordinates per block"
-    )
-    for i, calibration in enumerate(samples):
-        outlook = signal_outlook(
+    outlooks = [
+        block_signal_outlook(
+            base,
+            method=method,
             records=calibration.records,
             noise_multiplier=sigma,
             sample_rate=privacy.sample_rate,
-            dimension=dimension,
         )
+        for calibration in samples
+    ]
+    print(
+        f"record-level DP: one document is the unit; {target} at delta {privacy.delta:g} over {blocks} "
+        f"blocks -> noise multiplier {sigma:.3g}, sample rate {privacy.sample_rate:g}, "
+        f"{outlooks[0].dimension} released coordinates per block"
+    )
+    for i, (calibration, outlook) in enumerate(zip(samples, outlooks, strict=True)):
         print(
             f"  participant {i}: {calibration.documents} document{'s' if calibration.documents != 1 else ''}, "
             f"{len(calibration.windows)} windows; "

@@ -1,7 +1,8 @@
 """What the private federated model is compared with: dense, magnitude, centralized and local-only models.
 
 Every model is scored on the same held-out text (the union of the sites' held-out tails). The baselines
-have no privacy layer, on purpose: local-only is what a site gets alone with its own data (nothing leaves
+have no privacy layer, on purpose (the models are built by ``fedprune.baselines``, as for ``simulate
+--baselines`` and the benchmarks): local-only is what a site gets alone with its own data (nothing leaves
 it, so it needs none), and centralized is what pooling every site's documents at one place would give,
 which is exactly what the sites cannot do. Centralized and local-only prune with the recipe's method
 (Wanda under FedPrLLM, SparseGPT with its reconstructed weights under FedSpaLLM); magnitude uses no data.
@@ -9,7 +10,6 @@ which is exactly what the sites cannot do. Centralized and local-only prune with
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -96,8 +96,8 @@ def compute_baselines(
     """
     import time
 
-    from pruning.data import calibration_records, pooled
-    from pruning.local import prune_model
+    from fedprune.baselines import centralized_model, local_only_models, magnitude_model
+    from pruning.data import calibration_records
     from pruning.masks import parse_pattern
     from pruning.methods import Method
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
@@ -117,20 +117,25 @@ def compute_baselines(
             on_result(name, value, time.perf_counter() - started)
         return value
 
-    def pruned(samples: object, method: Method) -> nn.Module:
-        model = copy.deepcopy(base)
-        prune_model(model, samples, method=method, pattern=pattern, device=device, progress=False)  # type: ignore[arg-type]
-        return model
-
     records = {
         name: calibration_records(path, tokenizer, seqlen=text.seqlen, vocab_size=vocab)
         for name, path in sites.items()
     }
     dense = scored("dense", lambda: base)
-    magnitude = scored("magnitude", lambda: pruned(None, Method.MAGNITUDE))
-    centralized = scored("centralized", lambda: pruned(pooled(list(records.values())), local_method))
+    magnitude = scored("magnitude", lambda: magnitude_model(base, pattern=pattern, device=device))
+    centralized = scored(
+        "centralized",
+        lambda: centralized_model(
+            base, list(records.values()), method=local_method, pattern=pattern, device=device
+        ),
+    )
     local = {
-        name: scored(f"local-only {name}", lambda own=own: pruned(own, local_method))  # type: ignore[misc]
+        name: scored(
+            f"local-only {name}",
+            lambda own=own: local_only_models(  # type: ignore[misc]
+                base, [own], method=local_method, pattern=pattern, device=device
+            )[0],
+        )
         for name, own in records.items()
     }
     return Baselines(dense=dense, magnitude=magnitude, centralized=centralized, local_only=local)

@@ -81,9 +81,11 @@ def test_the_privacy_section_defaults_to_record_level_dp_at_target_epsilon_8() -
 
 
 def test_the_default_target_epsilon_matches_the_simulator() -> None:
-    from fedprune.private_votes import DEFAULT_TARGET_EPSILON as SIMULATOR_DEFAULT
+    from fedprune.cli import build_parser
+    from fedprune.commands.simulate import _privacy
 
-    assert DEFAULT_TARGET_EPSILON == SIMULATOR_DEFAULT
+    args = build_parser().parse_args(["simulate", "--model", "m", "--participant-data", "f", "--out", "o"])
+    assert _privacy(args).target_epsilon == DEFAULT_TARGET_EPSILON
 
 
 def test_a_noise_multiplier_replaces_the_default_target() -> None:

@@ -49,19 +49,36 @@ PHASE_OF_STAGE = {
 # ---------------------------------------------------------------------------------------- references
 def site_votes(federation: Federation) -> dict[str, dict[str, torch.Tensor]]:
     """Return each site's own one-shot keep-votes (0/1 per weight), computed here without any service code."""
-    from fedprune.simulate import SimulationSettings, load_participant_samples, simulate
+    import copy
+
+    from participant.voting import one_shot_votes
+    from pruning.data import calibration_samples
+    from pruning.masks import SparsityPattern
+    from pruning.methods import Method
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
 
     base = load_model(federation.model)
     tokenizer = load_tokenizer(federation.model)
-    settings = SimulationSettings(nsamples=NSAMPLES, seqlen=SEQLEN)
-    votes = {}
+    votes: dict[str, dict[str, torch.Tensor]] = {}
     for name in federation.names:
-        (samples,) = load_participant_samples(
-            [federation.data[name]], tokenizer, settings=settings, vocab_size=vocabulary_size(base)
+        samples = calibration_samples(
+            federation.data[name],
+            tokenizer,
+            nsamples=NSAMPLES,
+            seqlen=SEQLEN,
+            seed=0,
+            vocab_size=vocabulary_size(base),
         )
-        result = simulate(base, [samples], settings=settings, device=torch.device("cpu"), progress=False)
-        votes[name] = result.keep_votes
+        own: dict[str, torch.Tensor] = {}
+        one_shot_votes(
+            copy.deepcopy(base),
+            samples,
+            method=Method.WANDA,
+            pattern=SparsityPattern(sparsity=0.5),
+            device=torch.device("cpu"),
+            on_votes=own.__setitem__,
+        )
+        votes[name] = own
     return votes
 
 
