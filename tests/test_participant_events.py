@@ -118,7 +118,7 @@ def test_a_site_that_refuses_the_run_ends_with_the_reason_it_exits_with(
     tmp_path: Path, model_dir: Callable[..., Path], recorded: dict[str, list[ParticipantEvent]]
 ) -> None:
     """Record-level DP needs calibration records: a site handed untagged windows refuses at join."""
-    from fedprune.private_votes import PrivacySettings
+    from coordinator.config import PrivacySection
     from fedprune.simulate import Mode, SimulationSettings, simulate_service
     from participant.run import RunRefusedError
     from pruning.data import calibration_samples
@@ -140,7 +140,7 @@ def test_a_site_that_refuses_the_run_ends_with_the_reason_it_exits_with(
             model,
             files,
             settings=SimulationSettings(pattern=SparsityPattern(sparsity=0.5), mode=Mode.ONE_SHOT, seqlen=16),
-            privacy=PrivacySettings(),
+            privacy=PrivacySection.model_validate({}),
             out=tmp_path / "refused",
             signing_key=tmp_path / "report.key",
             device="cpu",

@@ -96,10 +96,6 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycle_among_our_modules() -> None:
     packages = ["proto", "pruning", "coordinator", "participant", "privacy", "fedprune"]
     cycles = _cycles(_import_graph(packages))
-    # The simulation engine and its private-votes helper import each other until the helper is removed;
-    # the exemption goes with the file.
-    if (ROOT / "fedprune" / "private_votes.py").exists():
-        cycles = [c for c in cycles if c != ["fedprune.private_votes", "fedprune.simulate"]]
     assert not cycles, "modules that import each other (directly or in a ring): " + "; ".join(
         " <-> ".join(cycle) for cycle in cycles
     )
