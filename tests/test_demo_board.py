@@ -176,8 +176,7 @@ def test_the_federation_shows_the_events_of_several_files_in_the_order_they_happ
         + to_line(StatementSubmitted(events=3), now=at[3]),
         encoding="utf-8",
     )
-    for name, path in files.items():
-        federation.follow(name, path)
+    federation.follow("coordinator", files["coordinator"], ("site-1", files["site-1"]))
     deadline = time.monotonic() + 5
     while len(lines) < 5 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -396,14 +396,16 @@ class Federation:
         reader.start()
         self.follow(name, events)
 
-    def follow(self, name: str, path: Path) -> None:
+    def follow(self, name: str, path: Path, *more: tuple[str, Path]) -> None:
         """Hand the events process ``name`` appends to ``path`` to the board, until ``wait`` or ``stop``.
 
         One thread reads every followed file in turn and hands each round's events to the board in the
         order of their times, so that one process's event is not shown before another's that came first.
+        Files given in one call (``more``: further (name, path) pairs) are read from the same round on.
         """
         with self._tails_lock:
-            self._tails.append((name, EventTail(path)))
+            for stream, events in ((name, path), *more):
+                self._tails.append((stream, EventTail(events)))
             if self._follower is None:
                 self._follower = threading.Thread(target=self._follow, daemon=True)
                 self._follower.start()
