@@ -226,7 +226,9 @@ def main() -> None:
     )
     parser.add_argument("--coordinates", type=int, required=True, help="d, coordinates per vector")
     parser.add_argument("--participants", type=int, required=True, help="n, participants")
-    parser.add_argument("--threshold", type=int, default=None, help="t (default floor(2n/3)+1; must be > n/2)")
+    parser.add_argument(
+        "--threshold", type=int, default=None, help="t (default floor(2n/3)+1; must be > n/2)"
+    )
     parser.add_argument("--chunk-coordinates", type=int, default=DEFAULT_CHUNK_COORDINATES)
     parser.add_argument("--workdir", default=None, help="where the server's memory-mapped accumulator lives")
     parser.add_argument(

@@ -190,7 +190,11 @@ class RunState:
             ).fetchall()
         return {
             int(b): CompletedBlock(
-                int(b), int(c), MechanismEvent.model_validate_json(e), bytes(d), None if w is None else bytes(w)
+                int(b),
+                int(c),
+                MechanismEvent.model_validate_json(e),
+                bytes(d),
+                None if w is None else bytes(w),
             )
             for b, c, e, d, w in rows
         }
@@ -220,7 +224,8 @@ class RunState:
         """Record the block assignment (JSON-ready) once; a restart reads it back with :meth:`assignment`."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('assignment', ?)", (json.dumps(assignment, sort_keys=True),)
+                "INSERT OR REPLACE INTO meta VALUES ('assignment', ?)",
+                (json.dumps(assignment, sort_keys=True),),
             )
 
     def assignment(self) -> dict[str, object] | None:

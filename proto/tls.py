@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 import logging
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -226,6 +226,19 @@ def _printable_ascii(value: str) -> bool:
     return all(0x20 <= ord(character) < 0x7F for character in value)
 
 
+def _auth_values(auth: Mapping[str, object], key: str) -> list[bytes]:
+    """Return the auth context's values under ``key``: gRPC gives a list of bytes (its stubs say bytes).
+
+    A context holding anything else under ``key`` is refused (PeerIdentityError), never read leniently.
+    """
+    values = auth.get(key, [])
+    if isinstance(values, bytes):
+        return [values]
+    if isinstance(values, (list, tuple)) and all(isinstance(value, bytes) for value in values):
+        return list(values)
+    raise PeerIdentityError(f"the call's auth context holds no list of bytes under {key!r}")
+
+
 def peer_common_name(context: grpc.ServicerContext) -> str:
     """Return the one common name of the caller's verified client certificate, or raise PeerIdentityError.
 
@@ -237,7 +250,7 @@ def peer_common_name(context: grpc.ServicerContext) -> str:
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:
         raise PeerIdentityError("the call did not arrive over TLS")
-    certificates = auth.get("x509_pem_cert", [])
+    certificates = _auth_values(auth, "x509_pem_cert")
     if len(certificates) != 1:
         # The server requires a verified client certificate, so none here is a misconfigured server.
         raise PeerIdentityError(f"expected one verified client certificate, found {len(certificates)}")
@@ -255,7 +268,7 @@ def peer_common_name(context: grpc.ServicerContext) -> str:
         raise PeerIdentityError(
             f"the client certificate's common name {name!r} is not a non-empty string of printable ASCII"
         )
-    reported = auth.get("x509_common_name", [])
+    reported = _auth_values(auth, "x509_common_name")
     if reported != [name.encode("ascii")]:
         raise PeerIdentityError(
             f"the client certificate's common name {name!r} differs from what TLS reports ({reported!r})"

@@ -113,7 +113,17 @@ def test_private_fedspallm_service_run_reports_each_sites_own_blocks(tmp_path: P
 def test_a_budget_too_small_for_t_is_refused_before_any_work(tmp_path: Path, model_dir, capsys) -> None:
     model = model_dir("llama", layers=3)
     files = _files(tmp_path, 4)
-    args = ["simulate", "--model", str(model), "--recipe", "fedspallm", "--budgets", "1,1,1,1", "--sparsity", "0.5"]
+    args = [
+        "simulate",
+        "--model",
+        str(model),
+        "--recipe",
+        "fedspallm",
+        "--budgets",
+        "1,1,1,1",
+        "--sparsity",
+        "0.5",
+    ]
     args += ["--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu", "--seqlen", "16"]
     for path in files:
         args += ["--participant-data", str(path)]
@@ -139,7 +149,9 @@ def _coordinator(tmp_path: Path, **run: object) -> dict:
         ({"method": "sparsegpt", "weight_scaling": True}, "weight_scaling"),
     ],
 )
-def test_coordinator_config_refuses_a_fedspallm_run_it_cannot_do(tmp_path: Path, run: dict, named: str) -> None:
+def test_coordinator_config_refuses_a_fedspallm_run_it_cannot_do(
+    tmp_path: Path, run: dict, named: str
+) -> None:
     with pytest.raises(ConfigError, match=f"fedspallm.*{named}"):
         parse_config(_coordinator(tmp_path, recipe="fedspallm", **run))
     config = parse_config(_coordinator(tmp_path, recipe="fedspallm", method="sparsegpt"))

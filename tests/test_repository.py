@@ -39,6 +39,19 @@ def test_ruff_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+    reason="ruff is not installed",
+)
+def test_the_whole_tree_is_formatted() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run(
+        [ruff, "format", "--check", "--quiet", str(ROOT)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, "run `ruff format .`: " + result.stdout + result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not (Path(sys.executable).parent / "mypy").exists(), reason="mypy is not installed")
 def test_mypy_finds_nothing_in_the_packages(tmp_path: Path) -> None:
     mypy = str(Path(sys.executable).parent / "mypy")

@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 class PackedAccumulator:
     """Sum mod 2^b of every added chunk, stored packed (b bits per coordinate)."""
 
-    def __init__(self, parameters: SessionParameters, *, workdir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, parameters: SessionParameters, *, workdir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.parameters = parameters
         size = parameters.packed_vector_bytes()
         self._path: Path | None = None

@@ -107,11 +107,18 @@ def _aborts_on_failure(
 class SecAggClient:
     """One participant of one session: holds its keys, shares and mask keys, emits plain messages."""
 
-    def __init__(self, *, participant: int, parameters: SessionParameters, identity_key: Ed25519PrivateKey,
-                 identity_keys: Mapping[int, Ed25519PublicKey], history: SessionHistory,
-                 identity_names: Mapping[int, str] | None = None,
-                 random_bytes: primitives.RandomBytes = os.urandom,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        participant: int,
+        parameters: SessionParameters,
+        identity_key: Ed25519PrivateKey,
+        identity_keys: Mapping[int, Ed25519PublicKey],
+        history: SessionHistory,
+        identity_names: Mapping[int, str] | None = None,
+        random_bytes: primitives.RandomBytes = os.urandom,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ) -> None:
         """`identity_keys` are the pinned long-term keys of every participant (SECURITY.md, "Identity
         keys"): obtained out of band, never from the coordinator alone; no two ids may share one.
         `identity_names` (a daemon: the certificate names of the run) name the people behind the ids in
@@ -121,23 +128,29 @@ class SecAggClient:
             raise PrivacyError(f"participant {participant} is not in the session's participant_ids")
         own = identity_keys.get(participant)
         if own is None or primitives.raw_public(own) != primitives.raw_public(identity_key.public_key()):
-            raise PrivacyError(f"identity_keys[{participant}] is not this participant's own identity key: the "
-                               "pinned keys do not match (were they handed out by someone else?)")
+            raise PrivacyError(
+                f"identity_keys[{participant}] is not this participant's own identity key: the "
+                "pinned keys do not match (were they handed out by someone else?)"
+            )
         raw_keys = [primitives.raw_public(key) for key in identity_keys.values()]
         if len(set(raw_keys)) != len(raw_keys):
-            raise PrivacyError("two participant ids share one identity key: one site under several ids would "
-                               "hold several shares of every secret")
+            raise PrivacyError(
+                "two participant ids share one identity key: one site under several ids would "
+                "hold several shares of every secret"
+            )
         names = dict(identity_names or {})
         self.participant = participant
         self.parameters = parameters
         self._identity_key = identity_key
         self._identity_keys = dict(identity_keys)
         self._identities: dict[int, Identity] = {
-            pid: (names.get(pid, ""), primitives.raw_public(key).hex()) for pid, key in identity_keys.items()}
+            pid: (names.get(pid, ""), primitives.raw_public(key).hex()) for pid, key in identity_keys.items()
+        }
         self._random_bytes = random_bytes
         if random_bytes is not os.urandom:
-            logger.warning("participant %d uses an injected randomness source: known-answer tests only",
-                           participant)
+            logger.warning(
+                "participant %d uses an injected randomness source: known-answer tests only", participant
+            )
         self._block_bytes = block_bytes
         self._history = history
         self._state = ClientState.NEW
@@ -178,13 +191,20 @@ class SecAggClient:
     @property
     def holds_secrets(self) -> bool:
         """Return True while any session secret (keys, self seed, shares, mask keys) is still reachable."""
-        return bool(self._session_keys is not None or self._self_seed is not None or self._held_shares
-                    or self._add_keys or self._subtract_keys)
+        return bool(
+            self._session_keys is not None
+            or self._self_seed is not None
+            or self._held_shares
+            or self._add_keys
+            or self._subtract_keys
+        )
 
     def _expect(self, *states: ClientState) -> None:
         if self._state not in states:
             expected = " or ".join(s.value for s in states)
-            raise WrongStateError(f"participant {self.participant} is {self._state.value}, expected {expected}")
+            raise WrongStateError(
+                f"participant {self.participant} is {self._state.value}, expected {expected}"
+            )
 
     def abort(self, reason: str) -> None:
         """Return None after wiping every secret of the session and ending it (a finished one stays done)."""
@@ -209,8 +229,10 @@ class SecAggClient:
 
     def _check_session(self, session_id: bytes) -> None:
         if session_id != self._session_id:
-            raise ContradictoryViewError("the coordinator relayed a message of another session into this one",
-                                         check="session-id-mismatch")
+            raise ContradictoryViewError(
+                "the coordinator relayed a message of another session into this one",
+                check="session-id-mismatch",
+            )
 
     @property
     def votes_digest(self) -> bytes | None:
@@ -234,13 +256,19 @@ class SecAggClient:
         cipher_public = primitives.raw_public(keys.cipher_key)
         mask_public = primitives.raw_public(keys.mask_key)
         message = primitives.advertisement_message(
-            parameters_digest=self.parameters.digest(), party=self.participant,
-            cipher_public_key=cipher_public, mask_public_key=mask_public)
+            parameters_digest=self.parameters.digest(),
+            party=self.participant,
+            cipher_public_key=cipher_public,
+            mask_public_key=mask_public,
+        )
         self._session_keys = keys
         self._state = ClientState.KEYS_ADVERTISED
-        return KeyAdvertisement(participant=self.participant, cipher_public_key=cipher_public,
-                                mask_public_key=mask_public,
-                                signature=primitives.sign(self._identity_key, message))
+        return KeyAdvertisement(
+            participant=self.participant,
+            cipher_public_key=cipher_public,
+            mask_public_key=mask_public,
+            signature=primitives.sign(self._identity_key, message),
+        )
 
     # ------------------------------------------------------ round 1: shares
     @_aborts_on_failure
@@ -257,27 +285,33 @@ class SecAggClient:
         entries: dict[int, KeyAdvertisement] = {}
         for adv in roster.advertisements:
             if adv.participant in entries:
-                raise ContradictoryViewError(f"roster lists participant {adv.participant} twice",
-                                             check="roster-repeats-participant")
+                raise ContradictoryViewError(
+                    f"roster lists participant {adv.participant} twice", check="roster-repeats-participant"
+                )
             try:
                 check_advertisement(adv, parameters=self.parameters, identity_keys=self._identity_keys)
             except PrivacyError as exc:
-                raise ForgedRelayError(f"the roster carries an advertisement the coordinator must have "
-                                       f"rejected: {exc}", check="roster-advertisement-invalid") from exc
+                raise ForgedRelayError(
+                    f"the roster carries an advertisement the coordinator must have rejected: {exc}",
+                    check="roster-advertisement-invalid",
+                ) from exc
             entries[adv.participant] = adv
         own = entries.get(self.participant)
         if own is None or (own.cipher_public_key, own.mask_public_key) != (
-                primitives.raw_public(self._session_keys.cipher_key),
-                primitives.raw_public(self._session_keys.mask_key)):
-            raise ContradictoryViewError("roster does not carry this participant's own keys",
-                                         check="roster-own-keys")
+            primitives.raw_public(self._session_keys.cipher_key),
+            primitives.raw_public(self._session_keys.mask_key),
+        ):
+            raise ContradictoryViewError(
+                "roster does not carry this participant's own keys", check="roster-own-keys"
+            )
         all_keys = [k for adv in entries.values() for k in (adv.cipher_public_key, adv.mask_public_key)]
         if len(set(all_keys)) != len(all_keys):
             raise InconsistentViewError("two advertised public keys are equal")
         if len(entries) < self.parameters.threshold:
             raise ThresholdBypassError(
                 f"{len(entries)} participants advertised keys, threshold is {self.parameters.threshold}",
-                check="roster-below-threshold")
+                check="roster-below-threshold",
+            )
         self._roster = dict(sorted(entries.items()))
         session_id = compute_session_id(self.parameters, self._roster.values())
         self._session_id = session_id
@@ -286,36 +320,63 @@ class SecAggClient:
         mask_private = self._session_keys.mask_key.private_bytes_raw()
         holders = tuple(self._roster)
         t = self.parameters.threshold
-        seed_shares = shamir.split(self._self_seed, threshold=t, holders=holders,
-                                   random_bytes=self._random_bytes)
+        seed_shares = shamir.split(
+            self._self_seed, threshold=t, holders=holders, random_bytes=self._random_bytes
+        )
         key_shares = shamir.split(mask_private, threshold=t, holders=holders, random_bytes=self._random_bytes)
         self._held_shares = {self.participant: (seed_shares[self.participant], key_shares[self.participant])}
         digests = tuple(
-            ShareDigest(holder=holder,
-                        self_seed_share=primitives.share_digest(
-                            seed_shares[holder].y_bytes(), session_id=session_id, owner=self.participant,
-                            holder=holder, kind=primitives.SELF_SEED_KIND),
-                        mask_key_share=primitives.share_digest(
-                            key_shares[holder].y_bytes(), session_id=session_id, owner=self.participant,
-                            holder=holder, kind=primitives.MASK_KEY_KIND))
-            for holder in holders)
+            ShareDigest(
+                holder=holder,
+                self_seed_share=primitives.share_digest(
+                    seed_shares[holder].y_bytes(),
+                    session_id=session_id,
+                    owner=self.participant,
+                    holder=holder,
+                    kind=primitives.SELF_SEED_KIND,
+                ),
+                mask_key_share=primitives.share_digest(
+                    key_shares[holder].y_bytes(),
+                    session_id=session_id,
+                    owner=self.participant,
+                    holder=holder,
+                    kind=primitives.MASK_KEY_KIND,
+                ),
+            )
+            for holder in holders
+        )
         envelopes = []
         for peer, adv in self._roster.items():
             if peer == self.participant:
                 continue
-            key = primitives.seal_key(self._session_keys.cipher_key, adv.cipher_public_key,
-                                      session_id=session_id, sender=self.participant, recipient=peer)
-            plaintext = encode_share_plaintext(sender=self.participant, recipient=peer,
-                                               self_seed_share=seed_shares[peer], mask_key_share=key_shares[peer])
+            key = primitives.seal_key(
+                self._session_keys.cipher_key,
+                adv.cipher_public_key,
+                session_id=session_id,
+                sender=self.participant,
+                recipient=peer,
+            )
+            plaintext = encode_share_plaintext(
+                sender=self.participant,
+                recipient=peer,
+                self_seed_share=seed_shares[peer],
+                mask_key_share=key_shares[peer],
+            )
             header = primitives.seal_header(session_id=session_id, sender=self.participant, recipient=peer)
             nonce, ciphertext = primitives.Sealer(key).seal(plaintext, header)
-            envelopes.append(EncryptedShare(sender=self.participant, recipient=peer, nonce=nonce,
-                                            ciphertext=ciphertext))
+            envelopes.append(
+                EncryptedShare(sender=self.participant, recipient=peer, nonce=nonce, ciphertext=ciphertext)
+            )
         self._state = ClientState.KEYS_SHARED
-        return ShareKeys(session_id=session_id, sender=self.participant, envelopes=tuple(envelopes),
-                         self_seed_commitment=primitives.self_seed_commitment(
-                             self._self_seed, session_id=session_id, party=self.participant),
-                         share_digests=digests)
+        return ShareKeys(
+            session_id=session_id,
+            sender=self.participant,
+            envelopes=tuple(envelopes),
+            self_seed_commitment=primitives.self_seed_commitment(
+                self._self_seed, session_id=session_id, party=self.participant
+            ),
+            share_digests=digests,
+        )
 
     @_aborts_on_failure
     def receive_shares(self, delivery: ShareDelivery) -> None:
@@ -330,23 +391,33 @@ class SecAggClient:
         assert self._session_keys is not None and self._self_seed is not None
         self._check_session(delivery.session_id)
         if delivery.recipient != self.participant:
-            raise ContradictoryViewError("share delivery is addressed to another participant",
-                                         check="delivery-misaddressed")
+            raise ContradictoryViewError(
+                "share delivery is addressed to another participant", check="delivery-misaddressed"
+            )
         session_id = self.session_id
         received = dict(self._held_shares)  # committed only if the whole delivery checks out
         for envelope in delivery.envelopes:
             sender = envelope.sender
             if envelope.recipient != self.participant or sender == self.participant:
-                raise ContradictoryViewError("envelope is not addressed to this participant",
-                                             check="delivery-misaddressed")
+                raise ContradictoryViewError(
+                    "envelope is not addressed to this participant", check="delivery-misaddressed"
+                )
             if sender not in self._roster:
-                raise ContradictoryViewError(f"envelope from participant {sender}, who is not in the roster",
-                                             check="delivery-foreign-sender")
+                raise ContradictoryViewError(
+                    f"envelope from participant {sender}, who is not in the roster",
+                    check="delivery-foreign-sender",
+                )
             if sender in received:
-                raise ContradictoryViewError(f"two envelopes from participant {sender}",
-                                             check="delivery-repeats-sender")
-            key = primitives.seal_key(self._session_keys.cipher_key, self._roster[sender].cipher_public_key,
-                                      session_id=session_id, sender=sender, recipient=self.participant)
+                raise ContradictoryViewError(
+                    f"two envelopes from participant {sender}", check="delivery-repeats-sender"
+                )
+            key = primitives.seal_key(
+                self._session_keys.cipher_key,
+                self._roster[sender].cipher_public_key,
+                session_id=session_id,
+                sender=sender,
+                recipient=self.participant,
+            )
             header = primitives.seal_header(session_id=session_id, sender=sender, recipient=self.participant)
             plaintext = primitives.open_sealed(key, envelope.nonce, envelope.ciphertext, header)
             received[sender] = decode_share_plaintext(plaintext, sender=sender, recipient=self.participant)
@@ -354,18 +425,24 @@ class SecAggClient:
         if len(holders) < self.parameters.threshold:
             raise ThresholdBypassError(
                 f"{len(holders)} participants shared keys, threshold is {self.parameters.threshold}",
-                check="delivery-below-threshold")
+                check="delivery-below-threshold",
+            )
         self._held_shares = received
         self._share_holders = holders
-        self._add_keys = [primitives.self_mask_key(self._self_seed, session_id=session_id,
-                                                   party=self.participant)]
+        self._add_keys = [
+            primitives.self_mask_key(self._self_seed, session_id=session_id, party=self.participant)
+        ]
         self._subtract_keys = []
         for peer in holders:
             if peer == self.participant:
                 continue
-            pairwise = primitives.pairwise_mask_key(self._session_keys.mask_key,
-                                                    self._roster[peer].mask_public_key,
-                                                    session_id=session_id, party=self.participant, peer=peer)
+            pairwise = primitives.pairwise_mask_key(
+                self._session_keys.mask_key,
+                self._roster[peer].mask_public_key,
+                session_id=session_id,
+                party=self.participant,
+                peer=peer,
+            )
             (self._add_keys if self.participant < peer else self._subtract_keys).append(pairwise)
         # The cipher key has done its job; the mask key's shares are out, the key itself is no longer needed.
         self._session_keys = None
@@ -382,11 +459,17 @@ class SecAggClient:
         history recognises the vector by. Binding the same vector again is a no-op; another vector aborts
         (two maskings under one mask would reveal the difference of the two vectors).
         """
-        self._expect(ClientState.NEW, ClientState.KEYS_ADVERTISED, ClientState.KEYS_SHARED,
-                     ClientState.READY_TO_MASK, ClientState.MASKING)
+        self._expect(
+            ClientState.NEW,
+            ClientState.KEYS_ADVERTISED,
+            ClientState.KEYS_SHARED,
+            ClientState.READY_TO_MASK,
+            ClientState.MASKING,
+        )
         votes = np.asarray(keep_votes)
-        if self._votes is not None and (votes is self._votes or (
-                votes.shape == self._votes.shape and np.array_equal(votes, self._votes))):
+        if self._votes is not None and (
+            votes is self._votes or (votes.shape == self._votes.shape and np.array_equal(votes, self._votes))
+        ):
             assert self._votes_digest is not None
             return self._votes_digest
         if self._votes is not None:
@@ -427,10 +510,11 @@ class SecAggClient:
         start = chunk_index * params.chunk_coordinates
         padded = -(-count // 8) * 8
         lanes = self._lanes[:padded]
-        np.copyto(lanes[:count], self._votes[start:start + count], casting="unsafe")
+        np.copyto(lanes[:count], self._votes[start : start + count], casting="unsafe")
         lanes[count:] = 0
-        self._applier.apply(lanes[:count], first_coordinate=start,
-                            add_keys=self._add_keys, subtract_keys=self._subtract_keys)
+        self._applier.apply(
+            lanes[:count], first_coordinate=start, add_keys=self._add_keys, subtract_keys=self._subtract_keys
+        )
         payload = self._packer.pack(lanes).tobytes()
         leaf = chunk_hash(chunk_index, payload)
         previous = self._chunk_hashes[chunk_index]
@@ -438,8 +522,9 @@ class SecAggClient:
             raise PrivacyError(f"chunk {chunk_index} was regenerated with a different payload")
         self._chunk_hashes[chunk_index] = leaf
         self._state = ClientState.MASKING
-        return MaskedInputChunk(session_id=self.session_id, participant=self.participant,
-                                chunk_index=chunk_index, payload=payload)
+        return MaskedInputChunk(
+            session_id=self.session_id, participant=self.participant, chunk_index=chunk_index, payload=payload
+        )
 
     @_aborts_on_failure
     def finish_masked_input(self) -> MaskedInputDone:
@@ -452,13 +537,21 @@ class SecAggClient:
         self._state = ClientState.MASKED_INPUT_SENT
         self._lanes = self._applier = self._packer = None  # O(chunk) buffers are no longer needed
         self._votes = None  # the digest stays: it is what the survivor set is agreed for
-        return MaskedInputDone(session_id=self.session_id, participant=self.participant,
-                               chunk_count=len(hashes),
-                               digest=stream_digest(session_id=self.session_id, participant=self.participant,
-                                                    chunk_hashes=hashes))
+        return MaskedInputDone(
+            session_id=self.session_id,
+            participant=self.participant,
+            chunk_count=len(hashes),
+            digest=stream_digest(
+                session_id=self.session_id, participant=self.participant, chunk_hashes=hashes
+            ),
+        )
 
-    def masked_input(self, keep_votes: np.ndarray, *, start_chunk: int = 0,
-                     ) -> Iterator[MaskedInputChunk | MaskedInputDone]:
+    def masked_input(
+        self,
+        keep_votes: np.ndarray,
+        *,
+        start_chunk: int = 0,
+    ) -> Iterator[MaskedInputChunk | MaskedInputDone]:
         """Return an iterator over the whole masked-input stream of `keep_votes`, then its closing message.
 
         `start_chunk` resumes a stream: chunks before it must have been generated earlier.
@@ -467,6 +560,7 @@ class SecAggClient:
         for index in range(start_chunk, self.parameters.chunk_count):
             yield self.masked_chunk(index)
         yield self.finish_masked_input()
+
     # ------------------------------------------- round 3: consistency check
     @_aborts_on_failure
     def sign_survivors(self, check: ConsistencyCheck) -> SurvivorSignature:
@@ -483,29 +577,40 @@ class SecAggClient:
         if len(survivors) != len(check.survivors) or len(dropped) != len(check.dropped):
             raise ContradictoryViewError("survivor set lists a participant twice", check="survivors-repeat")
         if survivors & dropped:
-            raise ContradictoryViewError("survivor set names participants both survived and dropped: "
-                                         f"{sorted(survivors & dropped)}", check="survivors-and-dropped")
+            raise ContradictoryViewError(
+                f"survivor set names participants both survived and dropped: {sorted(survivors & dropped)}",
+                check="survivors-and-dropped",
+            )
         if survivors | dropped != set(self._share_holders):
-            raise ContradictoryViewError("survivors and dropouts are not the set of participants that shared "
-                                         "keys", check="survivors-not-share-holders")
+            raise ContradictoryViewError(
+                "survivors and dropouts are not the set of participants that shared keys",
+                check="survivors-not-share-holders",
+            )
         if self.participant not in survivors:
-            raise ContradictoryViewError("survivor set says this participant dropped",
-                                         check="survivors-omit-self")
+            raise ContradictoryViewError(
+                "survivor set says this participant dropped", check="survivors-omit-self"
+            )
         if len(survivors) < self.parameters.threshold:
             raise ThresholdBypassError(
                 f"{len(survivors)} survivors, threshold is {self.parameters.threshold}",
-                check="survivors-below-threshold")
+                check="survivors-below-threshold",
+            )
         signed = (tuple(sorted(survivors)), tuple(sorted(dropped)))
         assert self._votes_digest is not None
         # Recorded before the signature leaves: a crash after signing errs on the side of refusing.
-        self._history.agree(votes_digest=self._votes_digest,
-                            survivors=tuple(self._identities[p] for p in signed[0]))
+        self._history.agree(
+            votes_digest=self._votes_digest, survivors=tuple(self._identities[p] for p in signed[0])
+        )
         self._signed = signed
         self._state = ClientState.SURVIVORS_SIGNED
-        message = primitives.survivor_set_message(session_id=self.session_id, survivors=signed[0],
-                                                  dropped=signed[1])
-        return SurvivorSignature(session_id=self.session_id, sender=self.participant,
-                                 signature=primitives.sign(self._identity_key, message))
+        message = primitives.survivor_set_message(
+            session_id=self.session_id, survivors=signed[0], dropped=signed[1]
+        )
+        return SurvivorSignature(
+            session_id=self.session_id,
+            sender=self.participant,
+            signature=primitives.sign(self._identity_key, message),
+        )
 
     # ------------------------------------------------------ round 4: unmask
     @_aborts_on_failure
@@ -522,34 +627,51 @@ class SecAggClient:
         assert self._signed is not None
         survivors, dropped = self._signed
         if (tuple(request.survivors), tuple(request.dropped)) != (survivors, dropped):
-            raise ContradictoryViewError("unmask request names another survivor set than the one this "
-                                         "participant signed", check="unmask-other-survivor-set")
-        message = primitives.survivor_set_message(session_id=self.session_id, survivors=survivors,
-                                                  dropped=dropped)
+            raise ContradictoryViewError(
+                "unmask request names another survivor set than the one this participant signed",
+                check="unmask-other-survivor-set",
+            )
+        message = primitives.survivor_set_message(
+            session_id=self.session_id, survivors=survivors, dropped=dropped
+        )
         signers: set[int] = set()
         for signature in request.signatures:
             if signature.session_id != self.session_id:
-                raise ContradictoryViewError("a survivor signature belongs to another session",
-                                             check="unmask-foreign-signature")
+                raise ContradictoryViewError(
+                    "a survivor signature belongs to another session", check="unmask-foreign-signature"
+                )
             if signature.sender not in survivors or signature.sender in signers:
-                raise ContradictoryViewError(f"signature of participant {signature.sender} is unexpected or "
-                                             "repeated", check="unmask-foreign-signature")
+                raise ContradictoryViewError(
+                    f"signature of participant {signature.sender} is unexpected or repeated",
+                    check="unmask-foreign-signature",
+                )
             try:
-                primitives.verify(self._identity_keys[signature.sender], signature.signature, message,
-                                  what=f"survivor set signed by participant {signature.sender}")
+                primitives.verify(
+                    self._identity_keys[signature.sender],
+                    signature.signature,
+                    message,
+                    what=f"survivor set signed by participant {signature.sender}",
+                )
             except PrivacyError as exc:
-                raise ForgedRelayError(f"the coordinator relayed a survivor signature it must have rejected: "
-                                       f"{exc}", check="unmask-bad-signature") from exc
+                raise ForgedRelayError(
+                    f"the coordinator relayed a survivor signature it must have rejected: {exc}",
+                    check="unmask-bad-signature",
+                ) from exc
             signers.add(signature.sender)
         if len(signers) < self.parameters.threshold:
             raise ThresholdBypassError(
                 f"{len(signers)} survivors signed the survivor set, threshold is {self.parameters.threshold}",
-                check="unmask-below-threshold")
-        seed_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][0].y_bytes())
-                            for v in survivors)
-        key_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][1].y_bytes())
-                           for v in dropped)
+                check="unmask-below-threshold",
+            )
+        seed_shares = tuple(
+            RevealedShare(owner=v, value=self._held_shares[v][0].y_bytes()) for v in survivors
+        )
+        key_shares = tuple(RevealedShare(owner=v, value=self._held_shares[v][1].y_bytes()) for v in dropped)
         self._wipe()
         self._state = ClientState.DONE
-        return UnmaskResponse(session_id=self.session_id, sender=self.participant,
-                              self_seed_shares=seed_shares, mask_key_shares=key_shares)
+        return UnmaskResponse(
+            session_id=self.session_id,
+            sender=self.participant,
+            self_seed_shares=seed_shares,
+            mask_key_shares=key_shares,
+        )

@@ -57,21 +57,25 @@ class SessionRun:
         return self.result.contributors if self.result is not None else ()
 
 
-def identity_keys_for(participant_ids: Sequence[int]) -> tuple[dict[int, Ed25519PrivateKey],
-                                                                dict[int, Ed25519PublicKey]]:
+def identity_keys_for(
+    participant_ids: Sequence[int],
+) -> tuple[dict[int, Ed25519PrivateKey], dict[int, Ed25519PublicKey]]:
     """Return fresh long-term Ed25519 identities (private, public) for simulated participants."""
     private = {p: Ed25519PrivateKey.generate() for p in participant_ids}
     return private, {p: key.public_key() for p, key in private.items()}
 
 
-def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarray], *,
-                drops: Mapping[int, DropPoint] | None = None,
-                workdir: str | os.PathLike[str] | None = None,
-                record_masked_payloads: bool = False,
-                identities: tuple[Mapping[int, Ed25519PrivateKey], Mapping[int, Ed25519PublicKey]] | None = None,
-                histories: Mapping[int, SessionHistory] | None = None,
-                names: Mapping[int, str] | None = None,
-                ) -> SessionRun:
+def run_session(
+    parameters: SessionParameters,
+    keep_votes: Mapping[int, np.ndarray],
+    *,
+    drops: Mapping[int, DropPoint] | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    record_masked_payloads: bool = False,
+    identities: tuple[Mapping[int, Ed25519PrivateKey], Mapping[int, Ed25519PublicKey]] | None = None,
+    histories: Mapping[int, SessionHistory] | None = None,
+    names: Mapping[int, str] | None = None,
+) -> SessionRun:
     """Return a SessionRun after playing one whole session among parameters.participant_ids.
 
     `histories` carries participants' SessionHistory across sessions (fresh ones by default); `names`
@@ -82,13 +86,23 @@ def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarr
     drops = dict(drops or {})
     ids = parameters.participant_ids
     private, public = identities if identities is not None else identity_keys_for(ids)
-    clients = {p: SecAggClient(participant=p, parameters=parameters, identity_key=private[p],
-                               identity_keys=public, identity_names=names,
-                               history=histories[p] if histories is not None and p in histories
-                               else SessionHistory())
-               for p in ids}
-    server = SecAggServer(parameters=parameters, identity_keys=public, workdir=workdir,
-                          record_masked_payloads=record_masked_payloads)
+    clients = {
+        p: SecAggClient(
+            participant=p,
+            parameters=parameters,
+            identity_key=private[p],
+            identity_keys=public,
+            identity_names=names,
+            history=histories[p] if histories is not None and p in histories else SessionHistory(),
+        )
+        for p in ids
+    }
+    server = SecAggServer(
+        parameters=parameters,
+        identity_keys=public,
+        workdir=workdir,
+        record_masked_payloads=record_masked_payloads,
+    )
 
     def active(party: int, stage: DropPoint) -> bool:
         point = drops.get(party)
@@ -101,7 +115,9 @@ def run_session(parameters: SessionParameters, keep_votes: Mapping[int, np.ndarr
                 server.receive_advertisement(clients[p].advertise_keys())
         roster = server.close_advertisements()
         for p in ids:
-            if active(p, DropPoint.BEFORE_SHARE_KEYS) and any(a.participant == p for a in roster.advertisements):
+            if active(p, DropPoint.BEFORE_SHARE_KEYS) and any(
+                a.participant == p for a in roster.advertisements
+            ):
                 server.receive_shares(clients[p].share_keys(roster))
         for p, delivery in server.close_shares().items():
             clients[p].receive_shares(delivery)
@@ -150,12 +166,18 @@ def _validated_inputs(vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
     return arrays
 
 
-def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None = None,
-                         chunk_coordinates: int = DEFAULT_CHUNK_COORDINATES,
-                         drop_before_masked_input: Collection[int] = (),
-                         workdir: str | os.PathLike[str] | None = None,
-                         context: SessionContext | None = None, colluders: int = 0,
-                         max_input: int | None = None, max_bit_width: int = MAX_BIT_WIDTH) -> np.ndarray:
+def aggregate_in_process(
+    vectors: Sequence[np.ndarray],
+    *,
+    threshold: int | None = None,
+    chunk_coordinates: int = DEFAULT_CHUNK_COORDINATES,
+    drop_before_masked_input: Collection[int] = (),
+    workdir: str | os.PathLike[str] | None = None,
+    context: SessionContext | None = None,
+    colluders: int = 0,
+    max_input: int | None = None,
+    max_bit_width: int = MAX_BIT_WIDTH,
+) -> np.ndarray:
     """Return the exact per-coordinate sums (int64) of `vectors`, computed by a full secure aggregation.
 
     Participant i (0-based position in `vectors`) takes id i + 1. Inputs are 0/1 keep-votes or small
@@ -187,12 +209,25 @@ def aggregate_in_process(vectors: Sequence[np.ndarray], *, threshold: int | None
     if context is None:
         context = SessionContext.fresh(run_id="in-process", round=0, block=0)
     parameters = SessionParameters(
-        participant_ids=ids, threshold=resolved, dimension=dimension, chunk_coordinates=chunk_coordinates,
-        max_input=max_input, context=context.encode(), colluders=colluders, max_bit_width=max_bit_width)
+        participant_ids=ids,
+        threshold=resolved,
+        dimension=dimension,
+        chunk_coordinates=chunk_coordinates,
+        max_input=max_input,
+        context=context.encode(),
+        colluders=colluders,
+        max_bit_width=max_bit_width,
+    )
     if n == 1:
-        logger.warning("secure aggregation with a single participant: the sum is its input, nothing is hidden")
-    run = run_session(parameters, {p: arrays[p - 1] for p in ids},
-                      drops={p + 1: DropPoint.BEFORE_MASKED_INPUT for p in dropped}, workdir=workdir)
+        logger.warning(
+            "secure aggregation with a single participant: the sum is its input, nothing is hidden"
+        )
+    run = run_session(
+        parameters,
+        {p: arrays[p - 1] for p in ids},
+        drops={p + 1: DropPoint.BEFORE_MASKED_INPUT for p in dropped},
+        workdir=workdir,
+    )
     if run.abort is not None:
         raise run.abort
     assert run.result is not None

@@ -88,9 +88,11 @@ class SessionHistory:
         """Return None after recording `context`; raises ContextReplayError if this participant joined it before."""
         with self._lock:
             if context in self._contexts:
-                raise ContextReplayError("this participant already took part in a session with this context: "
-                                         "a coordinator must draw a fresh nonce for every session",
-                                         check="session-context-reused")
+                raise ContextReplayError(
+                    "this participant already took part in a session with this context: "
+                    "a coordinator must draw a fresh nonce for every session",
+                    check="session-context-reused",
+                )
             self._contexts.add(context)
 
     def agree(self, *, votes_digest: bytes, survivors: tuple[Identity, ...]) -> None:
@@ -111,7 +113,8 @@ class SessionHistory:
                 raise ReplayError(
                     f"these keep_votes were already summed over survivors {[n for n, _ in previous]}; "
                     f"summing them again over {[n for n, _ in people]} would reveal the difference of the "
-                    "two sums")
+                    "two sums"
+                )
             self._agreements[votes_digest] = people
 
     def release(self, *, block: int, votes_digest: bytes) -> None:
@@ -124,9 +127,11 @@ class SessionHistory:
         with self._lock:
             previous = self._releases.get(block)
             if previous is not None and previous != votes_digest:
-                raise ContradictoryViewError(f"block {block} was released before with another vector; a "
-                                             "second release is beyond what this site was charged for",
-                                             check="second-release")
+                raise ContradictoryViewError(
+                    f"block {block} was released before with another vector; a "
+                    "second release is beyond what this site was charged for",
+                    check="second-release",
+                )
             self._releases[block] = votes_digest
 
     def released(self, block: int) -> bytes | None:
@@ -138,8 +143,11 @@ class SessionHistory:
         """Return None after fixing the run parameters' digest; raises ContradictoryViewError if it changed."""
         with self._lock:
             if self._run_parameters is not None and self._run_parameters != digest:
-                raise ContradictoryViewError("the coordinator announces other run parameters than those this "
-                                             "participant joined the run under", check="run-parameters-changed")
+                raise ContradictoryViewError(
+                    "the coordinator announces other run parameters than those this "
+                    "participant joined the run under",
+                    check="run-parameters-changed",
+                )
             self._run_parameters = digest
 
     def bind_identity(self, *, name: str, participant: int, key: bytes) -> None:
@@ -155,12 +163,14 @@ class SessionHistory:
                 what = "participant id" if known[0] != participant else "identity key"
                 raise ContradictoryViewError(
                     f"the coordinator relays {name!r} with another {what} than earlier in this run",
-                    check="identity-changed")
+                    check="identity-changed",
+                )
             for other, (pid, other_key) in self._identities.items():
                 if other != name and (pid == participant or other_key == key_hex):
                     what = f"participant id {participant}" if pid == participant else "identity key"
                     raise ContradictoryViewError(
-                        f"{what} of {other!r} is now relayed for {name!r}", check="identity-changed")
+                        f"{what} of {other!r} is now relayed for {name!r}", check="identity-changed"
+                    )
             self._identities[name] = (participant, key_hex)
 
     def export(self) -> dict[str, object]:
@@ -180,8 +190,10 @@ class SessionHistory:
         """Return a history rebuilt from `export()` output; raises PrivacyError naming a malformed entry."""
         history = cls()
         if not isinstance(state, dict) or state.get("format") != HISTORY_FORMAT:
-            raise PrivacyError(f"session history is not of format {HISTORY_FORMAT} (written by another version): "
-                               "finish or abandon that run with the version that started it")
+            raise PrivacyError(
+                f"session history is not of format {HISTORY_FORMAT} (written by another version): "
+                "finish or abandon that run with the version that started it"
+            )
         try:
             history._contexts = {bytes.fromhex(c) for c in state["contexts"]}
             for index, (digest, people) in enumerate(state["agreements"]):
@@ -195,7 +207,11 @@ class SessionHistory:
                     raise PrivacyError(f"releases[{index}] is malformed")
                 history._releases[block] = bytes.fromhex(digest)
             for index, (name, participant, key_hex) in enumerate(state["identities"]):
-                if not isinstance(name, str) or not isinstance(participant, int) or len(bytes.fromhex(key_hex)) != 32:
+                if (
+                    not isinstance(name, str)
+                    or not isinstance(participant, int)
+                    or len(bytes.fromhex(key_hex)) != 32
+                ):
                     raise PrivacyError(f"identities[{index}] is malformed")
                 history._identities[name] = (participant, key_hex)
             run = state["run_parameters"]

@@ -156,11 +156,22 @@ class RecordedChunk:
     payload_sha256: bytes
 
 
-Message = (KeyAdvertisement | Roster | ShareKeys | ShareDelivery | MaskedInputChunk | MaskedInputDone
-           | ConsistencyCheck | SurvivorSignature | UnmaskRequest | UnmaskResponse)
+Message = (
+    KeyAdvertisement
+    | Roster
+    | ShareKeys
+    | ShareDelivery
+    | MaskedInputChunk
+    | MaskedInputDone
+    | ConsistencyCheck
+    | SurvivorSignature
+    | UnmaskRequest
+    | UnmaskResponse
+)
 
-SenderMessage = (KeyAdvertisement | ShareKeys | MaskedInputChunk | MaskedInputDone | SurvivorSignature
-                 | UnmaskResponse)
+SenderMessage = (
+    KeyAdvertisement | ShareKeys | MaskedInputChunk | MaskedInputDone | SurvivorSignature | UnmaskResponse
+)
 """The messages a participant sends; each names its sender in one field (`sender_of`)."""
 
 
@@ -181,8 +192,10 @@ def require_sender(message: SenderMessage, *, authenticated: int) -> None:
     """
     claimed = sender_of(message)
     if claimed != authenticated:
-        raise InvalidMessageError(f"{type(message).__name__} names participant {claimed} as its sender but "
-                                  f"arrived from participant {authenticated}")
+        raise InvalidMessageError(
+            f"{type(message).__name__} names participant {claimed} as its sender but "
+            f"arrived from participant {authenticated}"
+        )
 
 
 def _varint_size(value: int) -> int:
@@ -224,8 +237,9 @@ def stream_digest(*, session_id: bytes, participant: int, chunk_hashes: list[byt
     return h.digest()
 
 
-def encode_share_plaintext(*, sender: int, recipient: int, self_seed_share: Share,
-                           mask_key_share: Share) -> bytes:
+def encode_share_plaintext(
+    *, sender: int, recipient: int, self_seed_share: Share, mask_key_share: Share
+) -> bytes:
     """Return the plaintext of an envelope: both ids, then the two 33-byte share values."""
     return struct.pack(">II", sender, recipient) + self_seed_share.y_bytes() + mask_key_share.y_bytes()
 
@@ -237,6 +251,6 @@ def decode_share_plaintext(plaintext: bytes, *, sender: int, recipient: int) -> 
     inner_sender, inner_recipient = struct.unpack(">II", plaintext[:8])
     if (inner_sender, inner_recipient) != (sender, recipient):
         raise InvalidMessageError("share envelope is addressed to another pair of participants")
-    self_seed = Share.from_bytes(recipient, plaintext[8:8 + SHARE_BYTES])
-    mask_key = Share.from_bytes(recipient, plaintext[8 + SHARE_BYTES:])
+    self_seed = Share.from_bytes(recipient, plaintext[8 : 8 + SHARE_BYTES])
+    mask_key = Share.from_bytes(recipient, plaintext[8 + SHARE_BYTES :])
     return self_seed, mask_key

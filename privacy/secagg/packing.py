@@ -47,18 +47,22 @@ def pack_reference(lanes: np.ndarray, bit_width: int) -> np.ndarray:
     if lanes.size % 8:
         raise PrivacyError("lane count must be a multiple of 8")
     lane_bytes = lanes.dtype.itemsize
-    bits = np.unpackbits(np.ascontiguousarray(lanes).view(np.uint8).reshape(-1, lane_bytes),
-                         axis=1, bitorder="little")
+    bits = np.unpackbits(
+        np.ascontiguousarray(lanes).view(np.uint8).reshape(-1, lane_bytes), axis=1, bitorder="little"
+    )
     return np.packbits(bits[:, :bit_width].reshape(-1), bitorder="little")
 
 
-def unpack_reference(packed: np.ndarray, bit_width: int, coordinates: int,
-                     dtype: np.dtype | None = None) -> np.ndarray:
+def unpack_reference(
+    packed: np.ndarray, bit_width: int, coordinates: int, dtype: np.dtype | None = None
+) -> np.ndarray:
     """Return `coordinates` lanes (multiple of 8) unpacked from `packed` via numpy.unpackbits."""
     dtype = np.dtype(dtype) if dtype is not None else lane_dtype(bit_width)
     if coordinates % 8 or packed.size != coordinates * bit_width // 8:
         raise PrivacyError("packed size does not match the coordinate count")
-    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little").reshape(coordinates, bit_width)
+    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little").reshape(
+        coordinates, bit_width
+    )
     full = np.zeros((coordinates, 8 * dtype.itemsize), dtype=np.uint8)
     full[:, :bit_width] = bits
     return np.packbits(full, axis=1, bitorder="little").reshape(-1).view(dtype)
@@ -93,12 +97,14 @@ class BitPacker:
             self._stages = []
             for unit, width in ((16, b), (32, 2 * b), (64, 4 * b)):
                 half = unit // 2
-                self._stages.append((
-                    np.uint64(half - width),
-                    _replicated((1 << width) - 1, unit),
-                    _replicated(((1 << width) - 1) << width, unit),
-                    _replicated(((1 << width) - 1) << half, unit),
-                ))
+                self._stages.append(
+                    (
+                        np.uint64(half - width),
+                        _replicated((1 << width) - 1, unit),
+                        _replicated(((1 << width) - 1) << width, unit),
+                        _replicated(((1 << width) - 1) << half, unit),
+                    )
+                )
             self._work = np.zeros(groups, dtype=_U64)
             self._tmp = np.empty(groups, dtype=_U64)
             # byte buffers with 8 bytes of slack so that 8-byte words can be stored/loaded at stride b
@@ -142,8 +148,7 @@ class BitPacker:
         k = self._interleave
         for phase in range(min(k, groups)):
             count = len(range(phase, groups, k))
-            words = np.ndarray(shape=(count,), dtype=_U64, buffer=scratch, offset=phase * b,
-                               strides=(k * b,))
+            words = np.ndarray(shape=(count,), dtype=_U64, buffer=scratch, offset=phase * b, strides=(k * b,))
             np.bitwise_or(words, work[phase::k], out=words)
         np.copyto(out, scratch[: groups * b])
         return out

@@ -72,8 +72,9 @@ def tolerated_colluders(participants: int, threshold: int) -> int:
     return max(0, min(threshold - 1, 2 * threshold - participants - 1))
 
 
-def check_threshold(threshold: int, *, participants: int, colluders: int = 0,
-                    allow_unsafe_threshold: bool = False) -> int:
+def check_threshold(
+    threshold: int, *, participants: int, colluders: int = 0, allow_unsafe_threshold: bool = False
+) -> int:
     """Return `threshold` if it is an int in [minimum_threshold, n]; raises PrivacyError naming it otherwise.
 
     Callers that build settings (pydantic validators) call this so a bad threshold fails before anything
@@ -88,14 +89,17 @@ def check_threshold(threshold: int, *, participants: int, colluders: int = 0,
     if not 1 <= threshold <= participants:
         raise PrivacyError(f"threshold must be in [1, {participants}], got {threshold}")
     if participants >= 2 and threshold < 2:
-        raise PrivacyError("threshold must be >= 2 with two or more participants (t = 1 hands every "
-                           "peer each participant's secrets)")
+        raise PrivacyError(
+            "threshold must be >= 2 with two or more participants (t = 1 hands every "
+            "peer each participant's secrets)"
+        )
     floor = minimum_threshold(participants, colluders=colluders)
     if threshold < floor and not allow_unsafe_threshold:
         raise PrivacyError(
             f"threshold must be > (participants + colluders) / 2, i.e. >= {floor} for {participants} "
             f"participants and {colluders} colluders, got {threshold}: a coordinator that lies about who "
-            "survived could unmask a participant")
+            "survived could unmask a participant"
+        )
     return threshold
 
 
@@ -164,25 +168,32 @@ class SessionContext:
     def encode(self) -> bytes:
         """Return the canonical bytes of the context (what travels in `SessionParameters.context`)."""
         run_id = self.run_id.encode("utf-8")
-        return (_CONTEXT_LABEL + struct.pack(">H", len(run_id)) + run_id
-                + struct.pack(">II", self.round, self.block) + self.nonce)
+        return (
+            _CONTEXT_LABEL
+            + struct.pack(">H", len(run_id))
+            + run_id
+            + struct.pack(">II", self.round, self.block)
+            + self.nonce
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SessionContext:
         """Return the context encoded in `data`; raises PrivacyError unless it is exactly one encoding."""
         label = len(_CONTEXT_LABEL)
         if len(data) < label + 2 or not data.startswith(_CONTEXT_LABEL):
-            raise PrivacyError("context is not an encoded SessionContext (use SessionContext.fresh().encode())")
-        (length,) = struct.unpack(">H", data[label:label + 2])
+            raise PrivacyError(
+                "context is not an encoded SessionContext (use SessionContext.fresh().encode())"
+            )
+        (length,) = struct.unpack(">H", data[label : label + 2])
         start = label + 2
         if len(data) != start + length + 8 + NONCE_BYTES:
             raise PrivacyError("context has the wrong length for an encoded SessionContext")
         try:
-            run_id = data[start:start + length].decode("utf-8")
+            run_id = data[start : start + length].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PrivacyError("context's run_id is not UTF-8") from exc
-        round_index, block = struct.unpack(">II", data[start + length:start + length + 8])
-        return cls(run_id=run_id, round=round_index, block=block, nonce=data[start + length + 8:])
+        round_index, block = struct.unpack(">II", data[start + length : start + length + 8])
+        return cls(run_id=run_id, round=round_index, block=block, nonce=data[start + length + 8 :])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,26 +234,40 @@ class SessionParameters:
             raise PrivacyError("participant_ids must be strictly increasing (sorted, no duplicates)")
         if ids[0] < 1 or ids[-1] > MAX_PARTICIPANT_ID:
             raise PrivacyError(f"participant_ids must lie in [1, {MAX_PARTICIPANT_ID}]")
-        check_threshold(self.threshold, participants=len(ids), colluders=self.colluders,
-                        allow_unsafe_threshold=self.allow_unsafe_threshold)
-        if self.allow_unsafe_threshold and self.threshold < minimum_threshold(len(ids), colluders=self.colluders):
-            logger.warning("UNSAFE secure-aggregation threshold %d of %d: a lying coordinator can unmask "
-                           "participants; tests and attack demonstrations only", self.threshold, len(ids))
+        check_threshold(
+            self.threshold,
+            participants=len(ids),
+            colluders=self.colluders,
+            allow_unsafe_threshold=self.allow_unsafe_threshold,
+        )
+        if self.allow_unsafe_threshold and self.threshold < minimum_threshold(
+            len(ids), colluders=self.colluders
+        ):
+            logger.warning(
+                "UNSAFE secure-aggregation threshold %d of %d: a lying coordinator can unmask "
+                "participants; tests and attack demonstrations only",
+                self.threshold,
+                len(ids),
+            )
         if not isinstance(self.context, bytes):
             raise PrivacyError("context must be bytes: SessionContext.fresh(...).encode()")
         SessionContext.decode(self.context)
         if self.dimension < 1:
             raise PrivacyError(f"dimension must be >= 1, got {self.dimension}")
         if self.chunk_coordinates < 64 or self.chunk_coordinates % 64:
-            raise PrivacyError(f"chunk_coordinates must be a positive multiple of 64, got {self.chunk_coordinates}")
+            raise PrivacyError(
+                f"chunk_coordinates must be a positive multiple of 64, got {self.chunk_coordinates}"
+            )
         if not 1 <= self.max_input <= MAX_INPUT:
             raise PrivacyError(f"max_input must be in [1, {MAX_INPUT}], got {self.max_input}")
         if not 1 <= max_bit_width <= WIDE_MAX_BIT_WIDTH:
             raise PrivacyError(f"max_bit_width must be in [1, {WIDE_MAX_BIT_WIDTH}], got {max_bit_width}")
         if self.bit_width > max_bit_width:
-            raise PrivacyError(f"ring bit width {self.bit_width} exceeds {max_bit_width}: too many "
-                               "participants or too large max_input (raise max_bit_width, at most "
-                               f"{WIDE_MAX_BIT_WIDTH}, for a wide ring)")
+            raise PrivacyError(
+                f"ring bit width {self.bit_width} exceeds {max_bit_width}: too many "
+                "participants or too large max_input (raise max_bit_width, at most "
+                f"{WIDE_MAX_BIT_WIDTH}, for a wide ring)"
+            )
         if self.protocol_version != PROTOCOL_VERSION:
             raise PrivacyError(f"unsupported protocol_version {self.protocol_version}")
 
@@ -303,8 +328,18 @@ class SessionParameters:
         h = hashlib.sha256(b"fedprune/secagg/parameters")
         h.update(struct.pack(">HI", self.protocol_version, len(self.participant_ids)))
         h.update(b"".join(struct.pack(">I", pid) for pid in self.participant_ids))
-        h.update(struct.pack(">IQIIIBB", self.threshold, self.dimension, self.chunk_coordinates,
-                             self.max_input, self.colluders, self.ring_headroom, self.allow_unsafe_threshold))
+        h.update(
+            struct.pack(
+                ">IQIIIBB",
+                self.threshold,
+                self.dimension,
+                self.chunk_coordinates,
+                self.max_input,
+                self.colluders,
+                self.ring_headroom,
+                self.allow_unsafe_threshold,
+            )
+        )
         h.update(struct.pack(">Q", len(self.context)))
         h.update(self.context)
         return h.digest()

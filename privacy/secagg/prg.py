@@ -33,8 +33,10 @@ def _encryptor(key: bytes, first_block: int) -> Any:
 def _first_block(first_coordinate: int, lane_bytes: int) -> int:
     offset = first_coordinate * lane_bytes
     if first_coordinate < 0 or offset % AES_BLOCK_BYTES:
-        raise PrivacyError(f"a mask segment must start at a multiple of {AES_BLOCK_BYTES // lane_bytes} "
-                           f"coordinates, got {first_coordinate}")
+        raise PrivacyError(
+            f"a mask segment must start at a multiple of {AES_BLOCK_BYTES // lane_bytes} "
+            f"coordinates, got {first_coordinate}"
+        )
     return offset // AES_BLOCK_BYTES
 
 
@@ -63,8 +65,14 @@ class MaskApplier:
         self._keystream = bytearray(block_bytes + AES_BLOCK_BYTES - 1)  # update_into needs the slack
         self._keystream_lanes = np.frombuffer(self._keystream, dtype=np.uint8)[:block_bytes].view(self.dtype)
 
-    def apply(self, lanes: np.ndarray, *, first_coordinate: int, add_keys: Sequence[bytes] = (),
-              subtract_keys: Sequence[bytes] = ()) -> np.ndarray:
+    def apply(
+        self,
+        lanes: np.ndarray,
+        *,
+        first_coordinate: int,
+        add_keys: Sequence[bytes] = (),
+        subtract_keys: Sequence[bytes] = (),
+    ) -> np.ndarray:
         """Return `lanes` after adding the masks of `add_keys` and subtracting those of `subtract_keys`.
 
         `lanes` is modified in place and holds coordinates first_coordinate .. first_coordinate+len-1.
@@ -80,7 +88,7 @@ class MaskApplier:
         step = self._block_lanes
         for start in range(0, total, step):
             count = min(step, total - start)
-            target = lanes[start:start + count]
+            target = lanes[start : start + count]
             keystream = self._keystream_lanes[:count]
             zeros = self._zeros[: count * self.dtype.itemsize]
             for encryptor, operation in streams:

@@ -66,13 +66,15 @@ def x25519_shared(private_key: X25519PrivateKey, peer_public: bytes) -> bytes:
         raise InvalidMessageError("peer X25519 key is invalid or of small order") from exc
 
 
-def pairwise_mask_key(private_key: X25519PrivateKey, peer_public: bytes, *, session_id: bytes,
-                      party: int, peer: int) -> bytes:
+def pairwise_mask_key(
+    private_key: X25519PrivateKey, peer_public: bytes, *, session_id: bytes, party: int, peer: int
+) -> bytes:
     """Return the AES-128 key of the pairwise mask shared by `party` and `peer` (symmetric in the two)."""
     low, high = sorted((party, peer))
     info = _LABEL + b"pairwise-mask" + session_id + _u32(low) + _u32(high)
-    return hkdf_sha256(x25519_shared(private_key, peer_public), salt=session_id, info=info,
-                       length=MASK_KEY_BYTES)
+    return hkdf_sha256(
+        x25519_shared(private_key, peer_public), salt=session_id, info=info, length=MASK_KEY_BYTES
+    )
 
 
 def self_mask_key(self_seed: bytes, *, session_id: bytes, party: int) -> bytes:
@@ -81,12 +83,14 @@ def self_mask_key(self_seed: bytes, *, session_id: bytes, party: int) -> bytes:
     return hkdf_sha256(self_seed, salt=session_id, info=info, length=MASK_KEY_BYTES)
 
 
-def seal_key(private_key: X25519PrivateKey, peer_public: bytes, *, session_id: bytes, sender: int,
-             recipient: int) -> bytes:
+def seal_key(
+    private_key: X25519PrivateKey, peer_public: bytes, *, session_id: bytes, sender: int, recipient: int
+) -> bytes:
     """Return the AES-256-GCM key for envelopes from `sender` to `recipient` (one direction only)."""
     info = _LABEL + b"share-seal" + session_id + _u32(sender) + _u32(recipient)
-    return hkdf_sha256(x25519_shared(private_key, peer_public), salt=session_id, info=info,
-                       length=SEAL_KEY_BYTES)
+    return hkdf_sha256(
+        x25519_shared(private_key, peer_public), salt=session_id, info=info, length=SEAL_KEY_BYTES
+    )
 
 
 def seal_header(*, session_id: bytes, sender: int, recipient: int) -> bytes:
@@ -124,11 +128,11 @@ def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, header: bytes) -> b
         raise AuthenticationError("share envelope failed authentication") from exc
 
 
-def advertisement_message(*, parameters_digest: bytes, party: int, cipher_public_key: bytes,
-                          mask_public_key: bytes) -> bytes:
+def advertisement_message(
+    *, parameters_digest: bytes, party: int, cipher_public_key: bytes, mask_public_key: bytes
+) -> bytes:
     """Return the exact bytes a participant signs when advertising its two session keys."""
-    return (_LABEL + b"advertise-keys" + parameters_digest + _u32(party) + cipher_public_key
-            + mask_public_key)
+    return _LABEL + b"advertise-keys" + parameters_digest + _u32(party) + cipher_public_key + mask_public_key
 
 
 def sign(identity_key: Ed25519PrivateKey, message: bytes) -> bytes:
@@ -195,8 +199,15 @@ MASK_KEY_KIND = b"mask-key"
 
 def survivor_set_message(*, session_id: bytes, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> bytes:
     """Return the exact bytes a survivor signs in the consistency round: the session id and U3, U2 \\ U3."""
-    return (_LABEL + b"survivor-set" + session_id + _u32(len(survivors)) + b"".join(map(_u32, survivors))
-            + _u32(len(dropped)) + b"".join(map(_u32, dropped)))
+    return (
+        _LABEL
+        + b"survivor-set"
+        + session_id
+        + _u32(len(survivors))
+        + b"".join(map(_u32, survivors))
+        + _u32(len(dropped))
+        + b"".join(map(_u32, dropped))
+    )
 
 
 def sha256(data: bytes) -> bytes:

@@ -59,8 +59,15 @@ logger = logging.getLogger(__name__)
 
 DIGEST_BYTES = 32
 
-RecordedMessage = (KeyAdvertisement | ShareKeys | MaskedInputChunk | RecordedChunk | MaskedInputDone
-                   | SurvivorSignature | UnmaskResponse)
+RecordedMessage = (
+    KeyAdvertisement
+    | ShareKeys
+    | MaskedInputChunk
+    | RecordedChunk
+    | MaskedInputDone
+    | SurvivorSignature
+    | UnmaskResponse
+)
 
 
 class ServerState(enum.Enum):
@@ -96,9 +103,15 @@ class _Stream:
 class SecAggServer:
     """The coordinator of one session; transport-independent, fed and drained with message objects."""
 
-    def __init__(self, *, parameters: SessionParameters, identity_keys: Mapping[int, Ed25519PublicKey],
-                 workdir: str | os.PathLike[str] | None = None, record_masked_payloads: bool = False,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        parameters: SessionParameters,
+        identity_keys: Mapping[int, Ed25519PublicKey],
+        workdir: str | os.PathLike[str] | None = None,
+        record_masked_payloads: bool = False,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ) -> None:
         self.parameters = parameters
         self._identity_keys = dict(identity_keys)
         self._workdir = workdir
@@ -215,16 +228,19 @@ class SecAggServer:
             raise InvalidMessageError(f"unexpected or repeated shares from participant {sender}")
         recipients = [e.recipient for e in message.envelopes]
         if any(e.sender != sender for e in message.envelopes) or sorted(recipients) != [
-                p for p in sorted(self._advertisements) if p != sender]:
+            p for p in sorted(self._advertisements) if p != sender
+        ]:
             raise InvalidMessageError(f"participant {sender} did not send one envelope per other participant")
         if len(message.self_seed_commitment) != DIGEST_BYTES:
             raise InvalidMessageError(f"participant {sender}'s self-seed commitment is malformed")
         holders = [d.holder for d in message.share_digests]
         if holders != sorted(self._advertisements) or any(
-                len(d.self_seed_share) != DIGEST_BYTES or len(d.mask_key_share) != DIGEST_BYTES
-                for d in message.share_digests):
-            raise InvalidMessageError(f"participant {sender} did not send one share digest pair per member "
-                                      "of the roster")
+            len(d.self_seed_share) != DIGEST_BYTES or len(d.mask_key_share) != DIGEST_BYTES
+            for d in message.share_digests
+        ):
+            raise InvalidMessageError(
+                f"participant {sender} did not send one share digest pair per member of the roster"
+            )
         self._shares[sender] = message
 
     def close_shares(self) -> dict[int, ShareDelivery]:
@@ -240,17 +256,27 @@ class SecAggServer:
                     inbox[envelope.recipient].append(envelope)
         self._accumulator = PackedAccumulator(self.parameters, workdir=self._workdir)
         self._state = ServerState.COLLECTING_MASKED_INPUT
-        return {p: ShareDelivery(session_id=self.session_id, recipient=p, envelopes=tuple(inbox[p]))
-                for p in holders}
+        return {
+            p: ShareDelivery(session_id=self.session_id, recipient=p, envelopes=tuple(inbox[p]))
+            for p in holders
+        }
 
     # ---------------------------------------------------- round 2: streaming
     def receive_masked_chunk(self, chunk: MaskedInputChunk) -> None:
         """Return None after adding an in-order chunk of a participant's masked input to the sum."""
         self._expect(ServerState.COLLECTING_MASKED_INPUT)
         assert self._accumulator is not None
-        self._view.append(chunk if self._record_payloads else RecordedChunk(
-            session_id=chunk.session_id, participant=chunk.participant, chunk_index=chunk.chunk_index,
-            payload_bytes=len(chunk.payload), payload_sha256=chunk_hash(chunk.chunk_index, chunk.payload)))
+        self._view.append(
+            chunk
+            if self._record_payloads
+            else RecordedChunk(
+                session_id=chunk.session_id,
+                participant=chunk.participant,
+                chunk_index=chunk.chunk_index,
+                payload_bytes=len(chunk.payload),
+                payload_sha256=chunk_hash(chunk.chunk_index, chunk.payload),
+            )
+        )
         self._check_session(chunk.session_id)
         party = chunk.participant
         if party not in self._share_holders or party in self._completed:
@@ -259,10 +285,12 @@ class SecAggServer:
         if stream is None:
             stream = self._streams[party] = _Stream(spool=UploadSpool(workdir=self._workdir), hashes=[])
         if chunk.chunk_index != len(stream.hashes):
-            raise InvalidMessageError(f"participant {party} sent chunk {chunk.chunk_index}, expected "
-                                      f"{len(stream.hashes)}")
+            raise InvalidMessageError(
+                f"participant {party} sent chunk {chunk.chunk_index}, expected {len(stream.hashes)}"
+            )
         if chunk.chunk_index >= self.parameters.chunk_count or len(chunk.payload) != (
-                self.parameters.packed_chunk_bytes(chunk.chunk_index)):
+            self.parameters.packed_chunk_bytes(chunk.chunk_index)
+        ):
             raise InvalidMessageError(f"chunk {chunk.chunk_index} of participant {party} has the wrong size")
         self._accumulator.add(chunk.chunk_index, chunk.payload)
         stream.spool.append(chunk.chunk_index, chunk.payload)
@@ -279,8 +307,10 @@ class SecAggServer:
             raise InvalidMessageError(f"participant {party} closed a stream it never opened")
         expected = stream_digest(session_id=self.session_id, participant=party, chunk_hashes=stream.hashes)
         if len(stream.hashes) != self.parameters.chunk_count or done.chunk_count != len(stream.hashes):
-            raise InvalidMessageError(f"participant {party} closed its stream after {len(stream.hashes)} of "
-                                      f"{self.parameters.chunk_count} chunks")
+            raise InvalidMessageError(
+                f"participant {party} closed its stream after {len(stream.hashes)} of "
+                f"{self.parameters.chunk_count} chunks"
+            )
         if done.digest != expected:
             self._roll_back(party)
             raise InvalidMessageError(f"digest of participant {party}'s stream does not match; rolled back")
@@ -294,8 +324,9 @@ class SecAggServer:
         for chunk_index, payload in stream.spool.chunks():
             self._accumulator.add(chunk_index, payload, subtract=True)
         stream.spool.close()
-        logger.info("participant %d's unfinished masked input was rolled back (%d chunks)", party,
-                    len(stream.hashes))
+        logger.info(
+            "participant %d's unfinished masked input was rolled back (%d chunks)", party, len(stream.hashes)
+        )
 
     def close_masked_input(self) -> ConsistencyCheck:
         """Return the consistency check naming survivors U3 and dropouts U2 minus U3; aborts below `threshold`.
@@ -322,11 +353,16 @@ class SecAggServer:
         sender = signature.sender
         if sender not in self._check.survivors or sender in self._signatures:
             raise InvalidMessageError(f"unexpected or repeated survivor signature from {sender}")
-        message = primitives.survivor_set_message(session_id=self.session_id, survivors=self._check.survivors,
-                                                  dropped=self._check.dropped)
+        message = primitives.survivor_set_message(
+            session_id=self.session_id, survivors=self._check.survivors, dropped=self._check.dropped
+        )
         try:
-            primitives.verify(self._identity_keys[sender], signature.signature, message,
-                              what=f"survivor set signed by participant {sender}")
+            primitives.verify(
+                self._identity_keys[sender],
+                signature.signature,
+                message,
+                what=f"survivor set signed by participant {sender}",
+            )
         except PrivacyError as exc:
             raise InvalidMessageError(f"rejected survivor signature: {exc}") from exc
         self._signatures[sender] = signature
@@ -337,8 +373,12 @@ class SecAggServer:
         assert self._check is not None
         self._require(len(self._signatures), "signed the survivor set")
         signatures = tuple(self._signatures[p] for p in sorted(self._signatures))
-        self._request = UnmaskRequest(session_id=self.session_id, survivors=self._check.survivors,
-                                      dropped=self._check.dropped, signatures=signatures)
+        self._request = UnmaskRequest(
+            session_id=self.session_id,
+            survivors=self._check.survivors,
+            dropped=self._check.dropped,
+            signatures=signatures,
+        )
         self._state = ServerState.COLLECTING_UNMASK
         return self._request
 
@@ -370,22 +410,31 @@ class SecAggServer:
         sender = response.sender
         seed_owners = [s.owner for s in response.self_seed_shares]
         key_owners = [s.owner for s in response.mask_key_shares]
-        if sorted(seed_owners) != list(self._request.survivors) or sorted(key_owners) != list(self._request.dropped):
+        if sorted(seed_owners) != list(self._request.survivors) or sorted(key_owners) != list(
+            self._request.dropped
+        ):
             raise InvalidMessageError(f"unmask response of {sender} does not match the request")
-        for kind, revealed in ((primitives.SELF_SEED_KIND, response.self_seed_shares),
-                               (primitives.MASK_KEY_KIND, response.mask_key_shares)):
+        for kind, revealed in (
+            (primitives.SELF_SEED_KIND, response.self_seed_shares),
+            (primitives.MASK_KEY_KIND, response.mask_key_shares),
+        ):
             for share in revealed:
                 try:
                     shamir.Share.from_bytes(sender, share.value)
                 except ShamirError as exc:
-                    raise InvalidMessageError(f"unmask response of {sender} has a malformed share of "
-                                              f"participant {share.owner}: {exc}") from exc
+                    raise InvalidMessageError(
+                        f"unmask response of {sender} has a malformed share of "
+                        f"participant {share.owner}: {exc}"
+                    ) from exc
                 expected = self._share_digest(share.owner, sender, kind)
-                actual = primitives.share_digest(share.value, session_id=self.session_id, owner=share.owner,
-                                                 holder=sender, kind=kind)
+                actual = primitives.share_digest(
+                    share.value, session_id=self.session_id, owner=share.owner, holder=sender, kind=kind
+                )
                 if actual != expected:
-                    raise InvalidMessageError(f"unmask response of {sender} has a share of participant "
-                                              f"{share.owner} that does not match the owner's commitment")
+                    raise InvalidMessageError(
+                        f"unmask response of {sender} has a share of participant "
+                        f"{share.owner} that does not match the owner's commitment"
+                    )
 
     def _share_digest(self, owner: int, holder: int, kind: bytes) -> bytes:
         for digest in self._shares[owner].share_digests:
@@ -421,17 +470,27 @@ class SecAggServer:
             for u in request.survivors:
                 seed = self._reconstruct(u, self_seed=True)
                 if primitives.self_seed_commitment(seed, session_id=session_id, party=u) != (
-                        self._shares[u].self_seed_commitment):
-                    raise ShamirError(f"reconstructed self seed of participant {u} does not match its commitment")
+                    self._shares[u].self_seed_commitment
+                ):
+                    raise ShamirError(
+                        f"reconstructed self seed of participant {u} does not match its commitment"
+                    )
                 subtract_keys.append(primitives.self_mask_key(seed, session_id=session_id, party=u))
             add_keys: list[bytes] = []
             for v in request.dropped:
                 private = X25519PrivateKey.from_private_bytes(self._reconstruct(v, self_seed=False))
                 if primitives.raw_public(private) != self._advertisements[v].mask_public_key:
-                    raise ShamirError(f"reconstructed mask key of participant {v} does not match its advertisement")
+                    raise ShamirError(
+                        f"reconstructed mask key of participant {v} does not match its advertisement"
+                    )
                 for u in request.survivors:
-                    key = primitives.pairwise_mask_key(private, self._advertisements[u].mask_public_key,
-                                                       session_id=session_id, party=v, peer=u)
+                    key = primitives.pairwise_mask_key(
+                        private,
+                        self._advertisements[u].mask_public_key,
+                        session_id=session_id,
+                        party=v,
+                        peer=u,
+                    )
                     # survivor u added +mask if u < v, -mask otherwise; undo exactly that
                     (subtract_keys if u < v else add_keys).append(key)
         except ShamirError as exc:
@@ -451,7 +510,7 @@ class SecAggServer:
             lanes = self._accumulator.unpacked_chunk(chunk_index)[:count]
             applier.apply(lanes, first_coordinate=start, add_keys=add_keys, subtract_keys=subtract_keys)
             np.bitwise_and(lanes, low_bits, out=lanes)
-            target = out[start:start + count]
+            target = out[start : start + count]
             np.copyto(target, lanes, casting="unsafe")
             if count and int(lanes.max()) > bound:
                 over = np.flatnonzero(lanes > bound)
@@ -463,8 +522,19 @@ class SecAggServer:
             raise InvalidAggregateError(
                 f"{invalid} coordinates have counts above {bound} (max_input x {len(request.survivors)} "
                 "contributors): some participant submitted invalid input",
-                invalid_coordinates=invalid, first_invalid_index=first_invalid)
-        logger.info("secure aggregation finished: %d contributors, %d dropped, %d coordinates",
-                    len(request.survivors), len(request.dropped), params.dimension)
-        return AggregateResult(keep_votes=out, contributors=request.survivors, dropped=request.dropped,
-                               bit_width=params.bit_width, signatures=request.signatures)
+                invalid_coordinates=invalid,
+                first_invalid_index=first_invalid,
+            )
+        logger.info(
+            "secure aggregation finished: %d contributors, %d dropped, %d coordinates",
+            len(request.survivors),
+            len(request.dropped),
+            params.dimension,
+        )
+        return AggregateResult(
+            keep_votes=out,
+            contributors=request.survivors,
+            dropped=request.dropped,
+            bit_width=params.bit_width,
+            signatures=request.signatures,
+        )

@@ -28,8 +28,12 @@ def compute_session_id(parameters: SessionParameters, advertisements: Iterable[K
     return h.digest()
 
 
-def check_advertisement(advertisement: KeyAdvertisement, *, parameters: SessionParameters,
-                        identity_keys: Mapping[int, Ed25519PublicKey]) -> None:
+def check_advertisement(
+    advertisement: KeyAdvertisement,
+    *,
+    parameters: SessionParameters,
+    identity_keys: Mapping[int, Ed25519PublicKey],
+) -> None:
     """Return None if the advertisement is well formed and signed by its participant; raises otherwise.
 
     A bad signature raises AuthenticationError (an abort where a participant checks the roster); a
@@ -41,15 +45,20 @@ def check_advertisement(advertisement: KeyAdvertisement, *, parameters: SessionP
         raise InvalidMessageError(f"participant {party} is not part of this session")
     if party not in identity_keys:
         raise InvalidMessageError(f"no identity key known for participant {party}")
-    if (len(advertisement.cipher_public_key) != PUBLIC_KEY_BYTES
-            or len(advertisement.mask_public_key) != PUBLIC_KEY_BYTES
-            or len(advertisement.signature) != SIGNATURE_BYTES):
+    if (
+        len(advertisement.cipher_public_key) != PUBLIC_KEY_BYTES
+        or len(advertisement.mask_public_key) != PUBLIC_KEY_BYTES
+        or len(advertisement.signature) != SIGNATURE_BYTES
+    ):
         raise InvalidMessageError(f"advertisement of participant {party} has malformed keys or signature")
     if advertisement.cipher_public_key == advertisement.mask_public_key:
         raise InvalidMessageError(f"participant {party} advertised the same key twice")
     check_x25519_public(advertisement.cipher_public_key, what=f"cipher key of participant {party}")
     check_x25519_public(advertisement.mask_public_key, what=f"mask key of participant {party}")
-    message = advertisement_message(parameters_digest=parameters.digest(), party=party,
-                                    cipher_public_key=advertisement.cipher_public_key,
-                                    mask_public_key=advertisement.mask_public_key)
+    message = advertisement_message(
+        parameters_digest=parameters.digest(),
+        party=party,
+        cipher_public_key=advertisement.cipher_public_key,
+        mask_public_key=advertisement.mask_public_key,
+    )
     verify(identity_keys[party], advertisement.signature, message, what=f"keys of participant {party}")

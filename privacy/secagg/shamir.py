@@ -49,8 +49,9 @@ def _random_field_element(random_bytes: RandomBytes) -> int:
             return candidate
 
 
-def split(secret: bytes, *, threshold: int, holders: Sequence[int],
-          random_bytes: RandomBytes = os.urandom) -> dict[int, Share]:
+def split(
+    secret: bytes, *, threshold: int, holders: Sequence[int], random_bytes: RandomBytes = os.urandom
+) -> dict[int, Share]:
     """Return one share per holder id such that any `threshold` of them reconstruct `secret`."""
     if len(secret) != SECRET_BYTES:
         raise ShamirError(f"secrets are {SECRET_BYTES} bytes, got {len(secret)}")

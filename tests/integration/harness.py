@@ -256,7 +256,6 @@ def free_address() -> str:
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
-
 def reap(process: Process, deadline: float) -> tuple[int, resource.struct_rusage]:
     """Return the exit status and resource usage of ``process`` once it exits (killed at ``deadline``)."""
     while True:
@@ -273,6 +272,7 @@ def reap(process: Process, deadline: float) -> tuple[int, resource.struct_rusage
 def cpu_s(usage: resource.struct_rusage) -> float:
     """Return the CPU time (user + system) of a reaped process."""
     return usage.ru_utime + usage.ru_stime
+
 
 def start_coordinator(
     federation: Federation, name: str = "coordinator", *, kill_at: str | None = None, verbose: bool = False

@@ -59,7 +59,16 @@ def test_fedspallm_service_with_budgets_survives_a_coordinator_restart_and_equal
 
     reference = tmp_path / "plain"
     args = ["simulate", "--model", str(federation.model), "--recipe", "fedspallm", "--sparsity", "0.5"]
-    args += ["--nsamples", str(NSAMPLES), "--seqlen", str(SEQLEN), "--privacy", "off", "--out", str(reference)]
+    args += [
+        "--nsamples",
+        str(NSAMPLES),
+        "--seqlen",
+        str(SEQLEN),
+        "--privacy",
+        "off",
+        "--out",
+        str(reference),
+    ]
     args += ["--budgets", ",".join(str(BUDGETS[name]) for name in NAMES), "--threshold", "2"]
     args += ["--no-progress", "--device", "cpu"]
     for name in NAMES:

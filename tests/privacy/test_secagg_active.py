@@ -65,8 +65,14 @@ def context(block: int = 0) -> bytes:
 
 
 def parameters(n: int, t: int, *, unsafe: bool = False, block: int = 0) -> SessionParameters:
-    return SessionParameters(participant_ids=tuple(range(1, n + 1)), threshold=t, dimension=DIMENSION,
-                             chunk_coordinates=CHUNK, context=context(block), allow_unsafe_threshold=unsafe)
+    return SessionParameters(
+        participant_ids=tuple(range(1, n + 1)),
+        threshold=t,
+        dimension=DIMENSION,
+        chunk_coordinates=CHUNK,
+        context=context(block),
+        allow_unsafe_threshold=unsafe,
+    )
 
 
 Identities = tuple[dict[int, Ed25519PrivateKey], dict[int, Ed25519PublicKey]]
@@ -77,12 +83,20 @@ def identities(n: int) -> Identities:
     return private, {p: k.public_key() for p, k in private.items()}
 
 
-def parties(params: SessionParameters, ids: Identities,
-            histories: dict[int, SessionHistory] | None = None) -> tuple[dict[int, SecAggClient], SecAggServer]:
+def parties(
+    params: SessionParameters, ids: Identities, histories: dict[int, SessionHistory] | None = None
+) -> tuple[dict[int, SecAggClient], SecAggServer]:
     private, public = ids
-    clients = {p: SecAggClient(participant=p, parameters=params, identity_key=private[p], identity_keys=public,
-                               history=(histories or {}).get(p) or SessionHistory())
-               for p in params.participant_ids}
+    clients = {
+        p: SecAggClient(
+            participant=p,
+            parameters=params,
+            identity_key=private[p],
+            identity_keys=public,
+            history=(histories or {}).get(p) or SessionHistory(),
+        )
+        for p in params.participant_ids
+    }
     return clients, SecAggServer(parameters=params, identity_keys=public, record_masked_payloads=True)
 
 
@@ -91,8 +105,13 @@ def votes_for(params: SessionParameters, seed: int = 0) -> dict[int, np.ndarray]
     return {p: rng.integers(0, 2, params.dimension).astype(np.uint8) for p in params.participant_ids}
 
 
-def to_consistency(clients: dict[int, SecAggClient], server: SecAggServer, votes: dict[int, np.ndarray],
-                   *, silent: tuple[int, ...] = ()) -> ConsistencyCheck:
+def to_consistency(
+    clients: dict[int, SecAggClient],
+    server: SecAggServer,
+    votes: dict[int, np.ndarray],
+    *,
+    silent: tuple[int, ...] = (),
+) -> ConsistencyCheck:
     """Return the honest consistency check after every participant but `silent` streamed its votes."""
     for c in clients.values():
         server.receive_advertisement(c.advertise_keys())
@@ -112,8 +131,9 @@ def to_consistency(clients: dict[int, SecAggClient], server: SecAggServer, votes
     return server.close_masked_input()
 
 
-def honest_unmask(clients: dict[int, SecAggClient], server: SecAggServer,
-                  check: ConsistencyCheck) -> dict[int, UnmaskResponse]:
+def honest_unmask(
+    clients: dict[int, SecAggClient], server: SecAggServer, check: ConsistencyCheck
+) -> dict[int, UnmaskResponse]:
     for p in check.survivors:
         server.receive_survivor_signature(clients[p].sign_survivors(check))
     request = server.close_signatures()
@@ -134,31 +154,47 @@ def split_view_attack(params: SessionParameters, ids: Identities) -> np.ndarray:
     votes = votes_for(params)
     honest = to_consistency(clients, server, votes)
     others = [p for p in params.participant_ids if p != target]
-    group_a, group_b = [target, *others[:t - 1]], others[t - 1:]
+    group_a, group_b = [target, *others[: t - 1]], others[t - 1 :]
     check_a = honest
     check_b = ConsistencyCheck(session_id=honest.session_id, survivors=tuple(others), dropped=(target,))
     signatures_a = tuple(clients[p].sign_survivors(check_a) for p in group_a)
     signatures_b = tuple(clients[p].sign_survivors(check_b) for p in group_b)
     # Each group is shown the signatures over its own set (those over the other set would fail to verify).
-    request_a = UnmaskRequest(session_id=honest.session_id, survivors=check_a.survivors, dropped=(),
-                              signatures=signatures_a)
-    request_b = UnmaskRequest(session_id=honest.session_id, survivors=check_b.survivors, dropped=(target,),
-                              signatures=signatures_b)
-    seed_shares = [shamir.Share.from_bytes(p, s.value) for p in group_a
-                   for s in clients[p].unmask(request_a).self_seed_shares if s.owner == target]
-    key_shares = [shamir.Share.from_bytes(p, s.value) for p in group_b
-                  for s in clients[p].unmask(request_b).mask_key_shares if s.owner == target]
+    request_a = UnmaskRequest(
+        session_id=honest.session_id, survivors=check_a.survivors, dropped=(), signatures=signatures_a
+    )
+    request_b = UnmaskRequest(
+        session_id=honest.session_id, survivors=check_b.survivors, dropped=(target,), signatures=signatures_b
+    )
+    seed_shares = [
+        shamir.Share.from_bytes(p, s.value)
+        for p in group_a
+        for s in clients[p].unmask(request_a).self_seed_shares
+        if s.owner == target
+    ]
+    key_shares = [
+        shamir.Share.from_bytes(p, s.value)
+        for p in group_b
+        for s in clients[p].unmask(request_b).mask_key_shares
+        if s.owner == target
+    ]
     seed = shamir.reconstruct(seed_shares, threshold=t)
     mask_key = X25519PrivateKey.from_private_bytes(shamir.reconstruct(key_shares, threshold=t))
     sid = honest.session_id
     roster = {m.participant: m for m in server.view if isinstance(m, KeyAdvertisement)}
-    payload = b"".join(m.payload for m in server.view if isinstance(m, MaskedInputChunk) and m.participant == target)
-    lanes = BitPacker(params.bit_width, params.chunk_count * CHUNK).unpack(np.frombuffer(payload, dtype=np.uint8))
-    lanes = lanes[:params.dimension].copy()
+    payload = b"".join(
+        m.payload for m in server.view if isinstance(m, MaskedInputChunk) and m.participant == target
+    )
+    lanes = BitPacker(params.bit_width, params.chunk_count * CHUNK).unpack(
+        np.frombuffer(payload, dtype=np.uint8)
+    )
+    lanes = lanes[: params.dimension].copy()
     add: list[bytes] = []
     subtract = [primitives.self_mask_key(seed, session_id=sid, party=target)]
     for v in others:
-        key = primitives.pairwise_mask_key(mask_key, roster[v].mask_public_key, session_id=sid, party=target, peer=v)
+        key = primitives.pairwise_mask_key(
+            mask_key, roster[v].mask_public_key, session_id=sid, party=target, peer=v
+        )
         (subtract if target < v else add).append(key)  # undo what the target added
     MaskApplier(params.lane_dtype).apply(lanes, first_coordinate=0, add_keys=add, subtract_keys=subtract)
     recovered = lanes & ((1 << params.bit_width) - 1)
@@ -167,7 +203,9 @@ def split_view_attack(params: SessionParameters, ids: Identities) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("n", "unsafe_t"), [(4, 2), (6, 3)])
-def test_split_view_unmasks_a_participant_when_t_is_at_most_half_and_is_refused_above(n: int, unsafe_t: int) -> None:
+def test_split_view_unmasks_a_participant_when_t_is_at_most_half_and_is_refused_above(
+    n: int, unsafe_t: int
+) -> None:
     ids = identities(n)
     # The attack is real: with the explicitly unsafe test setting it recovers the target's votes,
     # even though every survivor checks t signatures over its own set.
@@ -187,8 +225,12 @@ def test_a_survivor_refuses_to_unmask_without_t_valid_signatures_over_its_own_se
     clients, server = parties(params, identities(4))
     check = to_consistency(clients, server, votes_for(params))
     signatures = {p: clients[p].sign_survivors(check) for p in check.survivors}
-    request = UnmaskRequest(session_id=check.session_id, survivors=check.survivors, dropped=check.dropped,
-                            signatures=(signatures[1], signatures[2]))
+    request = UnmaskRequest(
+        session_id=check.session_id,
+        survivors=check.survivors,
+        dropped=check.dropped,
+        signatures=(signatures[1], signatures[2]),
+    )
     with pytest.raises(InsufficientParticipantsError, match="2 survivors signed"):
         clients[1].unmask(request)
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
@@ -211,15 +253,17 @@ def test_the_result_carries_the_survivors_signatures_over_the_contributor_set() 
     run = secagg_driver.run_session(params, votes_for(params), identities=(private, public))
     assert run.result is not None and len(run.result.signatures) == 4
     session_id = run.server.session_id
-    message = primitives.survivor_set_message(session_id=session_id, survivors=run.result.contributors,
-                                              dropped=run.result.dropped)
+    message = primitives.survivor_set_message(
+        session_id=session_id, survivors=run.result.contributors, dropped=run.result.dropped
+    )
     for signature in run.result.signatures:
         primitives.verify(public[signature.sender], signature.signature, message, what="survivor set")
 
 
 # --------------------------------------------------------------------------- finding 3: bad shares
-def _unmask_phase(n: int, t: int) -> tuple[dict[int, SecAggClient], SecAggServer, dict[int, UnmaskResponse],
-                                          dict[int, np.ndarray]]:
+def _unmask_phase(
+    n: int, t: int
+) -> tuple[dict[int, SecAggClient], SecAggServer, dict[int, UnmaskResponse], dict[int, np.ndarray]]:
     params = parameters(n, t)
     clients, server = parties(params, identities(n))
     votes = votes_for(params)
@@ -229,16 +273,26 @@ def _unmask_phase(n: int, t: int) -> tuple[dict[int, SecAggClient], SecAggServer
 
 def _shifted(response: UnmaskResponse, owner: int) -> UnmaskResponse:
     """Return `response` with the self-seed share of `owner` replaced by another valid field element."""
-    shares = tuple(RevealedShare(owner=s.owner, value=((int.from_bytes(s.value, "big") + 1) % shamir.PRIME)
-                                 .to_bytes(shamir.SHARE_BYTES, "big")) if s.owner == owner else s
-                   for s in response.self_seed_shares)
+    shares = tuple(
+        RevealedShare(
+            owner=s.owner,
+            value=((int.from_bytes(s.value, "big") + 1) % shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big"),
+        )
+        if s.owner == owner
+        else s
+        for s in response.self_seed_shares
+    )
     return dataclasses.replace(response, self_seed_shares=shares)
 
 
 def test_a_malformed_unmask_response_is_rejected_alone_and_the_session_finishes() -> None:
     _, server, responses, votes = _unmask_phase(5, 3)
-    not_a_field_element = dataclasses.replace(responses[1], self_seed_shares=tuple(
-        dataclasses.replace(s, value=b"\xff" * shamir.SHARE_BYTES) for s in responses[1].self_seed_shares))
+    not_a_field_element = dataclasses.replace(
+        responses[1],
+        self_seed_shares=tuple(
+            dataclasses.replace(s, value=b"\xff" * shamir.SHARE_BYTES) for s in responses[1].self_seed_shares
+        ),
+    )
     with pytest.raises(InvalidMessageError, match="malformed share"):
         server.receive_unmask(not_a_field_element)
     assert server.state is ServerState.COLLECTING_UNMASK and 1 in server.rejected_responses
@@ -322,7 +376,8 @@ def test_the_colluders_a_threshold_tolerates_are_the_most_the_threshold_rule_all
 
 
 def test_aggregate_in_process_rejects_a_bad_threshold_before_running_anything(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a session started with a bad threshold")
 
@@ -381,8 +436,12 @@ def test_small_order_keys_are_refused_at_advertisement(small: bytes) -> None:
     private, public = identities(3)
     clients, server = parties(params, (private, public))
     genuine = clients[3].advertise_keys()
-    message = primitives.advertisement_message(parameters_digest=params.digest(), party=3,
-                                               cipher_public_key=small, mask_public_key=genuine.mask_public_key)
+    message = primitives.advertisement_message(
+        parameters_digest=params.digest(),
+        party=3,
+        cipher_public_key=small,
+        mask_public_key=genuine.mask_public_key,
+    )
     # Signed by participant 3 itself: a cheating participant, not a forgery.
     malicious = dataclasses.replace(genuine, cipher_public_key=small, signature=private[3].sign(message))
     with pytest.raises(InvalidMessageError, match="small order"):
@@ -405,11 +464,14 @@ def test_any_error_once_secrets_exist_aborts_and_wipes_them() -> None:
     deliveries = server.close_shares()
     assert clients[1].holds_secrets
     with pytest.raises(ContradictoryViewError, match="delivery-misaddressed: .*another participant"):
-        clients[1].receive_shares(ShareDelivery(session_id=deliveries[2].session_id, recipient=2,
-                                                envelopes=deliveries[2].envelopes))
+        clients[1].receive_shares(
+            ShareDelivery(session_id=deliveries[2].session_id, recipient=2, envelopes=deliveries[2].envelopes)
+        )
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
-    truncated = dataclasses.replace(deliveries[3], envelopes=tuple(
-        dataclasses.replace(e, ciphertext=e.ciphertext[:5]) for e in deliveries[3].envelopes))
+    truncated = dataclasses.replace(
+        deliveries[3],
+        envelopes=tuple(dataclasses.replace(e, ciphertext=e.ciphertext[:5]) for e in deliveries[3].envelopes),
+    )
     with pytest.raises(PrivacyError):
         clients[3].receive_shares(truncated)
     assert clients[3].state is ClientState.ABORTED and not clients[3].holds_secrets
@@ -421,8 +483,13 @@ def test_a_participant_refuses_identity_keys_that_do_not_pin_its_own() -> None:
     private, public = identities(3)
     handed_out = dict(public) | {1: Ed25519PrivateKey.generate().public_key()}
     with pytest.raises(PrivacyError, match=r"identity_keys\[1\] is not this participant's own"):
-        SecAggClient(participant=1, parameters=params, identity_key=private[1], identity_keys=handed_out,
-                     history=SessionHistory())
+        SecAggClient(
+            participant=1,
+            parameters=params,
+            identity_key=private[1],
+            identity_keys=handed_out,
+            history=SessionHistory(),
+        )
 
 
 def test_every_participant_message_is_bound_to_its_transport_identity() -> None:
@@ -432,10 +499,13 @@ def test_every_participant_message_is_bound_to_its_transport_identity() -> None:
     check = to_consistency(clients, server, votes)
     signature = clients[2].sign_survivors(check)
     require_sender(signature, authenticated=2)
-    with pytest.raises(InvalidMessageError, match="names participant 2 as its sender but arrived from participant 1"):
+    with pytest.raises(
+        InvalidMessageError, match="names participant 2 as its sender but arrived from participant 1"
+    ):
         require_sender(signature, authenticated=1)
     recorded = [m for m in server.view if not isinstance(m, KeyAdvertisement)] + [
-        m for m in server.view if isinstance(m, KeyAdvertisement)]
+        m for m in server.view if isinstance(m, KeyAdvertisement)
+    ]
     for message in recorded:
         claimed = sender_of(message)  # type: ignore[arg-type]
         require_sender(message, authenticated=claimed)  # type: ignore[arg-type]
@@ -478,7 +548,10 @@ def test_a_vector_is_never_summed_over_a_second_survivor_set() -> None:
 @pytest.mark.parametrize(
     ("lie", "check"),
     [
-        (lambda c: dataclasses.replace(c, survivors=c.survivors[1:], dropped=(*c.dropped, 1)), "survivors-omit-self"),
+        (
+            lambda c: dataclasses.replace(c, survivors=c.survivors[1:], dropped=(*c.dropped, 1)),
+            "survivors-omit-self",
+        ),
         (lambda c: dataclasses.replace(c, survivors=(*c.survivors, c.survivors[0])), "survivors-repeat"),
         (lambda c: dataclasses.replace(c, dropped=(*c.dropped, c.survivors[-1])), "survivors-and-dropped"),
         (lambda c: dataclasses.replace(c, survivors=c.survivors[:-1]), "survivors-not-share-holders"),
@@ -508,8 +581,12 @@ def test_a_tampered_envelope_is_refused_but_is_no_proof_against_the_coordinator(
     for c in clients.values():
         server.receive_shares(c.share_keys(roster))
     delivery = server.close_shares()[1]
-    forged = dataclasses.replace(delivery, envelopes=tuple(
-        dataclasses.replace(e, ciphertext=bytes(len(e.ciphertext))) for e in delivery.envelopes))
+    forged = dataclasses.replace(
+        delivery,
+        envelopes=tuple(
+            dataclasses.replace(e, ciphertext=bytes(len(e.ciphertext))) for e in delivery.envelopes
+        ),
+    )
     with pytest.raises(AuthenticationError) as caught:
         clients[1].receive_shares(forged)
     assert not isinstance(caught.value, CoordinatorMisbehaviour)

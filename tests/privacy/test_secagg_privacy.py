@@ -54,7 +54,11 @@ def fresh_context() -> bytes:
 def masked_values(votes_of_participant_1: np.ndarray) -> np.ndarray:
     """Return participant 1's masked vector as the server received it, unpacked to ring elements."""
     params = SessionParameters(
-        participant_ids=IDS, threshold=4, dimension=DIMENSION, chunk_coordinates=1 << 12, context=fresh_context()
+        participant_ids=IDS,
+        threshold=4,
+        dimension=DIMENSION,
+        chunk_coordinates=1 << 12,
+        context=fresh_context(),
     )
     rng = np.random.default_rng()
     votes = {p: rng.integers(0, 2, DIMENSION).astype(np.uint8) for p in IDS}
@@ -139,7 +143,11 @@ def _session(n: int = 4) -> tuple[SessionParameters, dict[int, SecAggClient], Se
     public = {p: k.public_key() for p, k in private.items()}
     clients = {
         p: SecAggClient(
-            participant=p, parameters=params, identity_key=private[p], identity_keys=public, history=SessionHistory()
+            participant=p,
+            parameters=params,
+            identity_key=private[p],
+            identity_keys=public,
+            history=SessionHistory(),
         )
         for p in ids
     }
@@ -254,7 +262,9 @@ def test_contradictory_survivor_sets_abort_and_reveal_nothing(
     _, clients, server, _ = _session()
     honest = _masked(clients, server)
     with pytest.raises(error):
-        clients[1].sign_survivors(ConsistencyCheck(session_id=honest.session_id, survivors=survivors, dropped=dropped))
+        clients[1].sign_survivors(
+            ConsistencyCheck(session_id=honest.session_id, survivors=survivors, dropped=dropped)
+        )
     assert clients[1].state is ClientState.ABORTED and not clients[1].holds_secrets
     with pytest.raises(WrongStateError):
         clients[1].sign_survivors(honest)  # nothing more comes out of an aborted participant
@@ -271,7 +281,9 @@ def test_a_participant_signs_one_survivor_set_and_answers_only_one_unmask_reques
     check = _masked(clients, server)
     request = _signed(clients, server, check)
     with pytest.raises(WrongStateError):
-        clients[1].sign_survivors(ConsistencyCheck(session_id=check.session_id, survivors=(1, 2, 3), dropped=(4,)))
+        clients[1].sign_survivors(
+            ConsistencyCheck(session_id=check.session_id, survivors=(1, 2, 3), dropped=(4,))
+        )
     clients[1].unmask(request)
     second = UnmaskRequest(
         session_id=request.session_id, survivors=(1, 2, 3), dropped=(4,), signatures=request.signatures

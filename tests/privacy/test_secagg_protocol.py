@@ -108,8 +108,9 @@ def test_sum_is_the_plain_sum_over_survivors_or_a_clean_abort(data: st.DataObjec
 @pytest.mark.parametrize("point", STAGES)
 def test_one_dropout_at_each_round_boundary(point: DropPoint) -> None:
     ids = (1, 2, 3, 4, 5)
-    params = SessionParameters(participant_ids=ids, threshold=3, dimension=1000, chunk_coordinates=256,
-                               context=fresh_context())
+    params = SessionParameters(
+        participant_ids=ids, threshold=3, dimension=1000, chunk_coordinates=256, context=fresh_context()
+    )
     votes = random_votes(np.random.default_rng(7), ids, 1000, 1)
     run = run_session(params, votes, drops={3: point})
     assert run.result is not None
@@ -120,8 +121,9 @@ def test_one_dropout_at_each_round_boundary(point: DropPoint) -> None:
 
 def test_mid_stream_dropout_is_rolled_back_out_of_the_sum(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ids = (1, 2, 3, 4)
-    params = SessionParameters(participant_ids=ids, threshold=3, dimension=64 * 9, chunk_coordinates=64,
-                               context=fresh_context())
+    params = SessionParameters(
+        participant_ids=ids, threshold=3, dimension=64 * 9, chunk_coordinates=64, context=fresh_context()
+    )
     votes = {p: np.ones(64 * 9, dtype=np.uint8) for p in ids}
     run = run_session(params, votes, drops={2: DropPoint.MID_MASKED_INPUT}, workdir=tmp_path)
     assert run.result is not None and run.result.dropped == (2,)
@@ -131,8 +133,9 @@ def test_mid_stream_dropout_is_rolled_back_out_of_the_sum(tmp_path) -> None:  # 
 
 def test_fewer_than_threshold_survivors_abort_before_anything_is_revealed() -> None:
     ids = (1, 2, 3, 4, 5)
-    params = SessionParameters(participant_ids=ids, threshold=4, dimension=100, chunk_coordinates=64,
-                               context=fresh_context())
+    params = SessionParameters(
+        participant_ids=ids, threshold=4, dimension=100, chunk_coordinates=64, context=fresh_context()
+    )
     votes = random_votes(np.random.default_rng(1), ids, 100, 1)
     run = run_session(params, votes, drops={1: DropPoint.BEFORE_MASKED_INPUT, 2: DropPoint.MID_MASKED_INPUT})
     assert isinstance(run.abort, InsufficientParticipantsError) and isinstance(run.abort, ProtocolAbort)
@@ -189,13 +192,23 @@ def _parties(
     n: int = 3, dimension: int = 200, chunk: int = 64
 ) -> tuple[SessionParameters, dict[int, SecAggClient], SecAggServer]:
     ids = tuple(range(1, n + 1))
-    params = SessionParameters(participant_ids=ids, threshold=n // 2 + 1, dimension=dimension,
-                               chunk_coordinates=chunk, context=fresh_context())
+    params = SessionParameters(
+        participant_ids=ids,
+        threshold=n // 2 + 1,
+        dimension=dimension,
+        chunk_coordinates=chunk,
+        context=fresh_context(),
+    )
     private = {p: Ed25519PrivateKey.generate() for p in ids}
     public = {p: k.public_key() for p, k in private.items()}
     clients = {
-        p: SecAggClient(participant=p, parameters=params, identity_key=private[p], identity_keys=public,
-                        history=SessionHistory())
+        p: SecAggClient(
+            participant=p,
+            parameters=params,
+            identity_key=private[p],
+            identity_keys=public,
+            history=SessionHistory(),
+        )
         for p in ids
     }
     return params, clients, SecAggServer(parameters=params, identity_keys=public)
@@ -258,7 +271,9 @@ def test_a_stream_resumes_from_a_regenerated_chunk_and_rejects_other_votes() -> 
                 if isinstance(message, MaskedInputChunk)
                 else server.receive_masked_done
             )(message)  # type: ignore[operator]
-    assert np.array_equal(_unmasked(clients, server).keep_votes, sum(v.astype(np.int64) for v in votes.values()))
+    assert np.array_equal(
+        _unmasked(clients, server).keep_votes, sum(v.astype(np.int64) for v in votes.values())
+    )
 
 
 def test_votes_outside_the_range_are_refused_by_the_participant() -> None:

@@ -30,8 +30,10 @@ from privacy.secagg.packing import BitPacker
 CHEATER = 1
 
 
-def session_with_a_cheater(honest_votes: dict[int, np.ndarray], residues: np.ndarray,
-                           ) -> np.ndarray | InvalidAggregateError:
+def session_with_a_cheater(
+    honest_votes: dict[int, np.ndarray],
+    residues: np.ndarray,
+) -> np.ndarray | InvalidAggregateError:
     """Return the published counts (or the InvalidAggregateError) when participant 1 adds `residues`.
 
     The cheater runs the real client (votes all zero) and adds its residues to every masked chunk before
@@ -40,13 +42,25 @@ def session_with_a_cheater(honest_votes: dict[int, np.ndarray], residues: np.nda
     ids = (CHEATER, *sorted(honest_votes))
     n = len(ids)
     dimension = residues.size
-    params = SessionParameters(participant_ids=ids, threshold=n // 2 + 1, dimension=dimension,
-                               chunk_coordinates=64, context=SessionContext.fresh(run_id="validity", round=0,
-                                                                                  block=0).encode())
+    params = SessionParameters(
+        participant_ids=ids,
+        threshold=n // 2 + 1,
+        dimension=dimension,
+        chunk_coordinates=64,
+        context=SessionContext.fresh(run_id="validity", round=0, block=0).encode(),
+    )
     private = {p: Ed25519PrivateKey.generate() for p in ids}
     public = {p: k.public_key() for p, k in private.items()}
-    clients = {p: SecAggClient(participant=p, parameters=params, identity_key=private[p], identity_keys=public,
-                               history=SessionHistory()) for p in ids}
+    clients = {
+        p: SecAggClient(
+            participant=p,
+            parameters=params,
+            identity_key=private[p],
+            identity_keys=public,
+            history=SessionHistory(),
+        )
+        for p in ids
+    }
     server = SecAggServer(parameters=params, identity_keys=public)
     for c in clients.values():
         server.receive_advertisement(c.advertise_keys())
@@ -62,15 +76,23 @@ def session_with_a_cheater(honest_votes: dict[int, np.ndarray], residues: np.nda
         start, count = index * 64, params.chunk_length(index)
         chunk = clients[CHEATER].masked_chunk(index)
         lanes = packer.unpack(np.frombuffer(chunk.payload, dtype=np.uint8)).copy()
-        lanes[:count] += residues[start:start + count].astype(lanes.dtype)
+        lanes[:count] += residues[start : start + count].astype(lanes.dtype)
         payload = packer.pack(lanes).tobytes()
         hashes.append(chunk_hash(index, payload))
-        server.receive_masked_chunk(MaskedInputChunk(session_id=chunk.session_id, participant=CHEATER,
-                                                     chunk_index=index, payload=payload))
+        server.receive_masked_chunk(
+            MaskedInputChunk(
+                session_id=chunk.session_id, participant=CHEATER, chunk_index=index, payload=payload
+            )
+        )
     clients[CHEATER].finish_masked_input()
-    server.receive_masked_done(MaskedInputDone(
-        session_id=server.session_id, participant=CHEATER, chunk_count=len(hashes),
-        digest=stream_digest(session_id=server.session_id, participant=CHEATER, chunk_hashes=hashes)))
+    server.receive_masked_done(
+        MaskedInputDone(
+            session_id=server.session_id,
+            participant=CHEATER,
+            chunk_count=len(hashes),
+            digest=stream_digest(session_id=server.session_id, participant=CHEATER, chunk_hashes=hashes),
+        )
+    )
     for p, votes in honest_votes.items():
         for message in clients[p].masked_input(votes):
             if isinstance(message, MaskedInputChunk):

@@ -143,9 +143,7 @@ def test_votes_and_values_summed_in_one_session_decode_to_both_sums(
     codec = VoteValueCodec(participants=n)
     votes = [rng.random(size) < 0.55 for _ in range(n)]
     values = [rng.uniform(-bound, bound, size) for _ in range(n)]
-    inputs = {
-        i + 1: codec.encode(values[i], bound=bound, votes=votes[i]).inputs for i in range(n)
-    }
+    inputs = {i + 1: codec.encode(values[i], bound=bound, votes=votes[i]).inputs for i in range(n)}
     threshold = max(1, n // 2 + 1)
     sums = aggregate_in_process(
         [inputs[i] for i in range(1, n + 1)],
