@@ -114,6 +114,31 @@ def test_no_import_cycle_among_our_modules() -> None:
     )
 
 
+# What each package may import of ours (docs/ARCHITECTURE.md): the pruning core and the privacy layers are
+# leaves; the protocol vocabulary sits on them; the two roles speak it and never import each other; the
+# hosts (CLI, demo, simulation) sit on top.
+ALLOWED_PACKAGE_IMPORTS = {
+    "pruning": set(),
+    "privacy": set(),
+    "proto": {"pruning", "privacy"},
+    "coordinator": {"pruning", "privacy", "proto"},
+    "participant": {"pruning", "privacy", "proto"},
+    "fedprune": {"pruning", "privacy", "proto", "coordinator", "participant"},
+}
+
+
+def test_packages_import_one_way() -> None:
+    graph = _import_graph(list(ALLOWED_PACKAGE_IMPORTS))
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0]
+        and target.split(".")[0] not in ALLOWED_PACKAGE_IMPORTS[module.split(".")[0]]
+    )
+    assert not wrong, "imports against the layering of docs/ARCHITECTURE.md: " + "; ".join(wrong)
+
+
 def test_the_import_cycle_check_finds_a_ring() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
     assert _cycles(graph) == [["a", "b", "c"]]
