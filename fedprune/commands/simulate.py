@@ -244,30 +244,26 @@ def _format_table(rows: list[tuple[str, float]]) -> str:
 def _settings(args: argparse.Namespace, base: Any) -> Any:
     """Return the run's ``SimulationSettings`` from the flags (the recipe's rule checked here)."""
     from coordinator.aggregation import ComparisonGroup
-    from fedprune.errors import CommandError
     from fedprune.simulate import SimulationSettings
-    from pruning.errors import PruningInputError
     from pruning.masks import parse_pattern
     from pruning.methods import Method
     from pruning.model_io import resolve_seqlen
     from pruning.recipes import Mode, Recipe
 
     recipe = Recipe.parse(args.recipe)
-    try:
-        return SimulationSettings(
-            method=Method.parse(args.method) if args.method else recipe.default_method,
-            pattern=parse_pattern(args.pattern, args.sparsity),
-            group=ComparisonGroup(args.group),
-            mode=Mode.parse(args.mode),
-            weight_scaling=args.weight_scaling,
-            nsamples=args.nsamples,
-            seqlen=resolve_seqlen(base, args.seqlen),
-            seed=args.seed,
-            recipe=recipe,
-            budgets=_budgets(args),
-        )
-    except PruningInputError as error:
-        raise CommandError(f"--recipe {recipe.value}: {error}") from None
+    # A recipe's conflict (fedspallm with wanda, say) raises PruningInputError naming what it needs.
+    return SimulationSettings(
+        method=Method.parse(args.method) if args.method else recipe.default_method,
+        pattern=parse_pattern(args.pattern, args.sparsity),
+        group=ComparisonGroup(args.group),
+        mode=Mode.parse(args.mode),
+        weight_scaling=args.weight_scaling,
+        nsamples=args.nsamples,
+        seqlen=resolve_seqlen(base, args.seqlen),
+        seed=args.seed,
+        recipe=recipe,
+        budgets=_budgets(args),
+    )
 
 
 def _checked_threshold(args: argparse.Namespace, settings: Any, privacy: Any, blocks: int, out: Path) -> int:
