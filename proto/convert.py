@@ -483,6 +483,7 @@ _METHODS: dict[Method, int] = {
     Method.MAGNITUDE: spb.METHOD_MAGNITUDE,
     Method.WANDA: spb.METHOD_WANDA,
     Method.SPARSEGPT: spb.METHOD_SPARSEGPT,
+    Method.RIA: spb.METHOD_RIA,
 }
 _GROUPS: dict[ComparisonGroup, int] = {
     ComparisonGroup.LAYER: spb.COMPARISON_GROUP_LAYER,

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         "--data", help="calibration data: .txt, or .jsonl with 'text' or 'input_ids' per line"
     )
     parser.add_argument("--sparsity", type=float, help="fraction of weights to prune, in (0, 1)")
-    parser.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt [wanda]")
+    parser.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt [wanda]")
     parser.add_argument(
         "--pattern", default="unstructured", help="unstructured, or N:M such as 2:4 [unstructured]"
     )

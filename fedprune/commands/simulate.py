@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
         help="fedprllm: keep-votes only; fedspallm: SparseGPT masks and l0-norm averaged weights [fedprllm]",
     )
     parser.add_argument(
-        "--method", help="magnitude, wanda or sparsegpt [wanda; sparsegpt with --recipe fedspallm]"
+        "--method", help="magnitude, wanda, ria or sparsegpt [wanda; sparsegpt with --recipe fedspallm]"
     )
     parser.add_argument(
         "--budgets",

@@ -14,6 +14,7 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_MAGNITUDE: _ClassVar[Method]
     METHOD_WANDA: _ClassVar[Method]
     METHOD_SPARSEGPT: _ClassVar[Method]
+    METHOD_RIA: _ClassVar[Method]
 
 class ComparisonGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +45,7 @@ METHOD_UNSPECIFIED: Method
 METHOD_MAGNITUDE: Method
 METHOD_WANDA: Method
 METHOD_SPARSEGPT: Method
+METHOD_RIA: Method
 COMPARISON_GROUP_UNSPECIFIED: ComparisonGroup
 COMPARISON_GROUP_LAYER: ComparisonGroup
 COMPARISON_GROUP_ROW: ComparisonGroup
