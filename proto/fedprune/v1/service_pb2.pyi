@@ -28,6 +28,7 @@ class Recipe(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECIPE_UNSPECIFIED: _ClassVar[Recipe]
     RECIPE_FEDPRLLM: _ClassVar[Recipe]
     RECIPE_FEDSPALLM: _ClassVar[Recipe]
+    RECIPE_STATISTICS: _ClassVar[Recipe]
 
 class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +54,7 @@ COMPARISON_GROUP_COLUMN: ComparisonGroup
 RECIPE_UNSPECIFIED: Recipe
 RECIPE_FEDPRLLM: Recipe
 RECIPE_FEDSPALLM: Recipe
+RECIPE_STATISTICS: Recipe
 MODE_UNSPECIFIED: Mode
 MODE_ONE_SHOT: Mode
 MODE_ITERATIVE: Mode
