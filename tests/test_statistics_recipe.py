@@ -4,6 +4,7 @@ block; the coordinator prunes from the sums. Without privacy it is centralized p
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,102 @@ def test_codec_sums_exactly_and_refuses_out_of_range() -> None:
         codec.encode(np.array([np.nan]), name="m")
     with pytest.raises(PrivacyError, match="lane sum"):
         codec.decode(np.array([0, codec.max_input + 1]), contributors=1, name="m")
+
+
+def test_a_site_takes_the_recipe_only_as_announced_and_as_its_minimums_allow() -> None:
+    from participant.admission import refusals
+    from participant.config import PrivacyMinimums
+    from participant.errors import RunRefusedError
+    from participant.recipes import StatisticsIterative, plugin_for, recipe_max_input
+    from tests.participant.test_recipes import RUN
+
+    run = dataclasses.replace(RUN, recipe=Recipe.STATISTICS, mode=Mode.ITERATIVE)
+    assert plugin_for(run) is StatisticsIterative
+    assert recipe_max_input(run) == StatisticCodec().max_input == 2**32 - 1
+    assert StatisticsIterative.admission_problems(run, max_blocks=3)  # it computes every block
+    with pytest.raises(RunRefusedError, match="mode iterative"):
+        plugin_for(dataclasses.replace(run, mode=Mode.ONE_SHOT))
+    announced_rr = dataclasses.replace(run.privacy, randomized_response=True, epsilon0=2.0)
+    with pytest.raises(RunRefusedError, match="no randomized response"):
+        plugin_for(dataclasses.replace(run, privacy=announced_rr))
+
+    class Config:  # refusals reads only config.privacy
+        privacy = PrivacyMinimums.model_validate(
+            {"allowed_recipes": ["fedprllm", "fedspallm"], "require_record_level_dp": False}
+        )
+
+    (problem,) = refusals(Config(), run, None)  # type: ignore[arg-type]
+    assert 'allowed_recipes = ["fedprllm", "fedspallm"]' in problem and "'stats'" in problem
+    assert refusals(Config(), RUN, None) == []  # type: ignore[arg-type]
+    assert PrivacyMinimums().allowed_recipes == tuple(Recipe)  # default: every recipe
+    with pytest.raises(ValueError, match="allowed_recipes"):
+        PrivacyMinimums.model_validate({"allowed_recipes": []})
+    with pytest.raises(ValueError, match="allowed_recipes"):
+        PrivacyMinimums.model_validate({"allowed_recipes": ["statistics"]})
+
+
+def test_the_coordinator_refuses_randomized_response_with_the_recipe(model_dir, tmp_path: Path) -> None:
+    from coordinator.config import parse_config
+    from proto.config_file import ConfigError
+
+    def config(privacy: dict[str, object]) -> object:
+        return parse_config(
+            {
+                "server": {"address": "127.0.0.1:0"},
+                "tls": {"ca": "ca.pem", "certificate": "c.pem", "private_key": "c.key"},
+                "run": {
+                    "model": str(model_dir("llama")),
+                    "participants": ["a", "b", "c"],
+                    "sparsity": 0.5,
+                    "recipe": "stats",
+                    "mode": "iterative",
+                },
+                "privacy": privacy,
+                "output": {
+                    "directory": str(tmp_path / "o"),
+                    "state": str(tmp_path / "s"),
+                    "signing_key": "k",
+                },
+            }
+        )
+
+    with pytest.raises(ConfigError, match="randomized_response = false"):
+        config({"randomized_response": True})
+    assert config({"randomized_response": False}).run.recipe is Recipe.STATISTICS  # type: ignore[attr-defined]
+
+
+def test_with_record_level_dp_the_sites_release_their_statistics_and_the_report_verifies(
+    tmp_path: Path,
+) -> None:
+    from coordinator.config import PrivacySection
+    from pruning.data import CalibrationSet
+
+    base = build_tiny_model("llama", layers=2)
+    sites = [
+        CalibrationSet(
+            windows=tuple(random_ids(12, 16, seed=90 + i)), record_of_window=tuple(range(12)), documents=12
+        )
+        for i in range(3)
+    ]
+    privacy = PrivacySection.model_validate(
+        {"randomized_response": False, "record_level_dp": True, "noise_multiplier": 1.0, "sample_rate": 1.0}
+    )
+    settings = SimulationSettings(
+        pattern=parse_pattern("unstructured", 0.5), mode=Mode.ITERATIVE, recipe=Recipe.STATISTICS
+    )
+    result = run_roles(base, sites, settings=settings, directory=tmp_path, privacy=privacy)
+    import json
+
+    report = json.loads(result.report.read_text())
+    statements = report["participant_statements"]
+    assert len(statements) == 3
+    for statement in statements:
+        assert {e["mechanism"] for e in statement["events"]} == {"gaussian"}
+    record_level = {
+        g["participant"]: g["epsilon"] for g in report["guarantees"] if g["layer"] == "calibration_statistics"
+    }
+    assert sorted(record_level) == sorted(result.participants) and all(
+        0 < e < 8 for e in record_level.values()
+    )
+    total = sum(int(m.sum()) for m in result.global_masks.values())
+    assert total == sum(m.numel() // 2 for m in result.global_masks.values())
