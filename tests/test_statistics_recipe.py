@@ -21,6 +21,7 @@ from pruning.masks import parse_pattern
 from pruning.methods import Method
 from pruning.recipes import Mode, Recipe, check_recipe
 from tests.roles import run_roles
+from tests.test_cli_simulate import federation  # noqa: F401  (the fixture)
 from tests.tiny import build_tiny_model, random_ids
 
 CPU = torch.device("cpu")
@@ -220,3 +221,16 @@ def test_with_record_level_dp_the_sites_release_their_statistics_and_the_report_
     )
     total = sum(int(m.sum()) for m in result.global_masks.values())
     assert total == sum(m.numel() // 2 for m in result.global_masks.values())
+
+
+def test_simulate_runs_the_recipe_and_says_what_it_needs(federation, tmp_path: Path, capsys) -> None:  # noqa: F811
+    from fedprune.cli import main
+    from tests.test_cli_simulate import _args
+
+    out = tmp_path / "stats"
+    flags = ("--recipe", "stats", "--method", "ria", "--mode", "iterative")
+    assert main(_args(federation, out, *flags, "--epsilon0", "inf")) == 0
+    assert (out / "privacy_report.json").is_file()
+    capsys.readouterr()
+    assert main(_args(federation, tmp_path / "rr", *flags)) != 0  # randomized response on by default
+    assert "randomized_response" in capsys.readouterr().err
