@@ -68,8 +68,11 @@ def main() -> int:
         ids = sorted(set(whole.record_of_window))
         if len(ids) < args.records:
             raise ValueError(f"a site holds {len(ids)} documents, fewer than {args.records}")
-        chosen = {ids[int(i * len(ids) / args.records)] for i in range(args.records)}
-        kept = [(w, r) for w, r in zip(whole.windows, whole.record_of_window, strict=True) if r in chosen]
+        # Renumbered 0..records-1 (in file order), so that pooled sites' record ids stay distinct.
+        chosen = {ids[int(i * len(ids) / args.records)]: i for i in range(args.records)}
+        kept = [
+            (w, chosen[r]) for w, r in zip(whole.windows, whole.record_of_window, strict=True) if r in chosen
+        ]
         sites.append(
             CalibrationSet(
                 windows=tuple(w for w, _ in kept),

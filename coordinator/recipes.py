@@ -10,6 +10,10 @@ is another class here and one entry in :func:`coordinator_recipe`.
 - :class:`FedPrLLM`: keep-votes only, one per weight, each in {0, 1}; the global model is the base weights
   under the voted mask. :class:`ScaledFedPrLLM` also keeps the counts and scales each kept weight by
   ``keep_votes / n`` (``run.weight_scaling``).
+- :class:`Statistics`: each participant's calibration column statistics (sum of x_j^2 per input column of
+  every matrix) as 64-bit fixed point in two 32-bit lanes (``privacy.secagg.fixed_point.StatisticCodec``);
+  the coordinator scores the block's base weights from the summed statistics with Wanda or RIA and selects
+  per output row, as a centralized run does.
 - :class:`FedSpaLLM`: each participant's keep-vote and fixed-point SparseGPT weight update packed together
   in one wide ring (``privacy.secagg.fixed_point.VoteValueCodec``); the kept weights are the l0-norm
   average of the keep-voters' weights (with the randomized-response correction of the divisor), and each
@@ -73,7 +77,8 @@ class AggregatedBlock:
     """A block's decoded sums and what the coordinator selected from them."""
 
     keep_votes: dict[str, torch.Tensor]
-    """Summed keep-votes per matrix (int32, by qualified name): what the masks were selected from."""
+    """Summed keep-votes per matrix (int32, by qualified name): what the masks were selected from (under the
+    statistics recipe, which sums no votes, each weight's keep bit under its mask)."""
     masks: dict[str, torch.Tensor]
     """Global masks per matrix (True = pruned)."""
     weights: bytes | None = None
