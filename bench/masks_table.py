@@ -36,6 +36,9 @@ def main() -> int:
         "--epsilon0", type=float, default=4.0, help="randomized response of the private votes [4]"
     )
     parser.add_argument("--no-private", action="store_true", help="skip the private columns")
+    parser.add_argument(
+        "--eval-windows", type=int, help="evaluate on N windows evenly spread over the held-out union [all]"
+    )
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -61,6 +64,11 @@ def main() -> int:
     tokenizer = load_tokenizer(demo.model_dir)
     vocab = vocabulary_size(base)
     stream = evaluation_stream(demo.eval_file, tokenizer, vocab_size=vocab)
+    if args.eval_windows is not None:
+        # Evenly spread over the union of the sites' tails (every topic), each window whole.
+        windows = stream.numel() // demo.seq_len
+        chosen = [int(i * windows / args.eval_windows) for i in range(min(args.eval_windows, windows))]
+        stream = torch.cat([stream[i * demo.seq_len : (i + 1) * demo.seq_len] for i in chosen])
     files = participant_document_files(demo, args.participants)
 
     sites: list[CalibrationSet] = []
@@ -156,7 +164,7 @@ def main() -> int:
         columns += [c for c in row if c not in columns and c not in ("pattern", "dense")]
     print(
         f"demo model {demo.directory.name}: dense perplexity {dense:.2f}; {args.participants} sites x "
-        f"{args.records} documents; {elapsed:.0f} s"
+        f"{args.records} documents; evaluated on {stream.numel():,} held-out tokens; {elapsed:.0f} s"
     )
     print("| column | " + " | ".join(row["pattern"] for row in rows) + " |")
     print("|---|" + "---|" * len(rows))
