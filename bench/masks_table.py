@@ -45,7 +45,7 @@ def main() -> int:
 
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     from coordinator.config import PrivacySection
     from fedprune.baselines import centralized_model, evaluate, local_only_models, magnitude_model
     from fedprune.demo import participant_document_files
@@ -117,28 +117,17 @@ def main() -> int:
         pattern = parse_pattern(text, None) if ":" in text else parse_pattern("unstructured", float(text))
         owl = None if pattern.is_n_m else OwlSettings()
         row: dict[str, Any] = {"pattern": str(pattern), "dense": dense}
-        row["magnitude"] = ppl(magnitude_model(base, pattern=pattern, device=device))
-        for method in (Method.WANDA, Method.RIA):
-            row[f"centralized {method.value}"] = ppl(
-                centralized_model(base, sites, method=method, pattern=pattern, device=device)
-            )
-            if owl is not None:
-                row[f"centralized {method.value}+OWL"] = ppl(
-                    centralized_model(base, sites, method=method, pattern=pattern, device=device, owl=owl)
-                )
-        local = [
-            ppl(m)
-            for m in local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device)
-        ]
-        row["local-only wanda"] = sum(local) / len(local)
-        if owl is not None:
-            local = [
-                ppl(m)
-                for m in local_only_models(
-                    base, sites, method=Method.WANDA, pattern=pattern, device=device, owl=owl
-                )
-            ]
-            row["local-only wanda+OWL"] = sum(local) / len(local)
+
+        def measure(column: str, model: Any, row: dict[str, Any] = row) -> None:
+            # Each figure is printed as it is measured: a long table still shows what it has.
+            row[column] = ppl(model)
+            print(json.dumps({"pattern": row["pattern"], column: row[column]}), file=sys.stderr, flush=True)
+
+        def mean_of(column: str, models: list[Any], row: dict[str, Any] = row) -> None:
+            row[column] = sum(ppl(m) for m in models) / len(models)
+            print(json.dumps({"pattern": row["pattern"], column: row[column]}), file=sys.stderr, flush=True)
+
+        measure("magnitude", magnitude_model(base, pattern=pattern, device=device))
         for method in (Method.WANDA, Method.RIA):
             votes = SimulationSettings(method=method, pattern=pattern, seqlen=demo.seq_len)
             statistics = SimulationSettings(
@@ -148,13 +137,39 @@ def main() -> int:
                 mode=Mode.ITERATIVE,
                 recipe=Recipe.STATISTICS,
             )
-            row[f"votes {method.value}"] = federated(votes, privacy_off())
-            row[f"stats {method.value}"] = federated(statistics, privacy_off())
-            if not args.no_private:
-                row[f"private votes {method.value}"] = federated(votes, private_votes)
-                row[f"private stats {method.value}"] = federated(statistics, private_statistics)
+            measure(
+                f"centralized {method.value}",
+                centralized_model(base, sites, method=method, pattern=pattern, device=device),
+            )
+            measure(f"stats {method.value}", federated(statistics, privacy_off()))
+            measure(f"votes {method.value}", federated(votes, privacy_off()))
+        mean_of(
+            "local-only wanda",
+            local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device),
+        )
+        if owl is not None:
+            for method in (Method.WANDA, Method.RIA):
+                measure(
+                    f"centralized {method.value}+OWL",
+                    centralized_model(base, sites, method=method, pattern=pattern, device=device, owl=owl),
+                )
+            mean_of(
+                "local-only wanda+OWL",
+                local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device, owl=owl),
+            )
+        if not args.no_private:
+            for method in (Method.WANDA, Method.RIA):
+                votes = SimulationSettings(method=method, pattern=pattern, seqlen=demo.seq_len)
+                statistics = SimulationSettings(
+                    method=method,
+                    pattern=pattern,
+                    seqlen=demo.seq_len,
+                    mode=Mode.ITERATIVE,
+                    recipe=Recipe.STATISTICS,
+                )
+                measure(f"private stats {method.value}", federated(statistics, private_statistics))
+                measure(f"private votes {method.value}", federated(votes, private_votes))
         rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
     if args.json:
         print(json.dumps({"demo_model": str(demo.directory), "seconds": elapsed, "rows": rows}))
