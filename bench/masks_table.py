@@ -92,7 +92,7 @@ def main() -> int:
     def ppl(model: torch.nn.Module) -> float:
         return evaluate(model, stream, seqlen=demo.seq_len, device=device, batch_size=16)
 
-    def federated(settings: Any, privacy: PrivacySection) -> float:
+    def federated(settings: Any, privacy: PrivacySection) -> Any:
         with tempfile.TemporaryDirectory(prefix="fedprune-bench-") as scratch:
             result = simulate_service(
                 demo.model_dir,
@@ -106,7 +106,7 @@ def main() -> int:
                 progress=False,
                 state_dir=Path(scratch) / "state",
             )
-            return ppl(result.model)
+            return result.model
 
     private_votes = PrivacySection.model_validate({"epsilon0": args.epsilon0})
     private_statistics = PrivacySection.model_validate({"randomized_response": False})
