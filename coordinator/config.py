@@ -125,8 +125,9 @@ class RunSection(_Section):
     """Tokens per calibration sample; default 2048 capped at the model's context length."""
     weight_scaling: bool = False
     recipe: Recipe = Recipe.FEDPRLLM
-    """``fedprllm`` (keep-votes only) or ``fedspallm`` (SparseGPT votes and l0-norm averaged kept weights,
-    each block over the participants assigned to it within their declared ``max_blocks``)."""
+    """``fedprllm`` (keep-votes only), ``fedspallm`` (SparseGPT votes and l0-norm averaged kept weights,
+    each block over the participants assigned to it within their declared ``max_blocks``) or ``stats``
+    (summed calibration column statistics, the mask chosen from the sums with Wanda or RIA)."""
     chunk_coordinates: int = Field(DEFAULT_CHUNK_COORDINATES, ge=64, le=MAX_CHUNK_COORDINATES, multiple_of=64)
     """Coordinates per masked-input chunk; at b bits a coordinate the payload stays under 4 MiB."""
 
@@ -284,6 +285,18 @@ class CoordinatorConfig(_Section):
                 f"run.threshold {threshold} is above run.min_participants {minimum}: a session of "
                 f"{minimum} participants could never be unmasked (raise min_participants, or list fewer "
                 "participants so that a smaller threshold is safe)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _statistics_send_no_votes(self) -> CoordinatorConfig:
+        # Randomized response randomizes keep-votes; the statistics recipe sends none, so announcing it would
+        # promise the sites a protection that nothing applies (their statistics' privacy is record-level DP).
+        if self.run.recipe is Recipe.STATISTICS and self.privacy.randomized_response:
+            raise ValueError(
+                "run.recipe 'stats' sends calibration statistics, not keep-votes: set "
+                "privacy.randomized_response = false (record-level DP, privacy.record_level_dp, protects the "
+                "statistics)"
             )
         return self
 

@@ -10,6 +10,10 @@ is another class here and one entry in :func:`coordinator_recipe`.
 - :class:`FedPrLLM`: keep-votes only, one per weight, each in {0, 1}; the global model is the base weights
   under the voted mask. :class:`ScaledFedPrLLM` also keeps the counts and scales each kept weight by
   ``keep_votes / n`` (``run.weight_scaling``).
+- :class:`Statistics`: each participant's calibration column statistics (sum of x_j^2 per input column of
+  every matrix) as 64-bit fixed point in two 32-bit lanes (``privacy.secagg.fixed_point.StatisticCodec``);
+  the coordinator scores the block's base weights from the summed statistics with Wanda or RIA and selects
+  per output row, as a centralized run does.
 - :class:`FedSpaLLM`: each participant's keep-vote and fixed-point SparseGPT weight update packed together
   in one wide ring (``privacy.secagg.fixed_point.VoteValueCodec``); the kept weights are the l0-norm
   average of the keep-voters' weights (with the randomized-response correction of the divisor), and each
@@ -41,12 +45,14 @@ from coordinator.errors import RunClosedError
 from coordinator.state import RunState
 from privacy.randomized_response import RandomizedResponse
 from privacy.report import SummedInputs
-from privacy.secagg.fixed_point import VoteValueCodec
+from privacy.secagg.fixed_point import StatisticCodec, VoteValueCodec
 from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH, ring_bit_width
 from proto.convert import session_chunk_coordinates
 from pruning.adapters import LinearSublayer
+from pruning.errors import PruningInputError
 from pruning.layout import VoteLayout
-from pruning.masks import SparsityPattern
+from pruning.masks import SparsityPattern, select_per_row
+from pruning.methods import Method, method_scores
 from pruning.recipes import Recipe
 
 logger = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ logger = logging.getLogger(__name__)
 class SessionShape:
     """What a block's secure-aggregation session takes from the recipe: its input range and its ring."""
 
+    dimension: int
+    """Coordinates of the block's summed vector."""
     max_input: int
     """The largest value one participant's coordinate may hold."""
     chunk_coordinates: int
@@ -69,7 +77,8 @@ class AggregatedBlock:
     """A block's decoded sums and what the coordinator selected from them."""
 
     keep_votes: dict[str, torch.Tensor]
-    """Summed keep-votes per matrix (int32, by qualified name): what the masks were selected from."""
+    """Summed keep-votes per matrix (int32, by qualified name): what the masks were selected from (under the
+    statistics recipe, which sums no votes, each weight's keep bit under its mask)."""
     masks: dict[str, torch.Tensor]
     """Global masks per matrix (True = pruned)."""
     weights: bytes | None = None
@@ -95,8 +104,13 @@ class CoordinatorRecipe(Protocol):
         """Return the largest value a participant's coordinate may hold (announced at Join)."""
         ...
 
-    def session_shape(self, members: int, *, chunk_coordinates: int) -> SessionShape:
-        """Return the input range and ring of a session of ``members`` (``chunk_coordinates``: the run's)."""
+    def dimension(self, layout: VoteLayout) -> int:
+        """Return the coordinates of a block's summed vector (the block's weights, or its statistics)."""
+        ...
+
+    def session_shape(self, members: int, layout: VoteLayout, *, chunk_coordinates: int) -> SessionShape:
+        """Return the size, input range and ring of a session of ``members`` on the block of ``layout``
+        (``chunk_coordinates``: the run's)."""
         ...
 
     def event_participants(self, *, session: int, run: int) -> int:
@@ -161,9 +175,18 @@ class FedPrLLM:
         """Return 1: a keep-vote is a bit."""
         return 1
 
-    def session_shape(self, members: int, *, chunk_coordinates: int) -> SessionShape:
+    def dimension(self, layout: VoteLayout) -> int:
+        """Return one keep-vote per weight."""
+        return layout.dimension
+
+    def session_shape(self, members: int, layout: VoteLayout, *, chunk_coordinates: int) -> SessionShape:
         """Return bits summed in the narrow ring, in the run's chunks."""
-        return SessionShape(max_input=1, chunk_coordinates=chunk_coordinates, max_bit_width=MAX_BIT_WIDTH)
+        return SessionShape(
+            dimension=layout.dimension,
+            max_input=1,
+            chunk_coordinates=chunk_coordinates,
+            max_bit_width=MAX_BIT_WIDTH,
+        )
 
     def event_participants(self, *, session: int, run: int) -> int:
         """Return the run's participants: every block is everyone's."""
@@ -257,10 +280,15 @@ class FedSpaLLM:
         """Return the packed vote-and-update's largest value."""
         return self.codec.max_input
 
-    def session_shape(self, members: int, *, chunk_coordinates: int) -> SessionShape:
+    def dimension(self, layout: VoteLayout) -> int:
+        """Return one packed vote and update per weight."""
+        return layout.dimension
+
+    def session_shape(self, members: int, layout: VoteLayout, *, chunk_coordinates: int) -> SessionShape:
         """Return the wide ring of ``members`` packed inputs, in chunks that fit a message at its width."""
         width = ring_bit_width(members, self.codec.max_input)
         return SessionShape(
+            dimension=layout.dimension,
             max_input=self.codec.max_input,
             chunk_coordinates=session_chunk_coordinates(width, limit=chunk_coordinates),
             max_bit_width=WIDE_MAX_BIT_WIDTH,
@@ -357,6 +385,113 @@ class FedSpaLLM:
             sublayer.set_weight(final[key].to(device=sublayer.weight().device))
 
 
+def score_and_select(
+    method: Method, weight: torch.Tensor, statistic: torch.Tensor, pattern: SparsityPattern
+) -> torch.Tensor:
+    """Return the mask (True = pruned) a centralized run of ``method`` selects from ``statistic``."""
+    return select_per_row(method_scores(method, weight, statistic), pattern)
+
+
+def statistic_dimension(layout: VoteLayout) -> int:
+    """Return the coordinates of a block's statistics vector: two lanes per input column of each matrix."""
+    return 2 * sum(entry.shape[1] for entry in layout.entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    """Column statistics summed over the sites; each block pruned from the sums with Wanda or RIA."""
+
+    pattern: SparsityPattern
+    method: Method
+    codec: StatisticCodec = StatisticCodec()
+    recipe: Recipe = dataclasses.field(default=Recipe.STATISTICS, init=False)
+    summed: SummedInputs = dataclasses.field(default=SummedInputs.COLUMN_STATISTICS, init=False)
+
+    @property
+    def max_input(self) -> int:
+        """Return a 32-bit lane's largest value."""
+        return self.codec.max_input
+
+    def dimension(self, layout: VoteLayout) -> int:
+        """Return two 32-bit lanes per input column of each of the block's matrices."""
+        return statistic_dimension(layout)
+
+    def session_shape(self, members: int, layout: VoteLayout, *, chunk_coordinates: int) -> SessionShape:
+        """Return the wide ring of ``members`` lanes, in chunks that fit a message at its width."""
+        width = ring_bit_width(members, self.codec.max_input)
+        return SessionShape(
+            dimension=statistic_dimension(layout),
+            max_input=self.codec.max_input,
+            chunk_coordinates=session_chunk_coordinates(width, limit=chunk_coordinates),
+            max_bit_width=WIDE_MAX_BIT_WIDTH,
+        )
+
+    def event_participants(self, *, session: int, run: int) -> int:
+        """Return the run's participants: every block is everyone's."""
+        return run
+
+    def assign_blocks(
+        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
+    ) -> dict[int, tuple[str, ...]] | None:
+        """Return None: every participant sends statistics for every block."""
+        return None
+
+    def statistics(
+        self, layout: VoteLayout, sums: np.ndarray, *, contributors: int
+    ) -> dict[str, torch.Tensor]:
+        """Return each matrix's summed column statistic (float64, by qualified name) decoded from ``sums``."""
+        result, offset = {}, 0
+        for entry in layout.entries:
+            lanes = 2 * entry.shape[1]
+            part = sums[offset : offset + lanes]  # the matrix's high lanes, then its low lanes
+            result[entry.name] = torch.from_numpy(
+                self.codec.decode(part, contributors=contributors, name=entry.name)
+            )
+            offset += lanes
+        return result
+
+    def aggregate(
+        self,
+        layout: VoteLayout,
+        sums: np.ndarray,
+        base_weights: Mapping[str, torch.Tensor],
+        *,
+        contributors: int,
+    ) -> AggregatedBlock:
+        """Return the masks selected, per output row as in a centralized run, from the summed statistics.
+
+        ``keep_votes`` holds each weight's keep bit (1 = kept) under the selected mask: the sums themselves
+        are statistics, not votes.
+        """
+        masks, keep = {}, {}
+        for name, statistic in self.statistics(layout, sums, contributors=contributors).items():
+            try:
+                decision = score_and_select(self.method, base_weights[name], statistic, self.pattern)
+            except PruningInputError as error:
+                raise ValueError(f"{name}: {error}") from None
+            masks[name] = decision
+            keep[name] = (~decision).to(torch.int32)
+        return AggregatedBlock(keep_votes=keep, masks=masks)
+
+    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Keep nothing: the mask is all the output needs."""
+
+    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Delete the block's sums file."""
+        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Leave the base weights."""
+
+
 def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorRecipe:
     """Return the coordinator's side of ``run.recipe`` for this run (the one place a recipe is chosen).
 
@@ -364,6 +499,8 @@ def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorR
     randomized response of ``privacy``.
     """
     pattern, group = run.sparsity_pattern, run.group
+    if run.recipe is Recipe.STATISTICS:
+        return Statistics(pattern=pattern, method=run.method)
     if run.recipe is Recipe.FEDSPALLM:
         return FedSpaLLM(
             pattern=pattern,
@@ -387,5 +524,7 @@ __all__ = [
     "FedSpaLLM",
     "ScaledFedPrLLM",
     "SessionShape",
+    "Statistics",
     "coordinator_recipe",
+    "statistic_dimension",
 ]

@@ -550,11 +550,13 @@ class CoordinatorRun:
                 f"; missing: {missing}"
             )
         context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
-        shape = self.recipe.session_shape(len(members), chunk_coordinates=self.config.run.chunk_coordinates)
+        shape = self.recipe.session_shape(
+            len(members), layout, chunk_coordinates=self.config.run.chunk_coordinates
+        )
         parameters = SessionParameters(
             participant_ids=tuple(m.participant_id for m in members),
             threshold=self.threshold,
-            dimension=layout.dimension,
+            dimension=shape.dimension,
             context=context.encode(),
             chunk_coordinates=shape.chunk_coordinates,
             max_input=shape.max_input,
@@ -610,7 +612,7 @@ class CoordinatorRun:
             self._collect(session, Phase.UNMASK, signers, lambda p: UnmaskTask(block, sid, request))
             with self._cond:
                 result = server.finalize(
-                    out=self.state.counts(block, layout.dimension, dtype=parameters.sum_dtype)
+                    out=self.state.counts(block, shape.dimension, dtype=parameters.sum_dtype)
                 )
         finally:
             with self._cond:
@@ -645,7 +647,7 @@ class CoordinatorRun:
         packed = np.packbits(bits, bitorder="little").tobytes()
         event = secure_aggregation_event(
             block=block,
-            coordinates=layout.dimension,
+            coordinates=self.recipe.dimension(layout),
             participants=self.recipe.event_participants(session=session_participants, run=self.participants),
             threshold=self.threshold,
             contributors=contributor_names,

@@ -19,6 +19,7 @@ from pruning.data import CalibrationSet, pooled
 from pruning.local import prune_model
 from pruning.masks import SparsityPattern
 from pruning.methods import Method
+from pruning.owl import OwlSettings, owl_allocation
 from pruning.perplexity import perplexity
 
 
@@ -36,11 +37,41 @@ def centralized_model(
     method: Method,
     pattern: SparsityPattern,
     device: torch.device,
+    owl: OwlSettings | None = None,
 ) -> nn.Module:
-    """Return the copy of ``base`` pruned at one site holding every participant's calibration data."""
+    """Return the copy of ``base`` pruned at one site holding every participant's calibration data.
+
+    With ``owl`` each block gets its OWL sparsity, allocated from the pooled data (``pruning.owl``).
+    """
     model = copy.deepcopy(base)
-    prune_model(model, pooled(samples), method=method, pattern=pattern, device=device, progress=False)
+    _prune(model, pooled(samples), method=method, pattern=pattern, device=device, owl=owl)
     return model
+
+
+def _prune(
+    model: nn.Module,
+    samples: torch.Tensor | CalibrationSet | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    owl: OwlSettings | None,
+) -> None:
+    sparsities = None
+    if owl is not None:
+        if samples is None:
+            raise ValueError("OWL needs calibration data for the outlier ratios")
+        allocation = owl_allocation(model, samples, target=pattern.sparsity, device=device, settings=owl)
+        sparsities = allocation.sparsities
+    prune_model(
+        model,
+        samples,
+        method=method,
+        pattern=pattern,
+        device=device,
+        progress=False,
+        block_sparsities=sparsities,
+    )
 
 
 def local_only_models(
@@ -50,12 +81,14 @@ def local_only_models(
     method: Method,
     pattern: SparsityPattern,
     device: torch.device,
+    owl: OwlSettings | None = None,
 ) -> list[nn.Module]:
-    """Return each participant's own copy of ``base``, pruned alone with its own calibration data."""
+    """Return each participant's own copy of ``base``, pruned alone with its own calibration data (and,
+    with ``owl``, its own OWL allocation)."""
     models = []
     for own in samples:
         model = copy.deepcopy(base)
-        prune_model(model, own, method=method, pattern=pattern, device=device, progress=False)
+        _prune(model, own, method=method, pattern=pattern, device=device, owl=owl)
         models.append(model)
     return models
 

@@ -116,6 +116,7 @@ def refusals(
         noise_multiplier=plan.noise_multiplier if plan is not None else None,
         documents=plan.documents if plan is not None else documents,
         accounted=plan is not None,
+        recipe=run.recipe,
     )
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 from privacy.signing import SigningKeyError, TrustedKey
 from proto.config_file import ConfigError, load_model, parse_model
 from proto.tls import check_address
+from pruning.recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ class PrivacyMinimums(_Section):
     lifetime_delta: float | None = Field(None, gt=0, lt=1)
     """The deltas' sum over all runs may not pass this (checked only with ``lifetime_epsilon``; the sum
     may never reach 1 in any case)."""
+    allowed_recipes: tuple[Recipe, ...] = Field(tuple(Recipe), min_length=1)
+    """Recipes this site takes part in (default all): ``fedprllm`` sends keep-votes, ``fedspallm`` keep-votes
+    with weight updates, ``stats`` its calibration column statistics (with record-level DP where the run
+    has it, exact otherwise)."""
 
     def setting(self, key: str, value: bool | float) -> str:
         """Return ``[privacy] key = value`` as TOML spells it, saying when the value is the default."""
@@ -186,6 +191,7 @@ class PrivacyMinimums(_Section):
         noise_multiplier: float | None,
         documents: int | None = None,
         accounted: bool = True,
+        recipe: Recipe | None = None,
     ) -> list[str]:
         """Return why a run with these parameters is weaker than the minimums (empty: acceptable).
 
@@ -195,8 +201,12 @@ class PrivacyMinimums(_Section):
         ``reads_data`` False (magnitude pruning) skips the record-level settings: nothing of the data is
         released. ``accounted`` False skips the two settings that need the accountants (epsilon, noise
         multiplier): the cheap checks run first, so a run with an absurd delta is refused for its delta.
+        ``recipe`` (None: not checked) must be one of ``allowed_recipes``.
         """
         problems: list[str] = []
+        if recipe is not None and recipe not in self.allowed_recipes:
+            allowed = ", ".join(f'"{r.value}"' for r in self.allowed_recipes)
+            problems.append(f"[privacy] allowed_recipes = [{allowed}]: the run's recipe is {recipe.value!r}")
         if self.require_randomized_response and not randomized_response:
             problems.append(
                 f"{self.setting('require_randomized_response', True)}: the run sends mask bits without "

@@ -9,6 +9,9 @@ recipe it runs. ``plugin_for`` chooses the class, in this one place, from the ru
   bit-packed.
 - ``FedPrLLMIterative``: block l+1 is scored only after block l's global mask is applied (fetched from the
   coordinator through the ``global_mask`` callback it is given).
+- ``StatisticsIterative``: the site's calibration column statistics of each block, computed after the
+  previous block's global mask is applied, as 64-bit fixed point in two 32-bit lanes per value
+  (``StatisticCodec``); the coordinator chooses the mask from their sum.
 - ``FedSpaLLM``: SparseGPT on the blocks whose sessions the coordinator starts with this site
   (``AssignedBlockPruner``), at most ``runtime.max_blocks`` of them; each vector packs the randomized
   keep-vote and the fixed-point weight update of every weight (``VoteValueCodec`` for the run's n), so one
@@ -34,12 +37,13 @@ from participant.privacy import ParticipantPrivacy, encode_votes_and_updates
 from participant.voting import AssignedBlockPruner, KeepVotes, PackedBits, iterative_votes, one_shot_votes
 from privacy.errors import PrivacyError
 from privacy.secagg import ring_bit_width
-from privacy.secagg.fixed_point import VoteValueCodec
+from privacy.secagg.fixed_point import StatisticCodec, VoteValueCodec
 from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
 from proto.convert import session_chunk_coordinates
 from proto.domain import RunParameters
 from pruning.adapters import iter_prunable, qualified_name
 from pruning.layout import VoteLayout
+from pruning.local import check_pattern_fits, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
 from pruning.recipes import Mode, Recipe, recipe_conflicts
@@ -102,6 +106,10 @@ class ParticipantRecipe(abc.ABC):
     def check_assignment(self, block: int, *, max_blocks: int | None) -> None:
         """Raise PrivacyError when a session for ``block`` is beyond what this site takes (default: never)."""
         return None
+
+    def dimension(self, block: int) -> int:
+        """Return the coordinates of block ``block``'s input vector (default: one per weight)."""
+        return VoteLayout.for_block(self.inputs.model, block).dimension
 
     @abc.abstractmethod
     def vector(self, block: int) -> np.ndarray:
@@ -295,10 +303,93 @@ class FedSpaLLM(ParticipantRecipe):
         return inputs
 
 
+class StatisticsIterative(ParticipantRecipe):
+    """Each block's calibration column statistics, computed on the global masks of the blocks before it.
+
+    The vector of a block is, matrix after matrix in the block's layout order, the site's released
+    statistic (sum of x_j^2 per input column: exact, or the record-level DP release when the run has it)
+    as :class:`privacy.secagg.fixed_point.StatisticCodec` lanes. Nothing is randomized: the statistics
+    recipe sends no keep-votes.
+    """
+
+    recipe = Recipe.STATISTICS
+    max_bit_width = WIDE_MAX_BIT_WIDTH
+
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+        super().__init__(run, inputs, global_mask=global_mask)
+        self.codec = StatisticCodec()
+        self._scoring = self._statistics()
+
+    @staticmethod
+    def max_input(participants: int) -> int:
+        return StatisticCodec().max_input
+
+    @classmethod
+    def admission_problems(cls, run: RunParameters, *, max_blocks: int | None) -> list[str]:
+        if max_blocks is not None and max_blocks < run.blocks:
+            return [
+                f"the run's recipe (stats) computes statistics of all {run.blocks} decoder blocks at every "
+                f"site, over this site's runtime.max_blocks = {max_blocks}"
+            ]
+        return []
+
+    def chunk_coordinates(self, *, participants: int, max_input: int) -> int:
+        return session_chunk_coordinates(
+            ring_bit_width(participants, max_input), limit=self.run.chunk_coordinates
+        )
+
+    def dimension(self, block: int) -> int:
+        return 2 * sum(entry.shape[1] for entry in VoteLayout.for_block(self.inputs.model, block).entries)
+
+    def _statistics(self) -> Generator[dict[str, torch.Tensor], dict[str, torch.Tensor], None]:
+        """Yield one block's statistics at a time; ``send`` the block's global mask (True = pruned) back."""
+        inputs = self.inputs
+        check_pattern_fits(inputs.model, inputs.pattern)
+        for index, sublayers, statistics in scored_blocks(
+            inputs.model,
+            inputs.samples,
+            method=inputs.method,
+            device=inputs.device,
+            aggregator=inputs.aggregator,
+        ):
+            released = {}
+            for name in sublayers:
+                statistic = statistics[name]
+                assert statistic is not None  # wanda and ria read data (recipe_conflicts)
+                released[qualified_name(index, name)] = statistic.detach().to("cpu", torch.float64)
+            global_masks = yield released
+            for name, sublayer in sublayers.items():
+                sublayer.apply_pruned(global_masks[qualified_name(index, name)])
+
+    def vector(self, block: int) -> np.ndarray:
+        while block not in self.vectors:
+            computed = len(self.vectors)
+            # The first block needs no mask; every later one is computed on its predecessor's global mask.
+            statistics = (
+                next(self._scoring) if computed == 0 else self._scoring.send(self.global_mask(computed - 1))
+            )
+            layout = VoteLayout.for_block(self.inputs.model, computed)
+            self.vectors[computed] = np.concatenate(
+                [
+                    self.codec.encode(statistics[entry.name].numpy(), name=entry.name)
+                    for entry in layout.entries
+                ]
+            )
+            self.inputs.on_scored(computed)
+        stored = self.vectors[block]
+        assert isinstance(stored, np.ndarray)
+        return stored
+
+    def finish(self) -> None:
+        # Compute every block (and so record every DP release) before attesting.
+        self.vector(self.run.blocks - 1)
+
+
 _PLUGINS: dict[tuple[Recipe, Mode], type[ParticipantRecipe]] = {
     (Recipe.FEDPRLLM, Mode.ONE_SHOT): FedPrLLMOneShot,
     (Recipe.FEDPRLLM, Mode.ITERATIVE): FedPrLLMIterative,
     (Recipe.FEDSPALLM, Mode.ONE_SHOT): FedSpaLLM,
+    (Recipe.STATISTICS, Mode.ITERATIVE): StatisticsIterative,
 }
 
 
@@ -307,6 +398,8 @@ def plugin_for(run: RunParameters) -> type[ParticipantRecipe]:
     problems = recipe_conflicts(
         run.recipe, method=run.method, mode=run.mode, weight_scaling=run.weight_scaling
     )
+    if run.recipe is Recipe.STATISTICS and run.privacy.randomized_response:
+        problems.append("no randomized response (it sends no keep-votes to randomize)")
     if problems:
         raise RunRefusedError(
             f"the run's recipe is {run.recipe.value}, which needs {', '.join(problems)}; the coordinator "
@@ -332,6 +425,7 @@ __all__ = [
     "GlobalMask",
     "ParticipantRecipe",
     "SiteInputs",
+    "StatisticsIterative",
     "plugin_for",
     "recipe_max_input",
 ]

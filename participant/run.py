@@ -508,7 +508,7 @@ class ParticipantRun:
             self.params,
             parameters,
             recipe=self.recipe,
-            dimension=VoteLayout.for_block(self.model, block).dimension,
+            dimension=self.recipe.dimension(block),
             block=block,
         )
 

@@ -483,6 +483,7 @@ _METHODS: dict[Method, int] = {
     Method.MAGNITUDE: spb.METHOD_MAGNITUDE,
     Method.WANDA: spb.METHOD_WANDA,
     Method.SPARSEGPT: spb.METHOD_SPARSEGPT,
+    Method.RIA: spb.METHOD_RIA,
 }
 _GROUPS: dict[ComparisonGroup, int] = {
     ComparisonGroup.LAYER: spb.COMPARISON_GROUP_LAYER,
@@ -490,7 +491,11 @@ _GROUPS: dict[ComparisonGroup, int] = {
     ComparisonGroup.COLUMN: spb.COMPARISON_GROUP_COLUMN,
 }
 _MODES: dict[Mode, int] = {Mode.ONE_SHOT: spb.MODE_ONE_SHOT, Mode.ITERATIVE: spb.MODE_ITERATIVE}
-_RECIPES: dict[Recipe, int] = {Recipe.FEDPRLLM: spb.RECIPE_FEDPRLLM, Recipe.FEDSPALLM: spb.RECIPE_FEDSPALLM}
+_RECIPES: dict[Recipe, int] = {
+    Recipe.FEDPRLLM: spb.RECIPE_FEDPRLLM,
+    Recipe.FEDSPALLM: spb.RECIPE_FEDSPALLM,
+    Recipe.STATISTICS: spb.RECIPE_STATISTICS,
+}
 
 
 def _enum_from_proto(table: dict[Any, int], value: int, field: str) -> Any:

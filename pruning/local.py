@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -67,21 +68,41 @@ def prune_model(
     aggregator: StatisticAggregator | None = None,
     progress: bool = True,
     on_decision: Callable[[str, LocalDecision], None] | None = None,
+    block_sparsities: Sequence[float] | None = None,
 ) -> None:
     """Prune the model in place, block by block, handing each matrix's decision to ``on_decision``.
 
     ``samples`` (``[nsamples, seqlen]`` token ids) are needed by every method but magnitude.
     ``aggregator`` turns per-record contributions into statistics (exact sums by default; a private
     aggregator from ``privacy`` makes the statistics, and so every mask, differentially private).
+    ``block_sparsities`` (unstructured patterns only) gives each decoder block its own sparsity in place of
+    ``pattern.sparsity`` (an OWL allocation, ``pruning.owl``).
     """
     check_pattern_fits(model, pattern)
     blocks = len(decoder_blocks(model))
+    if block_sparsities is not None:
+        if pattern.is_n_m:
+            raise PruningInputError(f"per-block sparsities apply to unstructured sparsity, not {pattern}")
+        if len(block_sparsities) != blocks:
+            raise PruningInputError(
+                f"{len(block_sparsities)} block sparsities for a model of {blocks} blocks"
+            )
+        for index, value in enumerate(block_sparsities):
+            if not 0 < value < 1:
+                raise PruningInputError(
+                    f"block {index}'s sparsity must lie strictly between 0 and 1, got {value}"
+                )
     with tqdm(total=blocks, desc=f"{method.value} {pattern}", unit="block", disable=not progress) as bar:
         for index, sublayers, statistics in scored_blocks(
             model, samples, method=method, device=device, aggregator=aggregator
         ):
+            block_pattern = (
+                pattern
+                if block_sparsities is None
+                else dataclasses.replace(pattern, sparsity=float(block_sparsities[index]))
+            )
             for name, sublayer in sublayers.items():
-                decision = decide(method, sublayer, pattern, statistics[name])
+                decision = decide(method, sublayer, block_pattern, statistics[name])
                 apply_decision(sublayer, decision)
                 if on_decision is not None:
                     on_decision(qualified_name(index, name), decision)

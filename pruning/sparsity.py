@@ -12,8 +12,10 @@ from pruning.adapters import iter_prunable, qualified_name
 
 
 def sparsity_table(model: nn.Module) -> dict[str, Any]:
-    """Return per-matrix and total sparsity (the fraction of exactly-zero weights) of the prunable matrices."""
+    """Return per-matrix, per-block and total sparsity (the fraction of exactly-zero weights) of the prunable
+    matrices."""
     matrices = []
+    blocks: dict[int, dict[str, Any]] = {}
     zeros_total = weights_total = 0
     for block_index, name, sublayer in iter_prunable(model):
         weight = sublayer.weight()
@@ -28,10 +30,16 @@ def sparsity_table(model: nn.Module) -> dict[str, Any]:
                 "sparsity": zeros / total,
             }
         )
+        block = blocks.setdefault(block_index, {"block": block_index, "zeros": 0, "weights": 0})
+        block["zeros"] += zeros
+        block["weights"] += total
         zeros_total += zeros
         weights_total += total
+    for block in blocks.values():
+        block["sparsity"] = block["zeros"] / block["weights"]
     return {
         "matrices": matrices,
+        "blocks": list(blocks.values()),
         "total": {
             "zeros": zeros_total,
             "weights": weights_total,

@@ -105,7 +105,7 @@ def test_iterative_differs_from_one_shot_after_the_first_block(tmp_path: Path) -
     assert any(not torch.equal(one.global_masks[k], it.global_masks[k]) for k in later)
 
 
-@pytest.mark.parametrize("method", [Method.WANDA, Method.MAGNITUDE])
+@pytest.mark.parametrize("method", [Method.WANDA, Method.RIA, Method.MAGNITUDE])
 def test_one_participant_equals_local_pruning(method: Method, tmp_path: Path) -> None:
     """Secure aggregation with one site (t = 1) sums its one vector: the global model is its own."""
     base = build_tiny_model("opt")

@@ -23,10 +23,18 @@ def register(subparsers: Any) -> None:
         "--data", help="calibration data: .txt, or .jsonl with 'text' or 'input_ids' per line"
     )
     parser.add_argument("--sparsity", type=float, help="fraction of weights to prune, in (0, 1)")
-    parser.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt [wanda]")
+    parser.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt [wanda]")
     parser.add_argument(
         "--pattern", default="unstructured", help="unstructured, or N:M such as 2:4 [unstructured]"
     )
+    parser.add_argument(
+        "--owl",
+        action="store_true",
+        help="OWL: give each decoder block its own sparsity from its share of outlier scores, keeping the "
+        "model's average (unstructured only; needs --data)",
+    )
+    parser.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's largest shift lambda [0.08]")
+    parser.add_argument("--owl-m", type=float, default=5.0, help="OWL's outlier multiple M [5]")
     parser.add_argument("--nsamples", type=positive_int, default=128, help="calibration samples [128]")
     parser.add_argument(
         "--seqlen", type=positive_int, help="tokens per sample [2048, capped at the model's context length]"
@@ -57,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         save_model,
         vocabulary_size,
     )
+    from pruning.owl import OwlSettings, owl_allocation
     from pruning.sparsity import format_sparsity_table, sparsity_table, write_sparsity_json
 
     method = Method.parse(args.method)
@@ -65,12 +74,20 @@ def run(args: argparse.Namespace) -> int:
     check_model_dir(args.model)
     if method is not Method.MAGNITUDE and not args.data:
         raise PruningInputError(f"--method {method.value} needs calibration data (--data FILE)")
+    owl = OwlSettings(multiple=args.owl_m, lam=args.owl_lambda) if args.owl else None
+    if owl is not None:
+        if pattern.is_n_m:
+            raise PruningInputError(
+                f"--owl gives blocks different unstructured sparsities; not for {pattern}"
+            )
+        if not args.data:
+            raise PruningInputError("--owl needs calibration data (--data FILE) for the outlier ratios")
     device = resolve_device(args.device)
     model = load_model(args.model)
     check_pattern_fits(model, pattern)
     tokenizer = load_tokenizer(args.model)
     samples = None
-    if method is not Method.MAGNITUDE:
+    if method is not Method.MAGNITUDE or owl is not None:
         samples = calibration_samples(
             args.data,
             tokenizer,
@@ -84,11 +101,31 @@ def run(args: argparse.Namespace) -> int:
             "calibration: %d samples of %d tokens from %s", samples.shape[0], samples.shape[1], args.data
         )
     started = time.perf_counter()
-    prune_model(model, samples, method=method, pattern=pattern, device=device, progress=not args.no_progress)
+    allocation = None
+    if owl is not None:
+        assert samples is not None
+        allocation = owl_allocation(model, samples, target=pattern.sparsity, device=device, settings=owl)
+    prune_model(
+        model,
+        samples if method is not Method.MAGNITUDE else None,
+        method=method,
+        pattern=pattern,
+        device=device,
+        progress=not args.no_progress,
+        block_sparsities=None if allocation is None else allocation.sparsities,
+    )
     elapsed = time.perf_counter() - started
     save_model(model, tokenizer, out)
     table = sparsity_table(model)
+    if allocation is not None:
+        table["allocation"] = allocation.as_dict()
     write_sparsity_json(table, out / "sparsity.json")
     print(format_sparsity_table(table))
+    if allocation is not None:
+        print(
+            "OWL per-block sparsity: "
+            + ", ".join(f"{s:.4f}" for s in allocation.sparsities)
+            + f" (lambda {allocation.settings.lam:g}, M {allocation.settings.multiple:g}; weighted mean {pattern.sparsity:g})"
+        )
     print(f"pruned with {method.value} ({pattern}) in {elapsed:.1f} s on {device}; saved to {out}")
     return 0

@@ -64,11 +64,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--recipe",
         default="fedprllm",
-        choices=("fedprllm", "fedspallm"),
-        help="fedprllm: keep-votes only; fedspallm: SparseGPT masks and l0-norm averaged weights [fedprllm]",
+        choices=("fedprllm", "fedspallm", "stats"),
+        help="fedprllm: keep-votes only; fedspallm: SparseGPT masks and l0-norm averaged weights; stats: "
+        "summed calibration statistics, pruned at the coordinator (needs --mode iterative and "
+        "--epsilon0 inf) [fedprllm]",
     )
     parser.add_argument(
-        "--method", help="magnitude, wanda or sparsegpt [wanda; sparsegpt with --recipe fedspallm]"
+        "--method", help="magnitude, wanda, ria or sparsegpt [wanda; sparsegpt with --recipe fedspallm]"
     )
     parser.add_argument(
         "--budgets",

@@ -108,7 +108,9 @@ def compute_baselines(
     pattern = parse_pattern("unstructured", sparsity)
     local_method = Method.parse(method)
     if local_method is Method.MAGNITUDE:
-        raise ValueError("method: centralized and local-only need a calibrated method (wanda or sparsegpt)")
+        raise ValueError(
+            "method: centralized and local-only need a calibrated method (wanda, ria or sparsegpt)"
+        )
 
     def scored(name: str, build: Callable[[], nn.Module]) -> float:
         started = time.perf_counter()

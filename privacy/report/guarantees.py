@@ -62,6 +62,9 @@ class SummedInputs(str, enum.Enum):
     """FedPrLLM: per coordinate, the number of (randomized) keep-votes; nothing else."""
     KEEP_VOTES_AND_WEIGHT_UPDATES = "keep_votes_and_weight_updates"
     """FedSpaLLM: the keep-vote counts and, beside them, the sums of the keep-voters' weight updates."""
+    COLUMN_STATISTICS = "column_statistics"
+    """Statistics aggregation: per input column of every matrix, the sum over the sites of their released
+    calibration statistic (sum of x_j^2; record-level DP where the run has it). No keep-votes."""
 
 
 AMPLIFICATION_INVALID_WITH_UPDATES = (

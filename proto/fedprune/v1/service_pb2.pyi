@@ -14,6 +14,7 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_MAGNITUDE: _ClassVar[Method]
     METHOD_WANDA: _ClassVar[Method]
     METHOD_SPARSEGPT: _ClassVar[Method]
+    METHOD_RIA: _ClassVar[Method]
 
 class ComparisonGroup(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ class Recipe(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECIPE_UNSPECIFIED: _ClassVar[Recipe]
     RECIPE_FEDPRLLM: _ClassVar[Recipe]
     RECIPE_FEDSPALLM: _ClassVar[Recipe]
+    RECIPE_STATISTICS: _ClassVar[Recipe]
 
 class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +46,7 @@ METHOD_UNSPECIFIED: Method
 METHOD_MAGNITUDE: Method
 METHOD_WANDA: Method
 METHOD_SPARSEGPT: Method
+METHOD_RIA: Method
 COMPARISON_GROUP_UNSPECIFIED: ComparisonGroup
 COMPARISON_GROUP_LAYER: ComparisonGroup
 COMPARISON_GROUP_ROW: ComparisonGroup
@@ -51,6 +54,7 @@ COMPARISON_GROUP_COLUMN: ComparisonGroup
 RECIPE_UNSPECIFIED: Recipe
 RECIPE_FEDPRLLM: Recipe
 RECIPE_FEDSPALLM: Recipe
+RECIPE_STATISTICS: Recipe
 MODE_UNSPECIFIED: Mode
 MODE_ONE_SHOT: Mode
 MODE_ITERATIVE: Mode
