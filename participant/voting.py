@@ -1,7 +1,8 @@
 """A participant's keep-votes, one-shot or block by block (iterative), from its own calibration data.
 
 One-shot: the participant prunes its own copy of the model block by block with its own masks (its inputs
-to block l come from its own pruned blocks 0..l-1) and votes on every block. Iterative: after voting on
+to block l come from its own pruned blocks 0..l-1) and votes on every block; :func:`one_shot_block_votes`
+does it one block at a time, as far as the caller asks, and :func:`one_shot_votes` for the whole model. Iterative: after voting on
 block l the participant receives the global mask of block l, applies it, and only then scores block l+1.
 FedSpaLLM (:func:`sparsegpt_local_results`): one-shot SparseGPT on the blocks assigned to the participant,
 handing on both the mask and the reconstructed weights of every matrix.
@@ -9,7 +10,7 @@ handing on both the mask and the reconstructed weights of every matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Iterator
 
 import numpy as np
 import torch
@@ -76,6 +77,46 @@ def one_shot_votes(
         progress=progress,
         on_decision=lambda name, decision: on_votes(name, decision.keep_votes.cpu()),
     )
+
+
+def one_shot_block_votes(
+    model: nn.Module,
+    samples: torch.Tensor | CalibrationSet | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    aggregator: StatisticAggregator | None = None,
+) -> Iterator[KeepVotes]:
+    """Yield one block's keep-votes (on the CPU) at a time, pruning the block with them before the next.
+
+    The same decisions, in the same order, as :func:`one_shot_votes` (``pruning.local.prune_model``): a
+    block's statistics are collected only when the caller asks for the block, so a site can start a
+    block's session once that block alone is scored.
+    """
+    check_pattern_fits(model, pattern)  # here, not at the first block: a misfit is refused at once
+    return _one_shot_blocks(model, samples, method=method, pattern=pattern, device=device, aggregator=aggregator)
+
+
+@torch.no_grad()
+def _one_shot_blocks(
+    model: nn.Module,
+    samples: torch.Tensor | CalibrationSet | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    aggregator: StatisticAggregator | None,
+) -> Iterator[KeepVotes]:
+    for index, sublayers, statistics in scored_blocks(
+        model, samples, method=method, device=device, aggregator=aggregator
+    ):
+        votes: KeepVotes = {}
+        for name, sublayer in sublayers.items():
+            decision = decide(method, sublayer, pattern, statistics[name])
+            apply_decision(sublayer, decision)
+            votes[qualified_name(index, name)] = decision.keep_votes.cpu()
+        yield votes
 
 
 def iterative_votes(
