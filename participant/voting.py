@@ -19,11 +19,12 @@ from torch import nn
 from pruning.adapters import decoder_blocks, qualified_name
 from pruning.calibration import BlockRunner
 from pruning.data import CalibrationSet
+from pruning.distributed import exact_aggregator
 from pruning.errors import PruningInputError
 from pruning.local import check_pattern_fits, prune_model, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method, apply_decision, decide
-from pruning.statistics import ExactSum, StatisticAggregator
+from pruning.statistics import StatisticAggregator
 
 KeepVotes = dict[str, torch.Tensor]
 """Qualified matrix name -> bool tensor ``[out, in]``, True = keep."""
@@ -95,7 +96,9 @@ def one_shot_block_votes(
     block's session once that block alone is scored.
     """
     check_pattern_fits(model, pattern)  # here, not at the first block: a misfit is refused at once
-    return _one_shot_blocks(model, samples, method=method, pattern=pattern, device=device, aggregator=aggregator)
+    return _one_shot_blocks(
+        model, samples, method=method, pattern=pattern, device=device, aggregator=aggregator
+    )
 
 
 @torch.no_grad()
@@ -169,7 +172,7 @@ def sparsegpt_local_results(
     assigned = set(range(count)) if blocks is None else set(blocks)
     if not assigned <= set(range(count)):
         raise PruningInputError(f"blocks must lie in [0, {count}), got {sorted(assigned)}")
-    aggregator = aggregator or ExactSum()
+    aggregator = aggregator or exact_aggregator()
     for step in BlockRunner(model, samples, device=device):
         if step.index not in assigned:
             continue
@@ -204,7 +207,7 @@ class AssignedBlockPruner:
         check_pattern_fits(model, pattern)
         self.pattern = pattern
         self.blocks = len(decoder_blocks(model))
-        self._aggregator = aggregator or ExactSum()
+        self._aggregator = aggregator or exact_aggregator()
         self._steps = iter(BlockRunner(model, samples, device=device))
         self._next = 0
         self.pruned: list[int] = []

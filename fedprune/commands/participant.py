@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from proto.tls import TlsConfigurationError
 
     quiet_transformers()
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        # N copies of one site would join under one identity and calibrate the same data N times.
+        raise CommandError(
+            f"WORLD_SIZE is {world}: the participant daemon runs as one process; data-parallel calibration "
+            "over several processes is supported by `fedprune prune` (see docs/PARTICIPANTS.md)"
+        )
     try:
         config = load_config(args.config)
         config.check_paths()

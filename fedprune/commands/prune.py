@@ -41,6 +41,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
+    from pruning import distributed
     from pruning.calibration import resolve_device
     from pruning.data import calibration_samples
     from pruning.errors import PruningInputError
@@ -61,11 +62,15 @@ def run(args: argparse.Namespace) -> int:
 
     method = Method.parse(args.method)
     pattern = parse_pattern(args.pattern, args.sparsity)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    # Under torchrun (WORLD_SIZE > 1) every rank calibrates on its share of the samples; rank 0 writes.
+    device = resolve_device(args.device)
+    distributed.init_from_environment(device)
+    device = distributed.local_device(device)
+    leader = distributed.is_leader()
+    out = prepare_output_dir(args.out, overwrite=args.overwrite) if leader else None
     check_model_dir(args.model)
     if method is not Method.MAGNITUDE and not args.data:
         raise PruningInputError(f"--method {method.value} needs calibration data (--data FILE)")
-    device = resolve_device(args.device)
     model = load_model(args.model)
     check_pattern_fits(model, pattern)
     tokenizer = load_tokenizer(args.model)
@@ -84,8 +89,17 @@ def run(args: argparse.Namespace) -> int:
             "calibration: %d samples of %d tokens from %s", samples.shape[0], samples.shape[1], args.data
         )
     started = time.perf_counter()
-    prune_model(model, samples, method=method, pattern=pattern, device=device, progress=not args.no_progress)
+    prune_model(
+        model,
+        None if samples is None else distributed.shard_samples(samples),
+        method=method,
+        pattern=pattern,
+        device=device,
+        progress=not args.no_progress and leader,
+    )
     elapsed = time.perf_counter() - started
+    if out is None:  # another rank than 0: its copy is rank 0's, which writes it
+        return 0
     save_model(model, tokenizer, out)
     table = sparsity_table(model)
     write_sparsity_json(table, out / "sparsity.json")

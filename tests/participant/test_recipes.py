@@ -25,9 +25,9 @@ from privacy.errors import PrivacyError
 from privacy.secagg.fixed_point import VoteValueCodec
 from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
 from proto import domain
+from pruning.layout import VoteLayout
 from pruning.masks import ComparisonGroup, SparsityPattern
 from pruning.methods import Method
-from pruning.layout import VoteLayout
 from pruning.recipes import Mode, Recipe
 from tests.tiny import build_tiny_model, random_ids
 
@@ -102,7 +102,9 @@ def test_fedprllm_prunes_every_block_so_a_smaller_block_budget_is_a_problem_at_j
     assert FedSpaLLM.admission_problems(RUN, max_blocks=1) == []  # its sessions are checked one by one
 
 
-def _one_shot_site(model: Any, samples: Any, privacy: Any, scored: list[int], **fields: Any) -> FedPrLLMOneShot:
+def _one_shot_site(
+    model: Any, samples: Any, privacy: Any, scored: list[int], **fields: Any
+) -> FedPrLLMOneShot:
     inputs = SiteInputs(
         model=model,
         samples=samples,
