@@ -119,19 +119,34 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     if not active():
         return tensor
     dist = _dist()
-    summed = tensor.detach().clone().contiguous()
+    summed = _for_collective(tensor)
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
     dist.broadcast(summed, src=0)
-    return summed
+    return summed.to(tensor.device)
 
 
 def from_leader(tensor: torch.Tensor) -> torch.Tensor:
     """Return rank 0's ``tensor`` on every rank (its shape and dtype must agree; the identity on one rank)."""
     if not active():
         return tensor
-    received = tensor.detach().clone().contiguous()
+    received = _for_collective(tensor)
     _dist().broadcast(received, src=0)
-    return received
+    return received.to(tensor.device)
+
+
+def _for_collective(tensor: torch.Tensor) -> torch.Tensor:
+    """Return a contiguous copy of ``tensor`` where the backend reduces: this rank's GPU for NCCL, else the CPU.
+
+    A rank may hold a statistic on the CPU (zeros, when none of its records was sampled) while another
+    holds it on its GPU: the collective needs them on the backend's device alike.
+    """
+    dist = _dist()
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    return tensor.detach().to(device, copy=True).contiguous()
 
 
 class DistributedExactSum(ExactSum):
