@@ -335,7 +335,8 @@ def report(result: dict[str, object]) -> str:
     lines.append(f"    coordinator {coordinator['cpu_s']:.1f}: {phases}")
     first = service.get("first_session_s")
     if isinstance(first, float):
-        lines.insert(-2, f"(c) block 0's session started at every site {first:.1f} s after they started")
+        at = lines.index("CPU seconds by process and phase:")
+        lines.insert(at, f"(c) block 0's session started at every site {first:.1f} s after they started\n")
     for name, entry in participants.items():
         phases = ", ".join(f"{k} {v:.1f}" for k, v in entry["phases"].items())
         lines.append(f"    {name} {entry['cpu_s']:.1f}: {phases}")
