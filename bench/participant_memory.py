@@ -25,8 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
+from bench.scale import build_model_in_child  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     NAMES,
     Federation,
@@ -35,17 +34,6 @@ from tests.integration.harness import (  # noqa: E402
     start_coordinator,
     start_participant,
 )
-from tests.tiny import build_tiny_model, build_word_tokenizer  # noqa: E402
-
-
-def _model(directory: Path, *, blocks: int, hidden: int, intermediate: int) -> int:
-    """Save the model; return the bytes of its weights."""
-    model = build_tiny_model(
-        "llama", layers=blocks, hidden=hidden, intermediate=intermediate, dtype=torch.float16
-    )
-    model.save_pretrained(directory)
-    build_word_tokenizer().save_pretrained(directory)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _participant_peaks(federation: Federation) -> tuple[list[int], float, float]:
@@ -94,7 +82,7 @@ def main() -> None:
         for blocks in args.blocks:
             run_root = root / f"blocks-{blocks}"
             run_root.mkdir()
-            weights = _model(
+            weights = build_model_in_child(
                 run_root / "model", blocks=blocks, hidden=args.hidden, intermediate=args.intermediate
             )
             federation = Federation(root=run_root, pki=pki, model=run_root / "model", data=data)

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,8 +37,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
 
 from tests.integration.harness import (  # noqa: E402
     NAMES,
@@ -49,9 +48,38 @@ from tests.integration.harness import (  # noqa: E402
     start_coordinator,
     start_participant,
 )
-from tests.tiny import build_tiny_model, build_word_tokenizer  # noqa: E402
 
 COMPLETE = re.compile(r"block (\d+)/(\d+) complete")
+
+
+_BUILD = """
+import sys
+import torch
+from tests.tiny import build_tiny_model, build_word_tokenizer
+directory, blocks, hidden, intermediate = sys.argv[1], *map(int, sys.argv[2:5])
+model = build_tiny_model("llama", layers=blocks, hidden=hidden, intermediate=intermediate, dtype=torch.float16)
+model.save_pretrained(directory)
+build_word_tokenizer().save_pretrained(directory)
+print(sum(p.numel() * p.element_size() for p in model.parameters()))
+"""
+
+
+def build_model_in_child(directory: Path, *, blocks: int, hidden: int, intermediate: int) -> int:
+    """Save a random float16 Llama from a child process; return the bytes of its weights.
+
+    Not in this process: a child's ``ru_maxrss`` starts from the peak of the process that spawned it
+    (Linux carries the parent's high-water mark over ``vfork`` and ``exec``), so a benchmark that built
+    a large model itself would read its own peak in every role it starts afterwards.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(directory), str(blocks), str(hidden), str(intermediate)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 @dataclass(frozen=True)
@@ -127,17 +155,9 @@ class CompletionClock:
 
 def run_once(root: Path, pki: Path, data: dict[str, Path], shape: Shape, *, privacy: str) -> Measured:
     model_dir = root / "model"
-    model = build_tiny_model(
-        "llama",
-        layers=shape.blocks,
-        hidden=shape.hidden,
-        intermediate=shape.intermediate,
-        dtype=torch.float16,
+    model_bytes = build_model_in_child(
+        model_dir, blocks=shape.blocks, hidden=shape.hidden, intermediate=shape.intermediate
     )
-    model.save_pretrained(model_dir)
-    build_word_tokenizer().save_pretrained(model_dir)
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
     federation = Federation(root=root, pki=pki, model=model_dir, data=data)
     if privacy == "off":
         federation.privacy = {"randomized_response": False, "record_level_dp": False}
