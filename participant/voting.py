@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning.adapters import decoder_blocks, qualified_name
+from pruning.adapters import LinearSublayer, decoder_blocks, qualified_name
 from pruning.calibration import BlockRunner
 from pruning.data import CalibrationSet
 from pruning.distributed import exact_aggregator
@@ -114,12 +114,26 @@ def _one_shot_blocks(
     for index, sublayers, statistics in scored_blocks(
         model, samples, method=method, device=device, aggregator=aggregator
     ):
-        votes: KeepVotes = {}
-        for name, sublayer in sublayers.items():
-            decision = decide(method, sublayer, pattern, statistics[name])
-            apply_decision(sublayer, decision)
-            votes[qualified_name(index, name)] = decision.keep_votes.cpu()
-        yield votes
+        # Decided in a function of its own: this frame stays suspended through the block's session, and
+        # must not keep the block's votes and last decision (bytes a weight) alive beside it.
+        yield _prune_block_with_own_votes(index, sublayers, statistics, method=method, pattern=pattern)
+
+
+def _prune_block_with_own_votes(
+    index: int,
+    sublayers: dict[str, LinearSublayer],
+    statistics: dict[str, torch.Tensor | None],
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+) -> KeepVotes:
+    """Prune one block's sublayers with their own decisions; return the keep-votes (on the CPU)."""
+    votes: KeepVotes = {}
+    for name, sublayer in sublayers.items():
+        decision = decide(method, sublayer, pattern, statistics[name])
+        apply_decision(sublayer, decision)
+        votes[qualified_name(index, name)] = decision.keep_votes.cpu()
+    return votes
 
 
 def iterative_votes(
