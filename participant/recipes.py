@@ -149,6 +149,8 @@ class _PackedVotes(ParticipantRecipe):
         raise PrivacyError(f"block {block} has no keep-votes at this site")
 
     def vector(self, block: int) -> np.ndarray:
+        if self._unpacked is not None and self._unpacked[0] != block:
+            self._unpacked = None  # the former block's session is over: not held while this one is scored
         if block not in self.vectors:
             self._compute(block)
         stored = self.vectors[block]
