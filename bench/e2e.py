@@ -21,8 +21,10 @@ CPU time is user + system of each process, from ``os.wait4``. It prints (b)/(a) 
 wall time, and where (c)'s CPU goes: the coordinator's and each participant's, split into phases by the
 moments their log lines appear (a thread follows each log and reads the process's CPU time from
 ``/proc/PID/stat`` when a line first shows up). A participant's phases: start-up (interpreter and imports,
-up to its "identity key" line), model load and Join (to "joined run"), scoring (the whole model's calibration
-and votes, to "block 1: session started"), protocol (the sessions of every block, to its exit). The
+up to its "identity key" line), model load and Join (to "joined run"), block 0 (its calibration and votes,
+the only scoring a one-shot site does before its first session, to "block 0: session started"), the rest
+(every block's session, and the scoring of blocks 1 and later, each when its session starts, to its exit);
+and the wall time from the participants' start until block 0's session started at every site. The
 coordinator's: start-up until every site joined, waiting for block 1's session (the sites score), the block
 sessions, and writing the checkpoint and report after the last block. (a)'s: start-up, model load and
 data (to its "calibration:" line), pruning and saving. ``--json`` prints one JSON object.
@@ -59,7 +61,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 PARTICIPANT_MARKS = (
     ("start-up", "identity key"),
     ("load + join", "joined run"),  # model load, fingerprint, Join, data read, privacy plan
-    ("scoring", "block 1: session started"),
+    ("block 0 scoring", "block 0: session started"),
 )
 COORDINATOR_MARKS = (
     ("start-up + joins", "participants present"),
@@ -85,6 +87,8 @@ class PhaseClock:
     last: str | None = None
     """A line that may appear many times; the CPU time at its last appearance is kept (``last`` mark)."""
     cpu_at: dict[str, float] = field(default_factory=dict)
+    wall_at: dict[str, float] = field(default_factory=dict)
+    """Monotonic time when each mark's line was first seen."""
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -107,6 +111,7 @@ class PhaseClock:
                 for label, needle in self.marks:
                     if needle in line:
                         self.cpu_at.setdefault(label, cpu)
+                        self.wall_at.setdefault(label, time.monotonic())
                 if self.last is not None and self.last in line:
                     self.cpu_at["last"] = cpu
             time.sleep(0.02)
@@ -199,10 +204,12 @@ def run_service(federation: Federation, names: tuple[str, ...], *, timeout: floa
     participant_phases = {}
     for name, clock, usage in zip(names, clocks[1:], usages, strict=True):
         phases = clock.phases(cpu_s(usage))
-        phases["protocol"] = phases.pop("rest")
+        phases["sessions + later blocks"] = phases.pop("rest")
         participant_phases[name] = {"cpu_s": cpu_s(usage), "phases": phases}
+    first = [clock.wall_at.get("block 0 scoring") for clock in clocks[1:]]
     return {
         "wall_s": wall,
+        "first_session_s": max(first) - started if None not in first else None,  # type: ignore[type-var]
         "cpu_s": coordinator_cpu + sum(cpu_s(u) for u in usages),
         "coordinator": {"cpu_s": coordinator_cpu, "phases": coordinator_phases},
         "participants": participant_phases,
@@ -326,6 +333,10 @@ def report(result: dict[str, object]) -> str:
     assert isinstance(coordinator, dict) and isinstance(participants, dict)
     phases = ", ".join(f"{k} {v:.1f}" for k, v in coordinator["phases"].items())
     lines.append(f"    coordinator {coordinator['cpu_s']:.1f}: {phases}")
+    first = service.get("first_session_s")
+    if isinstance(first, float):
+        at = lines.index("CPU seconds by process and phase:")
+        lines.insert(at, f"(c) block 0's session started at every site {first:.1f} s after they started\n")
     for name, entry in participants.items():
         phases = ", ".join(f"{k} {v:.1f}" for k, v in entry["phases"].items())
         lines.append(f"    {name} {entry['cpu_s']:.1f}: {phases}")

@@ -6,9 +6,11 @@ For each depth it builds a random float16 Llama (``--hidden`` x ``--intermediate
 CA, three sites with their own calibration documents, and runs a real ``fedprune coordinator`` and three
 ``fedprune participant`` processes on loopback over mutual TLS (Wanda, privacy off: randomized response off
 keeps the votes as they are, which costs the same memory as randomized ones). Prints each participant's
-peak resident set (``ru_maxrss`` of that child, from ``wait4``), the model's weight bytes, and the slope
-between depths: the extra peak RSS per extra model byte, free of the fixed cost of the interpreter, torch
-and transformers.
+peak resident set (``ru_maxrss`` of that child, from ``wait4``), the model's weight bytes, the wall time
+from the participants' start until block 0's session starts at every site (the site's start-up, load,
+Join and the scoring that block 0 waits for), the whole run's wall time, and the slope between depths:
+the extra peak RSS per extra model byte, free of the fixed cost of the interpreter, torch and
+transformers.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
+from bench.scale import build_model_in_child  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     NAMES,
     Federation,
@@ -32,35 +34,30 @@ from tests.integration.harness import (  # noqa: E402
     start_coordinator,
     start_participant,
 )
-from tests.tiny import build_tiny_model, build_word_tokenizer  # noqa: E402
 
 
-def _model(directory: Path, *, blocks: int, hidden: int, intermediate: int) -> int:
-    """Save the model; return the bytes of its weights."""
-    model = build_tiny_model(
-        "llama", layers=blocks, hidden=hidden, intermediate=intermediate, dtype=torch.float16
-    )
-    model.save_pretrained(directory)
-    build_word_tokenizer().save_pretrained(directory)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _participant_peaks(federation: Federation) -> list[int]:
-    """Return each participant's peak RSS in bytes over one service run."""
+def _participant_peaks(federation: Federation) -> tuple[list[int], float, float]:
+    """Return each participant's peak RSS in bytes, the seconds until block 0's session started at every
+    site, and the seconds until every process exited, over one service run."""
     coordinator, address = start_coordinator(federation)
+    started = time.monotonic()
     participants = [start_participant(federation, name, address) for name in NAMES]
     peaks = []
     try:
+        for process in participants:
+            process.wait_for("block 0: session started", timeout=600)
+        first_session = time.monotonic() - started
         for process in participants:
             _, status, usage = os.wait4(process.popen.pid, 0)
             process.popen.returncode = os.waitstatus_to_exitcode(status)
             assert process.popen.returncode == 0, process.output()
             peaks.append(usage.ru_maxrss * 1024)  # Linux reports kilobytes
         assert coordinator.popen.wait(timeout=600) == 0, coordinator.output()
+        whole = time.monotonic() - started
     finally:
         for process in (coordinator, *participants):
             process.stop()
-    return peaks
+    return peaks, first_session, whole
 
 
 def main() -> None:
@@ -73,7 +70,10 @@ def main() -> None:
     print(
         f"llama float16 hidden {args.hidden}, intermediate {args.intermediate}; 3 participants; wanda {args.mode}"
     )
-    rows = ["| blocks | weights (MiB) | participant peak RSS (MiB, max of 3) |", "|---:|---:|---:|"]
+    rows = [
+        "| blocks | weights (MiB) | participant peak RSS (MiB, max of 3) | block 0's session starts (s) | run (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     points: list[tuple[int, int]] = []
     with tempfile.TemporaryDirectory(prefix="fedprune-bench-participant-") as scratch:
         root = Path(scratch)
@@ -82,16 +82,19 @@ def main() -> None:
         for blocks in args.blocks:
             run_root = root / f"blocks-{blocks}"
             run_root.mkdir()
-            weights = _model(
+            weights = build_model_in_child(
                 run_root / "model", blocks=blocks, hidden=args.hidden, intermediate=args.intermediate
             )
             federation = Federation(root=run_root, pki=pki, model=run_root / "model", data=data)
             federation.privacy = {"randomized_response": False, "record_level_dp": False}
             federation.run = {"mode": args.mode}
             federation.server = {"round_timeout_s": 300.0}
-            peak = max(_participant_peaks(federation))
+            peaks, first_session, whole = _participant_peaks(federation)
+            peak = max(peaks)
             points.append((weights, peak))
-            rows.append(f"| {blocks} | {weights / 2**20:.1f} | {peak / 2**20:.0f} |")
+            rows.append(
+                f"| {blocks} | {weights / 2**20:.1f} | {peak / 2**20:.0f} | {first_session:.1f} | {whole:.1f} |"
+            )
             print(rows[-1], flush=True)
     print("\n".join(rows))
     if len(points) > 1:

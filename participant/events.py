@@ -28,8 +28,9 @@ class Joined:
 class BlockScored:
     """This site's keep-votes of a block are computed from its data and randomized, ready to mask.
 
-    One-shot runs score every block before the first session, iterative runs each block when it is due,
-    FedSpaLLM runs each block assigned to this site when its session starts.
+    One-shot runs score each block (in order) when the first session that needs it starts, and any left
+    before the statement; iterative runs each block when it is due; FedSpaLLM runs each block assigned to
+    this site when its session starts.
     """
 
     block: int

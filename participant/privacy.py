@@ -201,9 +201,12 @@ class ParticipantPrivacy:
 
         Its Gaussian releases are recorded in this participant's ledger under its name.
         """
+        from pruning.distributed import ranks_reduction
+
         settings = self.settings
         if not settings.record_level_dp:
             return None
+        ranks = ranks_reduction()  # None in one process (the daemon always is; a library host may not be)
         plan = self.plan
         if plan is not None:
             assert plan.noise_multiplier is not None
@@ -214,6 +217,7 @@ class ParticipantPrivacy:
                 ledger=self.ledger,
                 participant=self.name,
                 max_releases=plan.releases,
+                ranks=ranks,
             )
         if settings.target_epsilon is not None:
             return DPStatisticAggregator.for_target(
@@ -224,6 +228,7 @@ class ParticipantPrivacy:
                 accountant_tolerance=settings.accountant_tolerance,
                 ledger=self.ledger,
                 participant=self.name,
+                ranks=ranks,
             )
         assert settings.noise_multiplier is not None
         return DPStatisticAggregator(
@@ -232,6 +237,7 @@ class ParticipantPrivacy:
             accountant_tolerance=settings.accountant_tolerance,
             ledger=self.ledger,
             participant=self.name,
+            ranks=ranks,
         )
 
     def randomize_block(self, block: int, keep_votes: np.ndarray) -> np.ndarray:

@@ -4,9 +4,10 @@ The run loop (``participant.run``) asks its recipe for a block's input vector, t
 use, the chunking they must have and whether a session is within the site's budget; it never asks which
 recipe it runs. ``plugin_for`` chooses the class, in this one place, from the run's parameters:
 
-- ``FedPrLLMOneShot``: the site prunes its own copy block by block with its own masks and votes on every
-  block at once; each block's keep-votes are randomized once, after every calibration release, and held
-  bit-packed.
+- ``FedPrLLMOneShot``: the site prunes its own copy block by block with its own masks; a block is scored
+  when its session (or a later block's) first asks for it, so block 0's session starts once block 0 alone
+  is scored; each block's keep-votes are randomized once, right after that block's calibration release,
+  and held bit-packed.
 - ``FedPrLLMIterative``: block l+1 is scored only after block l's global mask is applied (fetched from the
   coordinator through the ``global_mask`` callback it is given).
 - ``StatisticsIterative``: the site's calibration column statistics of each block, computed after the
@@ -25,7 +26,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,7 +35,13 @@ from torch import nn
 
 from participant.errors import RunRefusedError
 from participant.privacy import ParticipantPrivacy, encode_votes_and_updates
-from participant.voting import AssignedBlockPruner, KeepVotes, PackedBits, iterative_votes, one_shot_votes
+from participant.voting import (
+    AssignedBlockPruner,
+    KeepVotes,
+    PackedBits,
+    iterative_votes,
+    one_shot_block_votes,
+)
 from privacy.errors import PrivacyError
 from privacy.secagg import ring_bit_width
 from privacy.secagg.fixed_point import StatisticCodec, VoteValueCodec
@@ -150,6 +157,8 @@ class _PackedVotes(ParticipantRecipe):
         raise PrivacyError(f"block {block} has no keep-votes at this site")
 
     def vector(self, block: int) -> np.ndarray:
+        if self._unpacked is not None and self._unpacked[0] != block:
+            self._unpacked = None  # the former block's session is over: not held while this one is scored
         if block not in self.vectors:
             self._compute(block)
         stored = self.vectors[block]
@@ -164,38 +173,51 @@ class _PackedVotes(ParticipantRecipe):
 
 
 class FedPrLLMOneShot(_PackedVotes):
-    """Every block's keep-votes from the site's own pruned copy, computed at once when the run starts."""
+    """Every block's keep-votes from the site's own pruned copy, scored in order as far as a session asks.
+
+    The site's own masks, not the coordinator's, shape its later blocks, so scoring needs nothing from the
+    run; it is lazy only so that no session waits for the whole model's calibration, and only one block's
+    votes are ever held a byte a weight.
+    """
 
     def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
         super().__init__(run, inputs, global_mask=global_mask)
-        model = inputs.model
-        layouts = [VoteLayout.for_block(model, block) for block in range(run.blocks)]
-        pending: KeepVotes = {}
-        raw: dict[int, PackedBits] = {}
-
-        def collect(name: str, keep: torch.Tensor) -> None:
-            # Blocks are scored in order: pack each one as soon as its last matrix is decided, so the
-            # votes of the whole model are never held a byte a weight.
-            pending[name] = keep
-            layout = layouts[len(raw)] if len(raw) < len(layouts) else None
-            if layout is not None and all(n in pending for n in layout.names):
-                block_votes = {n: pending.pop(n) for n in layout.names}
-                raw[len(raw)] = PackedBits.of(layout.flatten(block_votes, dtype=torch.bool).numpy())
-
-        one_shot_votes(
-            model,
+        self._scoring: Iterator[KeepVotes] | None = one_shot_block_votes(
+            inputs.model,
             inputs.samples,
             method=inputs.method,
             pattern=inputs.pattern,
             device=inputs.device,
             aggregator=inputs.aggregator,
-            on_votes=collect,
         )
-        assert not pending and len(raw) == run.blocks  # the block count was checked at join
-        # Randomized only now, block by block in order, after every calibration release: the ledger
-        # records the same events in the same order as when the votes were randomized all at the end.
-        for block in range(run.blocks):
-            self._store(block, raw.pop(block).unpack())
+        self._scored = 0
+
+    def _compute(self, block: int) -> None:
+        if not 0 <= block < self.run.blocks:
+            raise PrivacyError(f"block {block} is outside the run's {self.run.blocks} blocks")
+        if block < self._scored:
+            raise PrivacyError(f"block {block}'s keep-votes were dropped; a block is never scored twice")
+        # Blocks are scored in order, each randomized right after its own calibration release (the
+        # ledger interleaves them as the iterative recipe's does: the statement lists the events in the
+        # order they happened, and the report checks it against the ledger event by event).
+        while self._scored <= block:
+            assert self._scoring is not None
+            votes = next(self._scoring, None)
+            if votes is None:  # pragma: no cover - the block count was checked at join
+                raise PrivacyError(f"the model ended before block {self._scored}")
+            scored = self._scored
+            self._scored += 1
+            layout = VoteLayout.for_block(self.inputs.model, scored)
+            self._store(scored, layout.flatten(votes, dtype=torch.bool).numpy())
+        if self._scored == self.run.blocks and self._scoring is not None:
+            # Free the calibration activations the scoring held between blocks.
+            self._scoring = None
+
+    def finish(self) -> None:
+        # Score every block (and so record every DP release and randomization) before attesting: a block
+        # whose session this site missed, or that no session asked for yet, is scored now.
+        if self._scored < self.run.blocks:
+            self._compute(self.run.blocks - 1)
 
 
 class FedPrLLMIterative(_PackedVotes):

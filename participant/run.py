@@ -470,6 +470,13 @@ class ParticipantRun:
         names = self._check_members(task.members, parameters.participant_ids)
         self._check_assignment(block)
         keys = {m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in task.members}
+        if self._block != block:
+            # Scoring a new block (one-shot and iterative sites score it now) takes a block's worth of
+            # memory: the former block's session, over or superseded, lets its vector and state go first.
+            self._pending_vector = None
+            if self._secagg is not None:
+                self._secagg.abort("the coordinator started another session")
+                self._secagg = None
         vector = self._vector(block)
         if self._secagg is not None:
             self._secagg.abort("the coordinator started another session")  # its secrets go now

@@ -1,7 +1,8 @@
 """A participant's keep-votes, one-shot or block by block (iterative), from its own calibration data.
 
 One-shot: the participant prunes its own copy of the model block by block with its own masks (its inputs
-to block l come from its own pruned blocks 0..l-1) and votes on every block. Iterative: after voting on
+to block l come from its own pruned blocks 0..l-1) and votes on every block; :func:`one_shot_block_votes`
+does it one block at a time, as far as the caller asks, and :func:`one_shot_votes` for the whole model. Iterative: after voting on
 block l the participant receives the global mask of block l, applies it, and only then scores block l+1.
 FedSpaLLM (:func:`sparsegpt_local_results`): one-shot SparseGPT on the blocks assigned to the participant,
 handing on both the mask and the reconstructed weights of every matrix.
@@ -9,20 +10,21 @@ handing on both the mask and the reconstructed weights of every matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from pruning.adapters import decoder_blocks, qualified_name
+from pruning.adapters import LinearSublayer, decoder_blocks, qualified_name
 from pruning.calibration import BlockRunner
 from pruning.data import CalibrationSet
+from pruning.distributed import exact_aggregator
 from pruning.errors import PruningInputError
 from pruning.local import check_pattern_fits, prune_model, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method, apply_decision, decide
-from pruning.statistics import ExactSum, StatisticAggregator
+from pruning.statistics import StatisticAggregator
 
 KeepVotes = dict[str, torch.Tensor]
 """Qualified matrix name -> bool tensor ``[out, in]``, True = keep."""
@@ -78,6 +80,62 @@ def one_shot_votes(
     )
 
 
+def one_shot_block_votes(
+    model: nn.Module,
+    samples: torch.Tensor | CalibrationSet | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    aggregator: StatisticAggregator | None = None,
+) -> Iterator[KeepVotes]:
+    """Yield one block's keep-votes (on the CPU) at a time, pruning the block with them before the next.
+
+    The same decisions, in the same order, as :func:`one_shot_votes` (``pruning.local.prune_model``): a
+    block's statistics are collected only when the caller asks for the block, so a site can start a
+    block's session once that block alone is scored.
+    """
+    check_pattern_fits(model, pattern)  # here, not at the first block: a misfit is refused at once
+    return _one_shot_blocks(
+        model, samples, method=method, pattern=pattern, device=device, aggregator=aggregator
+    )
+
+
+@torch.no_grad()
+def _one_shot_blocks(
+    model: nn.Module,
+    samples: torch.Tensor | CalibrationSet | None,
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+    device: torch.device,
+    aggregator: StatisticAggregator | None,
+) -> Iterator[KeepVotes]:
+    for index, sublayers, statistics in scored_blocks(
+        model, samples, method=method, device=device, aggregator=aggregator
+    ):
+        # Decided in a function of its own: this frame stays suspended through the block's session, and
+        # must not keep the block's votes and last decision (bytes a weight) alive beside it.
+        yield _prune_block_with_own_votes(index, sublayers, statistics, method=method, pattern=pattern)
+
+
+def _prune_block_with_own_votes(
+    index: int,
+    sublayers: dict[str, LinearSublayer],
+    statistics: dict[str, torch.Tensor | None],
+    *,
+    method: Method,
+    pattern: SparsityPattern,
+) -> KeepVotes:
+    """Prune one block's sublayers with their own decisions; return the keep-votes (on the CPU)."""
+    votes: KeepVotes = {}
+    for name, sublayer in sublayers.items():
+        decision = decide(method, sublayer, pattern, statistics[name])
+        apply_decision(sublayer, decision)
+        votes[qualified_name(index, name)] = decision.keep_votes.cpu()
+    return votes
+
+
 def iterative_votes(
     model: nn.Module,
     samples: torch.Tensor | CalibrationSet | None,
@@ -128,7 +186,7 @@ def sparsegpt_local_results(
     assigned = set(range(count)) if blocks is None else set(blocks)
     if not assigned <= set(range(count)):
         raise PruningInputError(f"blocks must lie in [0, {count}), got {sorted(assigned)}")
-    aggregator = aggregator or ExactSum()
+    aggregator = aggregator or exact_aggregator()
     for step in BlockRunner(model, samples, device=device):
         if step.index not in assigned:
             continue
@@ -163,7 +221,7 @@ class AssignedBlockPruner:
         check_pattern_fits(model, pattern)
         self.pattern = pattern
         self.blocks = len(decoder_blocks(model))
-        self._aggregator = aggregator or ExactSum()
+        self._aggregator = aggregator or exact_aggregator()
         self._steps = iter(BlockRunner(model, samples, device=device))
         self._next = 0
         self.pruned: list[int] = []

@@ -53,6 +53,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -208,6 +209,25 @@ class _Group:
     finished_records: set[int] = dataclasses.field(default_factory=set)
 
 
+class RankReduction(Protocol):
+    """How one site's calibration, split over several processes (ranks), becomes one release.
+
+    ``pruning.distributed.ranks_reduction`` gives the ``torch.distributed`` one. Each rank clips its own
+    records; the per-record sums are added over the ranks before any noise, and the leader alone draws the
+    noise, which reaches the other ranks with the released statistic: the noise is added once.
+    """
+
+    leader: bool
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Return ``tensor`` summed over every rank (the same on every rank)."""
+        ...
+
+    def from_leader(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Return the leader's ``tensor`` (same shape and dtype on every rank)."""
+        ...
+
+
 Prior = Callable[[int, str, int], "torch.Tensor | None"]
 """(block index, group key, width) -> a public prior statistic (column squares or Gram) or None."""
 
@@ -230,13 +250,18 @@ class DPStatisticAggregator:
         accountant_tolerance: float = DEFAULT_ACCOUNTANT_TOLERANCE,
         rng: KeystreamRandom | None = None,
         max_releases: int | None = None,
+        ranks: RankReduction | None = None,
     ) -> None:
         """``max_releases``: the most blocks this aggregator releases (what the participant's budget was
-        charged for); one more raises PrivacyError before any noise is drawn. None: no cap."""
+        charged for); one more raises PrivacyError before any noise is drawn. None: no cap.
+
+        ``ranks``: this site's calibration runs over several processes, each with its own records (see
+        :class:`RankReduction`); None: one process holds every record."""
         GaussianRelease(noise_multiplier=noise_multiplier, sample_rate=sample_rate)  # validates both
         if max_releases is not None and max_releases < 0:
             raise PrivacyError(f"max_releases must be >= 0, got {max_releases}")
         self.max_releases = max_releases
+        self._ranks = ranks
         self.noise_multiplier = float(noise_multiplier)
         self.sample_rate = float(sample_rate)
         self.ledger = ledger if ledger is not None else PrivacyLedger()
@@ -434,7 +459,14 @@ class DPStatisticAggregator:
         for group in self._groups.values():
             share = shares[group.key]
             noise_std = self.noise_multiplier / share  # in units of the per-record unit norm of this group
-            released, rule, weight = self._release_group(group, noise_std)
+            if self._ranks is not None:
+                group.total = self._ranks.sum(self._total_or_zeros(group))
+            if self._ranks is None or self._ranks.leader:
+                released, rule, weight = self._release_group(group, noise_std)
+            else:  # the leader alone draws the noise: it is added once to the summed statistic
+                released, rule, weight = self._placeholder(group), "from rank 0", float("nan")
+            if self._ranks is not None:
+                released = self._ranks.from_leader(released)
             group.released = released
             self.ledger.record(
                 MechanismEvent(
@@ -463,6 +495,18 @@ class DPStatisticAggregator:
         self.releases.append(
             GaussianRelease(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         )
+
+    def _total_or_zeros(self, group: _Group) -> torch.Tensor:
+        """Return the group's unit sum so far, zeros of its shape when no sampled record of it was read."""
+        if group.total is not None:
+            return group.total
+        shape = (group.width,) if self._kind == COLUMN_SQUARES else (group.width, group.width)
+        return torch.zeros(shape, dtype=torch.float64)
+
+    def _placeholder(self, group: _Group) -> torch.Tensor:
+        """Return a tensor of the released statistic's shape and dtype, to receive the leader's into."""
+        device = group.total.device if group.total is not None else torch.device("cpu")
+        return torch.zeros(self._total_or_zeros(group).shape, dtype=torch.float32, device=device)
 
     def _public_prior(self, group: _Group) -> torch.Tensor | None:
         return None if self._prior is None else self._prior(self._block, group.key, group.width)

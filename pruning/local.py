@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 from pruning.adapters import LinearSublayer, decoder_blocks, iter_prunable, linear_sublayers, qualified_name
 from pruning.calibration import BlockRunner
 from pruning.data import CalibrationSet
+from pruning.distributed import exact_aggregator
 from pruning.errors import PruningInputError
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method, apply_decision, decide
-from pruning.statistics import ExactSum, StatisticAggregator
+from pruning.statistics import StatisticAggregator
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def scored_blocks(
         return
     if samples is None:
         raise PruningInputError(f"{method.value} needs calibration data (--data)")
-    aggregator = aggregator or ExactSum()
+    aggregator = aggregator or exact_aggregator()  # summed over the ranks when data-parallel
     for step in BlockRunner(model, samples, device=device):
         statistics: BlockStatistics = dict(step.collect(method.statistic, aggregator))
         yield step.index, step.sublayers, statistics

@@ -84,11 +84,12 @@ def test_each_site_reports_join_scores_releases_statement_and_completion_in_orde
         assert isinstance(joined, Joined)
         assert (joined.run_id, joined.name, joined.blocks) == (report["run_id"], name, BLOCKS)
         statement = next(s for s in report["participant_statements"] if s["participant"] == name)
-        # One-shot: every block is scored before the first session; then each block's release in order.
+        # One-shot: each block is scored when its session starts, then released; no session waits for
+        # the whole model's calibration.
         assert events[1:] == [
             BlockScored(block=0, blocks=BLOCKS),
-            BlockScored(block=1, blocks=BLOCKS),
             BlockReleased(block=0, blocks=BLOCKS),
+            BlockScored(block=1, blocks=BLOCKS),
             BlockReleased(block=1, blocks=BLOCKS),
             StatementSubmitted(events=len(statement["events"])),
             RunEnded(complete=True, reason="run complete"),

@@ -31,3 +31,30 @@ def quiet_transformers() -> None:
 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+
+
+MMAP_THRESHOLD_BYTES = 64 * 1024
+"""Heap blocks at least this large are mapped on their own and unmapped when freed (glibc ``mallopt``)."""
+
+
+def return_large_buffers_to_the_os() -> bool:
+    """Make glibc map every buffer of at least 64 KiB on its own, so freeing one returns it to the OS.
+
+    By default glibc raises its mmap threshold each time a mapped buffer is freed, up to 32 MiB, after
+    which buffers of a block's size come from the heap and freed ones stay resident: a participant that
+    alternates scoring a block with that block's secure-aggregation session grew by about 100 MiB on a
+    90 MiB model that way (docs/BENCHMARKS.md, "The service: participant memory"). Setting the threshold
+    turns that adjustment off. Returns False where there is no glibc (nothing is changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedprune.commands.common import quiet_transformers
+    from fedprune.commands.common import quiet_transformers, return_large_buffers_to_the_os
     from fedprune.events import EventLog, fan_out
     from participant.client import (
         ConfigurationError,
@@ -50,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from proto.tls import TlsConfigurationError
 
     quiet_transformers()
+    return_large_buffers_to_the_os()
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        # N copies of one site would join under one identity and calibrate the same data N times.
+        raise CommandError(
+            f"WORLD_SIZE is {world}: the participant daemon runs as one process; data-parallel calibration "
+            "over several processes is supported by `fedprune prune` (see docs/PARTICIPANTS.md)"
+        )
     try:
         config = load_config(args.config)
         config.check_paths()

@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_transformers()
+    from pruning import distributed
     from pruning.calibration import resolve_device
     from pruning.data import calibration_samples
     from pruning.errors import PruningInputError
@@ -70,7 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
     method = Method.parse(args.method)
     pattern = parse_pattern(args.pattern, args.sparsity)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    # Under torchrun (WORLD_SIZE > 1) every rank calibrates on its share of the samples; rank 0 writes.
+    device = resolve_device(args.device)
+    distributed.init_from_environment(device)
+    device = distributed.local_device(device)
+    leader = distributed.is_leader()
+    out = prepare_output_dir(args.out, overwrite=args.overwrite) if leader else None
     check_model_dir(args.model)
     if method is not Method.MAGNITUDE and not args.data:
         raise PruningInputError(f"--method {method.value} needs calibration data (--data FILE)")
@@ -82,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
             )
         if not args.data:
             raise PruningInputError("--owl needs calibration data (--data FILE) for the outlier ratios")
-    device = resolve_device(args.device)
     model = load_model(args.model)
     check_pattern_fits(model, pattern)
     tokenizer = load_tokenizer(args.model)
@@ -104,17 +109,20 @@ def run(args: argparse.Namespace) -> int:
     allocation = None
     if owl is not None:
         assert samples is not None
+        # Every rank computes the same allocation from the whole sample set (no collective needed).
         allocation = owl_allocation(model, samples, target=pattern.sparsity, device=device, settings=owl)
     prune_model(
         model,
-        samples if method is not Method.MAGNITUDE else None,
+        None if method is Method.MAGNITUDE or samples is None else distributed.shard_samples(samples),
         method=method,
         pattern=pattern,
         device=device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and leader,
         block_sparsities=None if allocation is None else allocation.sparsities,
     )
     elapsed = time.perf_counter() - started
+    if out is None:  # another rank than 0: its copy is rank 0's, which writes it
+        return 0
     save_model(model, tokenizer, out)
     table = sparsity_table(model)
     if allocation is not None:

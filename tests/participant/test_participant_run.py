@@ -789,10 +789,11 @@ def test_one_shot_keep_votes_are_stored_packed_and_unpack_to_the_local_votes(
     )
     for block in range(BLOCKS):
         layout = VoteLayout.for_block(participant.model, block)
+        assert block not in participant._vectors  # scored only when a session asks for the block
+        vector = participant._vector(block)
         stored = participant._vectors[block]
         assert isinstance(stored, PackedBits) and stored.packed.nbytes == -(-layout.dimension // 8)
         expected = layout.flatten({n: votes[n] for n in layout.names}, dtype=torch.bool).numpy()
-        vector = participant._vector(block)
         assert vector.dtype == np.bool_ and np.array_equal(vector, expected)
         assert participant._vector(block) is vector  # a repeated session sends the very same vector
     # The model was pruned in place: a second run from this instance would start from pruned weights.
