@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
 
 
+class CallEndedError(grpc.RpcError):
+    """A call whose requests stopped because gRPC ended it (cancelled, expired or cut), not its caller."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CallLimits:
     """How many calls each caller may have open at once, and how long a call may wait for a message."""
@@ -154,6 +158,13 @@ class Admission(grpc.ServerInterceptor):
                 self._open[pool] -= 1
 
     # ------------------------------------------------------------------ bounded, decoded reads
+    def _log_end(self, method: str, name: str, token: int) -> None:
+        """Say in one line why a call's stream ended before its caller closed it."""
+        if self.watchdog.expired(token):
+            logger.info("%s from %s cut: no message for %.0f s", method, name, self.watchdog.idle_s)
+        else:
+            logger.info("%s from %s ended: cancelled by the caller or past its deadline", method, name)
+
     def messages(
         self,
         raw: Iterator[bytes],
@@ -175,16 +186,14 @@ class Admission(grpc.ServerInterceptor):
                 try:
                     data = next(raw)
                 except StopIteration:
-                    return
+                    if context.is_active():
+                        return  # the caller closed its side: the stream is complete
+                    # gRPC may end the requests of a cancelled, expired or cut call as if the caller had
+                    # closed them: that is an end of the call, not a short stream to judge.
+                    self._log_end(method, name, token)
+                    raise CallEndedError(f"{method} from {name} ended before its stream did") from None
                 except grpc.RpcError:
-                    if self.watchdog.expired(token):
-                        logger.info(
-                            "%s from %s cut: no message for %.0f s", method, name, self.watchdog.idle_s
-                        )
-                    else:
-                        logger.info(
-                            "%s from %s ended: cancelled by the caller or past its deadline", method, name
-                        )
+                    self._log_end(method, name, token)
                     raise
             if decode is None:
                 yield data
