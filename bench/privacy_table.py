@@ -81,14 +81,14 @@ def main() -> int:
     if args.random_ties:
         # Ablation only: the coordinator keeps, among equal vote counts, the larger |W|. Ranking by random
         # numbers instead of |W| gives the random tie-break of the reference code, to measure what the rule
-        # buys. The coordinator role itself selects, so its module's selection function is swapped.
-        import coordinator.run as coordinator_run
+        # buys. The coordinator's recipes select (coordinator.recipes), so that module's function is swapped.
+        import coordinator.recipes as coordinator_recipes
         from coordinator.aggregation import global_mask as selected_by_magnitude
 
         def random_ties(keep_votes: torch.Tensor, base_weight: torch.Tensor, **options: Any) -> torch.Tensor:
             return selected_by_magnitude(keep_votes, torch.rand(base_weight.shape), **options)
 
-        coordinator_run.global_mask = random_ties  # type: ignore[assignment]
+        coordinator_recipes.global_mask = random_ties  # type: ignore[assignment]
 
     device = torch.device("cpu")
     demo = (
