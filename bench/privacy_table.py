@@ -12,7 +12,9 @@ non-IID topic shards), prints the perplexity on the union of held-out tails of:
   docstring, with all of its 128-token windows; every document of the site's corpus is a candidate per
   block, sample rate 1), with its record-level epsilon at delta,
 - record-level DP at a target epsilon (default 8) for several local corpus sizes N with Poisson sampling
-  rate q = records / N (amplification by subsampling): how many records a site needs.
+  rate q = records / N (amplification by subsampling): how many records a site needs,
+- with ``--sections default``: both layers at once (randomized response at the first eps0 and record-level
+  DP at the target epsilon), the service's default privacy.
 The record-level epsilon of a row is the largest of the sites' guarantees in the run's signed report.
 
     python bench/privacy_table.py [--participants 4,16] [--repeats 3] [--random-ties] [--json]
@@ -45,7 +47,10 @@ def main() -> int:
         "--repeats", type=int, default=1, help="runs per noisy setting (CSPRNG noise cannot be seeded) [1]"
     )
     parser.add_argument(
-        "--sections", default="baseline,rr,sigma,target", help="which parts of the table to run"
+        "--sections",
+        default="baseline,rr,sigma,target",
+        help="which parts of the table to run (also: default, both layers at the first --epsilon0 and "
+        "--target-epsilon)",
     )
     parser.add_argument(
         "--random-ties",
@@ -76,14 +81,14 @@ def main() -> int:
     if args.random_ties:
         # Ablation only: the coordinator keeps, among equal vote counts, the larger |W|. Ranking by random
         # numbers instead of |W| gives the random tie-break of the reference code, to measure what the rule
-        # buys. The coordinator role itself selects, so its module's selection function is swapped.
-        import coordinator.run as coordinator_run
+        # buys. The coordinator's recipes select (coordinator.recipes), so that module's function is swapped.
+        import coordinator.recipes as coordinator_recipes
         from coordinator.aggregation import global_mask as selected_by_magnitude
 
         def random_ties(keep_votes: torch.Tensor, base_weight: torch.Tensor, **options: Any) -> torch.Tensor:
             return selected_by_magnitude(keep_votes, torch.rand(base_weight.shape), **options)
 
-        coordinator_run.global_mask = random_ties  # type: ignore[assignment]
+        coordinator_recipes.global_mask = random_ties  # type: ignore[assignment]
 
     device = torch.device("cpu")
     demo = (
@@ -185,6 +190,20 @@ def main() -> int:
                 f"RR eps0={eps0} + secagg",
                 run(files, args.records, {"epsilon0": float(eps0), "record_level_dp": False}),
                 records=args.records,
+            )
+        if "default" in sections:
+            # Both layers at once, as the service runs by default: RR at the first --epsilon0 and
+            # record-level DP at --target-epsilon over the --records documents (sample rate 1).
+            eps0 = float(args.epsilon0.split(",")[0])
+            add(
+                f"RR eps0={eps0:g} + DP stats eps={args.target_epsilon:g} + secagg",
+                run(
+                    files,
+                    args.records,
+                    {"epsilon0": eps0, "target_epsilon": args.target_epsilon, "delta": args.delta},
+                ),
+                records=args.records,
+                sample_rate=1.0,
             )
         for sigma in args.sigmas.split(",") if "sigma" in sections else []:
             privacy = {"randomized_response": False, "noise_multiplier": float(sigma), "delta": args.delta}

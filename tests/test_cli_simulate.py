@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_baselines_table(federation, tmp_path: Path, capsys) -> None:
         "dense",
         "magnitude",
         "centralized",
-        "federated (layer, one-shot)",
+        "federated, no privacy (layer, one-shot)",
         "local-only (mean)",
         "local-only (worst)",
     ):
@@ -167,6 +168,24 @@ def test_baselines_table(federation, tmp_path: Path, capsys) -> None:
     summary = json.loads((out / "simulation.json").read_text())
     assert len(summary["local_only"]) == 3
     assert summary["perplexity"]["local-only (worst)"] == pytest.approx(max(summary["local_only"]))
+    # Without privacy the run itself is the no-privacy row: no private row is claimed.
+    assert not any(name.startswith("private federated") for name in summary["perplexity"])
+
+
+def test_private_baselines_table_puts_the_run_without_privacy_beside_the_private_one(
+    federation, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "table"
+    assert main(_args(federation, out, "--baselines", "--eval-data", str(federation["eval"]))) == 0
+    printed = capsys.readouterr().out
+    assert "private federated (layer, one-shot)" in printed
+    assert "federated, no privacy (layer, one-shot)" in printed
+    perplexity = json.loads((out / "simulation.json").read_text())["perplexity"]
+    private = perplexity["private federated (layer, one-shot)"]
+    plain = perplexity["federated, no privacy (layer, one-shot)"]
+    assert math.isfinite(private) and math.isfinite(plain) and private > 1 and plain > 1
+    # It writes nothing beside the private run's outputs.
+    assert not any("no-privacy" in path.name for path in out.rglob("*"))
 
 
 def test_bad_simulation_options(federation, tmp_path: Path, capsys) -> None:

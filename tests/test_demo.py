@@ -7,6 +7,7 @@ shipped model with a few documents per site and a few evaluation windows, so the
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedprune.cli import main
 from fedprune.demo.packaged import ASSET_SHA256, ASSETS_DIR, DemoAssetError, open_packaged, verify_assets
@@ -94,6 +96,7 @@ def _summary() -> dict[str, object]:
             "centralized": 160.6,
             "local_only_mean": 162.0,
             "local_only_worst": 163.5,
+            "federated_no_privacy": 158.2,
             "private_federated": 160.4,
         },
         "local_only": {"site-1": 160.5, "site-2": 163.5},
@@ -122,7 +125,30 @@ def test_summary_json_refuses_a_table_with_a_missing_row(tmp_path: Path) -> None
 def test_terminal_table_shows_each_model_against_dense() -> None:
     table = format_table(_summary())
     assert "private federated" in table and "+17.9%" in table  # 160.4 / 136.1
+    assert "federated, no privacy" in table and "+16.2%" in table  # 158.2 / 136.1
     assert "reached 0.7000" in table
+
+
+def test_the_baselines_include_the_same_federation_without_privacy(tmp_path: Path) -> None:
+    from fedprune.demo.baselines import compute_baselines, evaluation_text
+    from fedprune.demo.sites import site_documents, write_site_files
+
+    demo = open_packaged(cache_dir=tmp_path / "cache")
+    files = write_site_files(site_documents(demo, 2, 4), tmp_path / "data")
+    text = evaluation_text(demo.model_dir, demo.eval_file, seqlen=demo.seq_len, max_windows=4)
+    seen: list[str] = []
+    baselines = compute_baselines(
+        demo.model_dir,
+        {f"site-{i + 1}": path for i, path in enumerate(files)},
+        text,
+        sparsity=0.5,
+        device=torch.device("cpu"),
+        on_result=lambda name, value, seconds: seen.append(name),
+    )
+    assert "federated, no privacy" in seen
+    assert math.isfinite(baselines.federated_no_privacy)
+    # A pruned model: worse than dense, and no privacy noise, so no worse than pruning by magnitude alone.
+    assert baselines.dense < baselines.federated_no_privacy < baselines.magnitude
 
 
 def test_summary_page_is_self_contained_with_table_chart_sparsity_and_report() -> None:
@@ -278,7 +304,14 @@ def test_demo_runs_the_service_and_writes_the_table_checkpoint_report_and_page(t
     for phase in ("model", "data", "certificates and configs", "federated run (service)", "evaluation"):
         assert phase in summary["phases"]
     # One progress line per site and block event, then the table.
-    for line in ("site-1      joined", "block 1/", "private federated", "time of each phase"):
+    assert math.isfinite(summary["perplexity"]["federated_no_privacy"])
+    for line in (
+        "site-1      joined",
+        "block 1/",
+        "federated, no privacy",
+        "private federated",
+        "time of each phase",
+    ):
         assert line in result.stdout
     # The checkpoint loads with plain transformers.
     from transformers import AutoModelForCausalLM

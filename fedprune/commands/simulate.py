@@ -10,7 +10,9 @@ document; epsilon 8 at delta 1e-5 unless told otherwise) and randomized response
 by secure aggregation (exactly) and still reported, with a report that states no DP guarantee; it says so
 loudly.
 With ``--baselines`` it also builds the dense, magnitude, centralized (all data at one site) and each
-participant's local-only model, evaluates them all on ``--eval-data`` and prints the table.
+participant's local-only model and, when privacy is on, runs the same federation without privacy
+(``privacy_off``) on the same data, evaluates them all on ``--eval-data`` and prints the table: the
+private and the no-privacy federated rows side by side.
 ``--recipe fedspallm`` (SparseGPT) also averages the kept weights over the participants that kept them
 (l0-norm; each weight's keep-vote and fixed-point update packed in the block's one secure-aggregation
 session) and, with ``--budgets``, lets each participant prune only as many blocks as it declares (its
@@ -163,7 +165,7 @@ def register(subparsers: Any) -> None:
     evaluation.add_argument(
         "--baselines",
         action="store_true",
-        help="also build dense/magnitude/centralized/local-only models and compare",
+        help="also build dense/magnitude/centralized/local-only models (and, with privacy on, the same run without privacy) and compare",
     )
     evaluation.add_argument("--eval-data", help="held-out evaluation file for --baselines")
     parser.add_argument("--out", required=True, help="output directory for the global checkpoint")
@@ -419,7 +421,8 @@ def run(args: argparse.Namespace) -> int:
             eval_stream,
             settings=settings,
             device=device,
-            record_level_dp=privacy.record_level_dp,
+            privacy=privacy,
+            threshold=served.threshold,
         )
         print(_format_table(rows))
         summary["perplexity"] = dict(rows)
@@ -437,10 +440,21 @@ def _baseline_rows(
     *,
     settings: Any,
     device: Any,
-    record_level_dp: bool,
+    privacy: Any,
+    threshold: int,
 ) -> tuple[list[tuple[str, float]], list[float]]:
-    """Return the table's rows (dense, magnitude, centralized, federated, local-only) and each site's figure."""
+    """Return the table's rows (dense, magnitude, centralized, federated with and without privacy,
+    local-only) and each site's figure.
+
+    With privacy on, the same federation runs once more with :func:`fedprune.simulate.privacy_off` (true
+    votes, exact statistics, secure aggregation) on the same calibration data and threshold, so the cost
+    of privacy is the difference of two rows. That run signs its report with a throwaway key and writes
+    nothing under ``--out``.
+    """
+    import tempfile
+
     from fedprune.baselines import centralized_model, evaluate, local_only_models, magnitude_model
+    from fedprune.simulate import privacy_off, simulate_service
     from pruning.methods import Method
 
     def ppl(model: Any) -> float:
@@ -451,15 +465,32 @@ def _baseline_rows(
     if method is not Method.MAGNITUDE:
         centralized = centralized_model(base, samples, method=method, pattern=pattern, device=device)
         rows.append(("centralized", ppl(centralized)))
-    rows.append(
-        (
-            f"federated ({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})",
-            ppl(served.model),
-        )
-    )
-    # A site's own model from the run is its local-only model when its statistics were exact (and it
-    # pruned every block alone, one-shot); otherwise each site prunes a copy alone, with exact statistics.
-    local_models = None if record_level_dp else served.local_models
+    shape = f"({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})"
+    private = args.privacy != "off"
+    local_models = None if privacy.record_level_dp else served.local_models
+    if private:
+        rows.append((f"private federated {shape}", ppl(served.model)))
+        with tempfile.TemporaryDirectory(prefix="fedprune-simulate-no-privacy-") as scratch:
+            plain = simulate_service(
+                args.model,
+                args.participant_data,
+                settings=settings,
+                privacy=privacy_off(),
+                threshold=threshold,
+                out=Path(scratch) / "out",
+                signing_key=Path(scratch) / "report.key",
+                device=str(device),
+                participant_samples=samples,
+                progress=False,
+                state_dir=Path(scratch) / "state",
+                keep_local_models=True,
+            )
+        rows.append((f"federated, no privacy {shape}", ppl(plain.model)))
+        local_models = plain.local_models
+    else:
+        rows.append((f"federated, no privacy {shape}", ppl(served.model)))
+    # A site's own model from a run with exact statistics is its local-only model (when it pruned every
+    # block alone, one-shot); otherwise each site prunes a copy alone, with exact statistics.
     if local_models is None:
         local_models = local_only_models(base, samples, method=method, pattern=pattern, device=device)
     local = [ppl(model) for model in local_models]

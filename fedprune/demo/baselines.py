@@ -1,4 +1,5 @@
-"""What the private federated model is compared with: dense, magnitude, centralized and local-only models.
+"""What the private federated model is compared with: dense, magnitude, centralized, local-only and the same
+federation without privacy.
 
 Every model is scored on the same held-out text (the union of the sites' held-out tails). The baselines
 have no privacy layer, on purpose (the models are built by ``fedprune.baselines``, as for ``simulate
@@ -6,6 +7,9 @@ have no privacy layer, on purpose (the models are built by ``fedprune.baselines`
 it, so it needs none), and centralized is what pooling every site's documents at one place would give,
 which is exactly what the sites cannot do. Centralized and local-only prune with the recipe's method
 (Wanda under FedPrLLM, SparseGPT with its reconstructed weights under FedSpaLLM); magnitude uses no data.
+"Federated, no privacy" is the demo's federation (same recipe, sites and documents) run by the service's
+roles in this process without randomized response and without record-level DP, still under secure
+aggregation: the private row minus it is the cost of privacy.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class Baselines:
     magnitude: float
     centralized: float
     local_only: dict[str, float]
+    federated_no_privacy: float
+    """The same federation (recipe, sites, documents, threshold rule) run without randomized response and
+    without record-level DP, its votes still summed by secure aggregation: the private row minus this one
+    is what privacy costs."""
 
     @property
     def local_only_mean(self) -> float:
@@ -88,19 +96,25 @@ def compute_baselines(
     sparsity: float,
     device: torch.device,
     method: str = "wanda",
+    recipe: str = "fedprllm",
     on_result: Callable[[str, float, float], None] | None = None,
 ) -> Baselines:
     """Return the baselines' perplexities; ``on_result(name, perplexity, seconds)`` follows each one.
 
-    ``method`` (``wanda`` or ``sparsegpt``) prunes the centralized and local-only models.
+    ``method`` (``wanda`` or ``sparsegpt``) prunes the centralized and local-only models; ``recipe`` is the
+    federation's, run once more here without privacy by the service's own roles in this process
+    (``fedprune.simulate.simulate_service`` with ``privacy_off()``) on the same documents.
     """
+    import tempfile
     import time
 
     from fedprune.baselines import centralized_model, local_only_models, magnitude_model
+    from fedprune.simulate import SimulationSettings, privacy_off, simulate_service
     from pruning.data import calibration_records
     from pruning.masks import parse_pattern
     from pruning.methods import Method
     from pruning.model_io import load_model, load_tokenizer, vocabulary_size
+    from pruning.recipes import Recipe
 
     base = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -140,7 +154,33 @@ def compute_baselines(
         )
         for name, own in records.items()
     }
-    return Baselines(dense=dense, magnitude=magnitude, centralized=centralized, local_only=local)
+
+    def without_privacy() -> nn.Module:
+        settings = SimulationSettings(
+            method=local_method, pattern=pattern, seqlen=text.seqlen, recipe=Recipe.parse(recipe)
+        )
+        with tempfile.TemporaryDirectory(prefix="fedprune-demo-no-privacy-") as scratch:
+            return simulate_service(
+                model_dir,
+                list(sites.values()),
+                settings=settings,
+                privacy=privacy_off(),
+                out=Path(scratch) / "out",
+                signing_key=Path(scratch) / "report.key",
+                device=str(device),
+                participant_samples=list(records.values()),
+                progress=False,
+                state_dir=Path(scratch) / "state",
+            ).model
+
+    federated_no_privacy = scored("federated, no privacy", without_privacy)
+    return Baselines(
+        dense=dense,
+        magnitude=magnitude,
+        centralized=centralized,
+        local_only=local,
+        federated_no_privacy=federated_no_privacy,
+    )
 
 
 def federated_perplexity(checkpoint: Path, text: EvaluationText, *, device: torch.device) -> float:

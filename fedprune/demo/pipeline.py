@@ -252,6 +252,7 @@ def _run(
                 sparsity=settings.sparsity,
                 device=torch.device(settings.device if settings.device != "auto" else "cpu"),
                 method=settings.method,
+                recipe=settings.recipe,
                 on_result=lambda name, value, seconds: _baseline_done(
                     board, federation, name, value, seconds
                 ),
@@ -307,6 +308,7 @@ def _run(
             "centralized": baselines.centralized,
             "local_only_mean": baselines.local_only_mean,
             "local_only_worst": baselines.local_only_worst,
+            "federated_no_privacy": baselines.federated_no_privacy,
             "private_federated": federated,
         },
         "local_only": baselines.local_only,

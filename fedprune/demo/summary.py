@@ -39,6 +39,11 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("centralized", "centralized", "{method} on every site's documents pooled at one place (no privacy)"),
     ("local_only_mean", "local-only (mean)", "each site prunes with {method} on its own documents alone"),
     ("local_only_worst", "local-only (worst)", "the worst of those sites"),
+    (
+        "federated_no_privacy",
+        "federated, no privacy",
+        "the same federation without randomized response or record-level DP (secure aggregation still on)",
+    ),
     ("private_federated", "private federated", "the coordinator's model: {federated}"),
 )
 
@@ -203,6 +208,7 @@ _COLOURS = {
     "centralized": "#5b7bd5",
     "local_only_mean": "#c65b7c",
     "local_only_worst": "#9e3553",
+    "federated_no_privacy": "#8cc9a5",
     "private_federated": "#1f9d55",
 }
 
