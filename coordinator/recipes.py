@@ -161,8 +161,31 @@ class CoordinatorRecipe(Protocol):
         ...
 
 
+class _MaskOnlyOutput:
+    """Keep no sums past a block (its mask, and FedSpaLLM's final weights, are kept with the block) and
+    leave the base weights at output time; a recipe that needs more overrides these."""
+
+    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Keep nothing: the mask is all the output needs."""
+
+    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
+        """Delete the block's sums file."""
+        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Leave the base weights."""
+
+
 @dataclasses.dataclass(frozen=True)
-class FedPrLLM:
+class FedPrLLM(_MaskOnlyOutput):
     """Keep-votes only; the global model is the base weights under the voted mask."""
 
     pattern: SparsityPattern
@@ -214,24 +237,6 @@ class FedPrLLM:
             masks[name] = global_mask(keep_votes, base_weights[name], pattern=self.pattern, group=self.group)
         return AggregatedBlock(keep_votes=votes, masks=masks)
 
-    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
-        """Keep nothing: the mask is all the output needs."""
-
-    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
-        """Delete the block's counts file."""
-        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
-
-    def set_block_weights(
-        self,
-        state: RunState,
-        block: int,
-        layout: VoteLayout,
-        sublayers: Mapping[str, LinearSublayer],
-        *,
-        contributors: int,
-    ) -> None:
-        """Leave the base weights."""
-
 
 @dataclasses.dataclass(frozen=True)
 class ScaledFedPrLLM(FedPrLLM):
@@ -264,7 +269,7 @@ class ScaledFedPrLLM(FedPrLLM):
 
 
 @dataclasses.dataclass(frozen=True)
-class FedSpaLLM:
+class FedSpaLLM(_MaskOnlyOutput):
     """SparseGPT keep-votes and weight updates summed together; l0-norm averaged kept weights."""
 
     pattern: SparsityPattern
@@ -361,13 +366,6 @@ class FedSpaLLM:
             final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
         return AggregatedBlock(keep_votes=keep_votes, masks=masks, weights=save_safetensors(final))
 
-    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
-        """Keep nothing of the sums: the final weights are kept with the mask."""
-
-    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
-        """Delete the block's sums file."""
-        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
-
     def set_block_weights(
         self,
         state: RunState,
@@ -398,7 +396,7 @@ def statistic_dimension(layout: VoteLayout) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Statistics:
+class Statistics(_MaskOnlyOutput):
     """Column statistics summed over the sites; each block pruned from the sums with Wanda or RIA."""
 
     pattern: SparsityPattern
@@ -472,24 +470,6 @@ class Statistics:
             masks[name] = decision
             keep[name] = (~decision).to(torch.int32)
         return AggregatedBlock(keep_votes=keep, masks=masks)
-
-    def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
-        """Keep nothing: the mask is all the output needs."""
-
-    def release_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
-        """Delete the block's sums file."""
-        state.counts_file(block, sums.dtype).unlink(missing_ok=True)
-
-    def set_block_weights(
-        self,
-        state: RunState,
-        block: int,
-        layout: VoteLayout,
-        sublayers: Mapping[str, LinearSublayer],
-        *,
-        contributors: int,
-    ) -> None:
-        """Leave the base weights."""
 
 
 def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorRecipe:
