@@ -184,8 +184,22 @@ class _MaskOnlyOutput:
         """Leave the base weights."""
 
 
+class _EveryoneEveryBlock:
+    """Every participant takes part in every block: no assignment, and a block's event counts the run."""
+
+    def event_participants(self, *, session: int, run: int) -> int:
+        """Return the run's participants: every block is everyone's."""
+        return run
+
+    def assign_blocks(
+        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
+    ) -> dict[int, tuple[str, ...]] | None:
+        """Return None: every participant takes part in every block."""
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
-class FedPrLLM(_MaskOnlyOutput):
+class FedPrLLM(_EveryoneEveryBlock, _MaskOnlyOutput):
     """Keep-votes only; the global model is the base weights under the voted mask."""
 
     pattern: SparsityPattern
@@ -210,16 +224,6 @@ class FedPrLLM(_MaskOnlyOutput):
             chunk_coordinates=chunk_coordinates,
             max_bit_width=MAX_BIT_WIDTH,
         )
-
-    def event_participants(self, *, session: int, run: int) -> int:
-        """Return the run's participants: every block is everyone's."""
-        return run
-
-    def assign_blocks(
-        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
-    ) -> dict[int, tuple[str, ...]] | None:
-        """Return None: every participant votes on every block."""
-        return None
 
     def aggregate(
         self,
@@ -396,7 +400,7 @@ def statistic_dimension(layout: VoteLayout) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Statistics(_MaskOnlyOutput):
+class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
     """Column statistics summed over the sites; each block pruned from the sums with Wanda or RIA."""
 
     pattern: SparsityPattern
@@ -423,16 +427,6 @@ class Statistics(_MaskOnlyOutput):
             chunk_coordinates=session_chunk_coordinates(width, limit=chunk_coordinates),
             max_bit_width=WIDE_MAX_BIT_WIDTH,
         )
-
-    def event_participants(self, *, session: int, run: int) -> int:
-        """Return the run's participants: every block is everyone's."""
-        return run
-
-    def assign_blocks(
-        self, state: RunState, budgets: Mapping[str, int | None], *, blocks: int, threshold: int
-    ) -> dict[int, tuple[str, ...]] | None:
-        """Return None: every participant sends statistics for every block."""
-        return None
 
     def statistics(
         self, layout: VoteLayout, sums: np.ndarray, *, contributors: int
