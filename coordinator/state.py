@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privacy.durable import write_durably
+from privacy.durable import DirectoryLock, write_durably
 from privacy.ledger import MechanismEvent
 from privacy.signing import ParticipantStatement
 from proto.domain import Member
@@ -72,6 +72,18 @@ class RunState:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "masks").mkdir(exist_ok=True)
         (directory / "weights").mkdir(exist_ok=True)
+        self._directory_lock = DirectoryLock(directory, what="output.state")
+        try:
+            self._open(parameters_digest)
+        except BaseException:
+            database = getattr(self, "_db", None)
+            if database is not None:
+                database.close()
+            self._directory_lock.release()
+            raise
+
+    def _open(self, parameters_digest: str) -> None:
+        directory = self.directory
         self._lock = threading.RLock()
         self._db = sqlite3.connect(directory / "run.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -118,9 +130,10 @@ class RunState:
         return None if row is None else str(row[0])
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and release the directory."""
         with self._lock:
             self._db.close()
+            self._directory_lock.release()
 
     # ------------------------------------------------------------------ roster
     def members(self) -> dict[str, Member]:

@@ -65,6 +65,7 @@ from participant.markers import RELEASE_TOKEN_PREFIX, SiteRecords
 from participant.privacy import ParticipantPrivacy, PrivacyPlan
 from participant.recipes import ParticipantRecipe, SiteInputs, plugin_for, recipe_max_input
 from participant.voting import PackedBits
+from privacy.durable import DirectoryLock
 from privacy.errors import PrivacyError
 from privacy.secagg import (
     PROTOCOL_VERSION,
@@ -626,8 +627,10 @@ class ParticipantRun:
 
         Proof that the coordinator lied (a CoordinatorMisbehaviour) ends this site's part in the run:
         the session's secrets and the vectors are dropped, nothing more is sent, and CoordinatorLiedError
-        (a RunRefusedError naming the check) is raised.
+        (a RunRefusedError naming the check) is raised. The state directory is locked for the run's length:
+        a second participant on it is refused (``privacy.durable.DirectoryInUseError``) before anything runs.
         """
+        lock = DirectoryLock(self.config.runtime.state, what="runtime.state")
         try:
             self._run()
         except CoordinatorMisbehaviour as proof:
@@ -638,6 +641,8 @@ class ParticipantRun:
         except Exception as error:
             self._on_event(RunEnded(complete=False, reason=str(error)))
             raise
+        finally:
+            lock.release()
         self._on_event(RunEnded(complete=True, reason="run complete"))
 
     def _leave(self, proof: CoordinatorMisbehaviour) -> None:

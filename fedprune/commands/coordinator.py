@@ -69,12 +69,13 @@ def _serve(config: CoordinatorConfig, events: EventLog | None) -> int:
     from coordinator.run import CoordinatorRun
     from coordinator.servicer import serve
     from coordinator.state import StateError
+    from privacy.durable import DirectoryInUseError
     from privacy.signing import grouped_fingerprint, load_or_create_signing_key
     from proto.tls import TlsConfigurationError
 
     try:
         run_ = CoordinatorRun(config, on_event=ignore if events is None else events)
-    except (ConfigError, StateError, TlsConfigurationError) as error:
+    except (ConfigError, StateError, TlsConfigurationError, DirectoryInUseError) as error:
         raise CommandError(str(error)) from None
     try:
         server, port, health_servicer = serve(run_, address=config.server.address)

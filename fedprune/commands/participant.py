@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from participant.config import ConfigError, load_config
     from participant.progress import BlockProgressBar
     from participant.run import ParticipantRun, RunAbortedError, RunRefusedError
+    from privacy.durable import DirectoryInUseError
     from proto.tls import TlsConfigurationError
 
     quiet_transformers()
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         ParticipantRun(config, client, on_event=bar if events is None else fan_out(bar, events)).run()
     except ConfigurationError as error:
         raise CommandError(f"configuration error: {error}") from None
+    except DirectoryInUseError as error:
+        raise CommandError(str(error)) from None
     except (RunRefusedError, RunAbortedError, CoordinatorUnreachableError) as error:
         print(f"fedprune participant: {error}", file=sys.stderr)
         return EXIT_REFUSED

@@ -285,6 +285,7 @@ def test_a_coordinator_killed_after_acknowledging_a_block_resumes_without_counti
         assert time.monotonic() < deadline, "block 0 never completed"
         time.sleep(0.01)
     assert isinstance(threads.errors.pop("coordinator-1"), Crash)
+    first.close()  # what the kill does: the process's database handle and state-directory lock are gone
 
     second = CoordinatorRun(config)  # same state directory: resumes at block 1
     assert second.run_id == first.run_id and sorted(second.state.completed_blocks()) == [0]

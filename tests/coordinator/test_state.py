@@ -86,3 +86,24 @@ def test_statements_are_kept_once_per_participant(tmp_path: Path) -> None:
         )
     assert list(state.statements()) == ["site-a"]
     state.close()
+
+
+def test_a_second_coordinator_on_the_state_directory_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    from privacy.durable import DirectoryInUseError
+
+    state = RunState(tmp_path / "state", parameters_digest="a")
+    with pytest.raises(DirectoryInUseError, match="output.state .* is in use by another process"):
+        RunState(tmp_path / "state", parameters_digest="a")
+    state.close()
+    again = RunState(tmp_path / "state", parameters_digest="a")
+    assert again.boot == 2
+    again.close()
+
+
+def test_a_refused_resume_releases_the_state_directory(tmp_path: Path) -> None:
+    RunState(tmp_path / "state", parameters_digest="a").close()
+    with pytest.raises(StateError, match="other"):
+        RunState(tmp_path / "state", parameters_digest="b")
+    RunState(tmp_path / "state", parameters_digest="a").close()

@@ -227,6 +227,24 @@ def test_the_lifetime_budget_is_committed_before_any_vote_and_refuses_the_run_th
     assert _budget(config).spent().epsilon == spend
 
 
+def test_a_second_participant_on_a_state_directory_in_use_is_refused_before_it_joins(
+    site: Callable[..., ParticipantConfig],
+) -> None:
+    from privacy.durable import DirectoryInUseError, DirectoryLock
+
+    config = site()
+    config.runtime.state.mkdir(parents=True, exist_ok=True)
+    held = DirectoryLock(config.runtime.state, what="runtime.state")  # the first daemon's lock
+    participant, client = _participant(config, _reply(config), [pb.Task(run_complete=pb.RunComplete())])
+    with pytest.raises(DirectoryInUseError, match="runtime.state .* is in use by another process"):
+        participant.run()
+    assert client.calls == []
+    held.release()
+    participant.run()  # once the first is gone, the run goes on and releases the directory at its end
+    assert client.calls[0] == "Join"
+    DirectoryLock(config.runtime.state, what="runtime.state").release()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "needs"),
     [("mode", pb.MODE_ITERATIVE, "mode one-shot"), ("weight_scaling", True, "no weight scaling")],
