@@ -330,6 +330,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fedprune-real-") as scratch_name:
         scratch = Path(scratch_name)
         dense = figure("dense", lambda: ppl(base))
+        sparsegpt: list[tuple[dict[str, Any], str, list[CalibrationSet], Any]] = []
         for spec in args.sparsities.split(","):
             spec = spec.strip()
             pattern = parse_pattern(spec, None) if ":" in spec else parse_pattern("unstructured", float(spec))
@@ -348,8 +349,7 @@ def main() -> int:
                     "dense": dense,
                     "magnitude": magnitude,
                 }
-                # Cheapest first and the federated pair early: SparseGPT's column-by-column update is the
-                # slowest figure of a cell on a CPU.
+                # Cheapest first and the federated pair early.
                 row["centralized Wanda"] = figure(
                     f"{cell}|centralized Wanda",
                     lambda records=records, pattern=pattern: ppl(
@@ -377,16 +377,18 @@ def main() -> int:
                 local = [results.values[f"{setting}|{key}"] for key in local_keys]
                 row["local-only mean"] = sum(local) / len(local)
                 row["local-only worst"] = max(local)
-                row["centralized SparseGPT"] = figure(
-                    f"{cell}|centralized SparseGPT",
-                    lambda records=records, pattern=pattern: ppl(
-                        centralized_model(
-                            base, records, method=Method.SPARSEGPT, pattern=pattern, device=device
-                        )
-                    ),
-                )
                 row["privacy cost %"] = 100 * (row["private federated"] / row["federated, no privacy"] - 1)
                 table.append(row)
+                sparsegpt.append((row, cell, records, pattern))
+        # SparseGPT's column-by-column update is the slowest figure of a cell on a CPU: every other figure of
+        # every cell comes first, so an interrupted run has shown the federated rows already.
+        for row, cell, records, pattern in sparsegpt:
+            row["centralized SparseGPT"] = figure(
+                f"{cell}|centralized SparseGPT",
+                lambda records=records, pattern=pattern: ppl(
+                    centralized_model(base, records, method=Method.SPARSEGPT, pattern=pattern, device=device)
+                ),
+            )
     elapsed = time.perf_counter() - started
     description = {
         "model": str(model_dir),
