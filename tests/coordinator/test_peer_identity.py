@@ -91,3 +91,20 @@ def test_anything_else_is_refused_saying_why(pem: bytes | None, reported: list[b
 def test_a_call_without_tls_is_refused() -> None:
     with pytest.raises(PeerIdentityError, match="did not arrive over TLS"):
         peer_common_name(_context(_pem(_cn("site-a")), [b"site-a"], transport=b"insecure"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["site-a"], [b"site-a", "site-a"], "site-a", 7, None],
+    ids=["str-item", "mixed", "bare-str", "int", "none"],
+)
+def test_an_auth_context_holding_anything_but_bytes_is_refused(values: object) -> None:
+    # What a future gRPC (or a wrapper) might hand over: never read leniently, e.g. a str compared as bytes.
+    context = _context(_pem(_cn("site-a")), [b"site-a"])
+    context.auth["x509_common_name"] = values  # type: ignore[assignment]
+    with pytest.raises(PeerIdentityError, match="no list of bytes under 'x509_common_name'"):
+        peer_common_name(context)  # type: ignore[arg-type]
+    context = _context(None, [b"site-a"])
+    context.auth["x509_pem_cert"] = values  # type: ignore[assignment]
+    with pytest.raises(PeerIdentityError, match="no list of bytes under 'x509_pem_cert'"):
+        peer_common_name(context)  # type: ignore[arg-type]
