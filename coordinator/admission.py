@@ -19,6 +19,10 @@ decode answer ``INVALID_ARGUMENT``. With the server's thread pool sized by
 ``CoordinatorConfig.worker_threads`` (every
 admitted call has a thread of its own), no number of idle, slow or refused callers delays a listed
 participant's call.
+
+Refusals are logged through a :class:`RefusalLog`: at most ``burst`` lines a minute for each caller (each
+listed name; all names outside ``run.participants`` together; all callers without an identity together), and
+then one line saying how many were left out, so that no caller can fill the operator's log or disk.
 """
 
 from __future__ import annotations
@@ -42,6 +46,63 @@ from proto.tls import PeerIdentityError, peer_common_name
 logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
+
+
+REFUSAL_BURST = 20
+"""Refusal lines logged per caller per window before the rest are only counted."""
+REFUSAL_WINDOW_S = 60.0
+
+UNAUTHENTICATED_CALLERS = "callers without a verified identity"
+OUTSIDE_CALLERS = "names outside run.participants"
+
+
+class RefusalLog:
+    """Refusal lines, at most ``burst`` per ``window_s`` for each caller; the rest counted, then summed up.
+
+    ``caller`` keys the budget: a listed participant's name, or one of the two shared keys above (callers
+    outside the run can mint any number of names, so they share one key and the table of keys stays as
+    small as the run's roster). The count of left-out lines is logged with the first line of the caller's
+    next window. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        burst: int = REFUSAL_BURST,
+        window_s: float = REFUSAL_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.burst = burst
+        self.window_s = window_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, list[float | int]] = {}  # caller -> [window start, lines, left out]
+
+    def refused(self, caller: str, message: str, *args: object) -> None:
+        """Log ``message % args`` at info level unless ``caller`` already had ``burst`` lines this window."""
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get(caller)
+            left_out = 0
+            if window is None or now - float(window[0]) >= self.window_s:
+                left_out = int(window[2]) if window is not None else 0
+                window = [now, 0, 0]
+                self._windows[caller] = window
+            if int(window[1]) >= self.burst:
+                window[2] = int(window[2]) + 1
+                return
+            window[1] = int(window[1]) + 1
+        if left_out:
+            self.log.warning(
+                "%d more refusals of %s were not logged in the last window (at most %d lines each %.0f s)",
+                left_out,
+                caller,
+                self.burst,
+                self.window_s,
+            )
+        self.log.info(message, *args)
 
 
 class CallEndedError(grpc.RpcError):
@@ -124,6 +185,7 @@ class Admission(grpc.ServerInterceptor):
         self.watchdog = IdleWatchdog(limits.idle_timeout_s)
         self._lock = threading.Lock()
         self._open: dict[str | None, int] = {}
+        self.refusals = RefusalLog(logger)
 
     # ------------------------------------------------------------------ admission
     @contextlib.contextmanager
@@ -132,13 +194,13 @@ class Admission(grpc.ServerInterceptor):
         try:
             name = peer_common_name(context)
         except PeerIdentityError as error:
-            logger.info("%s refused (UNAUTHENTICATED): %s", method, error)
+            self.refusals.refused(UNAUTHENTICATED_CALLERS, "%s refused (UNAUTHENTICATED): %s", method, error)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
             raise AssertionError("unreachable") from None  # context.abort raises
         listed = name in self.participants
         if not listed and not method.startswith(HEALTH_SERVICE_PREFIX):
             message = f"certificate name {name!r} is not in run.participants of this coordinator"
-            logger.info("%s refused (PERMISSION_DENIED): %s", method, message)
+            self.refusals.refused(OUTSIDE_CALLERS, "%s refused (PERMISSION_DENIED): %s", method, message)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
         pool = name if listed else None  # names outside the run share one pool: any CA name is free to mint
         limit = self.limits.max_calls_per_participant if listed else self.limits.max_monitoring_calls
@@ -149,13 +211,23 @@ class Admission(grpc.ServerInterceptor):
         if open_calls >= limit:
             whose = f"{name!r}" if listed else "names outside run.participants"
             message = f"{whose} already {'has' if listed else 'have'} {limit} calls open"
-            logger.info("%s from %s refused (RESOURCE_EXHAUSTED): %s", method, name, message)
+            self.refusals.refused(
+                name if listed else OUTSIDE_CALLERS,
+                "%s from %s refused (RESOURCE_EXHAUSTED): %s",
+                method,
+                name,
+                message,
+            )
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         try:
             yield name
         finally:
             with self._lock:
                 self._open[pool] -= 1
+
+    def _caller(self, name: str) -> str:
+        """Return the refusal-log key of an admitted caller."""
+        return name if name in self.participants else OUTSIDE_CALLERS
 
     # ------------------------------------------------------------------ bounded, decoded reads
     def _log_end(self, method: str, name: str, token: int) -> None:
@@ -213,10 +285,14 @@ class Admission(grpc.ServerInterceptor):
             for message in self.messages(raw, context, method=method, name=name, decode=decode):
                 return message
         except MalformedMessageError as error:
-            logger.info("%s from %s refused (INVALID_ARGUMENT): %s", method, name, error)
+            self.refusals.refused(
+                self._caller(name), "%s from %s refused (INVALID_ARGUMENT): %s", method, name, error
+            )
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         message = f"{method} requires exactly one request message, the stream ended without one"
-        logger.info("%s from %s refused (INVALID_ARGUMENT): %s", method, name, message)
+        self.refusals.refused(
+            self._caller(name), "%s from %s refused (INVALID_ARGUMENT): %s", method, name, message
+        )
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         raise AssertionError("unreachable")
 

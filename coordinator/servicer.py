@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.admission import Admission, CallLimits
+from coordinator.admission import UNAUTHENTICATED_CALLERS, Admission, CallLimits, RefusalLog
 from coordinator.errors import (
     CoordinatorError,
     MalformedMessageError,
@@ -65,7 +65,8 @@ def status_for(error: BaseException) -> grpc.StatusCode:
 R = TypeVar("R")
 
 
-def _call(context: grpc.ServicerContext, what: str, body: Callable[[str], R]) -> R:
+def _call(context: grpc.ServicerContext, what: str, body: Callable[[str], R], refusals: RefusalLog) -> R:
+    name: str | None = None
     try:
         name = _peer(context)
         return body(name)
@@ -75,7 +76,9 @@ def _call(context: grpc.ServicerContext, what: str, body: Callable[[str], R]) ->
         raise
     except (CoordinatorError, PeerIdentityError, ValueError) as error:
         code = status_for(error)
-        logger.info("%s refused (%s): %s", what, code.name, error)
+        refusals.refused(
+            UNAUTHENTICATED_CALLERS if name is None else name, "%s refused (%s): %s", what, code.name, error
+        )
         context.abort(code, str(error))
     except Exception:
         logger.exception("%s failed", what)
@@ -99,6 +102,8 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
 
     def __init__(self, run: CoordinatorRun) -> None:
         self.run = run
+        self.refusals = RefusalLog(logger)
+        """Refusal lines, bounded per participant (every caller here passed ``Admission``)."""
 
     def _check_run(self, run_id: bytes) -> None:
         if run_id != bytes.fromhex(self.run.run_id):
@@ -126,7 +131,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             )
             return convert.join_reply_to_proto(reply)
 
-        return _call(context, "Join", body)
+        return _call(context, "Join", body, self.refusals)
 
     def Await(self, request: pb.AwaitRequest, context: grpc.ServicerContext) -> pb.Task:  # noqa: N802
         def body(name: str) -> pb.Task:
@@ -138,7 +143,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
                 wait_s = min(wait_s, max(0.0, remaining - 1.0))
             return task_to_proto(self.run, self.run.await_task(name, max_wait_s=wait_s))
 
-        return _call(context, "Await", body)
+        return _call(context, "Await", body, self.refusals)
 
     def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.AdvertiseKeysReply:
@@ -147,7 +152,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self.run.advertise(name, block, advertisement)
             return pb.AdvertiseKeysReply()
 
-        return _call(context, "AdvertiseKeys", body)
+        return _call(context, "AdvertiseKeys", body, self.refusals)
 
     def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.ShareKeysReply:
@@ -155,7 +160,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self.run.share_keys(name, block, convert.share_keys_from_proto(request.share_keys))
             return pb.ShareKeysReply()
 
-        return _call(context, "ShareKeys", body)
+        return _call(context, "ShareKeys", body, self.refusals)
 
     def MaskedInput(
         self, request_iterator: Iterator[pb.MaskedInputPart], context: grpc.ServicerContext
@@ -193,7 +198,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             chunks, digest = self.run.masked_input(name, blocks[0], chained())
             return pb.MaskedInputReply(chunks_received=chunks, digest=digest)
 
-        return _call(context, "MaskedInput", body)
+        return _call(context, "MaskedInput", body, self.refusals)
 
     def SignSurvivors(self, request: pb.SignSurvivorsRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.SignSurvivorsReply:
@@ -201,7 +206,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self.run.sign_survivors(name, block, convert.survivor_signature_from_proto(request.signature))
             return pb.SignSurvivorsReply()
 
-        return _call(context, "SignSurvivors", body)
+        return _call(context, "SignSurvivors", body, self.refusals)
 
     def Unmask(self, request: pb.UnmaskSubmission, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.UnmaskReply:
@@ -209,7 +214,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self.run.unmask(name, block, convert.unmask_response_from_proto(request.response))
             return pb.UnmaskReply()
 
-        return _call(context, "Unmask", body)
+        return _call(context, "Unmask", body, self.refusals)
 
     def BlockMask(
         self, request: pb.BlockMaskRequest, context: grpc.ServicerContext
@@ -218,7 +223,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self._check_run(request.run_id)
             return self.run.block_mask(name, int(request.block))
 
-        packed, bits, layout = _call(context, "BlockMask", body)
+        packed, bits, layout = _call(context, "BlockMask", body, self.refusals)
         mask = convert.block_mask_of(int(request.block), packed, bit_count=bits, layout_fingerprint=layout)
         yield from convert.block_mask_to_chunks(mask, chunk_bytes=MAX_CHUNK_PAYLOAD_BYTES)
 
@@ -239,7 +244,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self.run.submit_statement(name, statement)
             return pb.SubmitStatementReply()
 
-        return _call(context, "SubmitStatement", body)
+        return _call(context, "SubmitStatement", body, self.refusals)
 
 
 def serve(run: CoordinatorRun, *, address: str) -> tuple[grpc.Server, int, health.HealthServicer]:
