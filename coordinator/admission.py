@@ -8,8 +8,9 @@ read:
    (``proto.tls.peer_common_name``), else ``UNAUTHENTICATED``;
 2. a name that is not in ``run.participants`` may call only the health service (monitoring), else
    ``PERMISSION_DENIED``;
-3. the caller is under its cap of concurrent calls (``max_calls_per_participant`` per listed name, and
-   ``max_monitoring_calls`` for all other names together), else ``RESOURCE_EXHAUSTED`` at once.
+3. the caller is under its cap of concurrent calls (``max_calls_per_participant`` per listed name,
+   ``max_monitoring_calls`` per name in ``server.monitors`` and for all other names together), else
+   ``RESOURCE_EXHAUSTED`` at once.
 
 Every handler is served as a request-streaming one, whatever its declared arity, because gRPC Python reads
 the one message of a unary call inside a server thread without any bound: a caller that opens a call and
@@ -179,8 +180,11 @@ class IdleWatchdog:
 class Admission(grpc.ServerInterceptor):
     """The server interceptor described in the module docstring."""
 
-    def __init__(self, *, participants: frozenset[str], limits: CallLimits) -> None:
+    def __init__(
+        self, *, participants: frozenset[str], limits: CallLimits, monitors: frozenset[str] = frozenset()
+    ) -> None:
         self.participants = participants
+        self.monitors = monitors
         self.limits = limits
         self.watchdog = IdleWatchdog(limits.idle_timeout_s)
         self._lock = threading.Lock()
@@ -200,19 +204,20 @@ class Admission(grpc.ServerInterceptor):
         listed = name in self.participants
         if not listed and not method.startswith(HEALTH_SERVICE_PREFIX):
             message = f"certificate name {name!r} is not in run.participants of this coordinator"
-            self.refusals.refused(OUTSIDE_CALLERS, "%s refused (PERMISSION_DENIED): %s", method, message)
+            self.refusals.refused(self._caller(name), "%s refused (PERMISSION_DENIED): %s", method, message)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        pool = name if listed else None  # names outside the run share one pool: any CA name is free to mint
+        # Names outside the run and the monitors share one pool: any CA name is free to mint.
+        pool = name if listed or name in self.monitors else None
         limit = self.limits.max_calls_per_participant if listed else self.limits.max_monitoring_calls
         with self._lock:
             open_calls = self._open.get(pool, 0)
             if open_calls < limit:
                 self._open[pool] = open_calls + 1
         if open_calls >= limit:
-            whose = f"{name!r}" if listed else "names outside run.participants"
-            message = f"{whose} already {'has' if listed else 'have'} {limit} calls open"
+            whose = f"{name!r}" if pool is not None else "names outside run.participants"
+            message = f"{whose} already {'has' if pool is not None else 'have'} {limit} calls open"
             self.refusals.refused(
-                name if listed else OUTSIDE_CALLERS,
+                name if pool is not None else OUTSIDE_CALLERS,
                 "%s from %s refused (RESOURCE_EXHAUSTED): %s",
                 method,
                 name,
@@ -227,7 +232,7 @@ class Admission(grpc.ServerInterceptor):
 
     def _caller(self, name: str) -> str:
         """Return the refusal-log key of an admitted caller."""
-        return name if name in self.participants else OUTSIDE_CALLERS
+        return name if name in self.participants or name in self.monitors else OUTSIDE_CALLERS
 
     # ------------------------------------------------------------------ bounded, decoded reads
     def _log_end(self, method: str, name: str, token: int) -> None:

@@ -82,7 +82,12 @@ class ServerSection(_Section):
     """Calls one listed participant may have open at once (a long poll, a stream and retries beside them);
     more are refused with RESOURCE_EXHAUSTED at once."""
     max_monitoring_calls: int = Field(4, ge=1)
-    """Calls all names outside ``run.participants`` together may have open (health checks only)."""
+    """Calls all names outside ``run.participants`` and ``monitors`` together may have open (health checks
+    only); each name in ``monitors`` has a cap this size of its own."""
+    monitors: tuple[str, ...] = ()
+    """Certificate common names of the operator's own monitoring: health checks only, like any name outside
+    ``run.participants``, but each with its own cap, so strangers holding the CA's certificates cannot crowd
+    them out of the shared one."""
     idle_timeout_s: float = Field(60.0, gt=0)
     """Longest wait for a caller's next message (a call that sends nothing for this long is cut)."""
     join_timeout_s: float | None = Field(None, gt=0)
@@ -301,24 +306,37 @@ class CoordinatorConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _monitors_are_not_participants(self) -> CoordinatorConfig:
+        both = sorted(set(self.server.monitors) & set(self.run.participants))
+        if both:
+            raise ValueError(
+                f"server.monitors lists {', '.join(both)}, also in run.participants: a name is one or the other"
+            )
+        if len(set(self.server.monitors)) != len(self.server.monitors):
+            raise ValueError("server.monitors lists a name twice")
+        return self
+
+    @model_validator(mode="after")
     def _enough_workers(self) -> CoordinatorConfig:
         needed = self.worker_threads
         if self.server.max_workers is not None and self.server.max_workers < needed:
             raise ValueError(
                 f"server.max_workers {self.server.max_workers} is below {needed}: "
                 f"{len(self.run.participants)} participants x server.max_calls_per_participant "
-                f"{self.server.max_calls_per_participant} + server.max_monitoring_calls "
-                f"{self.server.max_monitoring_calls} + {REFUSAL_HEADROOM_THREADS} (leave it out to use that)"
+                f"{self.server.max_calls_per_participant} + (1 + {len(self.server.monitors)} monitors) x "
+                f"server.max_monitoring_calls {self.server.max_monitoring_calls} + {REFUSAL_HEADROOM_THREADS} "
+                "(leave it out to use that)"
             )
         return self
 
     @property
     def worker_threads(self) -> int:
-        """Return the server's threads: participants x per-participant cap + monitoring cap + 4 (or more)."""
+        """Return the server's threads: participants x per-participant cap + (1 + monitors) x monitoring cap
+        + 4 (or more)."""
         server = self.server
         needed = (
             len(self.run.participants) * server.max_calls_per_participant
-            + server.max_monitoring_calls
+            + (1 + len(server.monitors)) * server.max_monitoring_calls
             + REFUSAL_HEADROOM_THREADS
         )
         return max(needed, server.max_workers or 0)

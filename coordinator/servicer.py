@@ -256,6 +256,7 @@ def serve(run: CoordinatorRun, *, address: str) -> tuple[grpc.Server, int, healt
     section = run.config.server
     admission = Admission(
         participants=frozenset(run.config.run.participants),
+        monitors=frozenset(section.monitors),
         limits=CallLimits(
             max_calls_per_participant=section.max_calls_per_participant,
             max_monitoring_calls=section.max_monitoring_calls,

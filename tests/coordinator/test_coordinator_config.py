@@ -230,3 +230,9 @@ def test_server_threads_cover_every_call_the_caps_admit() -> None:
     assert config.worker_threads == 3 * 4 + 4 + 4
     with pytest.raises(ConfigError, match="server.max_workers 8 is below 20"):
         parse_config({**base, "server": {"address": "127.0.0.1:0", "max_workers": 8}})
+    monitored = parse_config({**base, "server": {"address": "127.0.0.1:0", "monitors": ["prometheus"]}})
+    assert monitored.worker_threads == 3 * 4 + (1 + 1) * 4 + 4  # the monitor's own cap has its threads
+    with pytest.raises(ConfigError, match="server.monitors lists b, also in run.participants"):
+        parse_config({**base, "server": {"address": "127.0.0.1:0", "monitors": ["b"]}})
+    with pytest.raises(ConfigError, match="server.monitors lists a name twice"):
+        parse_config({**base, "server": {"address": "127.0.0.1:0", "monitors": ["m", "m"]}})

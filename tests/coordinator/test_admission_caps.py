@@ -85,3 +85,33 @@ def test_strangers_minting_names_share_one_budget_of_refusal_lines(
     lines = _lines(caplog)
     assert len(lines) == 5 and all("PERMISSION_DENIED" in line for line in lines)
     assert admission.refusals._windows.keys() == {OUTSIDE_CALLERS}
+
+
+def test_the_operators_monitors_keep_their_own_cap_while_strangers_hold_the_shared_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import contextlib
+
+    import coordinator.admission as admission_module
+
+    monkeypatch.setattr(admission_module, "peer_common_name", lambda context: context.name)
+    admission = Admission(
+        participants=frozenset({"site-a"}),
+        limits=CallLimits(max_calls_per_participant=2, max_monitoring_calls=2, idle_timeout_s=5.0),
+        monitors=frozenset({"monitor"}),
+    )
+    health = "/grpc.health.v1.Health/Check"
+    with contextlib.ExitStack() as held:
+        for i in range(2):  # strangers fill the pool all other names share
+            held.enter_context(admission.admitted(_Context(f"stranger-{i}"), health))  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+            held.enter_context(admission.admitted(_Context("stranger-9"), health))  # type: ignore[arg-type]
+        for _ in range(2):  # the monitor's own cap is untouched ...
+            held.enter_context(admission.admitted(_Context("monitor"), health))  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):  # ... and bounded too
+            held.enter_context(admission.admitted(_Context("monitor"), health))  # type: ignore[arg-type]
+    with (  # a monitor checks health; it cannot call the run's service
+        pytest.raises(RuntimeError, match="PERMISSION_DENIED"),
+        admission.admitted(_Context("monitor"), "/fedprune.v1.Coordinator/Join"),  # type: ignore[arg-type]
+    ):
+        pass
