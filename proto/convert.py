@@ -605,9 +605,7 @@ def run_parameters_from_proto(message: spb.RunParameters) -> domain.RunParameter
         protocol_version=message.protocol_version,
         participant_names=tuple(message.participant_names),
         owl=(
-            domain.OwlTerms(
-                outlier_multiple=message.owl.outlier_multiple, lam=getattr(message.owl, "lambda")
-            )
+            domain.OwlTerms(outlier_multiple=message.owl.outlier_multiple, lam=getattr(message.owl, "lambda"))
             if message.HasField("owl")
             else None
         ),

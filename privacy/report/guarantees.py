@@ -355,7 +355,7 @@ def compute_guarantees(
             accounting.shuffle_amplification(epsilon0=epsilon0, honest_voters=honest, delta=d) for d in deltas
         ]
         assumptions = list(accounting.SHUFFLE_ASSUMPTIONS)
-        if any(s.summed is not SummedInputs.KEEP_VOTES for s in sessions):
+        if any(s.summed is SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES for s in sessions):
             # The bound's first assumption is false: the coordinator also sees the weight-update sums,
             # which show a lone keep-voter's raw bit. No amplified figure at any delta.
             bounds = [
