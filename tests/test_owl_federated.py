@@ -20,6 +20,7 @@ from pruning.methods import Method
 from pruning.owl import OwlSettings, block_weight_counts, owl_allocation
 from pruning.recipes import Mode, Recipe
 from tests.roles import run_roles
+from tests.test_cli_simulate import federation  # noqa: F401  (the fixture)
 from tests.tiny import build_tiny_model, random_ids
 
 CPU = torch.device("cpu")
@@ -121,3 +122,24 @@ def test_fedprllm_votes_with_owl_under_default_privacy_count_two_releases_per_bl
     for report in reports.values():
         epsilons = [g["epsilon"] for g in report["guarantees"] if g["layer"] == "calibration_statistics"]
         assert all(e <= 8.0 + 1e-6 for e in epsilons)
+
+
+def test_simulate_owl_runs_through_the_roles_and_refuses_what_privacy_could_not_cover(
+    federation,  # noqa: F811
+    tmp_path: Path,
+    capsys,
+) -> None:
+    from fedprune.cli import main
+    from tests.test_cli_simulate import _args
+
+    out = tmp_path / "owl"
+    assert main(_args(federation, out, "--owl", "--owl-lambda", "0.05", "--owl-m", "4")) == 0
+    summary = json.loads((out / "simulation.json").read_text())
+    assert summary["owl"]["lambda"] == 0.05 and len(summary["owl"]["sparsities"]) == 2
+    assert _allocation(out)["outlier_multiple"] == 4.0
+    capsys.readouterr()
+    # Randomized response on (the default) with exact statistics: the allocation would release them.
+    assert main(_args(federation, tmp_path / "rr", "--owl", "--record-dp", "off")) != 0
+    assert "randomized response does not cover" in capsys.readouterr().err
+    assert main(_args(federation, tmp_path / "n-m", "--owl", "--pattern", "2:4")) != 0
+    assert "unstructured" in capsys.readouterr().err
