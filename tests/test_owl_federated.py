@@ -13,6 +13,7 @@ import torch
 from coordinator.config import PrivacySection
 from fedprune.baselines import centralized_model
 from fedprune.simulate import SimulationSettings
+from privacy.report import verify_report
 from pruning.adapters import iter_prunable, qualified_name
 from pruning.data import pooled
 from pruning.masks import parse_pattern
@@ -73,6 +74,23 @@ def test_without_privacy_the_statistics_recipe_with_owl_is_centralized_owl_bit_f
         assert torch.equal(result.global_masks[key], expected_sub.weight() == 0), key
 
 
+@pytest.mark.parametrize("mode", [Mode.ONE_SHOT, Mode.ITERATIVE])
+def test_without_privacy_fedprllm_allocates_as_a_centralized_run_and_prunes_each_block_at_it(
+    mode: Mode, tmp_path: Path
+) -> None:
+    base = build_tiny_model("llama", dtype=torch.float64, layers=3)
+    samples = _sites(3)
+    settings = SimulationSettings(pattern=parse_pattern("unstructured", 0.6), mode=mode, owl=OWL)
+    result = run_roles(base, samples, settings=settings, directory=tmp_path)
+    expected = owl_allocation(copy.deepcopy(base), pooled(samples), target=0.6, device=CPU, settings=OWL)
+    sparsities = [entry["sparsity"] for entry in _allocation(result.output)["blocks"]]
+    assert sparsities == pytest.approx(list(expected.sparsities), abs=1e-12)
+    # The coordinator's selection (per matrix, layer group) prunes each block at its own sparsity.
+    for index, name, sub in iter_prunable(result.model):
+        pruned = int((sub.weight() == 0).sum())
+        assert pruned == int(sub.weight().numel() * sparsities[index]), (index, name)
+
+
 def test_fedprllm_votes_with_owl_under_default_privacy_count_two_releases_per_block(
     tmp_path: Path,
 ) -> None:
@@ -110,6 +128,8 @@ def test_fedprllm_votes_with_owl_under_default_privacy_count_two_releases_per_bl
         for block, expected in zip(table["blocks"], sparsities, strict=True):
             assert block["sparsity"] == pytest.approx(expected, abs=0.02)
     for with_owl, report in reports.items():
+        verified = verify_report(json.dumps(report))
+        assert verified.checked_figures > 0 and not verified.missing_statements
         releases = {
             g["participant"]: g["details"]["releases"]
             for g in report["guarantees"]
