@@ -136,6 +136,13 @@ def test_fedprllm_votes_with_owl_under_default_privacy_count_two_releases_per_bl
             if g["layer"] == "calibration_statistics"
         }
         assert set(releases.values()) == {2 * 2 if with_owl else 2}, releases
+        compositions = {
+            g["composition"] for g in report["guarantees"] if g["layer"] == "calibration_statistics"
+        }
+        per_block = (
+            "2 Poisson-subsampled Gaussian releases per block" if with_owl else "one Poisson-subsampled"
+        )
+        assert all(per_block in c for c in compositions), compositions
         sessions = [e["event"] for e in report["ledger"] if e["event"]["mechanism"] == "secure_aggregation"]
         assert len(sessions) == (4 if with_owl else 2)
     # Both runs reach the target epsilon: OWL's extra releases are paid with more noise, not more epsilon.
