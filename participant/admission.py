@@ -170,7 +170,7 @@ def describe_plan(plan: PrivacyPlan) -> str:
     if not plan.reads_data:
         return "magnitude pruning reads no data (epsilon 0)"
     if plan.epsilon is None:
-        return f"{plan.blocks} releases of exact statistics (no record-level DP: no finite epsilon)"
+        return f"{plan.releases} releases of exact statistics (no record-level DP: no finite epsilon)"
     per_block = "" if plan.releases == plan.blocks else f", {plan.releases // plan.blocks} per block (OWL)"
     return (
         f"{plan.releases} releases (this model's {plan.blocks} decoder blocks{per_block}) at noise multiplier "
