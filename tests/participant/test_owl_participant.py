@@ -171,3 +171,21 @@ def test_a_site_refuses_a_lying_coordinator_that_announces_owl_with_rr_and_exact
         participant.run()
     assert [call for call, _ in coordinator.calls] == ["Join"]
     assert convert.run_parameters_from_proto(coordinator.run).owl is not None
+
+
+def test_a_site_plans_charges_and_caps_two_releases_per_block_under_owl() -> None:
+    from participant.admission import run_plan
+
+    private = dataclasses.replace(
+        RUN.privacy, record_level_dp=True, target_epsilon=8.0, sample_rate=1.0, delta=1e-5
+    )
+    uniform = dataclasses.replace(RUN, privacy=private)
+    owl = dataclasses.replace(uniform, owl=OwlTerms(outlier_multiple=5.0, lam=0.08))
+    plain, doubled = run_plan(uniform, blocks=4, documents=100), run_plan(owl, blocks=4, documents=100)
+    assert (plain.releases, doubled.releases) == (4, 8)
+    assert doubled.noise_multiplier is not None and plain.noise_multiplier is not None
+    assert doubled.noise_multiplier > plain.noise_multiplier  # the same epsilon over twice the releases
+    assert doubled.epsilon is not None and doubled.epsilon <= 8.0 + 1e-9
+    # Exact statistics: still no finite epsilon, and twice the releases said in the log.
+    exact = run_plan(dataclasses.replace(owl, privacy=RUN.privacy), blocks=4)
+    assert exact.epsilon is None and exact.releases == 8
