@@ -22,7 +22,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -564,10 +564,14 @@ class CoordinatorRun:
         )
 
     def _run_session(self, block: int, layout: VoteLayout, *, attempt: int) -> np.ndarray:
-        shape = self.recipe.session_shape(
-            self._session_members(block), layout, chunk_coordinates=self.config.run.chunk_coordinates
+        sums, names, members = self._secure_sum(
+            block,
+            lambda count: self.recipe.session_shape(
+                count, layout, chunk_coordinates=self.config.run.chunk_coordinates
+            ),
+            allocation=False,
+            attempt=attempt,
         )
-        sums, names, members = self._secure_sum(block, shape, allocation=False, attempt=attempt)
         self._complete_block(
             block,
             layout,
@@ -577,11 +581,6 @@ class CoordinatorRun:
             contributor_names=names,
         )
         return sums
-
-    def _session_members(self, block: int) -> int:
-        """Return how many participants a session of ``block`` would have now (its ring depends on it)."""
-        with self._cond:
-            return len(self._members(block))
 
     def _members(self, block: int) -> list[Member]:
         """Return the active members of ``block``'s sessions, by participant id (``_cond`` held)."""
@@ -596,9 +595,11 @@ class CoordinatorRun:
         )
 
     def _secure_sum(
-        self, block: int, shape: SessionShape, *, allocation: bool, attempt: int
+        self, block: int, shape_for: Callable[[int], SessionShape], *, allocation: bool, attempt: int
     ) -> tuple[np.ndarray, list[str], int]:
         """Return (the sums, the contributors' names, the members) of one session of ``block``.
+
+        ``shape_for``: the session's size, input range and ring for its number of members.
 
         ``allocation``: the block's OWL allocation session (context round ``OWL_ALLOCATION_ROUND``, sums in
         their own file); else the block's own session (context round = block).
@@ -616,6 +617,7 @@ class CoordinatorRun:
         context = SessionContext.fresh(
             run_id=self.run_id, round=OWL_ALLOCATION_ROUND if allocation else block, block=block
         )
+        shape = shape_for(len(members))
         parameters = SessionParameters(
             participant_ids=tuple(m.participant_id for m in members),
             threshold=self.threshold,
@@ -802,10 +804,14 @@ class CoordinatorRun:
         layout = VoteLayout.for_block(self.model, block)
         for attempt in range(1, MAX_SESSION_ATTEMPTS + 1):
             try:
-                shape = self._allocation_statistics.session_shape(
-                    self._session_members(block), layout, chunk_coordinates=self.config.run.chunk_coordinates
+                sums, names, _ = self._secure_sum(
+                    block,
+                    lambda count: self._allocation_statistics.session_shape(
+                        count, layout, chunk_coordinates=self.config.run.chunk_coordinates
+                    ),
+                    allocation=True,
+                    attempt=attempt,
                 )
-                sums, names, members = self._secure_sum(block, shape, allocation=True, attempt=attempt)
                 self._complete_allocation_block(block, layout, sums, contributor_names=names)
                 return
             except ProtocolAbort as error:

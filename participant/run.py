@@ -602,9 +602,9 @@ class ParticipantRun:
         digest = self._secagg.bind_votes(vector)
         if released is not None and released != digest:
             self._secagg.abort("a second release of the block")
-            what = f"block {block}'s allocation statistics" if allocation else f"block {block}"
+            what = f"block {block}'s allocation statistics were" if allocation else f"block {block} was"
             raise ContradictoryViewError(
-                f"{what} were released before with another vector; a second release is beyond what "
+                f"{what} released before with another vector; a second release is beyond what "
                 "this site was charged for",
                 check="second-release",
             )
