@@ -62,6 +62,8 @@ class Session:
     """The block the session context names (default: the session's block)."""
     context_round: int | None = None
     """The round the session context names (default: the session's block)."""
+    max_bit_width: int | None = None
+    """The widest ring the session may use (default: the narrow one)."""
     absent: frozenset[str] = frozenset()
     """Members that never send their masked input (the server marks them dropped)."""
     other_survivors_at_unmask: bool = False
@@ -319,6 +321,7 @@ class HostileCoordinator:
             ).encode(),
             chunk_coordinates=session.chunk_coordinates or run.chunk_coordinates,
             max_input=session.max_input or run.max_input,
+            **({} if session.max_bit_width is None else {"max_bit_width": session.max_bit_width}),
             # The coordinator may try anything; the site must refuse it. (The flag is in the digest, so an
             # honest-looking session leaves it off.)
             allow_unsafe_threshold=threshold < minimum_threshold(len(owners), colluders=colluders),

@@ -189,3 +189,54 @@ def test_a_site_plans_charges_and_caps_two_releases_per_block_under_owl() -> Non
     # Exact statistics: still no finite epsilon, and twice the releases said in the log.
     exact = run_plan(dataclasses.replace(owl, privacy=RUN.privacy), blocks=4)
     assert exact.epsilon is None and exact.releases == 8
+
+
+def _allocation_session(model: Any, block: int) -> Session:
+    from participant.recipes import statistics_dimension
+    from privacy.secagg import ring_bit_width
+    from privacy.secagg.fixed_point import StatisticCodec
+    from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH
+    from proto.convert import session_chunk_coordinates
+    from pruning.layout import VoteLayout
+
+    lanes = StatisticCodec().max_input
+    return Session(
+        block=block,
+        members=members(*FIVE),
+        context_round=OWL_ALLOCATION_ROUND,
+        dimension=statistics_dimension(VoteLayout.for_block(model, block)),
+        max_input=lanes,
+        chunk_coordinates=session_chunk_coordinates(ring_bit_width(len(FIVE), lanes), limit=1024),
+        max_bit_width=WIDE_MAX_BIT_WIDTH,
+    )
+
+
+def test_allocation_sessions_send_the_dense_statistics_and_are_recorded_apart_from_the_blocks(
+    owl_site: Any,
+) -> None:
+    participant, coordinator = owl_site([])
+    model = participant.model
+    allocation = [_allocation_session(model, 0), _allocation_session(model, 1)]
+    # The coordinator runs block 0's allocation session twice (a retry with a fresh context): the site
+    # sends the same vector again, never a second release.
+    coordinator.script = [allocation[0], allocation[0], allocation[1], *BLOCKS]
+    coordinator.allocation = _honest(model)
+    participant.run()
+    assert coordinator.sent("Unmask") == [0, 1, 2, 3, 4]
+    assert coordinator.sent("OwlAllocation") == [3]  # after the allocation phase, before block 0
+    history = participant.history
+    for block in (0, 1):
+        dense, own = history.released(block, allocation=True), history.released(block)
+        assert dense is not None and own is not None and dense != own
+    # What the allocation sums is statistics lanes (their width), not keep-votes.
+    assert coordinator.sums[0].size == allocation[0].dimension > 0
+    assert int(coordinator.sums[0].max()) > len(FIVE)  # a lane of a statistic, no 0/1 vote
+
+
+def test_an_allocation_session_outside_the_statistics_frame_is_refused(owl_site: Any) -> None:
+    participant, coordinator = owl_site([])
+    narrow = dataclasses.replace(_allocation_session(participant.model, 0), max_input=1)
+    coordinator.script = [narrow]
+    with pytest.raises(CoordinatorLiedError) as caught:
+        participant.run()
+    assert caught.value.check == "session-encoding"
