@@ -89,9 +89,11 @@ class SessionFrame(Protocol):
         ...
 
 
-def statistics_dimension(layout: VoteLayout) -> int:
-    """Return the coordinates of a block's statistics vector: ``StatisticCodec`` lanes per input column."""
-    return 2 * sum(entry.shape[1] for entry in layout.entries)
+def statistics_dimension(layout: VoteLayout, codec: StatisticCodec | None = None) -> int:
+    """Return the coordinates of a block's statistics vector: the codec's lanes per input column of each
+    matrix (what ``encode_statistics`` makes)."""
+    lanes = (codec or StatisticCodec()).encode(np.zeros(1), name="one value").size
+    return lanes * sum(entry.shape[1] for entry in layout.entries)
 
 
 def encode_statistics(
@@ -409,7 +411,7 @@ class StatisticsIterative(ParticipantRecipe):
         )
 
     def dimension(self, block: int) -> int:
-        return statistics_dimension(VoteLayout.for_block(self.inputs.model, block))
+        return statistics_dimension(VoteLayout.for_block(self.inputs.model, block), self.codec)
 
     def _statistics(self) -> Generator[dict[str, torch.Tensor], dict[str, torch.Tensor], None]:
         """Yield one block's statistics at a time; ``send`` the block's global mask (True = pruned) back."""
@@ -493,7 +495,7 @@ class OwlAllocationStatistics:
         )
 
     def dimension(self, block: int) -> int:
-        return statistics_dimension(VoteLayout.for_block(self.model, block))
+        return statistics_dimension(VoteLayout.for_block(self.model, block), self.codec)
 
     def _statistics(self, samples: Any, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         aggregator = self._aggregator or exact_aggregator()
