@@ -152,6 +152,13 @@ class RunSummary:
     participants: int
 
 
+def _stored_sparsities(allocation: dict[str, object]) -> tuple[float, ...]:
+    """Return the per-block sparsities of an allocation as ``RunState.save_owl_allocation`` stored it."""
+    blocks = allocation["blocks"]
+    assert isinstance(blocks, list)
+    return tuple(float(entry["sparsity"]) for entry in blocks)
+
+
 class CoordinatorRun:
     """One run of the coordinator, resumable from its state directory (all public methods thread-safe)."""
 
@@ -219,6 +226,9 @@ class CoordinatorRun:
         )
         self._budgets: dict[str, int | None] = {}
         self._assignment: dict[int, tuple[str, ...]] | None = None
+        stored = self.state.owl_allocation() if self.owl is not None else None
+        if stored is not None:  # a restart after the allocation phase: served before the driver resumes
+            self._sparsities = _stored_sparsities(stored)
 
     def _parameters_digest(self) -> str:
         return RunState.digest_of(
@@ -792,9 +802,7 @@ class CoordinatorRun:
                 raise RunClosedError(f"OWL allocation: {error}") from None
             stored = allocation.as_dict()
             self.state.save_owl_allocation(stored)
-        blocks = stored["blocks"]
-        assert isinstance(blocks, list)
-        sparsities = tuple(float(entry["sparsity"]) for entry in blocks)
+        sparsities = _stored_sparsities(stored)
         logger.info("OWL allocation: %s", ", ".join(f"{s:.4f}" for s in sparsities))
         with self._cond:
             self._sparsities = sparsities

@@ -17,6 +17,7 @@ from proto.domain import OWL_ALLOCATION_ROUND
 from tests.coordinator.loopback import Loopback
 from tests.coordinator.test_run import (  # noqa: F401  (the fixture)
     BLOCKS,
+    NAMES,
     Threads,
     _masks,
     _run_to_end,
@@ -133,11 +134,14 @@ def test_a_coordinator_killed_in_the_allocation_phase_resumes_it_and_allocates_t
     assert rounds == [OWL_ALLOCATION_ROUND] * BLOCKS + list(range(BLOCKS)), "one event per session, never two"
     sparsity = json.loads((config.output.directory / "sparsity.json").read_text(encoding="utf-8"))
     assert sparsity["allocation"] == expected_allocation
-    # A restart after the allocation reads it back and never runs the phase again.
+    # A restart after the allocation reads it back (and serves it before its driver resumes) and never
+    # runs the phase again.
     third = CoordinatorRun(config)
     try:
+        sparsities = [entry["sparsity"] for entry in expected_allocation["blocks"]]  # type: ignore[union-attr]
+        assert list(third.owl_allocation(NAMES[0])) == sparsities
         third._allocate()
-        assert third.block_pattern(2).sparsity == expected_allocation["blocks"][2]["sparsity"]  # type: ignore[index]
+        assert third.block_pattern(2).sparsity == sparsities[2]
     finally:
         third.close()
     second.close()
