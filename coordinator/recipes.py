@@ -137,7 +137,8 @@ class CoordinatorRecipe(Protocol):
     ) -> AggregatedBlock:
         """Return a block's keep-votes and global masks (and final weights) decoded from its sums.
 
-        ``pattern`` is the block's own (its OWL sparsity in an OWL run, else the run's). Raises ValueError naming the matrix when a sum is not one that ``contributors`` inputs make.
+        ``pattern`` is the block's own (its OWL sparsity in an OWL run, else the run's). Raises ValueError
+        naming the matrix when a sum is not one that ``contributors`` inputs make.
         """
         ...
 
