@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -34,9 +34,11 @@ from privacy.secagg.parameters import (
 )
 from proto.config_file import ConfigError, load_model, parse_model
 from proto.tls import MAX_CHUNK_PAYLOAD_BYTES, check_address
+from pruning.errors import PruningInputError
 from pruning.masks import SparsityPattern, parse_pattern
 from pruning.methods import Method
-from pruning.recipes import Mode, Recipe, recipe_conflicts
+from pruning.owl import OWL_LAMBDA, OWL_OUTLIER_MULTIPLE, OwlSettings
+from pruning.recipes import Mode, Recipe, owl_conflicts, recipe_conflicts
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +137,17 @@ class RunSection(_Section):
     (summed calibration column statistics, the mask chosen from the sums with Wanda or RIA)."""
     chunk_coordinates: int = Field(DEFAULT_CHUNK_COORDINATES, ge=64, le=MAX_CHUNK_COORDINATES, multiple_of=64)
     """Coordinates per masked-input chunk; at b bits a coordinate the payload stays under 4 MiB."""
+    owl: bool = False
+    """OWL: give each decoder block its own sparsity from its share of outlier scores, computed from the
+    column statistics of the dense model summed over the sites (one more secure-aggregation session, and
+    one more release of each site's statistics, per block); the model's overall sparsity stays ``sparsity``.
+    Unstructured patterns, recipes ``fedprllm`` and ``stats``."""
+    owl_lambda: float = OWL_LAMBDA
+    """OWL's lambda: a block's sparsity lies within 2 * lambda of ``sparsity``."""
+    owl_outlier_multiple: float = OWL_OUTLIER_MULTIPLE
+    """OWL's M: a score is an outlier above M times its block's mean score."""
+
+    OWL_KEYS: ClassVar[tuple[str, ...]] = ("owl", "owl_lambda", "owl_outlier_multiple")
 
     @field_validator("participants")
     @classmethod
@@ -195,6 +208,35 @@ class RunSection(_Section):
                 + f" (set {', '.join('run.' + field for field in fields)})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _owl_fits(self) -> RunSection:
+        if not self.owl:
+            return self
+        try:
+            OwlSettings(multiple=self.owl_outlier_multiple, lam=self.owl_lambda)
+        except PruningInputError as error:
+            raise ValueError(f"run.owl_lambda / run.owl_outlier_multiple: {error}") from None
+        problems = owl_conflicts(self.recipe, method=self.method, n_m=self.sparsity_pattern.is_n_m)
+        if problems:
+            raise ValueError("run.owl needs " + ", ".join(problems))
+        return self
+
+    @property
+    def owl_settings(self) -> OwlSettings | None:
+        """Return OWL's settings when ``owl`` is on (None: every block at ``sparsity``)."""
+        if not self.owl:
+            return None
+        return OwlSettings(multiple=self.owl_outlier_multiple, lam=self.owl_lambda)
+
+    def digest_fields(self) -> dict[str, Any]:
+        """Return the section as the state directory's digest covers it: the OWL keys only when OWL is on,
+        so that a run without OWL keeps the digest it had before they existed."""
+        fields = self.model_dump(mode="json")
+        if not self.owl:
+            for key in self.OWL_KEYS:
+                fields.pop(key)
+        return fields
 
     @property
     def min_participants_or_default(self) -> int:
@@ -314,6 +356,19 @@ class CoordinatorConfig(_Section):
             )
         if len(set(self.server.monitors)) != len(self.server.monitors):
             raise ValueError("server.monitors lists a name twice")
+        return self
+
+    @model_validator(mode="after")
+    def _owl_statistics_are_private(self) -> CoordinatorConfig:
+        # The allocation sends each site's column statistics of the dense model. Randomized response covers
+        # keep-votes only: with it on and record-level DP off the allocation would release exact statistics
+        # that the run's announced protection does not cover.
+        if self.run.owl and self.privacy.randomized_response and not self.privacy.record_level_dp:
+            raise ValueError(
+                "run.owl sends each site's calibration statistics of the dense model, which randomized "
+                "response does not cover: with privacy.randomized_response on, set privacy.record_level_dp = "
+                "true (or turn both off for a run without privacy)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -33,6 +33,16 @@ class SessionStarted:
 
 
 @dataclasses.dataclass(frozen=True)
+class AllocationSessionStarted:
+    """An OWL allocation session (the dense column statistics of ``block``) started with these members."""
+
+    block: int
+    blocks: int
+    members: tuple[str, ...]
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
 class BlockAggregated:
     """A block's sums are known and its global mask is durable.
 
@@ -55,7 +65,7 @@ class RunFinished:
     report: Path
 
 
-RunEvent = ParticipantsPresent | SessionStarted | BlockAggregated | RunFinished
+RunEvent = ParticipantsPresent | AllocationSessionStarted | SessionStarted | BlockAggregated | RunFinished
 EventSink = Callable[[RunEvent], None]
 
 
@@ -64,6 +74,7 @@ def ignore(event: RunEvent) -> None:
 
 
 __all__ = [
+    "AllocationSessionStarted",
     "BlockAggregated",
     "EventSink",
     "ParticipantsPresent",

@@ -1,5 +1,9 @@
 """A finished run's outputs: the signed report first, then the checkpoint and ``sparsity.json``.
 
+The report's ledger holds the coordinator's secure-aggregation events (an OWL run's allocation sessions
+first, then each block's) and the sites' signed statements; ``sparsity.json`` also records an OWL run's
+allocation (``allocation``, as ``OwlAllocation.as_dict`` writes it).
+
 The report is built and checked before the model exists, so no model is written without its report. A
 stored statement the report cannot be built with is left out, with a warning; when none can be built alone
 the run's own parameters are at fault and nothing is written. Each block's weights come from its recipe
@@ -80,6 +84,7 @@ class OutputWriter:
     def build_report(self, statements: Sequence[ParticipantStatement], *, participants: int) -> PrivacyReport:
         """Return the checked, unsigned report of the completed blocks with ``statements``."""
         completed = self.state.completed_blocks()
+        allocated = self.state.allocation_blocks()
         parameters, privacy = self.parameters, self.parameters.privacy
         return build_run_report(
             run_id=parameters.run_id,
@@ -90,7 +95,10 @@ class OutputWriter:
             accountant_tolerance=privacy.accountant_tolerance,
             record_level_dp=privacy.record_level_dp,
             statements=statements,
-            coordinator_events=[completed[b].event for b in sorted(completed)],
+            coordinator_events=[
+                *(allocated[b].event for b in sorted(allocated)),
+                *(completed[b].event for b in sorted(completed)),
+            ],
             transport=parameters.transport,
             recipe=self.recipe.recipe.value,
         )
@@ -130,7 +138,11 @@ class OutputWriter:
         for block in range(self.blocks):
             self.apply_block(block, completed[block].contributors)
         save_model(self.model, self.tokenizer, out)
-        write_sparsity_json(sparsity_table(self.model), out / "sparsity.json")
+        table = sparsity_table(self.model)
+        allocation = self.state.owl_allocation()
+        if allocation is not None:
+            table["allocation"] = allocation
+        write_sparsity_json(table, out / "sparsity.json")
         self.state.mark_finished()
         return WrittenOutputs(output=out, report=report_path)
 

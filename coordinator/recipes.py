@@ -133,10 +133,12 @@ class CoordinatorRecipe(Protocol):
         base_weights: Mapping[str, torch.Tensor],
         *,
         contributors: int,
+        pattern: SparsityPattern,
     ) -> AggregatedBlock:
         """Return a block's keep-votes and global masks (and final weights) decoded from its sums.
 
-        Raises ValueError naming the matrix when a sum is not one that ``contributors`` inputs make.
+        ``pattern`` is the block's own (its OWL sparsity in an OWL run, else the run's). Raises ValueError
+        naming the matrix when a sum is not one that ``contributors`` inputs make.
         """
         ...
 
@@ -232,13 +234,14 @@ class FedPrLLM(_EveryoneEveryBlock, _MaskOnlyOutput):
         base_weights: Mapping[str, torch.Tensor],
         *,
         contributors: int,
+        pattern: SparsityPattern,
     ) -> AggregatedBlock:
         """Return the counts as keep-votes and the masks selected from them."""
         votes = layout.unflatten(torch.from_numpy(np.asarray(sums[: layout.dimension], dtype=np.int32)))
         masks = {}
         for name, keep_votes in votes.items():
             check_counts(keep_votes, contributors, name=name)
-            masks[name] = global_mask(keep_votes, base_weights[name], pattern=self.pattern, group=self.group)
+            masks[name] = global_mask(keep_votes, base_weights[name], pattern=pattern, group=self.group)
         return AggregatedBlock(keep_votes=votes, masks=masks)
 
 
@@ -350,6 +353,7 @@ class FedSpaLLM(_MaskOnlyOutput):
         base_weights: Mapping[str, torch.Tensor],
         *,
         contributors: int,
+        pattern: SparsityPattern,
     ) -> AggregatedBlock:
         """Return the decoded keep-votes, the masks selected from them and the averaged kept weights."""
         from safetensors.torch import save as save_safetensors
@@ -366,7 +370,7 @@ class FedSpaLLM(_MaskOnlyOutput):
         for name, matrix in decoded.items():
             base = base_weights[name]
             keep_votes[name] = matrix.keep_votes
-            masks[name] = global_mask(matrix.keep_votes, base, pattern=self.pattern, group=self.group)
+            masks[name] = global_mask(matrix.keep_votes, base, pattern=pattern, group=self.group)
             final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
         return AggregatedBlock(keep_votes=keep_votes, masks=masks, weights=save_safetensors(final))
 
@@ -449,6 +453,7 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
         base_weights: Mapping[str, torch.Tensor],
         *,
         contributors: int,
+        pattern: SparsityPattern,
     ) -> AggregatedBlock:
         """Return the masks selected, per output row as in a centralized run, from the summed statistics.
 
@@ -458,7 +463,7 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
         masks, keep = {}, {}
         for name, statistic in self.statistics(layout, sums, contributors=contributors).items():
             try:
-                decision = score_and_select(self.method, base_weights[name], statistic, self.pattern)
+                decision = score_and_select(self.method, base_weights[name], statistic, pattern)
             except PruningInputError as error:
                 raise ValueError(f"{name}: {error}") from None
             masks[name] = decision

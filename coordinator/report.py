@@ -54,16 +54,19 @@ def secure_aggregation_event(
     contributors: Sequence[str],
     colluders: int,
     summed: SummedInputs = SummedInputs.KEEP_VOTES,
+    round: int | None = None,
 ) -> MechanismEvent:
     """Return the coordinator's ledger event for block ``block``'s secure-aggregation session.
 
     ``contributors`` are the names of the survivors whose inputs were summed: the report lists each of
     them, with its signed statement or a line saying it sent none. ``summed`` says what the sum showed.
+    ``round``: the session context's round (default the block; ``OWL_ALLOCATION_ROUND`` for an OWL
+    allocation session).
     """
     return MechanismEvent(
         mechanism=Mechanism.SECURE_AGGREGATION,
         participant="*",
-        round=block,
+        round=block if round is None else round,
         block=block,
         count=coordinates,
         parameters={
@@ -87,6 +90,9 @@ class StatementBounds:
     """Prunable sublayers of a block: one Gaussian release covers at most this many statistics."""
     sample_rate: float
     """The run's announced Poisson sampling rate: the one every site's Gaussian release uses."""
+    releases_per_block: int = 1
+    """Gaussian releases a site makes of each block: 1, or 2 under OWL (the dense statistics of the
+    allocation phase, then the block's own)."""
 
     @property
     def blocks(self) -> int:
@@ -99,7 +105,8 @@ def check_statement(
     """Return None when ``statement`` is ``name``'s, for ``run_id``, signed by its joined identity key, and
     every event is of the report's schema (``privacy.ledger.check_event_parameters``) within the run's
     bounds: blocks of the run, at most one randomized-response event per block, coordinates at most the
-    block's, Gaussian releases at most blocks x statistics per block in all, at the run's sample rate,
+    block's, Gaussian releases at most blocks x releases per block x statistics per block in all, at the
+    run's sample rate,
     under the site's own release ids, whose clip shares square-sum to at most 1. Raises StatementError
     naming the field.
     """
@@ -109,7 +116,8 @@ def check_statement(
         raise StatementError("statement.run_id", f"is {statement.run_id!r}, the run is {run_id!r}")
     if bytes.fromhex(statement.public_key) != public_key:
         raise StatementError("statement.public_key", f"is not the identity key {name!r} joined with")
-    most = bounds.blocks * (bounds.statistics_per_block + 1)
+    gaussian = bounds.blocks * bounds.releases_per_block * bounds.statistics_per_block
+    most = gaussian + bounds.blocks
     if len(statement.events) > most:
         raise StatementError(
             "statement.events", f"holds {len(statement.events)} events, the run allows {most}"
@@ -160,11 +168,11 @@ def check_statement(
                     f"the clip shares of release {release!r} have squares summing to more than 1",
                 )
             releases += event.count
-            if releases > bounds.blocks * bounds.statistics_per_block:
+            if releases > gaussian:
                 raise StatementError(
                     f"{where}.count",
-                    f"the Gaussian releases add up past {bounds.blocks * bounds.statistics_per_block} "
-                    f"({bounds.blocks} blocks x {bounds.statistics_per_block} statistics)",
+                    f"the Gaussian releases add up past {gaussian} ({bounds.blocks} blocks x "
+                    f"{bounds.releases_per_block} releases x {bounds.statistics_per_block} statistics)",
                 )
     verify_statement_signature(statement)
 

@@ -22,7 +22,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from coordinator.errors import (
     UnknownParticipantError,
 )
 from coordinator.events import (
+    AllocationSessionStarted,
     BlockAggregated,
     EventSink,
     ParticipantsPresent,
@@ -48,7 +49,7 @@ from coordinator.events import (
     ignore,
 )
 from coordinator.outputs import OutputWriter, ReportParameters
-from coordinator.recipes import CoordinatorRecipe, coordinator_recipe
+from coordinator.recipes import CoordinatorRecipe, SessionShape, Statistics, coordinator_recipe
 from coordinator.report import (
     SERVICE_TRANSPORT,
     StatementBounds,
@@ -57,7 +58,7 @@ from coordinator.report import (
 )
 from coordinator.state import RunState
 from privacy.errors import PrivacyError, ProtocolAbort
-from privacy.report import tolerated_colluders
+from privacy.report import SummedInputs, tolerated_colluders
 from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
 from privacy.secagg.messages import (
     KeyAdvertisement,
@@ -69,10 +70,12 @@ from privacy.secagg.messages import (
 )
 from privacy.signing import ParticipantStatement, StatementError
 from proto.domain import (
+    OWL_ALLOCATION_ROUND,
     AnnouncedPrivacy,
     Assigned,
     MaskedInputTask,
     Member,
+    OwlTerms,
     RunAbortedTask,
     RunCompleteTask,
     RunParameters,
@@ -85,8 +88,12 @@ from proto.domain import (
     WaitTask,
 )
 from pruning.adapters import decoder_blocks, iter_prunable, qualified_name
+from pruning.errors import PruningInputError
 from pruning.layout import VoteLayout, base_model_fingerprint
+from pruning.masks import SparsityPattern
+from pruning.methods import Method
 from pruning.model_io import load_model, load_tokenizer, prepare_output_dir, resolve_seqlen
+from pruning.owl import allocate, block_outlier_ratio_from_statistics, block_weight_counts
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +126,8 @@ class _Session:
     parameters: SessionParameters
     server: SecAggServer
     names: dict[int, str]
+    allocation: bool = False
+    """An OWL allocation session (the block's dense column statistics), not the block's own."""
     phase: Phase = Phase.ADVERTISE
     answered: set[int] = dataclasses.field(default_factory=set)
     received_chunks: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -141,6 +150,13 @@ class RunSummary:
     report: Path
     blocks: int
     participants: int
+
+
+def _stored_sparsities(allocation: dict[str, object]) -> tuple[float, ...]:
+    """Return the per-block sparsities of an allocation as ``RunState.save_owl_allocation`` stored it."""
+    blocks = allocation["blocks"]
+    assert isinstance(blocks, list)
+    return tuple(float(entry["sparsity"]) for entry in blocks)
 
 
 class CoordinatorRun:
@@ -167,6 +183,14 @@ class CoordinatorRun:
             ),
             sample_rate=config.privacy.sample_rate,
         )
+        self.owl = config.run.owl_settings
+        self.statement_bounds = dataclasses.replace(
+            self.statement_bounds, releases_per_block=1 if self.owl is None else 2
+        )
+        self._allocation_statistics = Statistics(pattern=config.run.sparsity_pattern, method=Method.WANDA)
+        """The statistics recipe's encoding: what an OWL allocation session sums and how it is decoded."""
+        self._sparsities: tuple[float, ...] | None = None
+        """Each block's OWL sparsity once the allocation phase decided it (None: uniform, or not yet)."""
         self.threshold = config.threshold
         self.state = RunState(config.output.state, parameters_digest=self._parameters_digest())
         self.run_id = self.state.run_id
@@ -181,7 +205,9 @@ class CoordinatorRun:
         self._complete = False
         self._aborted: str | None = None
         self._told_final: set[str] = set()
-        self._started = bool(self.state.members()) and bool(self.state.completed_blocks())
+        self._started = bool(self.state.members()) and (
+            bool(self.state.completed_blocks()) or bool(self.state.allocation_blocks())
+        )
         self.recipe: CoordinatorRecipe = coordinator_recipe(config.run, config.privacy)
         self.outputs = OutputWriter(
             model=self.model,
@@ -200,11 +226,14 @@ class CoordinatorRun:
         )
         self._budgets: dict[str, int | None] = {}
         self._assignment: dict[int, tuple[str, ...]] | None = None
+        stored = self.state.owl_allocation() if self.owl is not None else None
+        if stored is not None:  # a restart after the allocation phase: served before the driver resumes
+            self._sparsities = _stored_sparsities(stored)
 
     def _parameters_digest(self) -> str:
         return RunState.digest_of(
             {
-                "run": self.config.run.model_dump(mode="json"),
+                "run": self.config.run.digest_fields(),
                 "privacy": self.config.privacy.model_dump(mode="json"),
                 "model": self.model_fingerprint.hex(),
             }
@@ -315,7 +344,8 @@ class CoordinatorRun:
 
     def _waiting_reason(self) -> str:
         if self._session is not None:
-            return f"block {self._session.block}: {self._session.phase.value}"
+            what = "OWL allocation of block" if self._session.allocation else "block"
+            return f"{what} {self._session.block}: {self._session.phase.value}"
         missing = self.config.run.min_participants_or_default - len(self._active)
         return f"waiting for {missing} more participants" if missing > 0 else "preparing the next block"
 
@@ -430,6 +460,17 @@ class CoordinatorRun:
         layout = VoteLayout.for_block(self.model, block)
         return self.state.packed_mask(block), layout.dimension, layout.fingerprint()
 
+    def owl_allocation(self, name: str) -> tuple[float, ...]:
+        """Return each block's OWL sparsity once the allocation phase decided it (StaleMessageError before)."""
+        self._member(name)
+        if self.owl is None:
+            raise MalformedMessageError("this run has no OWL allocation (run.owl is off)")
+        with self._cond:
+            sparsities = self._sparsities
+        if sparsities is None:
+            raise StaleMessageError("the OWL allocation is not decided yet")
+        return sparsities
+
     def _check_statement(self, name: str, statement: ParticipantStatement) -> None:
         try:
             check_statement(
@@ -533,26 +574,60 @@ class CoordinatorRun:
         )
 
     def _run_session(self, block: int, layout: VoteLayout, *, attempt: int) -> np.ndarray:
+        sums, names, members = self._secure_sum(
+            block,
+            lambda count: self.recipe.session_shape(
+                count, layout, chunk_coordinates=self.config.run.chunk_coordinates
+            ),
+            allocation=False,
+            attempt=attempt,
+        )
+        self._complete_block(
+            block,
+            layout,
+            sums,
+            contributors=len(names),
+            session_participants=members,
+            contributor_names=names,
+        )
+        return sums
+
+    def _members(self, block: int) -> list[Member]:
+        """Return the active members of ``block``'s sessions, by participant id (``_cond`` held)."""
+        assigned = None if self._assignment is None else set(self._assignment[block])
+        return sorted(
+            (
+                m
+                for m in self.state.members().values()
+                if m.name in self._active and (assigned is None or m.name in assigned)
+            ),
+            key=lambda m: m.participant_id,
+        )
+
+    def _secure_sum(
+        self, block: int, shape_for: Callable[[int], SessionShape], *, allocation: bool, attempt: int
+    ) -> tuple[np.ndarray, list[str], int]:
+        """Return (the sums, the contributors' names, the members) of one session of ``block``.
+
+        ``shape_for``: the session's size, input range and ring for its number of members.
+
+        ``allocation``: the block's OWL allocation session (context round ``OWL_ALLOCATION_ROUND``, sums in
+        their own file); else the block's own session (context round = block).
+        """
         with self._cond:
             assigned = None if self._assignment is None else set(self._assignment[block])
-            members = sorted(
-                (
-                    m
-                    for m in self.state.members().values()
-                    if m.name in self._active and (assigned is None or m.name in assigned)
-                ),
-                key=lambda m: m.participant_id,
-            )
+            members = self._members(block)
             missing = self._missing(assigned or self.state.members())
+        what = f"OWL allocation of block {block}" if allocation else f"block {block}"
         if len(members) < self.threshold:
             raise RunClosedError(
-                f"block {block}: only {len(members)} participants remain, below the threshold {self.threshold}"
+                f"{what}: only {len(members)} participants remain, below the threshold {self.threshold}"
                 f"; missing: {missing}"
             )
-        context = SessionContext.fresh(run_id=self.run_id, round=block, block=block)
-        shape = self.recipe.session_shape(
-            len(members), layout, chunk_coordinates=self.config.run.chunk_coordinates
+        context = SessionContext.fresh(
+            run_id=self.run_id, round=OWL_ALLOCATION_ROUND if allocation else block, block=block
         )
+        shape = shape_for(len(members))
         parameters = SessionParameters(
             participant_ids=tuple(m.participant_id for m in members),
             threshold=self.threshold,
@@ -566,18 +641,21 @@ class CoordinatorRun:
         identity_keys = {
             m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in members
         }
-        workdir = self.state.directory / f"session-{block:05d}"
+        workdir = self.state.directory / f"{'allocation' if allocation else 'session'}-{block:05d}"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir()
         server = SecAggServer(parameters=parameters, identity_keys=identity_keys, workdir=workdir)
-        session = _Session(block, parameters, server, {m.participant_id: m.name for m in members})
+        session = _Session(
+            block, parameters, server, {m.participant_id: m.name for m in members}, allocation=allocation
+        )
         member_tuple = tuple(members)
         with self._cond:
             self._session = session
         try:
-            logger.info("block %d/%d: session with %d participants", block + 1, self.blocks, len(members))
+            logger.info("%s/%d: session with %d participants", what, self.blocks, len(members))
+            started = AllocationSessionStarted if allocation else SessionStarted
             self._on_event(
-                SessionStarted(
+                started(
                     block=block, blocks=self.blocks, members=tuple(m.name for m in members), attempt=attempt
                 )
             )
@@ -611,23 +689,18 @@ class CoordinatorRun:
             signers = [s.sender for s in request.signatures]
             self._collect(session, Phase.UNMASK, signers, lambda p: UnmaskTask(block, sid, request))
             with self._cond:
-                result = server.finalize(
-                    out=self.state.counts(block, shape.dimension, dtype=parameters.sum_dtype)
+                out = (
+                    self.state.allocation_sums(block, shape.dimension, dtype=parameters.sum_dtype)
+                    if allocation
+                    else self.state.counts(block, shape.dimension, dtype=parameters.sum_dtype)
                 )
+                result = server.finalize(out=out)
         finally:
             with self._cond:
                 self._session = None
             server.close()
             shutil.rmtree(workdir, ignore_errors=True)
-        self._complete_block(
-            block,
-            layout,
-            result.keep_votes,
-            contributors=len(result.contributors),
-            session_participants=len(members),
-            contributor_names=[session.names[p] for p in result.contributors],
-        )
-        return result.keep_votes
+        return result.keep_votes, [session.names[p] for p in result.contributors], len(members)
 
     def _complete_block(
         self,
@@ -642,7 +715,9 @@ class CoordinatorRun:
         weights = {
             qualified_name(i, name): sub.weight() for i, name, sub in iter_prunable(self.model) if i == block
         }
-        aggregated = self.recipe.aggregate(layout, counts, weights, contributors=contributors)
+        aggregated = self.recipe.aggregate(
+            layout, counts, weights, contributors=contributors, pattern=self.block_pattern(block)
+        )
         bits = layout.flatten(aggregated.masks, dtype=torch.bool).numpy()
         packed = np.packbits(bits, bitorder="little").tobytes()
         event = secure_aggregation_event(
@@ -685,6 +760,108 @@ class CoordinatorRun:
             budgets = {name: self._budgets.get(name) for name in names}
         self._assignment = self.recipe.assign_blocks(
             self.state, budgets, blocks=self.blocks, threshold=self.threshold
+        )
+
+    def block_pattern(self, block: int) -> SparsityPattern:
+        """Return the sparsity pattern block ``block`` is pruned to: its OWL sparsity, or the run's."""
+        pattern = self.config.run.sparsity_pattern
+        if self.owl is None:
+            return pattern
+        if self._sparsities is None:
+            raise RuntimeError("the OWL allocation is decided before any block is pruned")
+        return dataclasses.replace(pattern, sparsity=self._sparsities[block])
+
+    # ------------------------------------------------------------------ OWL allocation
+    def _allocate(self) -> None:
+        """Decide each block's OWL sparsity: from the stored allocation, or by running the allocation phase.
+
+        One secure-aggregation session per block whose outlier ratio is not stored yet sums the sites'
+        column statistics of the dense block; each block's ratio (from the sums and the base weights) is
+        committed before the next session, and the allocation once every ratio is, so a restart resumes the
+        phase where it stopped and never allocates differently.
+        """
+        assert self.owl is not None
+        stored = self.state.owl_allocation()
+        if stored is None:
+            done = self.state.allocation_blocks()
+            if done:
+                logger.info("resuming the OWL allocation: blocks %s already summed", sorted(done))
+            for block in range(self.blocks):
+                if block not in done:
+                    self._run_allocation_block(block)
+            done = self.state.allocation_blocks()
+            target = self.config.run.sparsity_pattern.sparsity
+            try:
+                allocation = allocate(
+                    [done[b].outlier_ratio for b in range(self.blocks)],
+                    block_weight_counts(self.model),
+                    target=target,
+                    settings=self.owl,
+                )
+            except PruningInputError as error:
+                raise RunClosedError(f"OWL allocation: {error}") from None
+            stored = allocation.as_dict()
+            self.state.save_owl_allocation(stored)
+        sparsities = _stored_sparsities(stored)
+        logger.info("OWL allocation: %s", ", ".join(f"{s:.4f}" for s in sparsities))
+        with self._cond:
+            self._sparsities = sparsities
+            self._cond.notify_all()
+
+    def _run_allocation_block(self, block: int) -> None:
+        layout = VoteLayout.for_block(self.model, block)
+        for attempt in range(1, MAX_SESSION_ATTEMPTS + 1):
+            try:
+                sums, names, _ = self._secure_sum(
+                    block,
+                    lambda count: self._allocation_statistics.session_shape(
+                        count, layout, chunk_coordinates=self.config.run.chunk_coordinates
+                    ),
+                    allocation=True,
+                    attempt=attempt,
+                )
+                self._complete_allocation_block(block, layout, sums, contributor_names=names)
+                return
+            except ProtocolAbort as error:
+                logger.warning(
+                    "OWL allocation of block %d: session aborted (attempt %d): %s", block, attempt, error
+                )
+                if attempt == MAX_SESSION_ATTEMPTS:
+                    with self._cond:
+                        missing = self._missing(self.state.members())
+                    raise RunClosedError(
+                        f"OWL allocation of block {block}: {error}; missing: {missing or 'none'}"
+                    ) from None
+
+    def _complete_allocation_block(
+        self, block: int, layout: VoteLayout, sums: np.ndarray, *, contributor_names: Sequence[str]
+    ) -> None:
+        assert self.owl is not None
+        statistics = self._allocation_statistics.statistics(layout, sums, contributors=len(contributor_names))
+        weights = {
+            qualified_name(i, name): sub.weight() for i, name, sub in iter_prunable(self.model) if i == block
+        }
+        ratio = block_outlier_ratio_from_statistics(weights, statistics, multiple=self.owl.multiple)
+        event = secure_aggregation_event(
+            block=block,
+            round=OWL_ALLOCATION_ROUND,
+            coordinates=self._allocation_statistics.dimension(layout),
+            participants=self.participants,
+            threshold=self.threshold,
+            contributors=contributor_names,
+            colluders=self.colluders,
+            summed=SummedInputs.COLUMN_STATISTICS,
+        )
+        self.state.complete_allocation_block(
+            block, outlier_ratio=ratio, contributors=len(contributor_names), event=event
+        )
+        self.state.allocation_sums_file(block, sums.dtype).unlink(missing_ok=True)
+        logger.info(
+            "OWL allocation of block %d/%d: outlier ratio %.6f from %d contributors",
+            block + 1,
+            self.blocks,
+            ratio,
+            len(contributor_names),
         )
 
     def _run_block(self, block: int) -> None:
@@ -737,6 +914,8 @@ class CoordinatorRun:
             present = self._wait_for_participants()
             self._on_event(ParticipantsPresent(names=present))
             self._assign_blocks()
+            if self.owl is not None:
+                self._allocate()
             completed = self.state.completed_blocks()
             if completed:
                 logger.info("resuming: blocks %s already complete", sorted(completed))
@@ -818,6 +997,9 @@ class CoordinatorRun:
             weight_scaling=run.weight_scaling,
             protocol_version=PROTOCOL_VERSION,
             participant_names=tuple(sorted(run.participants)),
+            owl=(
+                None if self.owl is None else OwlTerms(outlier_multiple=self.owl.multiple, lam=self.owl.lam)
+            ),
         )
 
     def close(self) -> None:

@@ -227,6 +227,13 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
         mask = convert.block_mask_of(int(request.block), packed, bit_count=bits, layout_fingerprint=layout)
         yield from convert.block_mask_to_chunks(mask, chunk_bytes=MAX_CHUNK_PAYLOAD_BYTES)
 
+    def OwlAllocation(self, request: pb.OwlAllocationRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def body(name: str) -> pb.OwlAllocationReply:
+            self._check_run(request.run_id)
+            return convert.owl_allocation_to_proto(self.run.owl_allocation(name))
+
+        return _call(context, "OwlAllocation", body)
+
     def SubmitStatement(self, request: pb.SubmitStatementRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.SubmitStatementReply:
             signed = convert.signed_statement_from_proto(request)

@@ -7,6 +7,9 @@ mask is a small bit-packed file written and fsync'd before its row is committed;
 progress live in a memory-mapped file (``counts_file``), so at most one block's counts are in memory.
 Under the FedSpaLLM recipe a finished block also has its final (masked, averaged) weights in a safetensors
 file written the same way, and the block assignment made at the start is kept so that a restart reuses it.
+Under OWL each allocation session's outcome (the block's outlier ratio from the summed dense statistics, and
+its ledger event) is committed before the next session starts, and the allocation made from them once, so a
+restart mid-phase resumes at the first block without a ratio and never allocates differently.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ CREATE TABLE IF NOT EXISTS blocks (
     weights_digest BLOB
 );
 CREATE TABLE IF NOT EXISTS statements (name TEXT PRIMARY KEY, statement TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS allocation (
+    block INTEGER PRIMARY KEY,
+    outlier_ratio REAL NOT NULL,
+    contributors INTEGER NOT NULL,
+    event TEXT NOT NULL
+);
 """
 
 
@@ -62,6 +71,16 @@ class CompletedBlock:
     event: MechanismEvent
     mask_digest: bytes
     weights_digest: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AllocatedBlock:
+    """A block whose OWL allocation session is summed: its outlier ratio and the session's ledger event."""
+
+    block: int
+    outlier_ratio: float
+    contributors: int
+    event: MechanismEvent
 
 
 class RunState:
@@ -244,6 +263,49 @@ class RunState:
     def assignment(self) -> dict[str, object] | None:
         """Return the recorded block assignment, or None before the run started."""
         text = self._meta("assignment")
+        return None if text is None else json.loads(text)
+
+    # -------------------------------------------------------------- OWL allocation
+    def allocation_sums_file(self, block: int, dtype: np.dtype | type) -> Path:
+        """Return the memory-mapped sums file of block ``block``'s allocation session."""
+        return self.directory / f"allocation-{block:05d}.{np.dtype(dtype).name}"
+
+    def allocation_sums(self, block: int, dimension: int, dtype: np.dtype | type) -> np.memmap:
+        """Return a writable memory map of block ``block``'s allocation sums."""
+        return np.memmap(self.allocation_sums_file(block, dtype), dtype=dtype, mode="w+", shape=(dimension,))
+
+    def complete_allocation_block(
+        self, block: int, *, outlier_ratio: float, contributors: int, event: MechanismEvent
+    ) -> None:
+        """Return None once block ``block``'s outlier ratio and allocation ledger event are committed."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO allocation VALUES (?, ?, ?, ?)",
+                (block, float(outlier_ratio), contributors, event.model_dump_json()),
+            )
+
+    def allocation_blocks(self) -> dict[int, AllocatedBlock]:
+        """Return every block whose allocation session is summed, by index."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT block, outlier_ratio, contributors, event FROM allocation"
+            ).fetchall()
+        return {
+            int(b): AllocatedBlock(int(b), float(r), int(c), MechanismEvent.model_validate_json(e))
+            for b, r, c, e in rows
+        }
+
+    def save_owl_allocation(self, allocation: dict[str, object]) -> None:
+        """Record the OWL allocation (JSON-ready, ``OwlAllocation.as_dict``) once; a restart reads it back."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('owl_allocation', ?)",
+                (json.dumps(allocation, sort_keys=True),),
+            )
+
+    def owl_allocation(self) -> dict[str, object] | None:
+        """Return the recorded OWL allocation, or None before the allocation phase ended."""
+        text = self._meta("owl_allocation")
         return None if text is None else json.loads(text)
 
     # -------------------------------------------------------------- statements

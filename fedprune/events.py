@@ -24,7 +24,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, NamedTuple
 
-from coordinator.events import BlockAggregated, ParticipantsPresent, RunEvent, RunFinished, SessionStarted
+from coordinator.events import (
+    AllocationSessionStarted,
+    BlockAggregated,
+    ParticipantsPresent,
+    RunEvent,
+    RunFinished,
+    SessionStarted,
+)
 from participant.events import (
     BlockReleased,
     BlockScored,
@@ -69,6 +76,11 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "session_started",
         SessionStarted,
+        (("block", Field.INT), ("blocks", Field.INT), ("members", Field.NAMES), ("attempt", Field.INT)),
+    ),
+    Kind(
+        "allocation_session_started",
+        AllocationSessionStarted,
         (("block", Field.INT), ("blocks", Field.INT), ("members", Field.NAMES), ("attempt", Field.INT)),
     ),
     Kind(

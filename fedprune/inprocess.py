@@ -165,6 +165,9 @@ class InProcessClient:
     def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
         return collect_mask_stream(self._call("BlockMask", request), max_bytes=max_bytes)
 
+    def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply:
+        return self._call("OwlAllocation", request)  # type: ignore[no-any-return]
+
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
         self._call("SubmitStatement", request)
 

@@ -31,9 +31,11 @@ from coordinator.assignment import BlockAssignment
 from coordinator.config import CoordinatorConfig, PrivacySection, parse_config
 from coordinator.events import BlockAggregated, EventSink, RunEvent
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
+from pruning.errors import PruningInputError
 from pruning.masks import SparsityPattern
 from pruning.methods import Method
-from pruning.recipes import Mode, Recipe, check_recipe
+from pruning.owl import OwlSettings
+from pruning.recipes import Mode, Recipe, check_recipe, owl_conflicts
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +80,16 @@ class SimulationSettings:
     recipe: Recipe = Recipe.FEDPRLLM
     budgets: tuple[int, ...] | None = None
     """FedSpaLLM: the number of blocks each participant can prune (None: every participant, every block)."""
+    owl: OwlSettings | None = None
+    """OWL's settings: per-block sparsities allocated from the sites' summed dense statistics (an
+    allocation phase before block 0); None: every block at ``pattern``'s sparsity."""
 
     def __post_init__(self) -> None:
         check_recipe(self.recipe, method=self.method, mode=self.mode, weight_scaling=self.weight_scaling)
+        if self.owl is not None:
+            problems = owl_conflicts(self.recipe, method=self.method, n_m=self.pattern.is_n_m)
+            if problems:
+                raise PruningInputError("OWL needs " + ", ".join(problems))
         if self.budgets is not None and self.recipe is not Recipe.FEDSPALLM:
             raise ValueError("budgets need the fedspallm recipe")
 
@@ -204,6 +213,15 @@ def simulation_config(
                 "seqlen": settings.seqlen,
                 "weight_scaling": settings.weight_scaling,
                 "recipe": settings.recipe.value,
+                **(
+                    {}
+                    if settings.owl is None
+                    else {
+                        "owl": True,
+                        "owl_lambda": settings.owl.lam,
+                        "owl_outlier_multiple": settings.owl.multiple,
+                    }
+                ),
             },
             "privacy": privacy.model_dump(mode="json", exclude_none=True),
             "output": {

@@ -19,14 +19,17 @@ from participant.config import ParticipantConfig
 from participant.errors import PeerKeyError, RunRefusedError
 from participant.markers import SiteRecords
 from participant.privacy import PrivacyPlan, RunPrivacy, plan_privacy
-from participant.recipes import ParticipantRecipe, recipe_max_input
+from participant.recipes import SessionFrame, recipe_max_input
 from privacy.accounting import DEFAULT_ACCOUNTANT_TOLERANCE
 from privacy.budget import BudgetExceeded, BudgetLedgerError, LifetimeBudget
 from privacy.errors import PrivacyError
 from privacy.secagg import ContradictoryViewError, SessionHistory, SessionParameters, check_threshold
 from privacy.signing import TrustedKey, key_fingerprint
 from proto.domain import AnnouncedPrivacy, Member, RunParameters, SessionTerms
+from pruning.errors import PruningInputError
 from pruning.methods import Method
+from pruning.owl import OwlSettings
+from pruning.recipes import owl_conflicts
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,33 @@ def run_plan(run: RunParameters, *, blocks: int, documents: int | None = None) -
         reads_data=run.method is not Method.MAGNITUDE,
         blocks=blocks,
         documents=documents,
+        releases_per_block=1 if run.owl is None else 2,
     )
+
+
+def owl_settings(run: RunParameters) -> OwlSettings | None:
+    """Return the run's OWL settings (None: a uniform run); RunRefusedError when the site cannot take them.
+
+    OWL needs an unstructured pattern and a recipe and method that allow it (``pruning.recipes.
+    owl_conflicts``), and private statistics wherever the run claims privacy: the allocation releases each
+    block's column statistics of the dense model, which randomized response does not cover, so a run with
+    randomized response and without record-level DP is refused (whatever its coordinator says of it).
+    """
+    if run.owl is None:
+        return None
+    try:
+        settings = OwlSettings(multiple=run.owl.outlier_multiple, lam=run.owl.lam)
+    except PruningInputError as error:
+        raise RunRefusedError(f"the run's OWL parameters: {error}") from None
+    problems = owl_conflicts(run.recipe, method=run.method, n_m=run.pattern.is_n_m)
+    if run.privacy.randomized_response and not run.privacy.record_level_dp:
+        problems.append(
+            "record-level DP wherever randomized response is on (the allocation releases each block's "
+            "calibration statistics, which randomized response does not cover)"
+        )
+    if problems:
+        raise RunRefusedError("the run announces OWL, which needs " + ", ".join(problems))
+    return settings
 
 
 def refusals(
@@ -141,10 +170,11 @@ def describe_plan(plan: PrivacyPlan) -> str:
     if not plan.reads_data:
         return "magnitude pruning reads no data (epsilon 0)"
     if plan.epsilon is None:
-        return f"{plan.blocks} releases of exact statistics (no record-level DP: no finite epsilon)"
+        return f"{plan.releases} releases of exact statistics (no record-level DP: no finite epsilon)"
+    per_block = "" if plan.releases == plan.blocks else f", {plan.releases // plan.blocks} per block (OWL)"
     return (
-        f"{plan.releases} releases (this model's decoder blocks) at noise multiplier {plan.noise_multiplier:.4g}: "
-        f"epsilon {plan.epsilon:.4g} at delta {plan.delta:g}"
+        f"{plan.releases} releases (this model's {plan.blocks} decoder blocks{per_block}) at noise multiplier "
+        f"{plan.noise_multiplier:.4g}: epsilon {plan.epsilon:.4g} at delta {plan.delta:g}"
     )
 
 
@@ -222,16 +252,20 @@ def check_session_frame(
     run: RunParameters,
     parameters: SessionTerms | SessionParameters,
     *,
-    recipe: ParticipantRecipe,
+    recipe: SessionFrame,
     dimension: int,
     block: int,
+    max_input: int | None = None,
 ) -> None:
     """Raise CoordinatorMisbehaviour unless a session of ``block`` stays inside the frame the run announced.
 
     The run's t and c exactly (so t > (n + c)/2 holds with the run's c for the session's n), no more
     members than the run's n, the recipe's max_input and ring, the block's own ``dimension``, and the
     chunking both roles derive from the announced chunk_coordinates (``recipe.chunk_coordinates``).
+    ``max_input``: the session's own encoding where it is not the run's (an OWL allocation session's
+    statistic lanes); ``recipe`` then is the allocation's.
     """
+    expected_input = run.max_input if max_input is None else max_input
     if parameters.threshold != run.threshold:
         raise ContradictoryViewError(
             f"session threshold {parameters.threshold} is not the run's {run.threshold}",
@@ -248,10 +282,10 @@ def check_session_frame(
             f"the session has {participants} participants; the run has {run.participants}",
             check="session-members",
         )
-    if parameters.max_input != run.max_input or not parameters.ring_headroom:
+    if parameters.max_input != expected_input or not parameters.ring_headroom:
         raise ContradictoryViewError(
             f"session max_input {parameters.max_input} (ring headroom {parameters.ring_headroom}) is not "
-            f"the run's encoding: max_input {run.max_input} with ring headroom",
+            f"the run's encoding: max_input {expected_input} with ring headroom",
             check="session-encoding",
         )
     if parameters.dimension != dimension:
@@ -347,6 +381,7 @@ __all__ = [
     "check_run_binding",
     "describe_plan",
     "describe_privacy",
+    "owl_settings",
     "refusals",
     "run_plan",
     "run_privacy",

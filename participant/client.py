@@ -211,6 +211,8 @@ class WireCalls(Protocol):
 
     def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]: ...
 
+    def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply: ...
+
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None: ...
 
 
@@ -299,6 +301,12 @@ class WireClient:
         request = convert.block_mask_request_to_proto(run_id, block)
         chunks = self._call("BlockMask", lambda: self.wire.block_mask(request, max_bytes=max_bytes))
         return convert.block_mask_from_chunks(block, chunks)
+
+    def owl_allocation(self, run_id: bytes) -> tuple[float, ...]:
+        """Return the run's per-block OWL sparsities as announced (the caller checks them)."""
+        request = convert.owl_allocation_request_to_proto(run_id)
+        reply = self._call("OwlAllocation", lambda: self.wire.owl_allocation(request))
+        return convert.owl_allocation_from_proto(reply)
 
     def submit_statement(self, statement: SignedStatement) -> None:
         """Send the signed privacy statement."""
@@ -394,6 +402,10 @@ class GrpcWire:
             clock=self._clock,
             sleep=self._sleep,
         )
+
+    def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply:
+        """Return the run's OWL allocation."""
+        return self._unary("OwlAllocation", self._stub.OwlAllocation, request)  # type: ignore[no-any-return]
 
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
         """Send the signed privacy statement."""

@@ -1,8 +1,10 @@
-"""What a site keeps on disk across restarts of a run: its release token, its released marker, its history.
+"""What a site keeps on disk across restarts of a run: its release token, its released marker, its history,
+and an OWL run's allocation.
 
 Each is written durably (``privacy.durable``) before what it records can happen: the released marker before
 the first masked vector leaves, the session history before anything it fixes (ids, keys, a released
-vector's digest) leaves, the release token before the lifetime budget is charged under it.
+vector's digest) leaves, the release token before the lifetime budget is charged under it, the checked OWL
+allocation before any block is pruned at it (a restart prunes at the same sparsities).
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ class SiteRecords:
     def save_history(self, run_id: str, history: SessionHistory) -> None:
         """Write run ``run_id``'s session history durably."""
         write_durably(self.history_path(run_id), json.dumps(history.export()).encode("utf-8"))
+
+    def owl_allocation_path(self, run_id: str) -> Path:
+        """Return the file of run ``run_id``'s checked OWL allocation."""
+        return self.state / f"owl-allocation-{run_id}.json"
+
+    def owl_allocation(self, run_id: str) -> tuple[float, ...] | None:
+        """Return run ``run_id``'s OWL sparsities as this site checked and kept them, or None."""
+        path = self.owl_allocation_path(run_id)
+        if not path.is_file():
+            return None
+        values = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(values, list) or not all(isinstance(v, float) for v in values):
+            raise ValueError(f"{path} is not a list of sparsities")
+        return tuple(values)
+
+    def save_owl_allocation(self, run_id: str, sparsities: tuple[float, ...]) -> None:
+        """Write run ``run_id``'s checked OWL sparsities durably."""
+        write_durably(self.owl_allocation_path(run_id), json.dumps(list(sparsities)).encode("utf-8"))
 
 
 __all__ = ["RELEASE_TOKEN_PREFIX", "SiteRecords"]

@@ -50,7 +50,9 @@ class RunPrivacy(PrivacyParameters):
 
 
 def planned_noise_multiplier(settings: RunPrivacy, *, blocks: int) -> float | None:
-    """Return the noise multiplier of the run's DP statistics (None when record-level DP is off)."""
+    """Return the noise multiplier of the run's DP statistics (None when record-level DP is off).
+
+    ``blocks``: the releases the target epsilon is planned over (one per block, two under OWL)."""
     from privacy.accounting import noise_multiplier_for_epsilon
 
     if not settings.record_level_dp:
@@ -73,7 +75,8 @@ class PrivacyPlan:
 
     The coordinator announces the mechanism (target or noise multiplier, sample rate, delta); the counts
     the accounting rests on are the site's own: its model's decoder blocks, one joint Gaussian release per
-    block (``DPStatisticAggregator``), and its calibration file's documents. The lifetime budget is
+    block (``DPStatisticAggregator``; two under OWL: the block's dense statistics for the allocation, then
+    the block's own), and its calibration file's documents. The lifetime budget is
     charged ``epsilon`` and ``delta`` for at most ``releases`` releases, and the statistics aggregator
     refuses to make more.
     """
@@ -84,7 +87,7 @@ class PrivacyPlan:
     """Decoder blocks of the site's own model."""
     releases: int
     """Releases of statistics of the site's data this run may make: one per decoder block of its own
-    model, 0 when it reads no data. What the lifetime budget is charged for, and the most the record-level
+    model (two under OWL), 0 when it reads no data. What the lifetime budget is charged for, and the most the record-level
     aggregator makes; each block's vector is randomized once, so no block is ever released twice."""
     noise_multiplier: float | None
     """Noise multiplier of each release (planned here for ``releases`` when the run states a target)."""
@@ -97,15 +100,26 @@ class PrivacyPlan:
 
 
 def plan_privacy(
-    settings: RunPrivacy, *, reads_data: bool, blocks: int, documents: int | None = None
+    settings: RunPrivacy,
+    *,
+    reads_data: bool,
+    blocks: int,
+    documents: int | None = None,
+    releases_per_block: int = 1,
 ) -> PrivacyPlan:
     """Return the site's privacy plan for a run with ``settings`` on its own ``blocks``-block model.
+
+    ``releases_per_block``: 2 for an OWL run (the allocation phase releases each block's dense statistics
+    once more), else 1.
 
     Raises PrivacyError when the settings cannot be accounted (a delta outside (0, 1), a sample rate
     outside (0, 1], a noise multiplier that is not positive, a target no noise multiplier reaches).
     """
     if blocks < 1:
         raise PrivacyError(f"blocks must be >= 1, got {blocks}")
+    if releases_per_block not in (1, 2):
+        raise PrivacyError(f"releases_per_block must be 1 or 2, got {releases_per_block}")
+    releases = blocks * releases_per_block
     if not reads_data:
         return PrivacyPlan(
             reads_data=False,
@@ -118,16 +132,16 @@ def plan_privacy(
         )
     sigma = epsilon = None  # exact statistics: no finite epsilon bounds them
     if settings.record_level_dp:
-        sigma = planned_noise_multiplier(settings, blocks=blocks)
+        sigma = planned_noise_multiplier(settings, blocks=releases)
         assert sigma is not None
-        release = GaussianRelease(noise_multiplier=sigma, sample_rate=settings.sample_rate, count=blocks)
+        release = GaussianRelease(noise_multiplier=sigma, sample_rate=settings.sample_rate, count=releases)
         epsilon = gaussian_epsilon(
             [release], delta=settings.delta, tolerance=settings.accountant_tolerance
         ).epsilon
     return PrivacyPlan(
         reads_data=True,
         blocks=blocks,
-        releases=blocks,
+        releases=releases,
         noise_multiplier=sigma,
         epsilon=epsilon,
         delta=settings.delta,

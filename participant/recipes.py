@@ -13,6 +13,9 @@ recipe it runs. ``plugin_for`` chooses the class, in this one place, from the ru
 - ``StatisticsIterative``: the site's calibration column statistics of each block, computed after the
   previous block's global mask is applied, as 64-bit fixed point in two 32-bit lanes per value
   (``StatisticCodec``); the coordinator chooses the mask from their sum.
+- ``OwlAllocationStatistics`` (no recipe of its own: an OWL run's allocation phase, before block 0, under
+  any recipe that allows OWL): each block's column statistics of the dense model, one calibration pass, in
+  the statistics recipe's encoding.
 - ``FedSpaLLM``: SparseGPT on the blocks whose sessions the coordinator starts with this site
   (``AssignedBlockPruner``), at most ``runtime.max_blocks`` of them; each vector packs the randomized
   keep-vote and the fixed-point weight update of every weight (``VoteValueCodec`` for the run's n), so one
@@ -24,10 +27,11 @@ Which settings a recipe allows is ``pruning.recipes.recipe_conflicts``, never a 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Generator, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -42,25 +46,63 @@ from participant.voting import (
     iterative_votes,
     one_shot_block_votes,
 )
+from privacy.calibration_dp import DPStatisticAggregator
 from privacy.errors import PrivacyError
 from privacy.secagg import ring_bit_width
 from privacy.secagg.fixed_point import StatisticCodec, VoteValueCodec
 from privacy.secagg.parameters import MAX_BIT_WIDTH, WIDE_MAX_BIT_WIDTH
 from proto.convert import session_chunk_coordinates
-from proto.domain import RunParameters
+from proto.domain import OWL_ALLOCATION_ROUND, RunParameters
 from pruning.adapters import iter_prunable, qualified_name
+from pruning.calibration import BlockRunner
+from pruning.distributed import exact_aggregator
 from pruning.layout import VoteLayout
 from pruning.local import check_pattern_fits, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
 from pruning.recipes import Mode, Recipe, recipe_conflicts
-from pruning.statistics import StatisticAggregator
+from pruning.statistics import StatisticAggregator, StatisticKind
 from pruning.updates import UPDATE_RANGE_FACTOR
 
 logger = logging.getLogger(__name__)
 
 GlobalMask = Callable[[int], dict[str, torch.Tensor]]
 """Block -> its global mask (True = pruned), as the coordinator published it and the site checked it."""
+BlockPattern = Callable[[int], SparsityPattern]
+"""Block -> the pattern its local masks are chosen at (an OWL run's per-block sparsity, else the run's)."""
+
+
+class SessionFrame(Protocol):
+    """What a session's frame is checked against: the ring, the chunking and a block's vector size."""
+
+    @property
+    def max_bit_width(self) -> int:
+        """Return the widest ring the sessions may use (the site's own limit)."""
+        ...
+
+    def chunk_coordinates(self, *, participants: int, max_input: int) -> int:
+        """Return the chunking a session of ``participants`` must have."""
+        ...
+
+    def dimension(self, block: int) -> int:
+        """Return the coordinates of block ``block``'s input vector."""
+        ...
+
+
+def statistics_dimension(layout: VoteLayout, codec: StatisticCodec | None = None) -> int:
+    """Return the coordinates of a block's statistics vector: the codec's lanes per input column of each
+    matrix (what ``encode_statistics`` makes)."""
+    lanes = (codec or StatisticCodec()).encode(np.zeros(1), name="one value").size
+    return lanes * sum(entry.shape[1] for entry in layout.entries)
+
+
+def encode_statistics(
+    codec: StatisticCodec, layout: VoteLayout, statistics: dict[str, torch.Tensor]
+) -> np.ndarray:
+    """Return a block's statistics vector: each matrix's statistic as codec lanes, in layout order."""
+    return np.concatenate(
+        [codec.encode(statistics[entry.name].numpy(), name=entry.name) for entry in layout.entries]
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,6 +119,12 @@ class SiteInputs:
     privacy: ParticipantPrivacy
     on_scored: Callable[[int], None] = lambda block: None
     """Told each block whose vector is computed and randomized (the run's ``BlockScored`` event)."""
+    block_pattern: BlockPattern | None = None
+    """Each block's pattern for the site's own masks (an OWL run's allocation); None: ``pattern``."""
+
+    def pattern_of(self, block: int) -> SparsityPattern:
+        """Return the pattern block ``block``'s local masks are chosen at."""
+        return self.pattern if self.block_pattern is None else self.block_pattern(block)
 
 
 class ParticipantRecipe(abc.ABC):
@@ -189,6 +237,7 @@ class FedPrLLMOneShot(_PackedVotes):
             pattern=inputs.pattern,
             device=inputs.device,
             aggregator=inputs.aggregator,
+            block_pattern=inputs.pattern_of,
         )
         self._scored = 0
 
@@ -232,6 +281,7 @@ class FedPrLLMIterative(_PackedVotes):
             pattern=inputs.pattern,
             device=inputs.device,
             aggregator=inputs.aggregator,
+            block_pattern=inputs.pattern_of,
         )
 
     def _compute(self, block: int) -> None:
@@ -361,7 +411,7 @@ class StatisticsIterative(ParticipantRecipe):
         )
 
     def dimension(self, block: int) -> int:
-        return 2 * sum(entry.shape[1] for entry in VoteLayout.for_block(self.inputs.model, block).entries)
+        return statistics_dimension(VoteLayout.for_block(self.inputs.model, block), self.codec)
 
     def _statistics(self) -> Generator[dict[str, torch.Tensor], dict[str, torch.Tensor], None]:
         """Yield one block's statistics at a time; ``send`` the block's global mask (True = pruned) back."""
@@ -391,12 +441,7 @@ class StatisticsIterative(ParticipantRecipe):
                 next(self._scoring) if computed == 0 else self._scoring.send(self.global_mask(computed - 1))
             )
             layout = VoteLayout.for_block(self.inputs.model, computed)
-            self.vectors[computed] = np.concatenate(
-                [
-                    self.codec.encode(statistics[entry.name].numpy(), name=entry.name)
-                    for entry in layout.entries
-                ]
-            )
+            self.vectors[computed] = encode_statistics(self.codec, layout, statistics)
             self.inputs.on_scored(computed)
         stored = self.vectors[block]
         assert isinstance(stored, np.ndarray)
@@ -405,6 +450,96 @@ class StatisticsIterative(ParticipantRecipe):
     def finish(self) -> None:
         # Compute every block (and so record every DP release) before attesting.
         self.vector(self.run.blocks - 1)
+
+
+class OwlAllocationStatistics:
+    """An OWL run's allocation phase at a site: each block's column statistics of the dense model.
+
+    One calibration pass through the model as loaded (the allocation phase ends before any block is
+    pruned), a block at a time as its allocation session asks; each block's statistic (sum of x_j^2 per
+    input column of every matrix) is released exactly as the statistics recipe releases it: the run's
+    record-level DP aggregator (the same object as the block's own releases, so its cap counts both; its
+    ledger events carry round ``OWL_ALLOCATION_ROUND``) or exact sums without it, in ``StatisticCodec``
+    lanes. Once the block sessions begin (``close``) no allocation session is taken any more.
+    """
+
+    max_bit_width: int = WIDE_MAX_BIT_WIDTH
+
+    def __init__(
+        self,
+        run: RunParameters,
+        *,
+        model: nn.Module,
+        samples: Any,
+        device: torch.device,
+        aggregator: StatisticAggregator | None,
+    ) -> None:
+        if samples is None:
+            raise PrivacyError("the OWL allocation needs calibration data")
+        self.run = run
+        self.model = model
+        self.codec = StatisticCodec()
+        self.vectors: dict[int, np.ndarray] = {}
+        self._aggregator = aggregator
+        self._pass: Iterator[dict[str, torch.Tensor]] | None = self._statistics(samples, device)
+        self._computed = 0
+        self.closed = False
+
+    def max_input(self) -> int:
+        """Return a statistic lane's largest value."""
+        return self.codec.max_input
+
+    def chunk_coordinates(self, *, participants: int, max_input: int) -> int:
+        return session_chunk_coordinates(
+            ring_bit_width(participants, max_input), limit=self.run.chunk_coordinates
+        )
+
+    def dimension(self, block: int) -> int:
+        return statistics_dimension(VoteLayout.for_block(self.model, block), self.codec)
+
+    def _statistics(self, samples: Any, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+        aggregator = self._aggregator or exact_aggregator()
+        for step in BlockRunner(self.model, samples, device=device):
+            release = (
+                aggregator.releasing_round(OWL_ALLOCATION_ROUND)
+                if isinstance(aggregator, DPStatisticAggregator)
+                else contextlib.nullcontext()
+            )
+            with release:
+                statistics = step.collect(StatisticKind.COLUMN_SQUARES, aggregator)
+            yield {
+                qualified_name(step.index, name): statistic.detach().to("cpu", torch.float64)
+                for name, statistic in statistics.items()
+            }
+
+    def vector(self, block: int) -> np.ndarray:
+        """Return block ``block``'s allocation vector (the same object again for a repeated session)."""
+        if self.closed:
+            raise PrivacyError("the allocation phase is over: the site's model is being pruned")
+        if not 0 <= block < self.run.blocks:
+            raise PrivacyError(f"block {block} is outside the run's {self.run.blocks} blocks")
+        while block not in self.vectors:
+            if block < self._computed:
+                raise PrivacyError(
+                    f"block {block}'s allocation statistics were dropped; never computed twice"
+                )
+            assert self._pass is not None
+            statistics = next(self._pass, None)
+            if statistics is None:  # pragma: no cover - the block count was checked at join
+                raise PrivacyError(f"the model ended before block {self._computed}")
+            layout = VoteLayout.for_block(self.model, self._computed)
+            self.vectors[self._computed] = encode_statistics(self.codec, layout, statistics)
+            # A block's allocation session is over once a later one starts: its vector is never sent again.
+            for done in [b for b in self.vectors if b < self._computed]:
+                del self.vectors[done]
+            self._computed += 1
+        return self.vectors[block]
+
+    def close(self) -> None:
+        """End the allocation phase here: free the calibration pass and the vectors, take no more sessions."""
+        self.closed = True
+        self._pass = None
+        self.vectors.clear()
 
 
 _PLUGINS: dict[tuple[Recipe, Mode], type[ParticipantRecipe]] = {
@@ -444,10 +579,15 @@ __all__ = [
     "FedPrLLMIterative",
     "FedPrLLMOneShot",
     "FedSpaLLM",
+    "BlockPattern",
     "GlobalMask",
+    "OwlAllocationStatistics",
     "ParticipantRecipe",
+    "SessionFrame",
     "SiteInputs",
     "StatisticsIterative",
+    "encode_statistics",
     "plugin_for",
     "recipe_max_input",
+    "statistics_dimension",
 ]

@@ -12,10 +12,19 @@ randomized vector again, never fresh noise.
 
 What the site accepts at join is ``participant.admission``; what it keeps on disk across restarts is
 ``participant.markers``.
+
+An OWL run (``RunParameters.owl``) has an allocation phase before block 0: sessions whose context round is
+``OWL_ALLOCATION_ROUND`` sum each block's column statistics of the dense model
+(``participant.recipes.OwlAllocationStatistics``, released and recorded like any other statistics). The
+context, bound into the session id and every signature, says which kind a session is; each kind's release
+is recorded apart, so neither can stand in for the other. Before its first block session the site fetches
+the allocation, checks it against its own model (``pruning.owl.check_announced_sparsities``) and keeps it
+durably; its own masks then use each block's sparsity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +41,7 @@ from participant.admission import (
     check_session_frame,
     describe_plan,
     describe_privacy,
+    owl_settings,
     refusals,
     run_plan,
     run_privacy,
@@ -63,7 +73,14 @@ from participant.events import (
 )
 from participant.markers import RELEASE_TOKEN_PREFIX, SiteRecords
 from participant.privacy import ParticipantPrivacy, PrivacyPlan
-from participant.recipes import ParticipantRecipe, SiteInputs, plugin_for, recipe_max_input
+from participant.recipes import (
+    OwlAllocationStatistics,
+    ParticipantRecipe,
+    SessionFrame,
+    SiteInputs,
+    plugin_for,
+    recipe_max_input,
+)
 from participant.voting import PackedBits
 from privacy.durable import DirectoryLock
 from privacy.errors import PrivacyError
@@ -78,6 +95,7 @@ from privacy.secagg import (
 from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_key, raw_public_key
 from proto.convert import run_parameters_digest, session_parameters_from_terms
 from proto.domain import (
+    OWL_ALLOCATION_ROUND,
     Assigned,
     JoinReply,
     JoinRequest,
@@ -100,9 +118,12 @@ from proto.domain import (
 from pruning.adapters import decoder_blocks
 from pruning.calibration import resolve_device
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
+from pruning.errors import PruningInputError
 from pruning.layout import VoteLayout, base_model_fingerprint
+from pruning.masks import SparsityPattern
 from pruning.methods import Method
 from pruning.model_io import check_samples_fit, load_model, load_tokenizer, vocabulary_size
+from pruning.owl import OwlSettings, block_weight_counts, check_announced_sparsities
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +175,13 @@ class ParticipantRun:
         """What this site computes for a block under the run's recipe and mode: set when the run starts."""
         self._secagg: SecAggClient | None = None
         self._block: int | None = None
+        self._allocation_session = False
+        """Whether the session in progress (of ``_block``) is an OWL allocation session."""
+        self.owl: OwlSettings | None = None
+        """The run's OWL settings (None: a uniform run); set at join."""
+        self.allocation: OwlAllocationStatistics | None = None
+        """An OWL run's allocation-phase statistics, until the block sessions begin."""
+        self._sparsities: tuple[float, ...] | None = None
         self._pending_vector: np.ndarray | None = None
         self._replay: tuple[int, Answer] | None = None
         self._joined_samples: Any = None
@@ -217,6 +245,7 @@ class ParticipantRun:
         problems = plugin_for(run).admission_problems(run, max_blocks=self.config.runtime.max_blocks)
         if problems:
             raise RunRefusedError("; ".join(problems))
+        self.owl = owl_settings(run)
         check_run_binding(run)
         if reply.name not in run.participant_names:
             raise RunRefusedError(f"the run's participant_names do not list this site ({reply.name!r})")
@@ -324,8 +353,13 @@ class ParticipantRun:
             device=self.device,
             privacy=self.privacy,
             on_scored=lambda block: self._on_event(BlockScored(block, run.blocks)),
+            block_pattern=None if self.owl is None else self._block_pattern,
         )
         self.recipe = plugin(run, inputs, global_mask=self._mask)
+        if self.owl is not None:
+            self.allocation = OwlAllocationStatistics(
+                run, model=self.model, samples=samples, device=self.device, aggregator=aggregator
+            )
 
     def _documents_at_join(self, run: RunParameters) -> int | None:
         """Return the calibration file's document count when the run has record-level DP (else None).
@@ -402,9 +436,79 @@ class ParticipantRun:
         )
 
     def _vector(self, block: int) -> np.ndarray:
-        """Return block ``block``'s input vector under the run's recipe."""
+        """Return block ``block``'s input vector under the run's recipe (its allocation vector in an
+        allocation session)."""
+        if self._allocation_session:
+            assert self.allocation is not None
+            return self.allocation.vector(block)
         assert self.recipe is not None
         return self.recipe.vector(block)
+
+    # ------------------------------------------------------------------ OWL
+    def _block_pattern(self, block: int) -> SparsityPattern:
+        """Return the pattern of this site's masks of block ``block``: its OWL sparsity."""
+        return dataclasses.replace(self.params.pattern, sparsity=self._owl_sparsities()[block])
+
+    def _owl_sparsities(self) -> tuple[float, ...]:
+        """Return the run's OWL sparsities: kept from before a restart, or fetched, checked and kept now.
+
+        An allocation that no OWL allocation of this site's own model could be (another block count, a
+        sparsity outside (0, 1) or more than 2 * lambda from the target, a weighted mean other than the
+        target) is proof that the coordinator lied.
+        """
+        if self._sparsities is None:
+            assert self.owl is not None
+            sparsities = self.records.owl_allocation(self.run_id)
+            if sparsities is None:
+                try:
+                    announced = self.client.owl_allocation(self.params.run_id)
+                except NotTakenError as error:
+                    raise PrivacyError(f"the OWL allocation was not given: {error.details}") from None
+                try:
+                    check_announced_sparsities(
+                        announced,
+                        block_weight_counts(self.model),
+                        target=self.params.pattern.sparsity,
+                        settings=self.owl,
+                    )
+                except PruningInputError as error:
+                    raise ContradictoryViewError(
+                        f"the coordinator's OWL allocation is not one of this run: {error}",
+                        check="owl-allocation",
+                    ) from None
+                self.records.save_owl_allocation(self.run_id, announced)
+                logger.info("OWL allocation: %s", ", ".join(f"{s:.4f}" for s in announced))
+                sparsities = announced
+            self._sparsities = sparsities
+        return self._sparsities
+
+    def _session_kind(self, block: int, context: SessionContext) -> bool:
+        """Return True for an OWL allocation session of ``block``, False for the block's own session.
+
+        Raises CoordinatorMisbehaviour for an allocation session outside the allocation phase (a run
+        without OWL, or once this site began pruning: its statistics would no longer be the dense
+        model's). The first block session of an OWL run ends the allocation phase here, after the
+        allocation is fetched and checked.
+        """
+        if context.round != OWL_ALLOCATION_ROUND:
+            if self.owl is not None:
+                self._owl_sparsities()
+                if self.allocation is not None and not self.allocation.closed:
+                    self.allocation.close()
+            return False
+        if self.owl is None:
+            raise ContradictoryViewError(
+                f"an OWL allocation session of block {block} in a run without OWL",
+                check="owl-allocation-session",
+            )
+        assert self.allocation is not None
+        if self.allocation.closed:
+            raise ContradictoryViewError(
+                f"an OWL allocation session of block {block} after the block sessions began: the site's "
+                "model is no longer the dense model the allocation is computed on",
+                check="owl-allocation-session",
+            )
+        return True
 
     def _mask(self, block: int) -> dict[str, torch.Tensor]:
         """Return block ``block``'s global mask (True = pruned), fetched and checked once, unpacked anew."""
@@ -460,24 +564,28 @@ class ParticipantRun:
                 check="session-block-outside-run",
             )
         terms = task.parameters
-        self._check_session_frame(block, terms)
         # A malformed message (not a lie about the run) is refused, and the site waits for the next task.
-        parameters = session_parameters_from_terms(terms, max_bit_width=self.recipe.max_bit_width)
-        context = SessionContext.decode(parameters.context)
+        context = SessionContext.decode(terms.context)
         if context.run_id != self.run_id or context.block != block or run_id != self.params.run_id:
             raise ContradictoryViewError(
                 "the session's context does not bind this run and block", check="session-context"
             )
+        allocation = self._session_kind(block, context)
+        frame: SessionFrame = self.allocation if allocation and self.allocation else self.recipe
+        self._check_session_frame(block, terms, frame=frame, allocation=allocation)
+        parameters = session_parameters_from_terms(terms, max_bit_width=frame.max_bit_width)
         names = self._check_members(task.members, parameters.participant_ids)
-        self._check_assignment(block)
+        if not allocation:
+            self._check_assignment(block)
         keys = {m.participant_id: Ed25519PublicKey.from_public_bytes(m.identity_key) for m in task.members}
-        if self._block != block:
+        if self._block != block or self._allocation_session != allocation:
             # Scoring a new block (one-shot and iterative sites score it now) takes a block's worth of
             # memory: the former block's session, over or superseded, lets its vector and state go first.
             self._pending_vector = None
             if self._secagg is not None:
                 self._secagg.abort("the coordinator started another session")
                 self._secagg = None
+        self._allocation_session = allocation
         vector = self._vector(block)
         if self._secagg is not None:
             self._secagg.abort("the coordinator started another session")  # its secrets go now
@@ -491,12 +599,13 @@ class ParticipantRun:
         )
         self._block = block
         self._pending_vector = vector
-        released = self.history.released(block)
+        released = self.history.released(block, allocation=allocation)
         digest = self._secagg.bind_votes(vector)
         if released is not None and released != digest:
             self._secagg.abort("a second release of the block")
+            what = f"block {block}'s allocation statistics were" if allocation else f"block {block} was"
             raise ContradictoryViewError(
-                f"block {block} was released before with another vector; a second release is beyond what "
+                f"{what} released before with another vector; a second release is beyond what "
                 "this site was charged for",
                 check="second-release",
             )
@@ -506,18 +615,34 @@ class ParticipantRun:
         self._save_history()
         advertisement = self._secagg.advertise_keys()
         ref = self._ref(block)
-        logger.info("block %d: session started with %d participants", block, len(task.members))
+        logger.info(
+            "%s %d: session started with %d participants",
+            "OWL allocation of block" if allocation else "block",
+            block,
+            len(task.members),
+        )
         return lambda: self.client.advertise_keys(ref, advertisement)
 
-    def _check_session_frame(self, block: int, parameters: SessionTerms | SessionParameters) -> None:
-        """Raise CoordinatorMisbehaviour unless the session stays inside the run's frame (``check_session_frame``)."""
-        assert self.recipe is not None
+    def _check_session_frame(
+        self,
+        block: int,
+        parameters: SessionTerms | SessionParameters,
+        *,
+        frame: SessionFrame | None = None,
+        allocation: bool = False,
+    ) -> None:
+        """Raise CoordinatorMisbehaviour unless the session stays inside the run's frame (``check_session_frame``).
+
+        ``frame``: the recipe's, or an allocation session's (``allocation``: its statistic lanes)."""
+        frame = frame or self.recipe
+        assert frame is not None
         check_session_frame(
             self.params,
             parameters,
-            recipe=self.recipe,
-            dimension=self.recipe.dimension(block),
+            recipe=frame,
+            dimension=frame.dimension(block),
             block=block,
+            max_input=self.allocation.max_input() if allocation and self.allocation else None,
         )
 
     def _check_assignment(self, block: int) -> None:
@@ -557,7 +682,7 @@ class ParticipantRun:
         messages = list(secagg.masked_input(self._pending_vector))
         digest = secagg.votes_digest
         assert digest is not None
-        self.history.release(block=task.block, votes_digest=digest)
+        self.history.release(block=task.block, votes_digest=digest, allocation=self._allocation_session)
 
         def send() -> None:
             self._mark_released()  # on disk before anything computed from the data leaves
@@ -579,8 +704,13 @@ class ParticipantRun:
         ref = self._ref(task.block, task.session_id)
         block = task.block
 
+        allocation = self._allocation_session
+
         def send() -> None:
             self.client.unmask(ref, response)
+            if allocation:
+                logger.info("OWL allocation of block %d: statistics sent and unmasked", block)
+                return
             logger.info("block %d: votes sent and unmasked", block)
             self._on_event(BlockReleased(block, self.params.blocks))
 
@@ -588,6 +718,10 @@ class ParticipantRun:
 
     def _statement(self) -> Answer:
         assert self.recipe is not None
+        if self.owl is not None:
+            self._owl_sparsities()  # the masks below were chosen at the checked allocation
+            if self.allocation is not None:
+                self.allocation.close()
         self.recipe.finish()
         for block in range(self.params.blocks):
             self._packed_mask(block)  # confirm every block's global mask arrived intact before attesting

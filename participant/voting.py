@@ -88,16 +88,23 @@ def one_shot_block_votes(
     pattern: SparsityPattern,
     device: torch.device,
     aggregator: StatisticAggregator | None = None,
+    block_pattern: Callable[[int], SparsityPattern] | None = None,
 ) -> Iterator[KeepVotes]:
     """Yield one block's keep-votes (on the CPU) at a time, pruning the block with them before the next.
 
     The same decisions, in the same order, as :func:`one_shot_votes` (``pruning.local.prune_model``): a
     block's statistics are collected only when the caller asks for the block, so a site can start a
-    block's session once that block alone is scored.
+    block's session once that block alone is scored. ``block_pattern`` gives each block its own pattern
+    (an OWL allocation; asked when the block is scored); None: ``pattern`` for every block.
     """
     check_pattern_fits(model, pattern)  # here, not at the first block: a misfit is refused at once
     return _one_shot_blocks(
-        model, samples, method=method, pattern=pattern, device=device, aggregator=aggregator
+        model,
+        samples,
+        method=method,
+        pattern_of=block_pattern or (lambda block: pattern),
+        device=device,
+        aggregator=aggregator,
     )
 
 
@@ -107,7 +114,7 @@ def _one_shot_blocks(
     samples: torch.Tensor | CalibrationSet | None,
     *,
     method: Method,
-    pattern: SparsityPattern,
+    pattern_of: Callable[[int], SparsityPattern],
     device: torch.device,
     aggregator: StatisticAggregator | None,
 ) -> Iterator[KeepVotes]:
@@ -116,7 +123,9 @@ def _one_shot_blocks(
     ):
         # Decided in a function of its own: this frame stays suspended through the block's session, and
         # must not keep the block's votes and last decision (bytes a weight) alive beside it.
-        yield _prune_block_with_own_votes(index, sublayers, statistics, method=method, pattern=pattern)
+        yield _prune_block_with_own_votes(
+            index, sublayers, statistics, method=method, pattern=pattern_of(index)
+        )
 
 
 def _prune_block_with_own_votes(
@@ -144,17 +153,20 @@ def iterative_votes(
     pattern: SparsityPattern,
     device: torch.device,
     aggregator: StatisticAggregator | None = None,
+    block_pattern: Callable[[int], SparsityPattern] | None = None,
 ) -> Generator[KeepVotes, dict[str, torch.Tensor], None]:
     """Yield one block's keep-votes at a time; ``send`` the block's global mask (True = pruned) back.
 
     The global mask is applied to the participant's copy before its outputs feed the next block.
+    ``block_pattern`` gives each block its own pattern (an OWL allocation); None: ``pattern``.
     """
     check_pattern_fits(model, pattern)
     for index, sublayers, statistics in scored_blocks(
         model, samples, method=method, device=device, aggregator=aggregator
     ):
+        own = pattern if block_pattern is None else block_pattern(index)
         votes = {
-            qualified_name(index, name): decide(method, sublayer, pattern, statistics[name]).keep_votes.cpu()
+            qualified_name(index, name): decide(method, sublayer, own, statistics[name]).keep_votes.cpu()
             for name, sublayer in sublayers.items()
         }
         global_masks = yield votes

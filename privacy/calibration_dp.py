@@ -48,11 +48,12 @@ the block's multiplier as (sum over its events of noise_multiplier^-2)^-1/2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -314,6 +315,18 @@ class DPStatisticAggregator:
             accountant_tolerance=accountant_tolerance,
             **options,  # type: ignore[arg-type]
         )
+
+    @contextlib.contextmanager
+    def releasing_round(self, round_index: int) -> Iterator[None]:
+        """Record the releases made inside the block under ``round_index`` (their events' round and release
+        ids), then return to the aggregator's own round: an OWL allocation's releases of a block are told
+        apart from the block's own, and both count against ``max_releases``."""
+        previous = self.round_index
+        self.round_index = round_index
+        try:
+            yield
+        finally:
+            self.round_index = previous
 
     # -- StatisticAggregator protocol ------------------------------------------------------------------
 

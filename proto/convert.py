@@ -566,6 +566,11 @@ def run_parameters_to_proto(run: domain.RunParameters) -> spb.RunParameters:
         colluders=run.colluders,
         max_input=run.max_input,
         participant_names=list(run.participant_names),
+        owl=(
+            None
+            if run.owl is None
+            else spb.OwlParameters(outlier_multiple=run.owl.outlier_multiple, **{"lambda": run.owl.lam})
+        ),
     )
 
 
@@ -599,6 +604,11 @@ def run_parameters_from_proto(message: spb.RunParameters) -> domain.RunParameter
         weight_scaling=message.weight_scaling,
         protocol_version=message.protocol_version,
         participant_names=tuple(message.participant_names),
+        owl=(
+            domain.OwlTerms(outlier_multiple=message.owl.outlier_multiple, lam=getattr(message.owl, "lambda"))
+            if message.HasField("owl")
+            else None
+        ),
     )
     received = message.SerializeToString(deterministic=True)
     if run_parameters_to_proto(run).SerializeToString(deterministic=True) != received:
@@ -867,6 +877,21 @@ def signed_statement_from_proto(message: spb.SubmitStatementRequest) -> domain.S
 
 
 # ------------------------------------------------------------------ global masks
+def owl_allocation_request_to_proto(run_id: bytes) -> spb.OwlAllocationRequest:
+    """Return the request for the run's OWL allocation."""
+    return spb.OwlAllocationRequest(run_id=run_id)
+
+
+def owl_allocation_to_proto(sparsities: Sequence[float]) -> spb.OwlAllocationReply:
+    """Return the protobuf form of the run's per-block sparsities."""
+    return spb.OwlAllocationReply(sparsities=list(sparsities))
+
+
+def owl_allocation_from_proto(message: spb.OwlAllocationReply) -> tuple[float, ...]:
+    """Return the per-block sparsities as announced (the receiver checks them against its own model)."""
+    return tuple(float(s) for s in message.sparsities)
+
+
 def block_mask_request_to_proto(run_id: bytes, block: int) -> spb.BlockMaskRequest:
     """Return the request for one block's global mask."""
     return spb.BlockMaskRequest(run_id=run_id, block=block)

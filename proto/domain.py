@@ -43,6 +43,20 @@ class AnnouncedPrivacy:
     accountant_tolerance: float | None = None
 
 
+OWL_ALLOCATION_ROUND = (1 << 32) - 1
+"""The ``SessionContext`` round of an OWL allocation session (its block is the block whose dense column
+statistics it sums); every block session's round is its block, below the run's block count. The context is
+bound into the session id and every signature, so a session's round says what every member sums in it."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OwlTerms:
+    """The run's OWL hyperparameters as announced (``pruning.owl.OwlSettings`` once a site validates them)."""
+
+    outlier_multiple: float
+    lam: float
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunParameters:
     """What a run is, as the coordinator announces it at Join and a participant binds itself to.
@@ -74,6 +88,9 @@ class RunParameters:
     weight_scaling: bool
     protocol_version: int
     participant_names: tuple[str, ...]
+    owl: OwlTerms | None = None
+    """OWL's hyperparameters when the run allocates per-block sparsities (an allocation phase before block
+    0); None: every block at the pattern's sparsity."""
 
     @property
     def run_id_hex(self) -> str:
@@ -305,6 +322,8 @@ __all__ = [
     "JoinRequest",
     "MaskedInputTask",
     "Member",
+    "OWL_ALLOCATION_ROUND",
+    "OwlTerms",
     "AnnouncedPrivacy",
     "RunAbortedTask",
     "RunCompleteTask",

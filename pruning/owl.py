@@ -138,6 +138,39 @@ def check_allocation(allocation: OwlAllocation) -> None:
         )
 
 
+def check_announced_sparsities(
+    sparsities: Sequence[float], weights: Sequence[int], *, target: float, settings: OwlSettings
+) -> None:
+    """Raise PruningInputError unless ``sparsities`` could be an OWL allocation of a model with ``weights``.
+
+    What a site checks of the allocation a coordinator announces, against its own model: one sparsity per
+    block, each in (0, 1) and within 2 * lambda of ``target``, and their mean weighted by ``weights`` (each
+    block's prunable weight count) equal to ``target`` (float slack only, far below one weight).
+    """
+    if len(sparsities) != len(weights):
+        raise PruningInputError(
+            f"the allocation has {len(sparsities)} sparsities for a model of {len(weights)} blocks"
+        )
+    slack = 1e-9
+    for index, sparsity in enumerate(sparsities):
+        if not 0 < sparsity < 1:
+            raise PruningInputError(f"block {index}'s sparsity {sparsity!r} is outside (0, 1)")
+        if abs(sparsity - target) > 2 * settings.lam + slack:
+            raise PruningInputError(
+                f"block {index}'s sparsity {sparsity:.6f} is more than 2 * lambda = {2 * settings.lam:g} "
+                f"from the target {target}"
+            )
+    check_allocation(
+        OwlAllocation(
+            settings,
+            target,
+            tuple(0.0 for _ in sparsities),
+            tuple(float(s) for s in sparsities),
+            tuple(int(w) for w in weights),
+        )
+    )
+
+
 @torch.no_grad()
 def owl_allocation(
     model: nn.Module,
@@ -181,5 +214,6 @@ __all__ = [
     "block_outlier_ratio_from_statistics",
     "block_weight_counts",
     "check_allocation",
+    "check_announced_sparsities",
     "owl_allocation",
 ]

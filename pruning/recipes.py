@@ -87,6 +87,25 @@ def recipe_conflicts(recipe: Recipe, *, method: Method, mode: Mode, weight_scali
     return problems
 
 
+def owl_conflicts(recipe: Recipe, *, method: Method, n_m: bool) -> list[str]:
+    """Return what a federated OWL run of ``recipe`` needs that these settings lack (empty when they fit).
+
+    OWL allocates one unstructured sparsity per decoder block from the column statistics of the dense
+    model (``pruning.owl``): it needs an unstructured pattern (an N:M pattern fixes every block's sparsity)
+    and a method that reads calibration data (magnitude reads none, and the allocation would be the only
+    release of the sites' data). FedSpaLLM is not offered with OWL: its block assignment and weight
+    averaging are per block at one sparsity.
+    """
+    problems = []
+    if recipe is Recipe.FEDSPALLM:
+        problems.append("recipe fedprllm or stats (fedspallm has no OWL allocation)")
+    if n_m:
+        problems.append("an unstructured pattern (an N:M pattern fixes each block's sparsity)")
+    if method is Method.MAGNITUDE:
+        problems.append("a method that reads calibration data (wanda, ria or sparsegpt; not magnitude)")
+    return problems
+
+
 def check_recipe(recipe: Recipe, *, method: Method, mode: Mode, weight_scaling: bool) -> None:
     """Raise PruningInputError naming what ``recipe`` needs that these settings lack."""
     problems = recipe_conflicts(recipe, method=method, mode=mode, weight_scaling=weight_scaling)
@@ -94,4 +113,4 @@ def check_recipe(recipe: Recipe, *, method: Method, mode: Mode, weight_scaling: 
         raise PruningInputError(f"recipe {recipe.value} needs " + ", ".join(problems))
 
 
-__all__ = ["Mode", "Recipe", "check_recipe", "recipe_conflicts"]
+__all__ = ["Mode", "Recipe", "check_recipe", "owl_conflicts", "recipe_conflicts"]

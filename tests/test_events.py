@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.events import BlockAggregated, ParticipantsPresent, RunFinished, SessionStarted
+from coordinator.events import (
+    AllocationSessionStarted,
+    BlockAggregated,
+    ParticipantsPresent,
+    RunFinished,
+    SessionStarted,
+)
 from fedprune.events import (
     KINDS,
     SCHEMA,
@@ -33,6 +39,7 @@ from participant.events import BlockReleased, BlockScored, Joined, RunEnded, Sta
 EVERY_KIND = (
     ParticipantsPresent(names=("site-a", "site-b", "site-ç")),
     SessionStarted(block=3, blocks=16, members=("site-a", "site-b"), attempt=2),
+    AllocationSessionStarted(block=1, blocks=16, members=("site-a", "site-b"), attempt=1),
     BlockAggregated(block=3, blocks=16, contributors=("site-a",), keep_votes={}, global_masks={}),
     RunFinished(output=Path("/srv/out"), report=Path("/srv/out/privacy_report.json")),
     Joined(run_id="ab" * 16, name="site-a", participant_id=1, blocks=16),

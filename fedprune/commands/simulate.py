@@ -89,6 +89,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--mode", default="one-shot", choices=("one-shot", "iterative"), help="[one-shot]")
     parser.add_argument("--weight-scaling", action="store_true", help="scale kept weights by keep_votes/n")
     parser.add_argument(
+        "--owl",
+        action="store_true",
+        help="OWL: each block's own sparsity from its share of outlier scores, allocated from the sites' "
+        "summed statistics of the dense model (one more secure-aggregation session and one more release "
+        "of each site's statistics per block); unstructured patterns, recipes fedprllm and stats",
+    )
+    parser.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's largest shift lambda [0.08]")
+    parser.add_argument("--owl-m", type=float, default=5.0, help="OWL's outlier multiple M [5]")
+    parser.add_argument(
         "--nsamples",
         type=positive_int,
         default=128,
@@ -252,6 +261,7 @@ def _settings(args: argparse.Namespace, base: Any) -> Any:
     from pruning.masks import parse_pattern
     from pruning.methods import Method
     from pruning.model_io import resolve_seqlen
+    from pruning.owl import OwlSettings
     from pruning.recipes import Mode, Recipe
 
     recipe = Recipe.parse(args.recipe)
@@ -267,6 +277,7 @@ def _settings(args: argparse.Namespace, base: Any) -> Any:
         seed=args.seed,
         recipe=recipe,
         budgets=_budgets(args),
+        owl=OwlSettings(multiple=args.owl_m, lam=args.owl_lambda) if args.owl else None,
     )
 
 
@@ -363,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     elif not privacy.record_level_dp:
         print(NO_RECORD_DP_BANNER, file=sys.stderr)
     elif record_level:
-        _print_outlook(privacy, base, samples, method=method)
+        _print_outlook(privacy, base, samples, method=method, owl=settings.owl is not None)
 
     # The coordinator builds and checks the report (with every site's signed statement) before it writes
     # the checkpoint and sparsity.json, as the service does.
@@ -403,6 +414,13 @@ def run(args: argparse.Namespace) -> int:
         "sparsity": table["total"]["sparsity"],
         "privacy_report": str(served.report),
     }
+    if settings.owl is not None:
+        allocation = json.loads((out / "sparsity.json").read_text(encoding="utf-8"))["allocation"]
+        summary["owl"] = {
+            "lambda": settings.owl.lam,
+            "outlier_multiple": settings.owl.multiple,
+            "sparsities": [entry["sparsity"] for entry in allocation["blocks"]],
+        }
     if settings.recipe is Recipe.FEDSPALLM:
         summary["participants_per_block"] = served.participants_per_block
         summary["budgets"] = list(settings.budgets) if settings.budgets is not None else None
@@ -463,11 +481,14 @@ def _baseline_rows(
     method, pattern = settings.method, settings.pattern
     rows = [("dense", ppl(base)), ("magnitude", ppl(magnitude_model(base, pattern=pattern, device=device)))]
     if method is not Method.MAGNITUDE:
-        centralized = centralized_model(base, samples, method=method, pattern=pattern, device=device)
+        centralized = centralized_model(
+            base, samples, method=method, pattern=pattern, device=device, owl=settings.owl
+        )
         rows.append(("centralized", ppl(centralized)))
-    shape = f"({args.group}{', scaling' if args.weight_scaling else ''}, {args.mode})"
+    shape = f"({args.group}{', scaling' if args.weight_scaling else ''}{', owl' if args.owl else ''}, {args.mode})"
     private = args.privacy != "off"
-    local_models = None if privacy.record_level_dp else served.local_models
+    # Under OWL a site's own model in the run is pruned at the federation's allocation, not its own.
+    local_models = None if privacy.record_level_dp or settings.owl is not None else served.local_models
     if private:
         rows.append((f"private federated {shape}", ppl(served.model)))
         with tempfile.TemporaryDirectory(prefix="fedprune-simulate-no-privacy-") as scratch:
@@ -486,25 +507,28 @@ def _baseline_rows(
                 keep_local_models=True,
             )
         rows.append((f"federated, no privacy {shape}", ppl(plain.model)))
-        local_models = plain.local_models
+        local_models = None if settings.owl is not None else plain.local_models
     else:
         rows.append((f"federated, no privacy {shape}", ppl(served.model)))
     # A site's own model from a run with exact statistics is its local-only model (when it pruned every
     # block alone, one-shot); otherwise each site prunes a copy alone, with exact statistics.
     if local_models is None:
-        local_models = local_only_models(base, samples, method=method, pattern=pattern, device=device)
+        local_models = local_only_models(
+            base, samples, method=method, pattern=pattern, device=device, owl=settings.owl
+        )
     local = [ppl(model) for model in local_models]
     rows.append(("local-only (mean)", sum(local) / len(local)))
     rows.append(("local-only (worst)", max(local)))
     return rows, local
 
 
-def _print_outlook(privacy: Any, base: Any, samples: list[Any], *, method: Any) -> None:
+def _print_outlook(privacy: Any, base: Any, samples: list[Any], *, method: Any, owl: bool = False) -> None:
     """Say before the run what the record-level noise will leave of each participant's statistics."""
     from participant.privacy import RunPrivacy, block_signal_outlook, planned_noise_multiplier
     from pruning.adapters import decoder_blocks
 
     blocks = len(decoder_blocks(base))
+    releases = 2 * blocks if owl else blocks
     sigma = planned_noise_multiplier(
         RunPrivacy(
             randomized_response=privacy.randomized_response,
@@ -516,7 +540,7 @@ def _print_outlook(privacy: Any, base: Any, samples: list[Any], *, method: Any) 
             sample_rate=privacy.sample_rate,
             accountant_tolerance=privacy.accountant_tolerance,
         ),
-        blocks=blocks,
+        blocks=releases,
     )
     assert sigma is not None  # the outlook is printed with record-level DP only
     target = (
@@ -533,8 +557,8 @@ def _print_outlook(privacy: Any, base: Any, samples: list[Any], *, method: Any) 
         for calibration in samples
     ]
     print(
-        f"record-level DP: one document is the unit; {target} at delta {privacy.delta:g} over {blocks} "
-        f"blocks -> noise multiplier {sigma:.3g}, sample rate {privacy.sample_rate:g}, "
+        f"record-level DP: one document is the unit; {target} at delta {privacy.delta:g} over {releases} "
+        f"releases ({blocks} blocks{', twice with OWL' if owl else ''}) -> noise multiplier {sigma:.3g}, sample rate {privacy.sample_rate:g}, "
         f"{outlooks[0].dimension} released coordinates per block"
     )
     for i, (calibration, outlook) in enumerate(zip(samples, outlooks, strict=True)):

@@ -280,6 +280,23 @@ def gaussian_releases(entries: Iterable[LedgerEntry]) -> dict[str, list[accounti
     return result
 
 
+def _releases_per_block(entries: Iterable[LedgerEntry], participant: str) -> int:
+    """Return the most joint Gaussian releases ``participant`` made of one block (2 in an OWL run: the
+    allocation round's and the block's own)."""
+    ids: dict[int | None, set[str]] = defaultdict(set)
+    for entry in entries:
+        event = entry.event
+        if event.mechanism is Mechanism.GAUSSIAN and event.participant == participant:
+            ids[event.block].add(str(event.parameters.get("release", f"ledger[{entry.index}]")))
+    return max((len(found) for found in ids.values()), default=1)
+
+
+def _gaussian_composition(method: str, per_block: int) -> str:
+    if per_block <= 1:
+        return f"{method}; one Poisson-subsampled Gaussian release per block"
+    return f"{method}; {per_block} Poisson-subsampled Gaussian releases per block, one per round"
+
+
 def _rr_usage(entries: Iterable[LedgerEntry]) -> dict[str, tuple[float, int]]:
     usage: dict[str, tuple[float, int]] = {}
     for entry in entries:
@@ -313,7 +330,9 @@ def compute_guarantees(
                 layer="calibration_statistics",
                 participant=participant,
                 unit=PRIVACY_UNITS[0].unit,
-                composition=f"{figures[0].method}; one Poisson-subsampled Gaussian release per block",
+                composition=_gaussian_composition(
+                    figures[0].method, _releases_per_block(entries, participant)
+                ),
                 delta=inputs.delta,
                 epsilon=figures[0].epsilon,
                 epsilon_at={_delta_key(f.delta): f.epsilon for f in figures},
@@ -355,7 +374,7 @@ def compute_guarantees(
             accounting.shuffle_amplification(epsilon0=epsilon0, honest_voters=honest, delta=d) for d in deltas
         ]
         assumptions = list(accounting.SHUFFLE_ASSUMPTIONS)
-        if any(s.summed is not SummedInputs.KEEP_VOTES for s in sessions):
+        if any(s.summed is SummedInputs.KEEP_VOTES_AND_WEIGHT_UPDATES for s in sessions):
             # The bound's first assumption is false: the coordinator also sees the weight-update sums,
             # which show a lone keep-voter's raw bit. No amplified figure at any delta.
             bounds = [

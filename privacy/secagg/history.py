@@ -16,7 +16,8 @@ Both halves of the rule are keyed on what cannot be re-labelled by the coordinat
 
 A daemon keeps one history per run and persists it with `export` / `restore` (atomically, with fsync,
 before anything it records leaves the site); it also remembers there the run parameters it joined under,
-each name's participant id and identity key, and which vector it released for each block. The in-process
+each name's participant id and identity key, and which vector it released for each block (and, in an OWL
+run, for each block's allocation session, kept apart). The in-process
 driver gives each simulated participant a fresh one.
 """
 
@@ -81,6 +82,7 @@ class SessionHistory:
         self._contexts: set[bytes] = set()
         self._agreements: dict[bytes, tuple[Identity, ...]] = {}
         self._releases: dict[int, bytes] = {}
+        self._allocation_releases: dict[int, bytes] = {}
         self._identities: dict[str, tuple[int, str]] = {}
         self._run_parameters: bytes | None = None
 
@@ -117,27 +119,30 @@ class SessionHistory:
                 )
             self._agreements[votes_digest] = people
 
-    def release(self, *, block: int, votes_digest: bytes) -> None:
+    def release(self, *, block: int, votes_digest: bytes, allocation: bool = False) -> None:
         """Return None after recording that block `block`'s masked input carries the vector `votes_digest`.
 
         Raises ContradictoryViewError if another vector was released for that block: a session that would
         release a block twice is beyond what the site charged its privacy budget for. The same vector
-        again (a retry) is fine.
+        again (a retry) is fine. `allocation`: the block's OWL allocation session (its dense statistics),
+        recorded apart from the block's own session, so neither can stand in for the other.
         """
+        releases = self._allocation_releases if allocation else self._releases
         with self._lock:
-            previous = self._releases.get(block)
+            previous = releases.get(block)
             if previous is not None and previous != votes_digest:
+                what = "allocation statistics" if allocation else "block"
                 raise ContradictoryViewError(
-                    f"block {block} was released before with another vector; a "
+                    f"{what} {block} was released before with another vector; a "
                     "second release is beyond what this site was charged for",
                     check="second-release",
                 )
-            self._releases[block] = votes_digest
+            releases[block] = votes_digest
 
-    def released(self, block: int) -> bytes | None:
-        """Return the digest of the vector released for `block`, or None."""
+    def released(self, block: int, *, allocation: bool = False) -> bytes | None:
+        """Return the digest of the vector released for `block` (its allocation session's), or None."""
         with self._lock:
-            return self._releases.get(block)
+            return (self._allocation_releases if allocation else self._releases).get(block)
 
     def bind_run(self, digest: bytes) -> None:
         """Return None after fixing the run parameters' digest; raises ContradictoryViewError if it changed."""
@@ -181,6 +186,15 @@ class SessionHistory:
                 "contexts": sorted(c.hex() for c in self._contexts),
                 "agreements": sorted([d.hex(), [list(p) for p in s]] for d, s in self._agreements.items()),
                 "releases": sorted([b, d.hex()] for b, d in self._releases.items()),
+                **(
+                    {
+                        "allocation_releases": sorted(
+                            [b, d.hex()] for b, d in self._allocation_releases.items()
+                        )
+                    }
+                    if self._allocation_releases
+                    else {}
+                ),
                 "identities": sorted([n, p, k] for n, (p, k) in self._identities.items()),
                 "run_parameters": None if self._run_parameters is None else self._run_parameters.hex(),
             }
@@ -206,6 +220,10 @@ class SessionHistory:
                 if not isinstance(block, int) or len(bytes.fromhex(digest)) != VOTES_DIGEST_BYTES:
                     raise PrivacyError(f"releases[{index}] is malformed")
                 history._releases[block] = bytes.fromhex(digest)
+            for index, (block, digest) in enumerate(state.get("allocation_releases", [])):
+                if not isinstance(block, int) or len(bytes.fromhex(digest)) != VOTES_DIGEST_BYTES:
+                    raise PrivacyError(f"allocation_releases[{index}] is malformed")
+                history._allocation_releases[block] = bytes.fromhex(digest)
             for index, (name, participant, key_hex) in enumerate(state["identities"]):
                 if (
                     not isinstance(name, str)

@@ -226,3 +226,22 @@ def test_whatever_passes_the_check_builds_a_report_or_fails_as_a_privacy_error_w
             "report refused"
         )  # the run refuses such a statement at submission (trial build) and leaves it out at the end
     assert time.monotonic() - started < 15
+
+
+def test_an_owl_run_allows_two_gaussian_releases_of_each_block_and_no_more() -> None:
+    import dataclasses
+
+    events = [
+        _gaussian(parameters={"release": f"site-a/round{r}/block{b}", "clip_share": 1.0}, block=b, count=4)
+        for r in (0, 4294967295)
+        for b in (0, 1)
+    ]
+    statement = sign_participant_statement(
+        participant="site-a", run_id=RUN_ID, events=events, private_key=KEY
+    )
+    owl = dataclasses.replace(BOUNDS, releases_per_block=2)
+    check_statement(statement, name="site-a", run_id=RUN_ID, public_key=raw_public_key(KEY), bounds=owl)
+    with pytest.raises(StatementError, match="add up past 8"):
+        check_statement(
+            statement, name="site-a", run_id=RUN_ID, public_key=raw_public_key(KEY), bounds=BOUNDS
+        )

@@ -105,7 +105,8 @@ class LiveFederation:
     model: Path
     names: tuple[str, ...] = NAMES
 
-    def coordinator_config(self, label: str, **server: Any) -> Any:
+    def coordinator_config(self, label: str, run: dict[str, Any] | None = None, **server: Any) -> Any:
+        """``run``: keys added to (or replacing) the ``[run]`` section; ``server``: to ``[server]``."""
         from coordinator.config import parse_config
 
         root = self.root / label
@@ -129,6 +130,7 @@ class LiveFederation:
                     "sparsity": 0.5,
                     "nsamples": 4,
                     "seqlen": 8,
+                    **(run or {}),
                 },
                 "privacy": {"randomized_response": False, "record_level_dp": False},
                 "output": {
@@ -205,12 +207,14 @@ class LiveCoordinator:
 
 
 @contextmanager
-def live_coordinator(federation: LiveFederation, label: str, **server: Any) -> Iterator[LiveCoordinator]:
+def live_coordinator(
+    federation: LiveFederation, label: str, run: dict[str, Any] | None = None, **server: Any
+) -> Iterator[LiveCoordinator]:
     """Yield a coordinator serving on a free loopback port; stopped and closed at the end."""
     from coordinator.run import CoordinatorRun
     from coordinator.servicer import serve
 
-    config = federation.coordinator_config(label, **server)
+    config = federation.coordinator_config(label, run, **server)
     run = CoordinatorRun(config)
     grpc_server, port, _ = serve(run, address="127.0.0.1:0")
     errors: list[BaseException] = []

@@ -37,6 +37,7 @@ METHODS = (
     "SignSurvivors",
     "Unmask",
     "BlockMask",
+    "OwlAllocation",
     "SubmitStatement",
 )
 STREAMING_RESPONSE = {"BlockMask"}

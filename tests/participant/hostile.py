@@ -60,6 +60,10 @@ class Session:
     dimension: int | None = None
     context_block: int | None = None
     """The block the session context names (default: the session's block)."""
+    context_round: int | None = None
+    """The round the session context names (default: the session's block)."""
+    max_bit_width: int | None = None
+    """The widest ring the session may use (default: the narrow one)."""
     absent: frozenset[str] = frozenset()
     """Members that never send their masked input (the server marks them dropped)."""
     other_survivors_at_unmask: bool = False
@@ -114,6 +118,8 @@ class HostileCoordinator:
             recipe=pb.RECIPE_FEDPRLLM,
         )
         self.script = list(sessions)
+        self.allocation: list[float] | None = None
+        """What OwlAllocation answers (None: the call fails as before the allocation is decided)."""
         self.calls: list[tuple[str, int]] = []
         """(call, index of the session it answered) for every call the participant made."""
         self.sums: list[np.ndarray] = []
@@ -255,6 +261,13 @@ class HostileCoordinator:
     def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
         raise AssertionError("the scripted run never publishes masks")
 
+    def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply:
+        with self._lock:
+            self.calls.append(("OwlAllocation", self._session))
+            if self.allocation is None:
+                raise grpc.RpcError("no allocation")
+            return pb.OwlAllocationReply(sparsities=self.allocation)
+
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None:
         raise AssertionError("the scripted run never asks for a statement")
 
@@ -303,11 +316,12 @@ class HostileCoordinator:
             dimension=session.dimension or dimension,
             context=SessionContext.fresh(
                 run_id=RUN_ID.hex(),
-                round=session.block,
+                round=session.block if session.context_round is None else session.context_round,
                 block=session.block if session.context_block is None else session.context_block,
             ).encode(),
             chunk_coordinates=session.chunk_coordinates or run.chunk_coordinates,
             max_input=session.max_input or run.max_input,
+            **({} if session.max_bit_width is None else {"max_bit_width": session.max_bit_width}),
             # The coordinator may try anything; the site must refuse it. (The flag is in the digest, so an
             # honest-looking session leaves it off.)
             allow_unsafe_threshold=threshold < minimum_threshold(len(owners), colluders=colluders),

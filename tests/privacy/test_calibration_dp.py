@@ -214,3 +214,25 @@ def test_magnitude_has_no_private_statistic() -> None:
         DPStatisticAggregator(noise_multiplier=1.0).begin_block(
             block_index=0, kind=StatisticKind.NONE, sublayers={}
         )
+
+
+def test_releases_in_another_round_are_told_apart_and_count_against_the_same_cap() -> None:
+    from privacy.calibration_dp import DPStatisticAggregator
+    from privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger()
+    aggregator = DPStatisticAggregator(noise_multiplier=1.0, ledger=ledger, participant="a", max_releases=2)
+
+    def release(block: int) -> None:
+        aggregator.begin_block(block_index=block, kind="column_squares", sublayers={"q": 4})
+        aggregator.add("q", torch.ones(1, 4), record=0)
+        aggregator.result("q")
+
+    with aggregator.releasing_round(4294967295):
+        release(0)
+    release(0)
+    ids = [event.parameters["release"] for event in ledger.events()]
+    assert ids == ["a/round4294967295/block0", "a/round0/block0"]
+    assert [event.round for event in ledger.events()] == [4294967295, 0]
+    with pytest.raises(PrivacyError, match="only 2 were planned"):
+        release(1)

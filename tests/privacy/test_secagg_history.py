@@ -223,3 +223,16 @@ def test_no_accepted_sequence_of_sessions_sums_one_vector_over_two_sets(sessions
         if result:
             summed.add(result)
     assert len(signed_sets) <= 1 and len(summed) <= 1
+
+
+def test_an_allocation_release_is_recorded_apart_from_the_blocks_own_and_survives_a_restart() -> None:
+    history = SessionHistory()
+    history.release(block=0, votes_digest=b"\x01" * 32)
+    history.release(block=0, votes_digest=b"\x02" * 32, allocation=True)  # another vector, another slot
+    assert history.released(0) == b"\x01" * 32 and history.released(0, allocation=True) == b"\x02" * 32
+    with pytest.raises(ContradictoryViewError, match="allocation statistics 0"):
+        history.release(block=0, votes_digest=b"\x01" * 32, allocation=True)
+    restored = SessionHistory.restore(history.export())
+    assert restored.released(0, allocation=True) == b"\x02" * 32 and restored.released(0) == b"\x01" * 32
+    # A history without allocation releases exports exactly as before they existed.
+    assert "allocation_releases" not in SessionHistory().export()

@@ -68,6 +68,7 @@ def _run(**changes: object) -> domain.RunParameters:
         weight_scaling=True,
         protocol_version=2,
         participant_names=("e", "d", "c", "b", "a"),
+        owl=domain.OwlTerms(outlier_multiple=4.5, lam=0.1),
     )
     return dataclasses.replace(run, **changes)  # type: ignore[arg-type]
 
@@ -261,3 +262,46 @@ def test_a_signed_statement_survives_the_wire() -> None:
         run_id=os.urandom(16), participant=3, statement=b'{"participant": "c"}', signature=os.urandom(64)
     )
     assert convert.signed_statement_from_proto(convert.signed_statement_to_proto(statement)) == statement
+
+
+def test_a_run_without_owl_keeps_the_digest_it_had_before_owl_existed() -> None:
+    # Pinned: the digest of this run as a version without OWL computed it. Field 22 is absent when OWL is
+    # off, so a site that joined before the upgrade still recognises the run it joined.
+    run = domain.RunParameters(
+        run_id=bytes(range(16)),
+        method=Method.WANDA,
+        pattern=SparsityPattern(sparsity=0.5),
+        group=ComparisonGroup.LAYER,
+        mode=Mode.ONE_SHOT,
+        recipe=Recipe.FEDPRLLM,
+        nsamples=8,
+        seqlen=16,
+        privacy=domain.AnnouncedPrivacy(
+            randomized_response=True,
+            epsilon0=2.0,
+            record_level_dp=True,
+            delta=1e-5,
+            sample_rate=0.5,
+            target_epsilon=8.0,
+        ),
+        participants=3,
+        min_participants=3,
+        threshold=3,
+        colluders=0,
+        max_input=1,
+        chunk_coordinates=4096,
+        blocks=2,
+        vote_layout_fingerprint=bytes(32),
+        base_model_fingerprint=bytes(range(32)),
+        weight_scaling=False,
+        protocol_version=2,
+        participant_names=("a", "b", "c"),
+    )
+    assert not convert.run_parameters_to_proto(run).HasField("owl")
+    assert (
+        convert.run_parameters_digest(run).hex()
+        == "4c448e8126d4d5f7f7b937aca2c7d4be1912d6fc6cbf2616f9ccf3f2793f78d5"
+    )
+    with_owl = dataclasses.replace(run, owl=domain.OwlTerms(outlier_multiple=5.0, lam=0.08))
+    assert convert.run_parameters_digest(with_owl) != convert.run_parameters_digest(run)
+    assert convert.run_parameters_from_proto(convert.run_parameters_to_proto(with_owl)) == with_owl

@@ -37,6 +37,7 @@ def test_the_service_offers_every_protocol_step() -> None:
         "SignSurvivors",
         "Unmask",
         "BlockMask",
+        "OwlAllocation",
         "SubmitStatement",
     }
     assert methods["MaskedInput"].client_streaming and not methods["MaskedInput"].server_streaming

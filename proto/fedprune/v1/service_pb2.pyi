@@ -122,7 +122,7 @@ class JoinRequest(_message.Message):
     def __init__(self, base_model_fingerprint: _Optional[bytes] = ..., data_size_class: _Optional[_Union[DataSizeClass, str]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., identity_public_key: _Optional[bytes] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class RunParameters(_message.Message):
-    __slots__ = ("run_id", "method", "pattern", "group", "mode", "nsamples", "seqlen", "privacy", "participants", "min_participants", "threshold", "chunk_coordinates", "blocks", "vote_layout_fingerprint", "base_model_fingerprint", "weight_scaling", "protocol_version", "recipe", "colluders", "max_input", "participant_names")
+    __slots__ = ("run_id", "method", "pattern", "group", "mode", "nsamples", "seqlen", "privacy", "participants", "min_participants", "threshold", "chunk_coordinates", "blocks", "vote_layout_fingerprint", "base_model_fingerprint", "weight_scaling", "protocol_version", "recipe", "colluders", "max_input", "participant_names", "owl")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class RunParameters(_message.Message):
     COLLUDERS_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    OWL_FIELD_NUMBER: _ClassVar[int]
     run_id: bytes
     method: Method
     pattern: SparsityPattern
@@ -165,7 +166,15 @@ class RunParameters(_message.Message):
     colluders: int
     max_input: int
     participant_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[bytes] = ..., method: _Optional[_Union[Method, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., group: _Optional[_Union[ComparisonGroup, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., nsamples: _Optional[int] = ..., seqlen: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyParameters, _Mapping]] = ..., participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., threshold: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., blocks: _Optional[int] = ..., vote_layout_fingerprint: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., weight_scaling: _Optional[bool] = ..., protocol_version: _Optional[int] = ..., recipe: _Optional[_Union[Recipe, str]] = ..., colluders: _Optional[int] = ..., max_input: _Optional[int] = ..., participant_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    owl: OwlParameters
+    def __init__(self, run_id: _Optional[bytes] = ..., method: _Optional[_Union[Method, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., group: _Optional[_Union[ComparisonGroup, str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., nsamples: _Optional[int] = ..., seqlen: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyParameters, _Mapping]] = ..., participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., threshold: _Optional[int] = ..., chunk_coordinates: _Optional[int] = ..., blocks: _Optional[int] = ..., vote_layout_fingerprint: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., weight_scaling: _Optional[bool] = ..., protocol_version: _Optional[int] = ..., recipe: _Optional[_Union[Recipe, str]] = ..., colluders: _Optional[int] = ..., max_input: _Optional[int] = ..., participant_names: _Optional[_Iterable[str]] = ..., owl: _Optional[_Union[OwlParameters, _Mapping]] = ...) -> None: ...
+
+class OwlParameters(_message.Message):
+    __slots__ = ("outlier_multiple",)
+    OUTLIER_MULTIPLE_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    outlier_multiple: float
+    def __init__(self, outlier_multiple: _Optional[float] = ..., **kwargs) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("run", "participant_id", "name")
@@ -402,6 +411,18 @@ class BlockMaskChunk(_message.Message):
     digest: bytes
     last: bool
     def __init__(self, block: _Optional[int] = ..., chunk_index: _Optional[int] = ..., bit_count: _Optional[int] = ..., packed: _Optional[bytes] = ..., layout_fingerprint: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class OwlAllocationRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: bytes
+    def __init__(self, run_id: _Optional[bytes] = ...) -> None: ...
+
+class OwlAllocationReply(_message.Message):
+    __slots__ = ("sparsities",)
+    SPARSITIES_FIELD_NUMBER: _ClassVar[int]
+    sparsities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, sparsities: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SignedStatement(_message.Message):
     __slots__ = ("run_id", "participant", "statement", "signature")

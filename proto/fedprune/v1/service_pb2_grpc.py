@@ -5,7 +5,7 @@ import warnings
 
 from proto.fedprune.v1 import service_pb2 as proto_dot_fedprune_dot_v1_dot_service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskRequest.SerializeToString,
                 response_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskChunk.FromString,
                 _registered_method=True)
+        self.OwlAllocation = channel.unary_unary(
+                '/fedprune.v1.Coordinator/OwlAllocation',
+                request_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationRequest.SerializeToString,
+                response_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationReply.FromString,
+                _registered_method=True)
         self.SubmitStatement = channel.unary_unary(
                 '/fedprune.v1.Coordinator/SubmitStatement',
                 request_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.SubmitStatementRequest.SerializeToString,
@@ -140,6 +145,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OwlAllocation(self, request, context):
+        """The OWL allocation of a run that announces `owl`: each block's sparsity, once the allocation phase
+        decided it (FAILED_PRECONDITION before that).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitStatement(self, request, context):
         """The participant's own signed privacy statement (the mechanisms it applied).
         """
@@ -189,6 +202,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.BlockMask,
                     request_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskRequest.FromString,
                     response_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskChunk.SerializeToString,
+            ),
+            'OwlAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.OwlAllocation,
+                    request_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationRequest.FromString,
+                    response_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationReply.SerializeToString,
             ),
             'SubmitStatement': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitStatement,
@@ -412,6 +430,33 @@ class Coordinator:
             '/fedprune.v1.Coordinator/BlockMask',
             proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskRequest.SerializeToString,
             proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OwlAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprune.v1.Coordinator/OwlAllocation',
+            proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationRequest.SerializeToString,
+            proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationReply.FromString,
             options,
             channel_credentials,
             insecure,
