@@ -232,7 +232,7 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
             self._check_run(request.run_id)
             return convert.owl_allocation_to_proto(self.run.owl_allocation(name))
 
-        return _call(context, "OwlAllocation", body)
+        return _call(context, "OwlAllocation", body, self.refusals)
 
     def SubmitStatement(self, request: pb.SubmitStatementRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.SubmitStatementReply:
