@@ -50,6 +50,21 @@ def test_unequal_blocks_keep_the_weighted_average_exact() -> None:
     assert abs(sum(s * w for s, w in zip(plain, weights, strict=True)) - 0.5 * sum(weights)) > 1
 
 
+def test_a_70b_sized_allocation_passes_its_own_check_and_a_shift_of_one_weight_does_not() -> None:
+    # 80 blocks of 0.86 B prunable weights (Llama-2-70B): float64 rounding of the weighted mean is far above
+    # 1e-6 weights there, and far below one weight.
+    ratios = [(i * 0.6180339887) % 1 * 0.05 for i in range(80)]
+    weights = [855_638_016] * 80
+    allocation = allocate(ratios, weights, target=0.7, settings=OwlSettings())
+    from pruning.owl import check_announced_sparsities
+
+    check_announced_sparsities(allocation.sparsities, weights, target=0.7, settings=OwlSettings())
+    shifted = list(allocation.sparsities)
+    shifted[0] += 1.5 / weights[0]  # one and a half weights more pruned in block 0
+    with pytest.raises(PruningInputError, match="not the target"):
+        check_announced_sparsities(shifted, weights, target=0.7, settings=OwlSettings())
+
+
 def test_equal_ratios_give_uniform_sparsity_and_bad_settings_are_refused() -> None:
     assert allocate([0.02, 0.02], [10, 10], target=0.6, settings=OwlSettings()).sparsities == (0.6, 0.6)
     with pytest.raises(PruningInputError, match="block 1 sparsity"):
