@@ -4,7 +4,8 @@ For each pattern (default 50%, 2:4, 70%) prints the perplexity on the union of t
 magnitude; centralized Wanda and RIA (all sites' documents at one place), with OWL per-block sparsity on
 unstructured rows; local-only Wanda (mean over the sites, each alone with its documents), with OWL; FedPrLLM
 votes with Wanda and RIA scorers (one-shot, layer group); the statistics recipe with Wanda and RIA
-(iterative). The "private" columns repeat the federated runs with record-level DP on the calibration
+(iterative); on unstructured rows both again with federated OWL (the allocation from the sites' dense
+statistics summed by secure aggregation before block 0). The "private" columns repeat the federated runs with record-level DP on the calibration
 statistics at the coordinator's default target epsilon (8 at delta 1e-5, a record being one document, sample
 rate 1) and, for the votes, randomized response at eps0 = 4 as well (the statistics recipe sends no votes to
 randomize). Every federated figure is one run of the service's own coordinator and participants in one
@@ -188,6 +189,29 @@ def main() -> int:
                 "local-only wanda+OWL",
                 local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device, owl=owl),
             )
+            # Federated OWL: the allocation from the sites' dense statistics summed by secure aggregation.
+            for method in (Method.WANDA, Method.RIA):
+                measure(
+                    f"stats {method.value}+OWL",
+                    federated(
+                        SimulationSettings(
+                            method=method,
+                            pattern=pattern,
+                            seqlen=seqlen,
+                            mode=Mode.ITERATIVE,
+                            recipe=Recipe.STATISTICS,
+                            owl=owl,
+                        ),
+                        privacy_off(),
+                    ),
+                )
+                measure(
+                    f"votes {method.value}+OWL",
+                    federated(
+                        SimulationSettings(method=method, pattern=pattern, seqlen=seqlen, owl=owl),
+                        privacy_off(),
+                    ),
+                )
         if not args.no_private:
             for method in (Method.WANDA, Method.RIA):
                 votes = SimulationSettings(method=method, pattern=pattern, seqlen=seqlen)
@@ -200,6 +224,15 @@ def main() -> int:
                 )
                 measure(f"private stats {method.value}", federated(statistics, private_statistics))
                 measure(f"private votes {method.value}", federated(votes, private_votes))
+            if owl is not None:
+                # One more DP release per block (the allocation's), calibrated into the same epsilon.
+                measure(
+                    "private votes wanda+OWL",
+                    federated(
+                        SimulationSettings(method=Method.WANDA, pattern=pattern, seqlen=seqlen, owl=owl),
+                        private_votes,
+                    ),
+                )
         rows.append(row)
     elapsed = time.perf_counter() - started
     if args.json:
