@@ -23,13 +23,17 @@ held-out union, as ``bench/real_model.py`` scores them.
     python bench/masks_table.py --model ~/.cache/fedprune/real-model/smollm2-135m-instruct.q4_1-*-float32
 """
 
+# ruff: noqa: B023 (each figure is a lambda that measure() calls at once, inside its loop iteration)
+
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,9 @@ def main() -> int:
         "--sparsegpt", action="store_true", help="add centralized SparseGPT and the FedSpaLLM recipe"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads [1]")
+    parser.add_argument(
+        "--only", help="measure only the columns this regular expression finds in their names (e.g. 'OWL')"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -75,6 +82,11 @@ def main() -> int:
     from pruning.recipes import Mode, Recipe
 
     device = torch.device("cpu")
+    only = re.compile(args.only) if args.only else None
+
+    def wanted(column: str) -> bool:
+        return only is None or only.search(column) is not None
+
     demo = open_packaged(cache_dir=args.cache_dir)
     model_dir = args.model if args.model is not None else demo.model_dir
     seqlen = args.seqlen or (128 if args.model is not None else demo.seq_len)
@@ -141,16 +153,21 @@ def main() -> int:
         owl = None if pattern.is_n_m else OwlSettings()
         row: dict[str, Any] = {"pattern": str(pattern), "dense": dense}
 
-        def measure(column: str, model: Any, row: dict[str, Any] = row) -> None:
+        def measure(column: str, model: Callable[[], Any], row: dict[str, Any] = row) -> None:
             # Each figure is printed as it is measured: a long table still shows what it has.
-            row[column] = ppl(model)
+            if not wanted(column):
+                return
+            row[column] = ppl(model())
             print(json.dumps({"pattern": row["pattern"], column: row[column]}), file=sys.stderr, flush=True)
 
-        def mean_of(column: str, models: list[Any], row: dict[str, Any] = row) -> None:
-            row[column] = sum(ppl(m) for m in models) / len(models)
+        def mean_of(column: str, models: Callable[[], list[Any]], row: dict[str, Any] = row) -> None:
+            if not wanted(column):
+                return
+            computed = models()
+            row[column] = sum(ppl(m) for m in computed) / len(computed)
             print(json.dumps({"pattern": row["pattern"], column: row[column]}), file=sys.stderr, flush=True)
 
-        measure("magnitude", magnitude_model(base, pattern=pattern, device=device))
+        measure("magnitude", lambda: magnitude_model(base, pattern=pattern, device=device))
         for method in (Method.WANDA, Method.RIA):
             votes = SimulationSettings(method=method, pattern=pattern, seqlen=seqlen)
             statistics = SimulationSettings(
@@ -162,38 +179,44 @@ def main() -> int:
             )
             measure(
                 f"centralized {method.value}",
-                centralized_model(base, sites, method=method, pattern=pattern, device=device),
+                lambda: centralized_model(base, sites, method=method, pattern=pattern, device=device),
             )
-            measure(f"stats {method.value}", federated(statistics, privacy_off()))
-            measure(f"votes {method.value}", federated(votes, privacy_off()))
+            measure(f"stats {method.value}", lambda: federated(statistics, privacy_off()))
+            measure(f"votes {method.value}", lambda: federated(votes, privacy_off()))
         mean_of(
             "local-only wanda",
-            local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device),
+            lambda: local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device),
         )
         if args.sparsegpt:
             measure(
                 "centralized sparsegpt",
-                centralized_model(base, sites, method=Method.SPARSEGPT, pattern=pattern, device=device),
+                lambda: centralized_model(
+                    base, sites, method=Method.SPARSEGPT, pattern=pattern, device=device
+                ),
             )
             fedspallm = SimulationSettings(
                 method=Method.SPARSEGPT, pattern=pattern, seqlen=seqlen, recipe=Recipe.FEDSPALLM
             )
-            measure("fedspallm", federated(fedspallm, privacy_off()))
+            measure("fedspallm", lambda: federated(fedspallm, privacy_off()))
         if owl is not None:
             for method in (Method.WANDA, Method.RIA):
                 measure(
                     f"centralized {method.value}+OWL",
-                    centralized_model(base, sites, method=method, pattern=pattern, device=device, owl=owl),
+                    lambda: centralized_model(
+                        base, sites, method=method, pattern=pattern, device=device, owl=owl
+                    ),
                 )
             mean_of(
                 "local-only wanda+OWL",
-                local_only_models(base, sites, method=Method.WANDA, pattern=pattern, device=device, owl=owl),
+                lambda: local_only_models(
+                    base, sites, method=Method.WANDA, pattern=pattern, device=device, owl=owl
+                ),
             )
             # Federated OWL: the allocation from the sites' dense statistics summed by secure aggregation.
             for method in (Method.WANDA, Method.RIA):
                 measure(
                     f"stats {method.value}+OWL",
-                    federated(
+                    lambda: federated(
                         SimulationSettings(
                             method=method,
                             pattern=pattern,
@@ -207,7 +230,7 @@ def main() -> int:
                 )
                 measure(
                     f"votes {method.value}+OWL",
-                    federated(
+                    lambda: federated(
                         SimulationSettings(method=method, pattern=pattern, seqlen=seqlen, owl=owl),
                         privacy_off(),
                     ),
@@ -222,13 +245,13 @@ def main() -> int:
                     mode=Mode.ITERATIVE,
                     recipe=Recipe.STATISTICS,
                 )
-                measure(f"private stats {method.value}", federated(statistics, private_statistics))
-                measure(f"private votes {method.value}", federated(votes, private_votes))
+                measure(f"private stats {method.value}", lambda: federated(statistics, private_statistics))
+                measure(f"private votes {method.value}", lambda: federated(votes, private_votes))
             if owl is not None:
                 # One more DP release per block (the allocation's), calibrated into the same epsilon.
                 measure(
                     "private votes wanda+OWL",
-                    federated(
+                    lambda: federated(
                         SimulationSettings(method=Method.WANDA, pattern=pattern, seqlen=seqlen, owl=owl),
                         private_votes,
                     ),
