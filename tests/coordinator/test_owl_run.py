@@ -115,6 +115,7 @@ def test_a_coordinator_killed_in_the_allocation_phase_resumes_it_and_allocates_t
         time.sleep(0.01)
     assert isinstance(threads.errors.pop("coordinator-1"), Crash)
     assert first.state.owl_allocation() is None and not first.state.completed_blocks()
+    first.close()  # what the kill does: the process's database handle and state-directory lock are gone
 
     events: list[Any] = []
     second = CoordinatorRun(config, on_event=events.append)
@@ -136,6 +137,7 @@ def test_a_coordinator_killed_in_the_allocation_phase_resumes_it_and_allocates_t
     assert sparsity["allocation"] == expected_allocation
     # A restart after the allocation reads it back (and serves it before its driver resumes) and never
     # runs the phase again.
+    second.close()
     third = CoordinatorRun(config)
     try:
         sparsities = [entry["sparsity"] for entry in expected_allocation["blocks"]]  # type: ignore[union-attr]
@@ -144,4 +146,3 @@ def test_a_coordinator_killed_in_the_allocation_phase_resumes_it_and_allocates_t
         assert third.block_pattern(2).sparsity == sparsities[2]
     finally:
         third.close()
-    second.close()
