@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
 
 
-REFUSAL_BURST = 20
+REFUSAL_BURST = 100
 """Refusal lines logged per caller per window before the rest are only counted."""
 REFUSAL_WINDOW_S = 60.0
 
