@@ -171,6 +171,12 @@ class CoordinatorRun:
         self.config = config
         self.transport = transport
         self._on_event = on_event
+        if config.run.owl and config.privacy.record_level_dp:
+            logger.warning(
+                "run.owl with record-level DP: the allocation is decided by the tails of noisy statistics; on "
+                "the demo model it made the model worse than magnitude pruning at 32 and 128 documents a site "
+                "(docs/BENCHMARKS.md, 'Better masks'). Use OWL in runs without record-level DP"
+            )
         self.model: nn.Module = load_model(config.run.model)
         self.tokenizer = load_tokenizer(config.run.model)
         self.blocks = len(decoder_blocks(self.model))

@@ -146,3 +146,21 @@ def test_a_coordinator_killed_in_the_allocation_phase_resumes_it_and_allocates_t
         assert third.block_pattern(2).sparsity == sparsities[2]
     finally:
         third.close()
+
+
+def test_owl_under_record_level_dp_is_run_with_a_warning_that_names_the_measurement(
+    federation: Callable[..., CoordinatorConfig],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = federation("owl", **OWL)
+    assert not config.privacy.record_level_dp
+    other = federation("private-owl", **OWL)  # its own state directory
+    private = other.model_copy(update={"privacy": other.privacy.model_copy(update={"record_level_dp": True})})
+    for each, warned in ((config, False), (private, True)):
+        caplog.clear()
+        run = CoordinatorRun(each)
+        run.close()
+        lines = [
+            r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "run.owl" in r.getMessage()
+        ]
+        assert bool(lines) is warned and all("worse than magnitude pruning" in line for line in lines)
