@@ -590,8 +590,10 @@ def signal_outlook(
     counted = f"{records} record" if records == 1 else f"{records} records"
     if ratio < 1.0:
         verdict = (
-            f"with {counted} the noise dominates: the statistics will be shrunk to the public prior "
-            "and the mask will be close to magnitude pruning"
+            f"with {counted} the noise dominates: the statistics will be shrunk toward the public prior "
+            "and the mask will be near magnitude pruning or worse (measured on a real 30-block model at a "
+            "ratio of 0.16: 23% worse perplexity than magnitude pruning); gather more records or prune by "
+            "magnitude"
         )
     elif ratio < 10.0:
         verdict = (
