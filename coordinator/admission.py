@@ -206,7 +206,7 @@ class Admission(grpc.ServerInterceptor):
             message = f"certificate name {name!r} is not in run.participants of this coordinator"
             self.refusals.refused(self._caller(name), "%s refused (PERMISSION_DENIED): %s", method, message)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        # Names outside the run and the monitors share one pool: any CA name is free to mint.
+        # Every name neither in the run nor a monitor shares one pool: any CA name is free to mint.
         pool = name if listed or name in self.monitors else None
         limit = self.limits.max_calls_per_participant if listed else self.limits.max_monitoring_calls
         with self._lock:
