@@ -8,6 +8,7 @@ participant's signature.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from tests.integration.harness import (
     NAMES,
     fedprune,
+    free_address,
     make_federation,
     make_model,
     make_pki,
@@ -42,22 +44,45 @@ def test_refusals_beside_a_private_run_whose_signed_report_verifies_with_every_s
     for suffix in ("pem", "key"):
         shutil.copy(foreign / f"site-b.{suffix}", mixed / f"site-b.{suffix}")
     other_model = make_model(tmp_path / "other-model", seed=7)
-    # A refused process shares its site's state directory, so both hold the site's one identity key.
+    # A refused process holds its site's one identity key, in a state directory of its own (one daemon
+    # per state directory: a second one on the site's directory is refused for that, tested below).
     for name in NAMES:
         load_or_create_signing_key(federation.root / f"state-{name}" / "identity_key.pem")
+
+    def beside(name: str, label: str) -> dict[str, object]:
+        return {
+            "state": tmp_path / f"state-{label}",
+            "identity_key": federation.root / f"state-{name}" / "identity_key.pem",
+        }
 
     coordinator, address = start_coordinator(federation)
     participants = [start_participant(federation, name, address) for name in NAMES]
     refused = {
         "foreign CA": start_participant(
-            federation, "site-b", address, pki=mixed, max_retry_time_s=20.0, label="foreign-ca"
+            federation,
+            "site-b",
+            address,
+            pki=mixed,
+            max_retry_time_s=20.0,
+            label="foreign-ca",
+            runtime=beside("site-b", "foreign-ca"),
         ),
         "unknown name": start_participant(federation, "outsider", address),
         "other model": start_participant(
-            federation, "site-c", address, model=other_model, label="other-model"
+            federation,
+            "site-c",
+            address,
+            model=other_model,
+            label="other-model",
+            runtime=beside("site-c", "other-model"),
         ),
         "weaker run": start_participant(
-            federation, "site-a", address, minimums={"max_epsilon0": 1.0}, label="weaker-run"
+            federation,
+            "site-a",
+            address,
+            minimums={"max_epsilon0": 1.0},
+            label="weaker-run",
+            runtime=beside("site-a", "weaker-run"),
         ),
     }
     try:
@@ -102,3 +127,29 @@ def test_refusals_beside_a_private_run_whose_signed_report_verifies_with_every_s
     assert result.returncode == 0, result.stdout + result.stderr
     for name in NAMES:
         assert f"statement of {name}" in result.stdout
+
+
+def test_a_second_daemon_on_a_state_directory_in_use_stops_before_it_does_anything(tmp_path: Path) -> None:
+    from privacy.durable import DirectoryLock
+
+    federation = make_federation(tmp_path / "fed")
+    address = free_address()  # nothing listens: a daemon that got past the lock would retry, not exit 2
+    site_state = federation.root / "state-site-a"
+    site_state.mkdir(parents=True)
+    coordinator_state = federation.root / "state"  # the harness's [output] state
+    coordinator_state.mkdir(parents=True)
+    held = [
+        DirectoryLock(site_state, what="runtime.state"),
+        DirectoryLock(coordinator_state, what="output.state"),
+    ]
+    try:
+        federation.server["address"] = address
+        coordinator, _ = start_coordinator(federation)
+        site = start_participant(federation, "site-a", address, max_retry_time_s=60.0)
+        for process, what in ((site, "runtime.state"), (coordinator, "output.state")):
+            assert process.wait(timeout=90) == 2, process.output()
+            assert f"{what} " in process.output() and "is in use by another process" in process.output()
+            assert f"pid {os.getpid()}" in process.output()
+    finally:
+        for lock in held:
+            lock.release()
