@@ -167,16 +167,22 @@ def main() -> int:
             row[column] = sum(ppl(m) for m in computed) / len(computed)
             print(json.dumps({"pattern": row["pattern"], column: row[column]}), file=sys.stderr, flush=True)
 
-        measure("magnitude", lambda: magnitude_model(base, pattern=pattern, device=device))
-        for method in (Method.WANDA, Method.RIA):
-            votes = SimulationSettings(method=method, pattern=pattern, seqlen=seqlen)
-            statistics = SimulationSettings(
+        def votes_settings(method: Method, owl: OwlSettings | None = None) -> SimulationSettings:
+            return SimulationSettings(method=method, pattern=pattern, seqlen=seqlen, owl=owl)
+
+        def statistics_settings(method: Method, owl: OwlSettings | None = None) -> SimulationSettings:
+            return SimulationSettings(
                 method=method,
                 pattern=pattern,
                 seqlen=seqlen,
                 mode=Mode.ITERATIVE,
                 recipe=Recipe.STATISTICS,
+                owl=owl,
             )
+
+        measure("magnitude", lambda: magnitude_model(base, pattern=pattern, device=device))
+        for method in (Method.WANDA, Method.RIA):
+            votes, statistics = votes_settings(method), statistics_settings(method)
             measure(
                 f"centralized {method.value}",
                 lambda: centralized_model(base, sites, method=method, pattern=pattern, device=device),
@@ -216,45 +222,22 @@ def main() -> int:
             for method in (Method.WANDA, Method.RIA):
                 measure(
                     f"stats {method.value}+OWL",
-                    lambda: federated(
-                        SimulationSettings(
-                            method=method,
-                            pattern=pattern,
-                            seqlen=seqlen,
-                            mode=Mode.ITERATIVE,
-                            recipe=Recipe.STATISTICS,
-                            owl=owl,
-                        ),
-                        privacy_off(),
-                    ),
+                    lambda: federated(statistics_settings(method, owl), privacy_off()),
                 )
                 measure(
                     f"votes {method.value}+OWL",
-                    lambda: federated(
-                        SimulationSettings(method=method, pattern=pattern, seqlen=seqlen, owl=owl),
-                        privacy_off(),
-                    ),
+                    lambda: federated(votes_settings(method, owl), privacy_off()),
                 )
         if not args.no_private:
             for method in (Method.WANDA, Method.RIA):
-                votes = SimulationSettings(method=method, pattern=pattern, seqlen=seqlen)
-                statistics = SimulationSettings(
-                    method=method,
-                    pattern=pattern,
-                    seqlen=seqlen,
-                    mode=Mode.ITERATIVE,
-                    recipe=Recipe.STATISTICS,
-                )
+                votes, statistics = votes_settings(method), statistics_settings(method)
                 measure(f"private stats {method.value}", lambda: federated(statistics, private_statistics))
                 measure(f"private votes {method.value}", lambda: federated(votes, private_votes))
             if owl is not None:
                 # One more DP release per block (the allocation's), calibrated into the same epsilon.
                 measure(
                     "private votes wanda+OWL",
-                    lambda: federated(
-                        SimulationSettings(method=Method.WANDA, pattern=pattern, seqlen=seqlen, owl=owl),
-                        private_votes,
-                    ),
+                    lambda: federated(votes_settings(Method.WANDA, owl), private_votes),
                 )
         rows.append(row)
     elapsed = time.perf_counter() - started
