@@ -399,8 +399,9 @@ def score_and_select(
 
 
 def statistic_dimension(layout: VoteLayout) -> int:
-    """Return the coordinates of a block's statistics vector: two lanes per input column of each matrix."""
-    return 2 * sum(entry.shape[1] for entry in layout.entries)
+    """Return the coordinates of a block's statistics vector: the codec's lanes per input column of each
+    matrix."""
+    return StatisticCodec().lanes * sum(entry.shape[1] for entry in layout.entries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,7 +439,7 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
         """Return each matrix's summed column statistic (float64, by qualified name) decoded from ``sums``."""
         result, offset = {}, 0
         for entry in layout.entries:
-            lanes = 2 * entry.shape[1]
+            lanes = self.codec.lanes * entry.shape[1]
             part = sums[offset : offset + lanes]  # the matrix's high lanes, then its low lanes
             result[entry.name] = torch.from_numpy(
                 self.codec.decode(part, contributors=contributors, name=entry.name)

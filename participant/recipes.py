@@ -92,8 +92,7 @@ class SessionFrame(Protocol):
 def statistics_dimension(layout: VoteLayout, codec: StatisticCodec | None = None) -> int:
     """Return the coordinates of a block's statistics vector: the codec's lanes per input column of each
     matrix (what ``encode_statistics`` makes)."""
-    lanes = (codec or StatisticCodec()).encode(np.zeros(1), name="one value").size
-    return lanes * sum(entry.shape[1] for entry in layout.entries)
+    return (codec or StatisticCodec()).lanes * sum(entry.shape[1] for entry in layout.entries)
 
 
 def encode_statistics(

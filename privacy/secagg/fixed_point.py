@@ -220,6 +220,8 @@ class StatisticCodec:
     fraction_bits: int = STATISTIC_FRACTION_BITS
 
     max_input: int = dataclasses.field(default=(1 << STATISTIC_LANE_BITS) - 1, init=False)
+    lanes: int = dataclasses.field(default=2, init=False)
+    """Inputs a value is sent as (its high lane, then its low lane)."""
 
     @property
     def bound(self) -> float:
