@@ -13,7 +13,9 @@ is another class here and one entry in :func:`coordinator_recipe`.
 - :class:`Statistics`: each participant's calibration column statistics (sum of x_j^2 per input column of
   every matrix) as 64-bit fixed point in two 32-bit lanes (``privacy.secagg.fixed_point.StatisticCodec``);
   the coordinator scores the block's base weights from the summed statistics with Wanda or RIA and selects
-  per output row, as a centralized run does.
+  per output row, as a centralized run does. :class:`SparseGPTStatistics` sums each matrix's X^T X (its
+  upper triangle, signed fixed point) instead, runs SparseGPT on the base weights with the summed Hessian
+  and keeps the reconstructed weights, which the sites fetch before the next block.
 - :class:`FedSpaLLM`: each participant's keep-vote and fixed-point SparseGPT weight update packed together
   in one wide ring (``privacy.secagg.fixed_point.VoteValueCodec``); the kept weights are the l0-norm
   average of the keep-voters' weights (with the randomized-response correction of the divisor), and each
@@ -26,7 +28,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -54,6 +56,8 @@ from pruning.layout import VoteLayout
 from pruning.masks import SparsityPattern, select_per_row
 from pruning.methods import Method, method_scores
 from pruning.recipes import Recipe
+from pruning.sparsegpt import sparsegpt_prune
+from pruning.statistics import StatisticKind, block_statistics_dimension, decode_block_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +106,12 @@ class CoordinatorRecipe(Protocol):
     @property
     def max_input(self) -> int:
         """Return the largest value a participant's coordinate may hold (announced at Join)."""
+        ...
+
+    @property
+    def publishes_weights(self) -> bool:
+        """Return whether sites fetch each finished block's final weights (``BlockWeights``): only when
+        they compute the next block's inputs on weights the coordinator reconstructed."""
         ...
 
     def dimension(self, layout: VoteLayout) -> int:
@@ -167,6 +177,8 @@ class _MaskOnlyOutput:
     """Keep no sums past a block (its mask, and FedSpaLLM's final weights, are kept with the block) and
     leave the base weights at output time; a recipe that needs more overrides these."""
 
+    publishes_weights: ClassVar[bool] = False
+
     def keep_sums(self, state: RunState, block: int, sums: np.ndarray) -> None:
         """Keep nothing: the mask is all the output needs."""
 
@@ -184,6 +196,26 @@ class _MaskOnlyOutput:
         contributors: int,
     ) -> None:
         """Leave the base weights."""
+
+
+class _StoredWeightsOutput:
+    """The block's final weights are kept with it (``AggregatedBlock.weights``) and set at output time."""
+
+    def set_block_weights(
+        self,
+        state: RunState,
+        block: int,
+        layout: VoteLayout,
+        sublayers: Mapping[str, LinearSublayer],
+        *,
+        contributors: int,
+    ) -> None:
+        """Set the final weights kept with the block (checked against their recorded digest)."""
+        from safetensors.torch import load as load_safetensors
+
+        final = load_safetensors(state.block_weights(block))
+        for key, sublayer in sublayers.items():
+            sublayer.set_weight(final[key].to(device=sublayer.weight().device))
 
 
 class _EveryoneEveryBlock:
@@ -276,7 +308,7 @@ class ScaledFedPrLLM(FedPrLLM):
 
 
 @dataclasses.dataclass(frozen=True)
-class FedSpaLLM(_MaskOnlyOutput):
+class FedSpaLLM(_StoredWeightsOutput, _MaskOnlyOutput):
     """SparseGPT keep-votes and weight updates summed together; l0-norm averaged kept weights."""
 
     pattern: SparsityPattern
@@ -374,22 +406,6 @@ class FedSpaLLM(_MaskOnlyOutput):
             final[name] = averaged_weight(base, masks[name], matrix.update_sums, matrix.divisor).contiguous()
         return AggregatedBlock(keep_votes=keep_votes, masks=masks, weights=save_safetensors(final))
 
-    def set_block_weights(
-        self,
-        state: RunState,
-        block: int,
-        layout: VoteLayout,
-        sublayers: Mapping[str, LinearSublayer],
-        *,
-        contributors: int,
-    ) -> None:
-        """Set the averaged weights kept with the block (checked against their recorded digest)."""
-        from safetensors.torch import load as load_safetensors
-
-        final = load_safetensors(state.block_weights(block))
-        for key, sublayer in sublayers.items():
-            sublayer.set_weight(final[key].to(device=sublayer.weight().device))
-
 
 def score_and_select(
     method: Method, weight: torch.Tensor, statistic: torch.Tensor, pattern: SparsityPattern
@@ -398,21 +414,31 @@ def score_and_select(
     return select_per_row(method_scores(method, weight, statistic), pattern)
 
 
-def statistic_dimension(layout: VoteLayout) -> int:
-    """Return the coordinates of a block's statistics vector: the codec's lanes per input column of each
-    matrix."""
-    return StatisticCodec().lanes * sum(entry.shape[1] for entry in layout.entries)
+def statistic_dimension(layout: VoteLayout, kind: StatisticKind = StatisticKind.COLUMN_SQUARES) -> int:
+    """Return the coordinates of a block's statistics vector: the codec's lanes per number of each matrix's
+    statistic (its column sums, or its Gram matrix's upper triangle)."""
+    return block_statistics_dimension(layout, kind, lanes=StatisticCodec().lanes)
 
 
 @dataclasses.dataclass(frozen=True)
 class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
-    """Column statistics summed over the sites; each block pruned from the sums with Wanda or RIA."""
+    """Calibration statistics summed over the sites; each block pruned from the sums with Wanda or RIA
+    (column statistics) or SparseGPT (Gram matrices, see :class:`SparseGPTStatistics`)."""
 
     pattern: SparsityPattern
     method: Method
-    codec: StatisticCodec = StatisticCodec()
     recipe: Recipe = dataclasses.field(default=Recipe.STATISTICS, init=False)
     summed: SummedInputs = dataclasses.field(default=SummedInputs.COLUMN_STATISTICS, init=False)
+
+    @property
+    def kind(self) -> StatisticKind:
+        """Return the statistic the method prunes from."""
+        return self.method.statistic
+
+    @property
+    def codec(self) -> StatisticCodec:
+        """Return the fixed-point encoding of the statistic (signed for a Gram matrix)."""
+        return StatisticCodec(signed=self.kind is StatisticKind.GRAM)
 
     @property
     def max_input(self) -> int:
@@ -420,14 +446,14 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
         return self.codec.max_input
 
     def dimension(self, layout: VoteLayout) -> int:
-        """Return two 32-bit lanes per input column of each of the block's matrices."""
-        return statistic_dimension(layout)
+        """Return two 32-bit lanes per number of each of the block's matrices' statistics."""
+        return statistic_dimension(layout, self.kind)
 
     def session_shape(self, members: int, layout: VoteLayout, *, chunk_coordinates: int) -> SessionShape:
         """Return the wide ring of ``members`` lanes, in chunks that fit a message at its width."""
         width = ring_bit_width(members, self.codec.max_input)
         return SessionShape(
-            dimension=statistic_dimension(layout),
+            dimension=self.dimension(layout),
             max_input=self.codec.max_input,
             chunk_coordinates=session_chunk_coordinates(width, limit=chunk_coordinates),
             max_bit_width=WIDE_MAX_BIT_WIDTH,
@@ -436,16 +462,8 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
     def statistics(
         self, layout: VoteLayout, sums: np.ndarray, *, contributors: int
     ) -> dict[str, torch.Tensor]:
-        """Return each matrix's summed column statistic (float64, by qualified name) decoded from ``sums``."""
-        result, offset = {}, 0
-        for entry in layout.entries:
-            lanes = self.codec.lanes * entry.shape[1]
-            part = sums[offset : offset + lanes]  # the matrix's high lanes, then its low lanes
-            result[entry.name] = torch.from_numpy(
-                self.codec.decode(part, contributors=contributors, name=entry.name)
-            )
-            offset += lanes
-        return result
+        """Return each matrix's summed statistic (float64, by qualified name) decoded from ``sums``."""
+        return decode_block_statistics(self.codec, self.kind, layout, sums, contributors=contributors)
 
     def aggregate(
         self,
@@ -472,6 +490,43 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
         return AggregatedBlock(keep_votes=keep, masks=masks)
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseGPTStatistics(_StoredWeightsOutput, Statistics):
+    """The statistics recipe with SparseGPT: the sites' X^T X summed per matrix (its upper triangle, signed
+    fixed point); the coordinator runs SparseGPT on each base matrix with the summed Hessian, as a
+    centralized run does on the pooled data, and keeps the reconstructed weights with the block. Sites fetch
+    them (``BlockWeights``) and compute the next block's statistics on them, so every block's Hessian comes
+    from the globally pruned and reconstructed model."""
+
+    summed: SummedInputs = dataclasses.field(default=SummedInputs.GRAM_STATISTICS, init=False)
+    publishes_weights: ClassVar[bool] = True
+
+    def aggregate(
+        self,
+        layout: VoteLayout,
+        sums: np.ndarray,
+        base_weights: Mapping[str, torch.Tensor],
+        *,
+        contributors: int,
+        pattern: SparsityPattern,
+    ) -> AggregatedBlock:
+        """Return SparseGPT's masks from the summed Hessians and the reconstructed weights (in the base
+        weights' dtype, as the output model holds them)."""
+        from safetensors.torch import save as save_safetensors
+
+        masks, keep, final = {}, {}, {}
+        for name, hessian in self.statistics(layout, sums, contributors=contributors).items():
+            base = base_weights[name]
+            try:
+                decision, weight = sparsegpt_prune(base, hessian, pattern, name=name)
+            except PruningInputError as error:
+                raise ValueError(f"{name}: {error}") from None
+            masks[name] = decision
+            keep[name] = (~decision).to(torch.int32)
+            final[name] = weight.to(device="cpu", dtype=base.dtype).contiguous()
+        return AggregatedBlock(keep_votes=keep, masks=masks, weights=save_safetensors(final))
+
+
 def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorRecipe:
     """Return the coordinator's side of ``run.recipe`` for this run (the one place a recipe is chosen).
 
@@ -480,6 +535,8 @@ def coordinator_recipe(run: RunSection, privacy: PrivacySection) -> CoordinatorR
     """
     pattern, group = run.sparsity_pattern, run.group
     if run.recipe is Recipe.STATISTICS:
+        if run.method is Method.SPARSEGPT:
+            return SparseGPTStatistics(pattern=pattern, method=run.method)
         return Statistics(pattern=pattern, method=run.method)
     if run.recipe is Recipe.FEDSPALLM:
         return FedSpaLLM(
@@ -504,6 +561,7 @@ __all__ = [
     "FedSpaLLM",
     "ScaledFedPrLLM",
     "SessionShape",
+    "SparseGPTStatistics",
     "Statistics",
     "coordinator_recipe",
     "statistic_dimension",

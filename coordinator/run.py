@@ -466,6 +466,24 @@ class CoordinatorRun:
         layout = VoteLayout.for_block(self.model, block)
         return self.state.packed_mask(block), layout.dimension, layout.fingerprint()
 
+    def block_weights(self, name: str, block: int) -> bytes:
+        """Return block ``block``'s final weights (safetensors, checked against their recorded digest).
+
+        Only a recipe whose sites compute the next block's inputs on the coordinator's weights publishes
+        them (the statistics recipe with SparseGPT); any other run refuses, as it refuses a block not
+        finished yet.
+        """
+        self._member(name)
+        if not self.recipe.publishes_weights:
+            raise MalformedMessageError(
+                f"this run's recipe ({self.recipe.recipe.value}) publishes no block weights"
+            )
+        if not 0 <= block < self.blocks:
+            raise MalformedMessageError(f"block {block} is not in [0, {self.blocks})")
+        if block not in self.state.completed_blocks():
+            raise StaleMessageError(f"block {block} has no final weights yet")
+        return self.state.block_weights(block)
+
     def owl_allocation(self, name: str) -> tuple[float, ...]:
         """Return each block's OWL sparsity once the allocation phase decided it (StaleMessageError before)."""
         self._member(name)

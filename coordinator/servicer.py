@@ -227,6 +227,17 @@ class CoordinatorServicer(service_pb2_grpc.CoordinatorServicer):
         mask = convert.block_mask_of(int(request.block), packed, bit_count=bits, layout_fingerprint=layout)
         yield from convert.block_mask_to_chunks(mask, chunk_bytes=MAX_CHUNK_PAYLOAD_BYTES)
 
+    def BlockWeights(
+        self, request: pb.BlockWeightsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BlockWeightsChunk]:  # noqa: N802
+        def body(name: str) -> bytes:
+            self._check_run(request.run_id)
+            return self.run.block_weights(name, int(request.block))
+
+        data = _call(context, "BlockWeights", body, self.refusals)
+        weights = convert.block_weights_of(int(request.block), data)
+        yield from convert.block_weights_to_chunks(weights, chunk_bytes=MAX_CHUNK_PAYLOAD_BYTES)
+
     def OwlAllocation(self, request: pb.OwlAllocationRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def body(name: str) -> pb.OwlAllocationReply:
             self._check_run(request.run_id)

@@ -37,7 +37,7 @@ from coordinator.events import EventSink
 from coordinator.events import ignore as ignore_run_events
 from coordinator.run import CoordinatorRun, RunSummary
 from coordinator.servicer import CoordinatorServicer
-from participant.client import WireClient, collect_mask_stream
+from participant.client import WireClient, collect_mask_stream, collect_weights_stream
 from participant.config import ParticipantConfig
 from participant.events import ignore
 from participant.progress import BlockProgressBar
@@ -164,6 +164,9 @@ class InProcessClient:
 
     def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
         return collect_mask_stream(self._call("BlockMask", request), max_bytes=max_bytes)
+
+    def block_weights(self, request: pb.BlockWeightsRequest, *, max_bytes: int) -> list[pb.BlockWeightsChunk]:
+        return collect_weights_stream(self._call("BlockWeights", request), max_bytes=max_bytes)
 
     def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply:
         return self._call("OwlAllocation", request)  # type: ignore[no-any-return]

@@ -20,7 +20,15 @@ from privacy.secagg.messages import (
     SurvivorSignature,
     UnmaskResponse,
 )
-from proto.domain import Assigned, BlockMask, JoinReply, JoinRequest, SessionRef, SignedStatement
+from proto.domain import (
+    Assigned,
+    BlockMask,
+    BlockWeights,
+    JoinReply,
+    JoinRequest,
+    SessionRef,
+    SignedStatement,
+)
 
 
 class CoordinatorCallError(Exception):
@@ -101,6 +109,8 @@ class CoordinatorCalls(Protocol):
     def unmask(self, session: SessionRef, response: UnmaskResponse) -> None: ...
 
     def block_mask(self, run_id: bytes, block: int, *, max_bytes: int) -> BlockMask: ...
+
+    def block_weights(self, run_id: bytes, block: int, *, max_bytes: int) -> BlockWeights: ...
 
     def owl_allocation(self, run_id: bytes) -> tuple[float, ...]: ...
 

@@ -51,7 +51,15 @@ from privacy.secagg.messages import (
     UnmaskResponse,
 )
 from proto import convert
-from proto.domain import Assigned, BlockMask, JoinReply, JoinRequest, SessionRef, SignedStatement
+from proto.domain import (
+    Assigned,
+    BlockMask,
+    BlockWeights,
+    JoinReply,
+    JoinRequest,
+    SessionRef,
+    SignedStatement,
+)
 from proto.fedprune.v1 import service_pb2 as pb
 from proto.fedprune.v1 import service_pb2_grpc
 from proto.tls import TlsPaths, secure_channel
@@ -88,19 +96,34 @@ def message_too_large(error: grpc.RpcError) -> bool:
     return error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and any(sign in details for sign in _SIZE_SIGNS)
 
 
+C = TypeVar("C")
+
+
 def collect_mask_stream(chunks: Iterable[pb.BlockMaskChunk], *, max_bytes: int) -> list[pb.BlockMaskChunk]:
     """Return the chunks of a global-mask stream; raise StreamTooLargeError once it passes ``max_bytes``.
 
     Checked chunk by chunk, so a stream longer than the mask the participant derives from its own model
     is refused as soon as it is, never buffered whole.
     """
-    collected: list[pb.BlockMaskChunk] = []
+    return _collect(chunks, lambda chunk: len(chunk.packed), max_bytes=max_bytes, what="global mask")
+
+
+def collect_weights_stream(
+    chunks: Iterable[pb.BlockWeightsChunk], *, max_bytes: int
+) -> list[pb.BlockWeightsChunk]:
+    """Return the chunks of a block-weights stream; raise StreamTooLargeError once it passes ``max_bytes``
+    (the most the block's weights can take, from the participant's own model), never buffering more."""
+    return _collect(chunks, lambda chunk: len(chunk.data), max_bytes=max_bytes, what="block weights")
+
+
+def _collect(chunks: Iterable[C], size: Callable[[C], int], *, max_bytes: int, what: str) -> list[C]:
+    collected: list[C] = []
     received = 0
     for chunk in chunks:
-        received += len(chunk.packed)
+        received += size(chunk)
         if received > max_bytes:
             raise StreamTooLargeError(
-                f"the global mask stream carries more than the {max_bytes} bytes of the mask it announces"
+                f"the {what} stream carries more than the {max_bytes} bytes this block's {what} can take"
             )
         collected.append(chunk)
     return collected
@@ -211,6 +234,10 @@ class WireCalls(Protocol):
 
     def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]: ...
 
+    def block_weights(
+        self, request: pb.BlockWeightsRequest, *, max_bytes: int
+    ) -> list[pb.BlockWeightsChunk]: ...
+
     def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply: ...
 
     def submit_statement(self, request: pb.SubmitStatementRequest) -> None: ...
@@ -301,6 +328,12 @@ class WireClient:
         request = convert.block_mask_request_to_proto(run_id, block)
         chunks = self._call("BlockMask", lambda: self.wire.block_mask(request, max_bytes=max_bytes))
         return convert.block_mask_from_chunks(block, chunks)
+
+    def block_weights(self, run_id: bytes, block: int, *, max_bytes: int) -> BlockWeights:
+        """Return one block's final weights as they arrived; StreamTooLargeError past ``max_bytes`` bytes."""
+        request = convert.block_weights_request_to_proto(run_id, block)
+        chunks = self._call("BlockWeights", lambda: self.wire.block_weights(request, max_bytes=max_bytes))
+        return convert.block_weights_from_chunks(block, chunks)
 
     def owl_allocation(self, run_id: bytes) -> tuple[float, ...]:
         """Return the run's per-block OWL sparsities as announced (the caller checks them)."""
@@ -403,6 +436,25 @@ class GrpcWire:
             sleep=self._sleep,
         )
 
+    def block_weights(self, request: pb.BlockWeightsRequest, *, max_bytes: int) -> list[pb.BlockWeightsChunk]:
+        """Return every chunk of one block's final weights; StreamTooLargeError past ``max_bytes`` bytes."""
+
+        def fetch() -> list[pb.BlockWeightsChunk]:
+            stream = self._stub.BlockWeights(request, timeout=self.stream_timeout_s)
+            try:
+                return collect_weights_stream(stream, max_bytes=max_bytes)
+            except StreamTooLargeError:
+                stream.cancel()
+                raise
+
+        return with_retries(
+            fetch,
+            what="BlockWeights",
+            policy=self.policy,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+
     def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply:
         """Return the run's OWL allocation."""
         return self._unary("OwlAllocation", self._stub.OwlAllocation, request)  # type: ignore[no-any-return]
@@ -457,5 +509,6 @@ __all__ = [
     "WireClient",
     "call_error",
     "collect_mask_stream",
+    "collect_weights_stream",
     "with_retries",
 ]

@@ -61,13 +61,21 @@ from pruning.local import check_pattern_fits, scored_blocks
 from pruning.masks import SparsityPattern
 from pruning.methods import LocalDecision, Method
 from pruning.recipes import Mode, Recipe, recipe_conflicts
-from pruning.statistics import StatisticAggregator, StatisticKind
+from pruning.statistics import (
+    StatisticAggregator,
+    StatisticKind,
+    block_statistics_dimension,
+    encode_block_statistics,
+)
 from pruning.updates import UPDATE_RANGE_FACTOR
 
 logger = logging.getLogger(__name__)
 
 GlobalMask = Callable[[int], dict[str, torch.Tensor]]
 """Block -> its global mask (True = pruned), as the coordinator published it and the site checked it."""
+PublishedWeights = Callable[[int], dict[str, torch.Tensor]]
+"""Block -> its final weights (by qualified name), as the coordinator published them and the site checked
+them (only a recipe whose coordinator reconstructs weights publishes them)."""
 BlockPattern = Callable[[int], SparsityPattern]
 """Block -> the pattern its local masks are chosen at (an OWL run's per-block sparsity, else the run's)."""
 
@@ -89,19 +97,24 @@ class SessionFrame(Protocol):
         ...
 
 
-def statistics_dimension(layout: VoteLayout, codec: StatisticCodec | None = None) -> int:
-    """Return the coordinates of a block's statistics vector: the codec's lanes per input column of each
-    matrix (what ``encode_statistics`` makes)."""
-    return (codec or StatisticCodec()).lanes * sum(entry.shape[1] for entry in layout.entries)
+def statistics_dimension(
+    layout: VoteLayout,
+    codec: StatisticCodec | None = None,
+    kind: StatisticKind = StatisticKind.COLUMN_SQUARES,
+) -> int:
+    """Return the coordinates of a block's statistics vector: the codec's lanes per number of each matrix's
+    statistic (what ``encode_statistics`` makes)."""
+    return block_statistics_dimension(layout, kind, lanes=(codec or StatisticCodec()).lanes)
 
 
 def encode_statistics(
-    codec: StatisticCodec, layout: VoteLayout, statistics: dict[str, torch.Tensor]
+    codec: StatisticCodec,
+    layout: VoteLayout,
+    statistics: dict[str, torch.Tensor],
+    kind: StatisticKind = StatisticKind.COLUMN_SQUARES,
 ) -> np.ndarray:
     """Return a block's statistics vector: each matrix's statistic as codec lanes, in layout order."""
-    return np.concatenate(
-        [codec.encode(statistics[entry.name].numpy(), name=entry.name) for entry in layout.entries]
-    )
+    return encode_block_statistics(codec, kind, layout, statistics)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,10 +147,18 @@ class ParticipantRecipe(abc.ABC):
     """The widest ring this recipe's sessions may use: the site's own acceptance limit, never read from
     the wire."""
 
-    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
+    def __init__(
+        self,
+        run: RunParameters,
+        inputs: SiteInputs,
+        *,
+        global_mask: GlobalMask,
+        block_weights: PublishedWeights | None = None,
+    ) -> None:
         self.run = run
         self.inputs = inputs
         self.global_mask = global_mask
+        self.block_weights = block_weights
         self.vectors: dict[int, np.ndarray | PackedBits] = {}
         """Block -> its vector as it will be (or was) sent; blocks a site never sends again are freed."""
         self.clipped_updates = 0
@@ -183,8 +204,15 @@ class _PackedVotes(ParticipantRecipe):
 
     recipe = Recipe.FEDPRLLM
 
-    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
-        super().__init__(run, inputs, global_mask=global_mask)
+    def __init__(
+        self,
+        run: RunParameters,
+        inputs: SiteInputs,
+        *,
+        global_mask: GlobalMask,
+        block_weights: PublishedWeights | None = None,
+    ) -> None:
+        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
         self._unpacked: tuple[int, np.ndarray] | None = None
 
     @classmethod
@@ -227,8 +255,15 @@ class FedPrLLMOneShot(_PackedVotes):
     votes are ever held a byte a weight.
     """
 
-    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
-        super().__init__(run, inputs, global_mask=global_mask)
+    def __init__(
+        self,
+        run: RunParameters,
+        inputs: SiteInputs,
+        *,
+        global_mask: GlobalMask,
+        block_weights: PublishedWeights | None = None,
+    ) -> None:
+        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
         self._scoring: Iterator[KeepVotes] | None = one_shot_block_votes(
             inputs.model,
             inputs.samples,
@@ -271,8 +306,15 @@ class FedPrLLMOneShot(_PackedVotes):
 class FedPrLLMIterative(_PackedVotes):
     """Keep-votes block by block, each block scored on the global masks of the blocks before it."""
 
-    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
-        super().__init__(run, inputs, global_mask=global_mask)
+    def __init__(
+        self,
+        run: RunParameters,
+        inputs: SiteInputs,
+        *,
+        global_mask: GlobalMask,
+        block_weights: PublishedWeights | None = None,
+    ) -> None:
+        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
         self._scoring: Generator[KeepVotes, dict[str, torch.Tensor], None] = iterative_votes(
             inputs.model,
             inputs.samples,
@@ -303,8 +345,15 @@ class FedSpaLLM(ParticipantRecipe):
     recipe = Recipe.FEDSPALLM
     max_bit_width = WIDE_MAX_BIT_WIDTH
 
-    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
-        super().__init__(run, inputs, global_mask=global_mask)
+    def __init__(
+        self,
+        run: RunParameters,
+        inputs: SiteInputs,
+        *,
+        global_mask: GlobalMask,
+        block_weights: PublishedWeights | None = None,
+    ) -> None:
+        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
         self.codec = VoteValueCodec(participants=run.participants)
         self.pruner = AssignedBlockPruner(
             inputs.model,
@@ -375,20 +424,35 @@ class FedSpaLLM(ParticipantRecipe):
 
 
 class StatisticsIterative(ParticipantRecipe):
-    """Each block's calibration column statistics, computed on the global masks of the blocks before it.
+    """Each block's calibration statistics, computed on the global model of the blocks before it.
 
     The vector of a block is, matrix after matrix in the block's layout order, the site's released
-    statistic (sum of x_j^2 per input column: exact, or the record-level DP release when the run has it)
-    as :class:`privacy.secagg.fixed_point.StatisticCodec` lanes. Nothing is randomized: the statistics
-    recipe sends no keep-votes.
+    statistic as :class:`privacy.secagg.fixed_point.StatisticCodec` lanes: for Wanda and RIA the sum of
+    x_j^2 per input column, for SparseGPT the upper triangle of X^T X (signed); exact, or the record-level
+    DP release when the run has it. Before the next block's statistics the site applies the block's global
+    mask, and under SparseGPT first sets the block's weights to the ones the coordinator reconstructed
+    (fetched and checked by the caller's ``block_weights``). Nothing is randomized: the statistics recipe
+    sends no keep-votes.
     """
 
     recipe = Recipe.STATISTICS
     max_bit_width = WIDE_MAX_BIT_WIDTH
 
-    def __init__(self, run: RunParameters, inputs: SiteInputs, *, global_mask: GlobalMask) -> None:
-        super().__init__(run, inputs, global_mask=global_mask)
-        self.codec = StatisticCodec()
+    def __init__(
+        self,
+        run: RunParameters,
+        inputs: SiteInputs,
+        *,
+        global_mask: GlobalMask,
+        block_weights: PublishedWeights | None = None,
+    ) -> None:
+        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
+        self.kind = inputs.method.statistic
+        self.reconstructs = self.kind is StatisticKind.GRAM
+        """Whether the coordinator reconstructs each block's weights (SparseGPT), which the site then sets."""
+        if self.reconstructs and block_weights is None:
+            raise ValueError("the statistics recipe with sparsegpt needs the blocks' published weights")
+        self.codec = StatisticCodec(signed=self.reconstructs)
         self._scoring = self._statistics()
 
     @staticmethod
@@ -410,10 +474,15 @@ class StatisticsIterative(ParticipantRecipe):
         )
 
     def dimension(self, block: int) -> int:
-        return statistics_dimension(VoteLayout.for_block(self.inputs.model, block), self.codec)
+        return statistics_dimension(VoteLayout.for_block(self.inputs.model, block), self.codec, self.kind)
 
-    def _statistics(self) -> Generator[dict[str, torch.Tensor], dict[str, torch.Tensor], None]:
-        """Yield one block's statistics at a time; ``send`` the block's global mask (True = pruned) back."""
+    def _statistics(
+        self,
+    ) -> Generator[
+        dict[str, torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None], None
+    ]:
+        """Yield one block's statistics at a time; ``send`` the block's global mask (True = pruned) and,
+        under SparseGPT, its final weights back."""
         inputs = self.inputs
         check_pattern_fits(inputs.model, inputs.pattern)
         for index, sublayers, statistics in scored_blocks(
@@ -426,21 +495,28 @@ class StatisticsIterative(ParticipantRecipe):
             released = {}
             for name in sublayers:
                 statistic = statistics[name]
-                assert statistic is not None  # wanda and ria read data (recipe_conflicts)
+                assert statistic is not None  # wanda, ria and sparsegpt read data (recipe_conflicts)
                 released[qualified_name(index, name)] = statistic.detach().to("cpu", torch.float64)
-            global_masks = yield released
+            global_masks, weights = yield released
             for name, sublayer in sublayers.items():
-                sublayer.apply_pruned(global_masks[qualified_name(index, name)])
+                key = qualified_name(index, name)
+                if weights is not None:
+                    sublayer.set_weight(weights[key])
+                sublayer.apply_pruned(global_masks[key])
 
     def vector(self, block: int) -> np.ndarray:
         while block not in self.vectors:
             computed = len(self.vectors)
-            # The first block needs no mask; every later one is computed on its predecessor's global mask.
-            statistics = (
-                next(self._scoring) if computed == 0 else self._scoring.send(self.global_mask(computed - 1))
-            )
+            # The first block needs no mask; every later one is computed on its predecessor's global model.
+            if computed == 0:
+                statistics = next(self._scoring)
+            else:
+                previous = computed - 1
+                masks = self.global_mask(previous)
+                weights = self.block_weights(previous) if self.reconstructs and self.block_weights else None
+                statistics = self._scoring.send((masks, weights))
             layout = VoteLayout.for_block(self.inputs.model, computed)
-            self.vectors[computed] = encode_statistics(self.codec, layout, statistics)
+            self.vectors[computed] = encode_statistics(self.codec, layout, statistics, self.kind)
             self.inputs.on_scored(computed)
         stored = self.vectors[block]
         assert isinstance(stored, np.ndarray)
@@ -579,6 +655,7 @@ __all__ = [
     "FedPrLLMOneShot",
     "FedSpaLLM",
     "BlockPattern",
+    "PublishedWeights",
     "GlobalMask",
     "OwlAllocationStatistics",
     "ParticipantRecipe",

@@ -115,7 +115,7 @@ from proto.domain import (
     UnmaskTask,
     WaitTask,
 )
-from pruning.adapters import decoder_blocks
+from pruning.adapters import decoder_blocks, linear_sublayers, qualified_name
 from pruning.calibration import resolve_device
 from pruning.data import CalibrationSet, calibration_records, calibration_samples
 from pruning.errors import PruningInputError
@@ -355,7 +355,7 @@ class ParticipantRun:
             on_scored=lambda block: self._on_event(BlockScored(block, run.blocks)),
             block_pattern=None if self.owl is None else self._block_pattern,
         )
-        self.recipe = plugin(run, inputs, global_mask=self._mask)
+        self.recipe = plugin(run, inputs, global_mask=self._mask, block_weights=self._weights)
         if self.owl is not None:
             self.allocation = OwlAllocationStatistics(
                 run, model=self.model, samples=samples, device=self.device, aggregator=aggregator
@@ -540,6 +540,66 @@ class ParticipantRun:
                 )
             self._masks[block] = PackedBits(np.frombuffer(packed, dtype=np.uint8).copy(), layout.dimension)
         return self._masks[block]
+
+    def _weights(self, block: int) -> dict[str, torch.Tensor]:
+        """Return block ``block``'s final weights (by qualified name, in the model's dtype), checked.
+
+        Fetched only in a run whose recipe publishes them (the statistics recipe with SparseGPT). Refused
+        unless the stream is complete and matches its digest and size, the file is a safetensors file of
+        exactly the block's matrices in this site's dtype and shapes, every weight is finite, and every
+        weight the block's global mask prunes is exactly zero.
+        """
+        from safetensors.torch import load as load_safetensors
+
+        layout = VoteLayout.for_block(self.model, block)
+        dtypes = {
+            qualified_name(block, name): sublayer.module.weight.dtype
+            for name, sublayer in linear_sublayers(decoder_blocks(self.model)[block]).items()
+        }
+        # The tensors' bytes, plus a bound on the safetensors header (names, shapes, offsets).
+        max_bytes = (
+            sum(
+                entry.shape[0] * entry.shape[1] * torch.empty((), dtype=dtypes[entry.name]).element_size()
+                for entry in layout.entries
+            )
+            + 65536
+            + 512 * len(layout.entries)
+        )
+        try:
+            weights = self.client.block_weights(self.params.run_id, block, max_bytes=max_bytes)
+        except StreamTooLargeError as error:
+            raise PrivacyError(f"block {block}'s weights refused: {error}") from None
+        data = weights.data
+        if (
+            not weights.complete
+            or weights.total_bytes != len(data)
+            or weights.digest != hashlib.sha256(data).digest()
+        ):
+            raise PrivacyError(f"block {block}'s weights arrived incomplete or corrupted")
+
+        def lie(problem: str) -> ContradictoryViewError:
+            return ContradictoryViewError(f"block {block}'s weights: {problem}", check="block-weights")
+
+        try:
+            tensors = load_safetensors(data)
+        except Exception as error:  # the parser's own error types vary by version
+            raise lie(f"not a safetensors file ({type(error).__name__}: {error})") from None
+        expected = {entry.name: entry.shape for entry in layout.entries}
+        if set(tensors) != set(expected):
+            raise lie(f"matrices {sorted(set(tensors) ^ set(expected))[:4]} differ from the block's own")
+        masks = self._mask(block)
+        for name, shape in expected.items():
+            tensor = tensors[name]
+            if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtypes[name]:
+                raise lie(
+                    f"{name} is {tensor.dtype} {tuple(tensor.shape)}, this site's matrix is "
+                    f"{dtypes[name]} {tuple(shape)}"
+                )
+            if not bool(torch.isfinite(tensor).all()):
+                raise lie(f"{name} holds a weight that is not finite")
+            if bool(tensor[masks[name]].any()):
+                raise lie(f"{name} holds a nonzero weight where the block's global mask prunes")
+        return tensors
 
     # ------------------------------------------------------------------ durable records
     def _mark_released(self) -> None:

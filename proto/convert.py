@@ -957,3 +957,63 @@ def block_mask_of(
         digest=hashlib.sha256(packed).digest(),
         complete=True,
     )
+
+
+def block_weights_request_to_proto(run_id: bytes, block: int) -> spb.BlockWeightsRequest:
+    """Return the request for one block's final weights."""
+    return spb.BlockWeightsRequest(run_id=run_id, block=block)
+
+
+def block_weights_of(block: int, data: bytes) -> domain.BlockWeights:
+    """Return a block's complete final weights (safetensors ``data``), with their SHA-256 digest."""
+    return domain.BlockWeights(
+        block=block,
+        data=data,
+        total_bytes=len(data),
+        digest=hashlib.sha256(data).digest(),
+        complete=True,
+    )
+
+
+def block_weights_to_chunks(
+    weights: domain.BlockWeights, *, chunk_bytes: int = MAX_CHUNK_PAYLOAD_BYTES
+) -> list[spb.BlockWeightsChunk]:
+    """Return the BlockWeights stream of one block's weights: pieces of ``chunk_bytes``, the last closing it."""
+    data = weights.data
+    pieces = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
+    return [
+        spb.BlockWeightsChunk(
+            block=weights.block,
+            chunk_index=index,
+            total_bytes=weights.total_bytes,
+            data=piece,
+            digest=weights.digest if index == len(pieces) - 1 else b"",
+            last=index == len(pieces) - 1 and weights.complete,
+        )
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def block_weights_from_chunks(block: int, chunks: Sequence[spb.BlockWeightsChunk]) -> domain.BlockWeights:
+    """Return the weights a BlockWeights stream carried: its bytes joined, what its last chunk claims.
+
+    Nothing is checked here beyond the stream's own framing: the receiver compares the digest, the size and
+    the tensors with what it derives from its own model and the block's mask. A stream without chunks, or
+    whose chunks are out of order or disagree on the block or the size, reads as incomplete.
+    """
+    framed = bool(chunks) and all(
+        int(chunk.chunk_index) == index
+        and int(chunk.block) == block
+        and int(chunk.total_bytes) == int(chunks[0].total_bytes)
+        for index, chunk in enumerate(chunks)
+    )
+    if not framed:
+        return domain.BlockWeights(block=block, data=b"", total_bytes=0, digest=b"", complete=False)
+    last = chunks[-1]
+    return domain.BlockWeights(
+        block=block,
+        data=b"".join(bytes(chunk.data) for chunk in chunks),
+        total_bytes=int(last.total_bytes),
+        digest=bytes(last.digest),
+        complete=bool(last.last),
+    )

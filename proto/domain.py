@@ -306,6 +306,22 @@ class BlockMask:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockWeights:
+    """One block's final weights as they arrived: the safetensors bytes and what the stream's chunks claimed.
+
+    ``complete`` is False when the stream ended without a last chunk; ``total_bytes`` is what the chunks
+    state the file's size to be and ``digest`` the SHA-256 the last chunk states over all ``data`` bytes.
+    The receiver checks them, and the tensors, against its own layout and the block's global mask.
+    """
+
+    block: int
+    data: bytes
+    total_bytes: int
+    digest: bytes
+    complete: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SignedStatement:
     """A participant's signed privacy statement for the run (canonical JSON and its Ed25519 signature)."""
 
@@ -318,6 +334,7 @@ class SignedStatement:
 __all__ = [
     "Assigned",
     "BlockMask",
+    "BlockWeights",
     "JoinReply",
     "JoinRequest",
     "MaskedInputTask",

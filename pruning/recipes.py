@@ -21,9 +21,10 @@ class Recipe(enum.Enum):
     """SparseGPT masks and reconstructed weights; kept weights are l0-norm averaged over the participants
     that kept them; each block is pruned by its assigned participants (resource-aware block assignment)."""
     STATISTICS = "stats"
-    """Calibration statistics summed over the sites (Wanda's per-input-column sum of x_j^2, exact or
-    record-level DP), block by block; the coordinator prunes each block from the sums with Wanda or RIA and
-    publishes its mask, which every site applies before computing the next block's statistics."""
+    """Calibration statistics summed over the sites (Wanda's and RIA's per-input-column sum of x_j^2, or
+    SparseGPT's X^T X; exact or record-level DP), block by block; the coordinator prunes each block from the
+    sums with Wanda, RIA or SparseGPT and publishes its mask (and, for SparseGPT, the block's reconstructed
+    weights), which every site applies before computing the next block's statistics."""
 
     @property
     def default_method(self) -> Method:
@@ -65,14 +66,14 @@ def recipe_conflicts(recipe: Recipe, *, method: Method, mode: Mode, weight_scali
 
     FedSpaLLM averages SparseGPT's reconstructed weights once per block: it needs method sparsegpt, one-shot
     mode and no weight scaling (the kept weights are averaged instead). The statistics recipe prunes from
-    summed column statistics: it needs method wanda or ria, iterative mode (each block's statistics come
+    summed statistics: it needs a method that reads data (wanda, ria or sparsegpt), iterative mode (each block's statistics come
     from the globally pruned model) and no weight scaling (there are no votes to scale by). FedPrLLM takes
     any combination.
     """
     problems = []
     if recipe is Recipe.STATISTICS:
-        if method not in (Method.WANDA, Method.RIA):
-            problems.append(f"method wanda or ria (got {method.value})")
+        if method is Method.MAGNITUDE:
+            problems.append(f"method wanda, ria or sparsegpt (got {method.value})")
         if mode is not Mode.ITERATIVE:
             problems.append(f"mode iterative (got {mode.value})")
         if weight_scaling:

@@ -12,9 +12,13 @@ private aggregator (see ``privacy.calibration_dp``) clips each record's contribu
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pruning.layout import VoteLayout
 
 
 class StatisticKind(enum.Enum):
@@ -74,3 +78,95 @@ class ExactSum:
         if name not in self._totals:
             raise KeyError(f"no calibration records reached sublayer {name!r}")
         return self._totals[name]
+
+
+def statistic_size(kind: StatisticKind, width: int) -> int:
+    """Return how many numbers one sublayer's statistic is sent as: ``width`` column sums, or the
+    ``width (width + 1) / 2`` entries of the Gram matrix's upper triangle (diagonal included; it is
+    symmetric)."""
+    if kind is StatisticKind.COLUMN_SQUARES:
+        return width
+    if kind is StatisticKind.GRAM:
+        return width * (width + 1) // 2
+    raise ValueError(f"statistic kind {kind.value!r} is not sent")
+
+
+def flatten_statistic(kind: StatisticKind, statistic: torch.Tensor) -> torch.Tensor:
+    """Return the numbers ``statistic`` is sent as (float64, 1-D): the vector itself, or the Gram matrix's
+    upper triangle row by row."""
+    values = statistic.detach().to("cpu", torch.float64)
+    if kind is StatisticKind.GRAM:
+        width = values.shape[0]
+        if values.shape != (width, width):
+            raise ValueError(f"a Gram statistic must be square, got {tuple(values.shape)}")
+        rows, columns = torch.triu_indices(width, width)
+        return values[rows, columns]
+    return values.reshape(-1)
+
+
+def unflatten_statistic(kind: StatisticKind, values: torch.Tensor, width: int) -> torch.Tensor:
+    """Return the statistic (float64) of the numbers :func:`flatten_statistic` made: the Gram matrix is
+    mirrored from its upper triangle."""
+    values = values.to(torch.float64).reshape(-1)
+    if values.numel() != statistic_size(kind, width):
+        raise ValueError(
+            f"{values.numel()} numbers for a {kind.value} statistic of width {width}, "
+            f"expected {statistic_size(kind, width)}"
+        )
+    if kind is StatisticKind.COLUMN_SQUARES:
+        return values.clone()
+    rows, columns = torch.triu_indices(width, width)
+    matrix = torch.zeros(width, width, dtype=torch.float64)
+    matrix[rows, columns] = values
+    matrix[columns, rows] = values
+    return matrix
+
+
+class StatisticEncoding(Protocol):
+    """How the numbers of one statistic travel through secure aggregation (``StatisticCodec``)."""
+
+    @property
+    def lanes(self) -> int:
+        """Return the inputs each number is sent as."""
+        ...
+
+    def encode(self, values: np.ndarray, *, name: str) -> np.ndarray:
+        """Return the inputs of ``values``."""
+        ...
+
+    def decode(self, sums: np.ndarray, *, contributors: int, name: str) -> np.ndarray:
+        """Return the summed numbers (float64) from the summed inputs of ``contributors`` sites."""
+        ...
+
+
+def block_statistics_dimension(layout: VoteLayout, kind: StatisticKind, *, lanes: int) -> int:
+    """Return the coordinates of a block's statistics vector: ``lanes`` per number of each matrix's
+    statistic, matrix after matrix in layout order (what :func:`encode_block_statistics` makes)."""
+    return lanes * sum(statistic_size(kind, entry.shape[1]) for entry in layout.entries)
+
+
+def encode_block_statistics(
+    codec: StatisticEncoding, kind: StatisticKind, layout: VoteLayout, statistics: dict[str, torch.Tensor]
+) -> np.ndarray:
+    """Return a block's statistics vector: each matrix's statistic (by qualified name) as ``codec`` inputs,
+    in layout order."""
+    return np.concatenate(
+        [
+            codec.encode(flatten_statistic(kind, statistics[entry.name]).numpy(), name=entry.name)
+            for entry in layout.entries
+        ]
+    )
+
+
+def decode_block_statistics(
+    codec: StatisticEncoding, kind: StatisticKind, layout: VoteLayout, sums: np.ndarray, *, contributors: int
+) -> dict[str, torch.Tensor]:
+    """Return each matrix's summed statistic (float64, by qualified name) from a block's summed vector."""
+    result, offset = {}, 0
+    for entry in layout.entries:
+        width = entry.shape[1]
+        count = codec.lanes * statistic_size(kind, width)
+        values = codec.decode(sums[offset : offset + count], contributors=contributors, name=entry.name)
+        result[entry.name] = unflatten_statistic(kind, torch.from_numpy(values), width)
+        offset += count
+    return result

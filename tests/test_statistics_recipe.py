@@ -1,10 +1,12 @@
-"""The statistics recipe: sites' calibration column statistics summed under secure aggregation, block by
-block; the coordinator prunes from the sums. Without privacy it is centralized pruning on the pooled data."""
+"""The statistics recipe: sites' calibration statistics summed under secure aggregation, block by block; the
+coordinator prunes from the sums (Wanda and RIA from column statistics, SparseGPT from X^T X, whose
+reconstructed weights the sites then take). Without privacy it is centralized pruning on the pooled data."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +80,52 @@ def test_without_privacy_the_mask_is_centralized_pruning_bit_for_bit(
         assert torch.equal(a, b)
 
 
-def test_the_ledger_says_statistics_were_summed(tmp_path: Path) -> None:
-    import json
+@pytest.mark.parametrize(
+    "architecture,pattern,sparsity",
+    [("llama", "unstructured", 0.5), ("opt", "unstructured", 0.7), ("qwen2", "2:4", None)],
+)
+def test_with_sparsegpt_the_masks_and_reconstructed_weights_are_centralized_sparsegpt(
+    architecture: str, pattern: str, sparsity: float | None, tmp_path: Path
+) -> None:
+    # SparseGPT adapts each block's mask to the weights it reconstructs, and each block's Hessian comes
+    # from the blocks before it as reconstructed: equal masks in every block need the sites to compute on
+    # the coordinator's weights. Weights agree to SparseGPT's own float32 arithmetic (the Hessian is summed
+    # in a different order, and in fixed point).
+    base = build_tiny_model(architecture, dtype=torch.float64, layers=3)
+    samples = _sites(3)
+    parsed = parse_pattern(pattern, sparsity)
+    settings = SimulationSettings(
+        method=Method.SPARSEGPT, pattern=parsed, mode=Mode.ITERATIVE, recipe=Recipe.STATISTICS
+    )
+    result = run_roles(base, samples, settings=settings, directory=tmp_path)
+    expected = _centralized_masks(base, samples, Method.SPARSEGPT, parsed)
+    assert expected.keys() == result.global_masks.keys()
+    for name, mask in expected.items():
+        assert torch.equal(result.global_masks[name], mask), (
+            f"{name}: {(result.global_masks[name] != mask).sum()}"
+        )
+    centralized = copy.deepcopy(base)
+    prune_model(
+        centralized, pooled(samples), method=Method.SPARSEGPT, pattern=parsed, device=CPU, progress=False
+    )
+    moved = 0
+    for (name, a), b in zip(
+        result.model.state_dict().items(), centralized.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        moved += int(((a != base.state_dict()[name]) & (a != 0)).sum())
+    assert moved > 0  # kept weights were reconstructed, not only masked
+    report = json.loads(result.report.read_text())
+    sessions = [e["event"] for e in report["ledger"] if e["event"]["mechanism"] == "secure_aggregation"]
+    assert {e["parameters"]["summed"] for e in sessions} == {"gram_statistics"}
+    from pruning.layout import VoteLayout
 
+    layout = VoteLayout.for_block(base, 0)
+    triangle = sum(entry.shape[1] * (entry.shape[1] + 1) // 2 for entry in layout.entries)
+    assert sessions[0]["count"] == 2 * triangle
+
+
+def test_the_ledger_says_statistics_were_summed(tmp_path: Path) -> None:
     base = build_tiny_model("llama", layers=2)
     settings = SimulationSettings(
         pattern=parse_pattern("unstructured", 0.5), mode=Mode.ITERATIVE, recipe=Recipe.STATISTICS
@@ -98,10 +143,12 @@ def test_the_ledger_says_statistics_were_summed(tmp_path: Path) -> None:
     assert sessions[0]["count"] == 2 * sum(entry.shape[1] for entry in layout.entries) < layout.dimension
 
 
-def test_the_recipe_needs_wanda_or_ria_iterative_and_no_scaling() -> None:
+def test_the_recipe_needs_a_data_driven_method_iterative_and_no_scaling() -> None:
     pattern = parse_pattern("unstructured", 0.5)
-    with pytest.raises(PruningInputError, match="method wanda or ria"):
-        check_recipe(Recipe.STATISTICS, method=Method.SPARSEGPT, mode=Mode.ITERATIVE, weight_scaling=False)
+    with pytest.raises(PruningInputError, match="method wanda, ria or sparsegpt"):
+        check_recipe(Recipe.STATISTICS, method=Method.MAGNITUDE, mode=Mode.ITERATIVE, weight_scaling=False)
+    for method in (Method.WANDA, Method.RIA, Method.SPARSEGPT):
+        check_recipe(Recipe.STATISTICS, method=method, mode=Mode.ITERATIVE, weight_scaling=False)
     with pytest.raises(PruningInputError, match="mode iterative"):
         SimulationSettings(pattern=pattern, recipe=Recipe.STATISTICS)
     with pytest.raises(PruningInputError, match="no weight scaling"):
@@ -122,6 +169,39 @@ def test_codec_sums_exactly_and_refuses_out_of_range() -> None:
         codec.encode(np.array([np.nan]), name="m")
     with pytest.raises(PrivacyError, match="lane sum"):
         codec.decode(np.array([0, codec.max_input + 1]), contributors=1, name="m")
+
+
+def test_the_signed_codec_sums_negative_values_exactly_and_refuses_out_of_range() -> None:
+    codec = StatisticCodec(signed=True)
+    bound = codec.bound
+    assert bound == 2.0**43
+    values = [
+        np.array([-1.5, 2.0, -bound, 0.0, 1e-7, bound - 1]),
+        np.array([0.25, -7.0, 0.0, -(2.0**-20), -1e-7, -(bound - 1)]),
+        np.array([-0.125, 3e9, 0.0, 0.0, 0.0, 0.0]),
+    ]
+    lanes = sum(codec.encode(v, name="m").astype(np.uint64) for v in values)
+    decoded = codec.decode(lanes, contributors=3, name="m")
+    step = 2.0**-codec.fraction_bits
+    assert np.all(np.abs(decoded - sum(values)) <= 1.5 * step)
+    assert decoded[2] == -bound and decoded[5] == 0.0  # the offsets cancel exactly, in integers
+    for outside in (bound, -bound - 1.0, -1e14):
+        with pytest.raises(PrivacyError, match="outside the fixed-point range"):
+            codec.encode(np.array([outside]), name="m")
+    # The unsigned codec still sends DP noise below zero as zero; the signed one keeps the sign.
+    assert codec.decode(codec.encode(np.array([-3.0]), name="m"), contributors=1, name="m").tolist() == [-3.0]
+
+
+def test_a_gram_statistic_travels_as_its_upper_triangle() -> None:
+    from pruning.statistics import StatisticKind, flatten_statistic, statistic_size, unflatten_statistic
+
+    x = torch.randn(40, 6, dtype=torch.float64)
+    gram = torch.triu(x.t() @ x) + torch.triu(x.t() @ x, 1).t()  # exactly symmetric
+    flat = flatten_statistic(StatisticKind.GRAM, gram)
+    assert flat.numel() == statistic_size(StatisticKind.GRAM, 6) == 21
+    assert torch.equal(unflatten_statistic(StatisticKind.GRAM, flat, 6), gram)
+    with pytest.raises(ValueError, match="expected 21"):
+        unflatten_statistic(StatisticKind.GRAM, flat[:-1], 6)
 
 
 def test_a_site_takes_the_recipe_only_as_announced_and_as_its_minimums_allow() -> None:
@@ -186,8 +266,9 @@ def test_the_coordinator_refuses_randomized_response_with_the_recipe(model_dir, 
     assert config({"randomized_response": False}).run.recipe is Recipe.STATISTICS  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("method", [Method.WANDA, Method.SPARSEGPT])
 def test_with_record_level_dp_the_sites_release_their_statistics_and_the_report_verifies(
-    tmp_path: Path,
+    tmp_path: Path, method: Method
 ) -> None:
     from coordinator.config import PrivacySection
     from pruning.data import CalibrationSet
@@ -203,11 +284,12 @@ def test_with_record_level_dp_the_sites_release_their_statistics_and_the_report_
         {"randomized_response": False, "record_level_dp": True, "noise_multiplier": 1.0, "sample_rate": 1.0}
     )
     settings = SimulationSettings(
-        pattern=parse_pattern("unstructured", 0.5), mode=Mode.ITERATIVE, recipe=Recipe.STATISTICS
+        method=method,
+        pattern=parse_pattern("unstructured", 0.5),
+        mode=Mode.ITERATIVE,
+        recipe=Recipe.STATISTICS,
     )
     result = run_roles(base, sites, settings=settings, directory=tmp_path, privacy=privacy)
-    import json
-
     report = json.loads(result.report.read_text())
     statements = report["participant_statements"]
     assert len(statements) == 3

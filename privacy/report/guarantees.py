@@ -65,6 +65,9 @@ class SummedInputs(str, enum.Enum):
     COLUMN_STATISTICS = "column_statistics"
     """Statistics aggregation: per input column of every matrix, the sum over the sites of their released
     calibration statistic (sum of x_j^2; record-level DP where the run has it). No keep-votes."""
+    GRAM_STATISTICS = "gram_statistics"
+    """Statistics aggregation with SparseGPT: per matrix, the sum over the sites of their released X^T X
+    (its upper triangle; record-level DP where the run has it). No keep-votes."""
 
 
 AMPLIFICATION_INVALID_WITH_UPDATES = (

@@ -205,19 +205,24 @@ STATISTIC_LANE_BITS = 32
 
 @dataclasses.dataclass(frozen=True)
 class StatisticCodec:
-    """Non-negative calibration statistics (sums of x_j^2) as 64-bit fixed point in two 32-bit lanes.
+    """Calibration statistics as 64-bit fixed point in two 32-bit lanes.
 
     A site sends q = round(v * 2**STATISTIC_FRACTION_BITS) for each value v, split into q >> 32 and
     q & (2**32 - 1), each within the wire's uint32 ``max_input`` (2**32 - 1); the secure sums of the two lanes
     give the sum of the q exactly (high * 2**32 + low), and so the sum of the values to within
-    contributors * 2**-21. The public range is [0, 2**44) (about 1.8e13, a sum of squares of 4.2e6 per
-    token over 2**20 tokens): a site whose statistic lies outside it refuses to encode it (no silent clipping,
-    which would make the sum differ from a pooled run's) and a negative value (a DP statistic's noise) is
-    sent as 0, post-processing of what the site releases anyway. The ring of n sites is
-    ceil(log2(2 n (2**32 - 1) + 1)) bits (34 at n = 2, 38 at n = 32), within the 64-bit ring.
+    contributors * 2**-21. Unsigned (Wanda's and RIA's sums of x_j^2), the public range is [0, 2**44)
+    (about 1.8e13, a sum of squares of 4.2e6 per token over 2**20 tokens) and a negative value (a DP
+    statistic's noise) is sent as 0, post-processing of what the site releases anyway. Signed (the
+    entries of SparseGPT's X^T X, whose off-diagonal entries may be negative), q is offset by 2**63 (the
+    top bit flipped, as two's complement) and the range is [-2**43, 2**43); the decoder removes
+    contributors * 2**63 exactly, in integers. A site whose statistic lies outside the range refuses to
+    encode it (no silent clipping, which would make the sum differ from a pooled run's). The ring of n
+    sites is ceil(log2(2 n (2**32 - 1) + 1)) bits (34 at n = 2, 38 at n = 32), within the 64-bit ring.
     """
 
     fraction_bits: int = STATISTIC_FRACTION_BITS
+    signed: bool = False
+    """True for statistics that may be negative (a Gram matrix's entries)."""
 
     max_input: int = dataclasses.field(default=(1 << STATISTIC_LANE_BITS) - 1, init=False)
     lanes: int = dataclasses.field(default=2, init=False)
@@ -225,21 +230,32 @@ class StatisticCodec:
 
     @property
     def bound(self) -> float:
-        """Return the first value outside the public range."""
-        return float(2 ** (2 * STATISTIC_LANE_BITS - self.fraction_bits))
+        """Return the first value above the public range (its negative is the lowest value when signed)."""
+        return float(2 ** (2 * STATISTIC_LANE_BITS - self.fraction_bits - (1 if self.signed else 0)))
+
+    def _range(self) -> str:
+        return f"[{-self.bound if self.signed else 0:.4g}, {self.bound:.4g})"
 
     def encode(self, values: np.ndarray, *, name: str) -> np.ndarray:
         """Return the inputs (uint64, twice as many as ``values``: the high lanes, then the low lanes)."""
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(values)):
             raise PrivacyError(f"{name}: a calibration statistic is not finite")
-        values = np.maximum(values, 0.0)
-        if values.size and float(values.max()) >= self.bound:
+        if not self.signed:
+            values = np.maximum(values, 0.0)
+        if values.size and (
+            float(values.max()) >= self.bound or (self.signed and float(values.min()) < -self.bound)
+        ):
+            worst = float(values[np.argmax(np.abs(values))])
             raise PrivacyError(
-                f"{name}: a calibration statistic ({float(values.max()):.4g}) is outside the fixed-point range "
-                f"[0, {self.bound:.4g}) of the statistics recipe"
+                f"{name}: a calibration statistic ({worst:.4g}) is outside the fixed-point range "
+                f"{self._range()} of the statistics recipe"
             )
-        steps = np.rint(values * float(1 << self.fraction_bits)).astype(np.uint64)
+        scaled = np.rint(values * float(1 << self.fraction_bits))
+        if self.signed:
+            steps = scaled.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+        else:
+            steps = scaled.astype(np.uint64)
         high = steps >> np.uint64(STATISTIC_LANE_BITS)
         low = steps & np.uint64(self.max_input)
         return np.concatenate([high, low])
@@ -252,7 +268,14 @@ class StatisticCodec:
         if contributors < 1 or (sums.size and int(sums.max()) > contributors * self.max_input):
             raise PrivacyError(f"{name}: a lane sum is not one that {contributors} encoded inputs make")
         half = sums.size // 2
-        high, low = sums[:half].astype(np.float64), sums[half:].astype(np.float64)
+        if self.signed:
+            # Each input's offset 2**63 is 2**31 in its high lane: removed exactly, before any rounding.
+            high = (sums[:half].astype(np.int64) - np.int64(contributors) * np.int64(1 << 31)).astype(
+                np.float64
+            )
+        else:
+            high = sums[:half].astype(np.float64)
+        low = sums[half:].astype(np.float64)
         return high * float(2 ** (STATISTIC_LANE_BITS - self.fraction_bits)) + low / float(
             1 << self.fraction_bits
         )

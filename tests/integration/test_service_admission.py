@@ -37,10 +37,11 @@ METHODS = (
     "SignSurvivors",
     "Unmask",
     "BlockMask",
+    "BlockWeights",
     "OwlAllocation",
     "SubmitStatement",
 )
-STREAMING_RESPONSE = {"BlockMask"}
+STREAMING_RESPONSE = {"BlockMask", "BlockWeights"}
 HOSTILE_STREAMS = 64
 
 

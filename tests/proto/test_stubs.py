@@ -37,11 +37,13 @@ def test_the_service_offers_every_protocol_step() -> None:
         "SignSurvivors",
         "Unmask",
         "BlockMask",
+        "BlockWeights",
         "OwlAllocation",
         "SubmitStatement",
     }
     assert methods["MaskedInput"].client_streaming and not methods["MaskedInput"].server_streaming
     assert methods["BlockMask"].server_streaming and not methods["BlockMask"].client_streaming
+    assert methods["BlockWeights"].server_streaming and not methods["BlockWeights"].client_streaming
 
 
 def _without_json_names(file: Any) -> Any:

@@ -412,6 +412,30 @@ class BlockMaskChunk(_message.Message):
     last: bool
     def __init__(self, block: _Optional[int] = ..., chunk_index: _Optional[int] = ..., bit_count: _Optional[int] = ..., packed: _Optional[bytes] = ..., layout_fingerprint: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
 
+class BlockWeightsRequest(_message.Message):
+    __slots__ = ("run_id", "block")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    run_id: bytes
+    block: int
+    def __init__(self, run_id: _Optional[bytes] = ..., block: _Optional[int] = ...) -> None: ...
+
+class BlockWeightsChunk(_message.Message):
+    __slots__ = ("block", "chunk_index", "total_bytes", "data", "digest", "last")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    block: int
+    chunk_index: int
+    total_bytes: int
+    data: bytes
+    digest: bytes
+    last: bool
+    def __init__(self, block: _Optional[int] = ..., chunk_index: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
 class OwlAllocationRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

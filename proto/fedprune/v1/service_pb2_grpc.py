@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskRequest.SerializeToString,
                 response_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskChunk.FromString,
                 _registered_method=True)
+        self.BlockWeights = channel.unary_stream(
+                '/fedprune.v1.Coordinator/BlockWeights',
+                request_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockWeightsRequest.SerializeToString,
+                response_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockWeightsChunk.FromString,
+                _registered_method=True)
         self.OwlAllocation = channel.unary_unary(
                 '/fedprune.v1.Coordinator/OwlAllocation',
                 request_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.OwlAllocationRequest.SerializeToString,
@@ -145,6 +150,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BlockWeights(self, request, context):
+        """The final weights of one finished block, in chunks: only in a run whose sites compute the next block's
+        inputs on weights the coordinator reconstructed (recipe stats with method sparsegpt; INVALID_ARGUMENT
+        in any other run, FAILED_PRECONDITION before the block is finished).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def OwlAllocation(self, request, context):
         """The OWL allocation of a run that announces `owl`: each block's sparsity, once the allocation phase
         decided it (FAILED_PRECONDITION before that).
@@ -202,6 +216,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.BlockMask,
                     request_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskRequest.FromString,
                     response_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskChunk.SerializeToString,
+            ),
+            'BlockWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.BlockWeights,
+                    request_deserializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockWeightsRequest.FromString,
+                    response_serializer=proto_dot_fedprune_dot_v1_dot_service__pb2.BlockWeightsChunk.SerializeToString,
             ),
             'OwlAllocation': grpc.unary_unary_rpc_method_handler(
                     servicer.OwlAllocation,
@@ -430,6 +449,33 @@ class Coordinator:
             '/fedprune.v1.Coordinator/BlockMask',
             proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskRequest.SerializeToString,
             proto_dot_fedprune_dot_v1_dot_service__pb2.BlockMaskChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedprune.v1.Coordinator/BlockWeights',
+            proto_dot_fedprune_dot_v1_dot_service__pb2.BlockWeightsRequest.SerializeToString,
+            proto_dot_fedprune_dot_v1_dot_service__pb2.BlockWeightsChunk.FromString,
             options,
             channel_credentials,
             insecure,
