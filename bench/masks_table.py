@@ -11,7 +11,8 @@ rate 1) and, for the votes, randomized response at eps0 = 4 as well (the statist
 randomize). Every federated figure is one run of the service's own coordinator and participants in one
 process (``fedprune.simulate.simulate_service``); every site calibrates on the same ``--records`` documents
 in every column. Private figures are one run each (CSPRNG noise cannot be seeded). ``--sparsegpt`` adds
-centralized SparseGPT and the FedSpaLLM recipe (SparseGPT at every site, averaged kept weights).
+centralized SparseGPT, the statistics recipe with SparseGPT (summed X^T X, the coordinator's reconstruction;
+also private) and the FedSpaLLM recipe (SparseGPT at every site, averaged kept weights).
 
 The model is the shipped demo model, or ``--model DIR``, any safetensors causal LM directory with its
 tokenizer (e.g. the SmolLM2-135M directory ``bench/real_model.py`` converts into its cache): the sites and the
@@ -56,7 +57,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="a safetensors model directory [the demo model]")
     parser.add_argument("--seqlen", type=int, help="tokens per window [the demo's; 128 with --model]")
     parser.add_argument(
-        "--sparsegpt", action="store_true", help="add centralized SparseGPT and the FedSpaLLM recipe"
+        "--sparsegpt",
+        action="store_true",
+        help="add centralized SparseGPT, the statistics recipe with SparseGPT and the FedSpaLLM recipe",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads [1]")
     parser.add_argument(
@@ -200,6 +203,9 @@ def main() -> int:
                     base, sites, method=Method.SPARSEGPT, pattern=pattern, device=device
                 ),
             )
+            measure(
+                "stats sparsegpt", lambda: federated(statistics_settings(Method.SPARSEGPT), privacy_off())
+            )
             fedspallm = SimulationSettings(
                 method=Method.SPARSEGPT, pattern=pattern, seqlen=seqlen, recipe=Recipe.FEDSPALLM
             )
@@ -233,6 +239,11 @@ def main() -> int:
                 votes, statistics = votes_settings(method), statistics_settings(method)
                 measure(f"private stats {method.value}", lambda: federated(statistics, private_statistics))
                 measure(f"private votes {method.value}", lambda: federated(votes, private_votes))
+            if args.sparsegpt:
+                measure(
+                    "private stats sparsegpt",
+                    lambda: federated(statistics_settings(Method.SPARSEGPT), private_statistics),
+                )
             if owl is not None:
                 # One more DP release per block (the allocation's), calibrated into the same epsilon.
                 measure(

@@ -316,3 +316,28 @@ def test_simulate_runs_the_recipe_and_says_what_it_needs(federation, tmp_path: P
     capsys.readouterr()
     assert main(_args(federation, tmp_path / "rr", *flags)) != 0  # randomized response on by default
     assert "randomized_response" in capsys.readouterr().err
+    sparsegpt = tmp_path / "stats-sparsegpt"
+    assert (
+        main(
+            _args(
+                federation,
+                sparsegpt,
+                "--recipe",
+                "stats",
+                "--method",
+                "sparsegpt",
+                "--mode",
+                "iterative",
+                "--epsilon0",
+                "inf",
+            )
+        )
+        == 0
+    )
+    report = json.loads((sparsegpt / "privacy_report.json").read_text())
+    summed = {
+        e["event"]["parameters"].get("summed")
+        for e in report["ledger"]
+        if e["event"]["mechanism"] == "secure_aggregation"
+    }
+    assert summed == {"gram_statistics"}
