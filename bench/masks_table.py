@@ -49,6 +49,12 @@ def main() -> int:
     parser.add_argument(
         "--epsilon0", type=float, default=4.0, help="randomized response of the private votes [4]"
     )
+    parser.add_argument(
+        "--target-epsilon",
+        type=float,
+        default=8.0,
+        help="record-level DP target epsilon per document of the private columns [8, the coordinator's default]",
+    )
     parser.add_argument("--no-private", action="store_true", help="skip the private columns")
     parser.add_argument(
         "--eval-windows", type=int, help="evaluate on N windows evenly spread over the held-out union [all]"
@@ -146,8 +152,12 @@ def main() -> int:
             )
             return result.model
 
-    private_votes = PrivacySection.model_validate({"epsilon0": args.epsilon0})
-    private_statistics = PrivacySection.model_validate({"randomized_response": False})
+    private_votes = PrivacySection.model_validate(
+        {"epsilon0": args.epsilon0, "target_epsilon": args.target_epsilon}
+    )
+    private_statistics = PrivacySection.model_validate(
+        {"randomized_response": False, "target_epsilon": args.target_epsilon}
+    )
     started = time.perf_counter()
     dense = ppl(base)
     rows = []

@@ -57,7 +57,12 @@ from pruning.masks import SparsityPattern, select_per_row
 from pruning.methods import Method, method_scores
 from pruning.recipes import Recipe
 from pruning.sparsegpt import sparsegpt_prune
-from pruning.statistics import StatisticKind, block_statistics_dimension, decode_block_statistics
+from pruning.statistics import (
+    StatisticKind,
+    block_statistics_dimension,
+    decode_block_statistics,
+    iter_block_statistics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -515,7 +520,8 @@ class SparseGPTStatistics(_StoredWeightsOutput, Statistics):
         from safetensors.torch import save as save_safetensors
 
         masks, keep, final = {}, {}, {}
-        for name, hessian in self.statistics(layout, sums, contributors=contributors).items():
+        hessians = iter_block_statistics(self.codec, self.kind, layout, sums, contributors=contributors)
+        for name, hessian in hessians:  # one matrix's Hessian at a time
             base = base_weights[name]
             try:
                 decision, weight = sparsegpt_prune(base, hessian, pattern, name=name)

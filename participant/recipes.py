@@ -76,6 +76,17 @@ GlobalMask = Callable[[int], dict[str, torch.Tensor]]
 PublishedWeights = Callable[[int], dict[str, torch.Tensor]]
 """Block -> its final weights (by qualified name), as the coordinator published them and the site checked
 them (only a recipe whose coordinator reconstructs weights publishes them)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """What the coordinator publishes per finished block that a recipe reads back, each fetched and checked
+    by the site's run."""
+
+    mask: GlobalMask
+    weights: PublishedWeights
+
+
 BlockPattern = Callable[[int], SparsityPattern]
 """Block -> the pattern its local masks are chosen at (an OWL run's per-block sparsity, else the run's)."""
 
@@ -147,18 +158,10 @@ class ParticipantRecipe(abc.ABC):
     """The widest ring this recipe's sessions may use: the site's own acceptance limit, never read from
     the wire."""
 
-    def __init__(
-        self,
-        run: RunParameters,
-        inputs: SiteInputs,
-        *,
-        global_mask: GlobalMask,
-        block_weights: PublishedWeights | None = None,
-    ) -> None:
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, published: Published) -> None:
         self.run = run
         self.inputs = inputs
-        self.global_mask = global_mask
-        self.block_weights = block_weights
+        self.published = published
         self.vectors: dict[int, np.ndarray | PackedBits] = {}
         """Block -> its vector as it will be (or was) sent; blocks a site never sends again are freed."""
         self.clipped_updates = 0
@@ -204,15 +207,8 @@ class _PackedVotes(ParticipantRecipe):
 
     recipe = Recipe.FEDPRLLM
 
-    def __init__(
-        self,
-        run: RunParameters,
-        inputs: SiteInputs,
-        *,
-        global_mask: GlobalMask,
-        block_weights: PublishedWeights | None = None,
-    ) -> None:
-        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, published: Published) -> None:
+        super().__init__(run, inputs, published=published)
         self._unpacked: tuple[int, np.ndarray] | None = None
 
     @classmethod
@@ -255,15 +251,8 @@ class FedPrLLMOneShot(_PackedVotes):
     votes are ever held a byte a weight.
     """
 
-    def __init__(
-        self,
-        run: RunParameters,
-        inputs: SiteInputs,
-        *,
-        global_mask: GlobalMask,
-        block_weights: PublishedWeights | None = None,
-    ) -> None:
-        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, published: Published) -> None:
+        super().__init__(run, inputs, published=published)
         self._scoring: Iterator[KeepVotes] | None = one_shot_block_votes(
             inputs.model,
             inputs.samples,
@@ -306,15 +295,8 @@ class FedPrLLMOneShot(_PackedVotes):
 class FedPrLLMIterative(_PackedVotes):
     """Keep-votes block by block, each block scored on the global masks of the blocks before it."""
 
-    def __init__(
-        self,
-        run: RunParameters,
-        inputs: SiteInputs,
-        *,
-        global_mask: GlobalMask,
-        block_weights: PublishedWeights | None = None,
-    ) -> None:
-        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, published: Published) -> None:
+        super().__init__(run, inputs, published=published)
         self._scoring: Generator[KeepVotes, dict[str, torch.Tensor], None] = iterative_votes(
             inputs.model,
             inputs.samples,
@@ -329,7 +311,9 @@ class FedPrLLMIterative(_PackedVotes):
         while block not in self.vectors:
             scored = len(self.vectors)
             # The first block needs no mask; every later one is scored on its predecessor's global mask.
-            votes = next(self._scoring) if scored == 0 else self._scoring.send(self.global_mask(scored - 1))
+            votes = (
+                next(self._scoring) if scored == 0 else self._scoring.send(self.published.mask(scored - 1))
+            )
             layout = VoteLayout.for_block(self.inputs.model, scored)
             self._store(scored, layout.flatten(votes, dtype=torch.bool).numpy())
 
@@ -345,15 +329,8 @@ class FedSpaLLM(ParticipantRecipe):
     recipe = Recipe.FEDSPALLM
     max_bit_width = WIDE_MAX_BIT_WIDTH
 
-    def __init__(
-        self,
-        run: RunParameters,
-        inputs: SiteInputs,
-        *,
-        global_mask: GlobalMask,
-        block_weights: PublishedWeights | None = None,
-    ) -> None:
-        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, published: Published) -> None:
+        super().__init__(run, inputs, published=published)
         self.codec = VoteValueCodec(participants=run.participants)
         self.pruner = AssignedBlockPruner(
             inputs.model,
@@ -438,20 +415,11 @@ class StatisticsIterative(ParticipantRecipe):
     recipe = Recipe.STATISTICS
     max_bit_width = WIDE_MAX_BIT_WIDTH
 
-    def __init__(
-        self,
-        run: RunParameters,
-        inputs: SiteInputs,
-        *,
-        global_mask: GlobalMask,
-        block_weights: PublishedWeights | None = None,
-    ) -> None:
-        super().__init__(run, inputs, global_mask=global_mask, block_weights=block_weights)
+    def __init__(self, run: RunParameters, inputs: SiteInputs, *, published: Published) -> None:
+        super().__init__(run, inputs, published=published)
         self.kind = inputs.method.statistic
         self.reconstructs = self.kind is StatisticKind.GRAM
         """Whether the coordinator reconstructs each block's weights (SparseGPT), which the site then sets."""
-        if self.reconstructs and block_weights is None:
-            raise ValueError("the statistics recipe with sparsegpt needs the blocks' published weights")
         self.codec = StatisticCodec(signed=self.reconstructs)
         self._scoring = self._statistics()
 
@@ -512,8 +480,8 @@ class StatisticsIterative(ParticipantRecipe):
                 statistics = next(self._scoring)
             else:
                 previous = computed - 1
-                masks = self.global_mask(previous)
-                weights = self.block_weights(previous) if self.reconstructs and self.block_weights else None
+                masks = self.published.mask(previous)
+                weights = self.published.weights(previous) if self.reconstructs else None
                 statistics = self._scoring.send((masks, weights))
             layout = VoteLayout.for_block(self.inputs.model, computed)
             self.vectors[computed] = encode_statistics(self.codec, layout, statistics, self.kind)
@@ -655,6 +623,7 @@ __all__ = [
     "FedPrLLMOneShot",
     "FedSpaLLM",
     "BlockPattern",
+    "Published",
     "PublishedWeights",
     "GlobalMask",
     "OwlAllocationStatistics",

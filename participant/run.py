@@ -76,6 +76,7 @@ from participant.privacy import ParticipantPrivacy, PrivacyPlan
 from participant.recipes import (
     OwlAllocationStatistics,
     ParticipantRecipe,
+    Published,
     SessionFrame,
     SiteInputs,
     plugin_for,
@@ -355,7 +356,7 @@ class ParticipantRun:
             on_scored=lambda block: self._on_event(BlockScored(block, run.blocks)),
             block_pattern=None if self.owl is None else self._block_pattern,
         )
-        self.recipe = plugin(run, inputs, global_mask=self._mask, block_weights=self._weights)
+        self.recipe = plugin(run, inputs, published=Published(mask=self._mask, weights=self._weights))
         if self.owl is not None:
             self.allocation = OwlAllocationStatistics(
                 run, model=self.model, samples=samples, device=self.device, aggregator=aggregator

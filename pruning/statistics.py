@@ -12,6 +12,7 @@ private aggregator (see ``privacy.calibration_dp``) clips each record's contribu
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -158,15 +159,22 @@ def encode_block_statistics(
     )
 
 
-def decode_block_statistics(
+def iter_block_statistics(
     codec: StatisticEncoding, kind: StatisticKind, layout: VoteLayout, sums: np.ndarray, *, contributors: int
-) -> dict[str, torch.Tensor]:
-    """Return each matrix's summed statistic (float64, by qualified name) from a block's summed vector."""
-    result, offset = {}, 0
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (qualified name, summed statistic in float64) matrix by matrix from a block's summed vector,
+    decoding each only when asked (a 4096-wide Gram matrix alone is 134 MB in float64)."""
+    offset = 0
     for entry in layout.entries:
         width = entry.shape[1]
         count = codec.lanes * statistic_size(kind, width)
         values = codec.decode(sums[offset : offset + count], contributors=contributors, name=entry.name)
-        result[entry.name] = unflatten_statistic(kind, torch.from_numpy(values), width)
         offset += count
-    return result
+        yield entry.name, unflatten_statistic(kind, torch.from_numpy(values), width)
+
+
+def decode_block_statistics(
+    codec: StatisticEncoding, kind: StatisticKind, layout: VoteLayout, sums: np.ndarray, *, contributors: int
+) -> dict[str, torch.Tensor]:
+    """Return each matrix's summed statistic (float64, by qualified name) from a block's summed vector."""
+    return dict(iter_block_statistics(codec, kind, layout, sums, contributors=contributors))

@@ -16,6 +16,7 @@ from participant.recipes import (
     FedPrLLMIterative,
     FedPrLLMOneShot,
     FedSpaLLM,
+    Published,
     SiteInputs,
     plugin_for,
     recipe_max_input,
@@ -115,7 +116,11 @@ def _one_shot_site(
         privacy=privacy,
         on_scored=scored.append,
     )
-    return FedPrLLMOneShot(dataclasses.replace(RUN, **fields), inputs, global_mask=_no_global_mask)
+    return FedPrLLMOneShot(
+        dataclasses.replace(RUN, **fields),
+        inputs,
+        published=Published(mask=_no_global_mask, weights=_no_global_mask),
+    )
 
 
 def _no_global_mask(block: int) -> dict[str, torch.Tensor]:
