@@ -592,8 +592,9 @@ def signal_outlook(
         verdict = (
             f"with {counted} the noise dominates: the statistics will be shrunk toward the public prior "
             "and the mask will be near magnitude pruning or worse (measured on a real 30-block model at a "
-            "ratio of 0.16: 23% worse perplexity than magnitude pruning); gather more records or prune by "
-            "magnitude"
+            "ratio of 0.16: Wanda 4% to 24% worse perplexity than magnitude pruning in three runs, RIA, "
+            "whose relative-importance term reads no data, 2.3 times better than magnitude); use method "
+            "ria, gather more records or prune by magnitude"
         )
     elif ratio < 10.0:
         verdict = (

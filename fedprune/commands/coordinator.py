@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
             events.close()
 
 
+FINAL_NOTICE_S = 30.0
+"""The longest a finished coordinator waits for every site to hear that the run is complete."""
+
+
 def _serve(config: CoordinatorConfig, events: EventLog | None) -> int:
     from coordinator.config import ConfigError
     from coordinator.errors import CoordinatorError
@@ -97,7 +101,10 @@ def _serve(config: CoordinatorConfig, events: EventLog | None) -> int:
         run_.close()
         print(f"fedprune coordinator: error: {error}", flush=True)
         return EXIT_RUN_FAILED
-    run_.wait_until_told(config.server.await_poll_s)
+    # Every site hears that the run is complete before the server goes: a site that comes back to Await
+    # late (a loaded machine) would otherwise find no coordinator and could not tell a finished run from a
+    # crash. Returns at once when every site was told; waits longer only for a site that is gone.
+    run_.wait_until_told(max(config.server.await_poll_s, FINAL_NOTICE_S))
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=2.0).wait()
     run_.close()
