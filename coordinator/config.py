@@ -134,7 +134,8 @@ class RunSection(_Section):
     recipe: Recipe = Recipe.FEDPRLLM
     """``fedprllm`` (keep-votes only), ``fedspallm`` (SparseGPT votes and l0-norm averaged kept weights,
     each block over the participants assigned to it within their declared ``max_blocks``) or ``stats``
-    (summed calibration column statistics, the mask chosen from the sums with Wanda or RIA)."""
+    (summed calibration statistics: column statistics pruned with Wanda or RIA, or X^T X pruned and
+    reconstructed with SparseGPT, whose weights the sites then take)."""
     chunk_coordinates: int = Field(DEFAULT_CHUNK_COORDINATES, ge=64, le=MAX_CHUNK_COORDINATES, multiple_of=64)
     """Coordinates per masked-input chunk; at b bits a coordinate the payload stays under 4 MiB."""
     owl: bool = False
