@@ -419,12 +419,6 @@ def score_and_select(
     return select_per_row(method_scores(method, weight, statistic), pattern)
 
 
-def statistic_dimension(layout: VoteLayout, kind: StatisticKind = StatisticKind.COLUMN_SQUARES) -> int:
-    """Return the coordinates of a block's statistics vector: the codec's lanes per number of each matrix's
-    statistic (its column sums, or its Gram matrix's upper triangle)."""
-    return block_statistics_dimension(layout, kind, lanes=StatisticCodec().lanes)
-
-
 @dataclasses.dataclass(frozen=True)
 class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
     """Calibration statistics summed over the sites; each block pruned from the sums with Wanda or RIA
@@ -452,7 +446,7 @@ class Statistics(_EveryoneEveryBlock, _MaskOnlyOutput):
 
     def dimension(self, layout: VoteLayout) -> int:
         """Return two 32-bit lanes per number of each of the block's matrices' statistics."""
-        return statistic_dimension(layout, self.kind)
+        return block_statistics_dimension(layout, self.kind, lanes=self.codec.lanes)
 
     def session_shape(self, members: int, layout: VoteLayout, *, chunk_coordinates: int) -> SessionShape:
         """Return the wide ring of ``members`` lanes, in chunks that fit a message at its width."""
@@ -570,5 +564,4 @@ __all__ = [
     "SparseGPTStatistics",
     "Statistics",
     "coordinator_recipe",
-    "statistic_dimension",
 ]

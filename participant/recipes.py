@@ -108,26 +108,6 @@ class SessionFrame(Protocol):
         ...
 
 
-def statistics_dimension(
-    layout: VoteLayout,
-    codec: StatisticCodec | None = None,
-    kind: StatisticKind = StatisticKind.COLUMN_SQUARES,
-) -> int:
-    """Return the coordinates of a block's statistics vector: the codec's lanes per number of each matrix's
-    statistic (what ``encode_statistics`` makes)."""
-    return block_statistics_dimension(layout, kind, lanes=(codec or StatisticCodec()).lanes)
-
-
-def encode_statistics(
-    codec: StatisticCodec,
-    layout: VoteLayout,
-    statistics: dict[str, torch.Tensor],
-    kind: StatisticKind = StatisticKind.COLUMN_SQUARES,
-) -> np.ndarray:
-    """Return a block's statistics vector: each matrix's statistic as codec lanes, in layout order."""
-    return encode_block_statistics(codec, kind, layout, statistics)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SiteInputs:
     """What a recipe computes a site's vectors from: its model (pruned in place), data and privacy."""
@@ -442,7 +422,8 @@ class StatisticsIterative(ParticipantRecipe):
         )
 
     def dimension(self, block: int) -> int:
-        return statistics_dimension(VoteLayout.for_block(self.inputs.model, block), self.codec, self.kind)
+        layout = VoteLayout.for_block(self.inputs.model, block)
+        return block_statistics_dimension(layout, self.kind, lanes=self.codec.lanes)
 
     def _statistics(
         self,
@@ -484,7 +465,7 @@ class StatisticsIterative(ParticipantRecipe):
                 weights = self.published.weights(previous) if self.reconstructs else None
                 statistics = self._scoring.send((masks, weights))
             layout = VoteLayout.for_block(self.inputs.model, computed)
-            self.vectors[computed] = encode_statistics(self.codec, layout, statistics, self.kind)
+            self.vectors[computed] = encode_block_statistics(self.codec, self.kind, layout, statistics)
             self.inputs.on_scored(computed)
         stored = self.vectors[block]
         assert isinstance(stored, np.ndarray)
@@ -538,7 +519,8 @@ class OwlAllocationStatistics:
         )
 
     def dimension(self, block: int) -> int:
-        return statistics_dimension(VoteLayout.for_block(self.model, block), self.codec)
+        layout = VoteLayout.for_block(self.model, block)
+        return block_statistics_dimension(layout, StatisticKind.COLUMN_SQUARES, lanes=self.codec.lanes)
 
     def _statistics(self, samples: Any, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
         aggregator = self._aggregator or exact_aggregator()
@@ -571,7 +553,9 @@ class OwlAllocationStatistics:
             if statistics is None:  # pragma: no cover - the block count was checked at join
                 raise PrivacyError(f"the model ended before block {self._computed}")
             layout = VoteLayout.for_block(self.model, self._computed)
-            self.vectors[self._computed] = encode_statistics(self.codec, layout, statistics)
+            self.vectors[self._computed] = encode_block_statistics(
+                self.codec, StatisticKind.COLUMN_SQUARES, layout, statistics
+            )
             # A block's allocation session is over once a later one starts: its vector is never sent again.
             for done in [b for b in self.vectors if b < self._computed]:
                 del self.vectors[done]
@@ -631,8 +615,6 @@ __all__ = [
     "SessionFrame",
     "SiteInputs",
     "StatisticsIterative",
-    "encode_statistics",
     "plugin_for",
     "recipe_max_input",
-    "statistics_dimension",
 ]

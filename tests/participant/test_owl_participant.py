@@ -192,19 +192,21 @@ def test_a_site_plans_charges_and_caps_two_releases_per_block_under_owl() -> Non
 
 
 def _allocation_session(model: Any, block: int) -> Session:
-    from participant.recipes import statistics_dimension
     from privacy.secagg import ring_bit_width
     from privacy.secagg.fixed_point import StatisticCodec
     from privacy.secagg.parameters import WIDE_MAX_BIT_WIDTH
     from proto.convert import session_chunk_coordinates
     from pruning.layout import VoteLayout
+    from pruning.statistics import StatisticKind, block_statistics_dimension
 
     lanes = StatisticCodec().max_input
     return Session(
         block=block,
         members=members(*FIVE),
         context_round=OWL_ALLOCATION_ROUND,
-        dimension=statistics_dimension(VoteLayout.for_block(model, block)),
+        dimension=block_statistics_dimension(
+            VoteLayout.for_block(model, block), StatisticKind.COLUMN_SQUARES, lanes=StatisticCodec().lanes
+        ),
         max_input=lanes,
         chunk_coordinates=session_chunk_coordinates(ring_bit_width(len(FIVE), lanes), limit=1024),
         max_bit_width=WIDE_MAX_BIT_WIDTH,
