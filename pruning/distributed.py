@@ -150,7 +150,8 @@ def _for_collective(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class DistributedExactSum(ExactSum):
-    """The exact sum over every rank's records: each rank's partial sum, all-reduced in ``result``.
+    """The exact sum over every rank's records: each rank's partial sum (integer steps), all-reduced in
+    ``result``, the same total whatever rank holds which record.
 
     Every rank must ask for the same sublayers in the same order (the block runner does). A rank none of
     whose records reached a sublayer adds zeros of the statistic's shape.
@@ -158,25 +159,25 @@ class DistributedExactSum(ExactSum):
 
     def __init__(self) -> None:
         super().__init__()
-        self._kind = StatisticKind.NONE
         self._widths: dict[str, int] = {}
 
     def begin_block(self, *, block_index: int, kind: StatisticKind, sublayers: dict[str, int]) -> None:
         super().begin_block(block_index=block_index, kind=kind, sublayers=sublayers)
-        self._kind, self._widths = kind, dict(sublayers)
+        self._widths = dict(sublayers)
 
-    def result(self, name: str) -> torch.Tensor:
+    def _summed(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self._widths:
             raise KeyError(f"no sublayer {name!r} in this block")
-        local = self._totals.get(name)
-        if local is None:
+        if name in self._totals:
+            local, magnitude = self._totals[name], self._magnitudes[name]
+        elif not active():
+            raise KeyError(f"no calibration records reached sublayer {name!r}")
+        else:
             width = self._widths[name]
             shape = (width,) if self._kind is StatisticKind.COLUMN_SQUARES else (width, width)
-            local = torch.zeros(shape, dtype=torch.float32)
-        summed = sum_over_ranks(local)
-        if not active() and name not in self._totals:
-            raise KeyError(f"no calibration records reached sublayer {name!r}")
-        return summed
+            local = torch.zeros(shape, dtype=torch.int64)
+            magnitude = torch.zeros(width, dtype=torch.float64)
+        return sum_over_ranks(local), sum_over_ranks(magnitude)
 
 
 class RanksReduction:

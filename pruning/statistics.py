@@ -12,11 +12,14 @@ private aggregator (see ``privacy.calibration_dp``) clips each record's contribu
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+
+from pruning.errors import PruningInputError
 
 if TYPE_CHECKING:
     from pruning.layout import VoteLayout
@@ -59,26 +62,83 @@ class StatisticAggregator(Protocol):
         """Return the released statistic for ``name`` (same shape as a contribution)."""
 
 
+EXACT_FRACTION_BITS = 20
+""":class:`ExactSum` adds each window's contribution as a whole number of 2**-20 steps (the statistics
+recipe's fixed point, ``privacy.secagg.fixed_point.STATISTIC_FRACTION_BITS``), so that its total does not
+depend on how the windows are split or ordered: sites' sums added under secure aggregation are the pooled
+sum, bit for bit."""
+
+EXACT_LIMIT = float(1 << (63 - EXACT_FRACTION_BITS))
+"""The first total :class:`ExactSum` cannot hold (2**43, about 8.8e12): its steps are int64."""
+
+_STEP_CLAMP = float(1 << 62)
+"""Steps beyond int64 are clamped before the cast (which would be undefined); ``result`` refuses them."""
+
+
 class ExactSum:
-    """The non-private aggregator: the plain sum over records, as Wanda and SparseGPT define it."""
+    """The non-private aggregator: the plain sum over records, as Wanda and SparseGPT define it.
+
+    Each window's contribution (fp32) is rounded to a multiple of 2**-20 and added as an int64 count of
+    those steps: integer addition is associative, so the total is the same whatever order the windows come
+    in and however they are split between runs (sites, ranks) whose totals are then added. Floating-point
+    sums are not: a site's float32 sum over its own windows rounds differently from one sum over the pooled
+    windows, and on a real model that flips near-tied weights of the mask. :meth:`result` returns the total
+    in float64, which holds it exactly below 2**33 (2**53 steps); a total at or beyond
+    :data:`EXACT_LIMIT`, or one that is not finite, is refused, naming the sublayer.
+    """
 
     def __init__(self) -> None:
         self._totals: dict[str, torch.Tensor] = {}
+        self._magnitudes: dict[str, torch.Tensor] = {}
+        self._kind = StatisticKind.NONE
         self.records: dict[str, int] = {}
 
     def begin_block(self, *, block_index: int, kind: StatisticKind, sublayers: dict[str, int]) -> None:
-        self._totals = {}
+        self._totals, self._magnitudes = {}, {}
+        self._kind = kind
         self.records = dict.fromkeys(sublayers, 0)
 
     def add(self, name: str, contribution: torch.Tensor, *, record: int | None = None) -> None:
+        # The float64 magnitude (a Gram matrix's diagonal, which bounds every entry of it) decides in
+        # ``result`` whether the total is held; steps out of range are clamped only to keep the cast defined.
+        magnitude = _magnitude(self._kind, contribution)
+        scaled = contribution.to(torch.float64, copy=True).mul_(float(1 << EXACT_FRACTION_BITS))
+        steps = scaled.round_().clamp_(-_STEP_CLAMP, _STEP_CLAMP).to(torch.int64)
+        del scaled
         total = self._totals.get(name)
-        self._totals[name] = contribution.clone() if total is None else total.add_(contribution)
+        if total is None:
+            self._totals[name], self._magnitudes[name] = steps, magnitude
+        else:
+            total.add_(steps)
+            self._magnitudes[name].add_(magnitude)
         self.records[name] += 1
 
-    def result(self, name: str) -> torch.Tensor:
+    def _summed(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``name``'s total steps and magnitude (a data-parallel aggregator sums them over ranks)."""
         if name not in self._totals:
             raise KeyError(f"no calibration records reached sublayer {name!r}")
-        return self._totals[name]
+        return self._totals[name], self._magnitudes[name]
+
+    def result(self, name: str) -> torch.Tensor:
+        steps, magnitude = self._summed(name)
+        largest = float(magnitude.max()) if magnitude.numel() else 0.0
+        if not math.isfinite(largest):
+            raise PruningInputError(
+                f"{name}: the calibration statistic is not finite (an input was NaN or inf)"
+            )
+        if largest >= EXACT_LIMIT:
+            raise PruningInputError(
+                f"{name}: the calibration statistic reaches {largest:.4g}, beyond the {EXACT_LIMIT:.4g} an "
+                "exact sum holds (activations of this size are not a model's)"
+            )
+        return steps.to(torch.float64) / float(1 << EXACT_FRACTION_BITS)
+
+
+def _magnitude(kind: StatisticKind, contribution: torch.Tensor) -> torch.Tensor:
+    """Return a contribution's nonnegative part that bounds all of it, in float64: a Gram matrix's diagonal
+    (|x_i . x_j| <= max(x_i . x_i, x_j . x_j)), a vector of sums of squares itself."""
+    values = torch.diagonal(contribution) if kind is StatisticKind.GRAM else contribution
+    return values.detach().to(torch.float64).abs()
 
 
 def statistic_size(kind: StatisticKind, width: int) -> int:
