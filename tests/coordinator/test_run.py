@@ -24,6 +24,7 @@ from coordinator.errors import (
     MalformedMessageError,
     ModelMismatchError,
     RunClosedError,
+    StaleMessageError,
     UnknownParticipantError,
 )
 from coordinator.events import (
@@ -202,6 +203,31 @@ def test_identity_is_the_certificate_name_never_a_field_of_a_message(
     assert (
         early.value.code() is grpc.StatusCode.PERMISSION_DENIED and "call Join first" in early.value.details()
     )
+    run.close()
+
+
+def test_block_weights_are_refused_with_their_status_before_the_block_is_finished(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    # A SparseGPT statistics run publishes weights, but only those of a finished block, only to members.
+    run = CoordinatorRun(federation(recipe="stats", method="sparsegpt", mode="iterative"))
+    servicer = Loopback(CoordinatorServicer(run))
+    request = pb.BlockWeightsRequest(run_id=bytes.fromhex(run.run_id), block=0)
+
+    def status(caller: str, block: int = 0) -> grpc.StatusCode:
+        asked = pb.BlockWeightsRequest(run_id=request.run_id, block=block)
+        with pytest.raises(LoopbackRpcError) as refused:
+            list(servicer.call(caller, "BlockWeights", asked))
+        return refused.value.code()  # type: ignore[no-any-return]
+
+    assert status("site-a") is grpc.StatusCode.PERMISSION_DENIED  # not joined yet
+    key = raw_public_key(Ed25519PrivateKey.generate())
+    run.join("site-a", model_fingerprint=run.model_fingerprint, identity_key=key)
+    assert status("site-a") is grpc.StatusCode.FAILED_PRECONDITION  # a member, block 0 not finished
+    with pytest.raises(StaleMessageError, match="block 0 has no final weights yet"):
+        run.block_weights("site-a", 0)
+    assert status("site-a", BLOCKS) is grpc.StatusCode.INVALID_ARGUMENT  # no such block
+    assert status("outsider") is grpc.StatusCode.PERMISSION_DENIED
     run.close()
 
 
