@@ -59,7 +59,15 @@ from coordinator.report import (
 from coordinator.state import RunState
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.report import SummedInputs, tolerated_colluders
-from privacy.secagg import PROTOCOL_VERSION, SecAggServer, SessionContext, SessionParameters, WrongStateError
+from privacy.secagg import (
+    NOTHING_PUBLISHED,
+    PROTOCOL_VERSION,
+    SecAggServer,
+    SessionContext,
+    SessionParameters,
+    WrongStateError,
+    published_view,
+)
 from privacy.secagg.messages import (
     KeyAdvertisement,
     MaskedInputChunk,
@@ -628,6 +636,28 @@ class CoordinatorRun:
             key=lambda m: m.participant_id,
         )
 
+    def _published_view(self, block: int, *, allocation: bool) -> bytes:
+        """Return the view a session of ``block`` binds of what this run published before it
+        (``privacy.secagg.published_view``): nothing for an OWL allocation session (computed on the dense
+        model); for a block's own session, the OWL allocation and every earlier block's global mask and
+        published weights, which each site checks against what it fetched."""
+        if allocation:
+            return NOTHING_PUBLISHED
+        completed = self.state.completed_blocks()
+        missing = [b for b in range(block) if b not in completed]
+        if missing:
+            raise RuntimeError(f"block {block}'s session before blocks {missing} were finished")
+        if self.owl is not None and self._sparsities is None:
+            raise RuntimeError(f"block {block}'s session before the OWL allocation was decided")
+        weights = self.recipe.publishes_weights
+        return published_view(
+            allocation=self._sparsities,
+            blocks=[
+                (completed[b].mask_digest, completed[b].weights_digest if weights else None)
+                for b in range(block)
+            ],
+        )
+
     def _secure_sum(
         self, block: int, shape_for: Callable[[int], SessionShape], *, allocation: bool, attempt: int
     ) -> tuple[np.ndarray, list[str], int]:
@@ -649,7 +679,10 @@ class CoordinatorRun:
                 f"; missing: {missing}"
             )
         context = SessionContext.fresh(
-            run_id=self.run_id, round=OWL_ALLOCATION_ROUND if allocation else block, block=block
+            run_id=self.run_id,
+            round=OWL_ALLOCATION_ROUND if allocation else block,
+            block=block,
+            published=self._published_view(block, allocation=allocation),
         )
         shape = shape_for(len(members))
         parameters = SessionParameters(

@@ -146,6 +146,9 @@ class ParticipantRecipe(abc.ABC):
         """Block -> its vector as it will be (or was) sent; blocks a site never sends again are freed."""
         self.clipped_updates = 0
         """Weight updates clipped to the public fixed-point bound so far (FedSpaLLM; 0 in a healthy run)."""
+        self.reads_weights = False
+        """Whether the next block's vector is computed on the weights the coordinator publishes for a
+        finished block (``BlockWeights``), which then belong to the view a session binds."""
 
     @staticmethod
     def max_input(participants: int) -> int:
@@ -400,6 +403,7 @@ class StatisticsIterative(ParticipantRecipe):
         self.kind = inputs.method.statistic
         self.reconstructs = self.kind is StatisticKind.GRAM
         """Whether the coordinator reconstructs each block's weights (SparseGPT), which the site then sets."""
+        self.reads_weights = self.reconstructs
         self.codec = StatisticCodec(signed=self.reconstructs)
         self._scoring = self._statistics()
 

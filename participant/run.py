@@ -86,12 +86,14 @@ from participant.voting import PackedBits
 from privacy.durable import DirectoryLock
 from privacy.errors import PrivacyError
 from privacy.secagg import (
+    NOTHING_PUBLISHED,
     PROTOCOL_VERSION,
     ContradictoryViewError,
     CoordinatorMisbehaviour,
     SecAggClient,
     SessionContext,
     SessionParameters,
+    published_view,
 )
 from privacy.signing import TrustedKey, key_fingerprint, load_or_create_signing_key, raw_public_key
 from proto.convert import run_parameters_digest, session_parameters_from_terms
@@ -172,6 +174,9 @@ class ParticipantRun:
         self._on_event = on_event
         self._model_consumed = False
         self._masks: dict[int, PackedBits] = {}
+        self._mask_digests: dict[int, bytes] = {}
+        self._weights_digests: dict[int, bytes] = {}
+        """SHA-256 of each block's global mask and published weights as fetched (the published view)."""
         self.recipe: ParticipantRecipe | None = None
         """What this site computes for a block under the run's recipe and mode: set when the run starts."""
         self._secagg: SecAggClient | None = None
@@ -540,6 +545,7 @@ class ParticipantRun:
                     f"block {block}'s global mask has {mask.bit_count} bits, expected {layout.dimension}"
                 )
             self._masks[block] = PackedBits(np.frombuffer(packed, dtype=np.uint8).copy(), layout.dimension)
+            self._mask_digests[block] = mask.digest
         return self._masks[block]
 
     def _weights(self, block: int) -> dict[str, torch.Tensor]:
@@ -600,6 +606,7 @@ class ParticipantRun:
                 raise lie(f"{name} holds a weight that is not finite")
             if bool(tensor[masks[name]].any()):
                 raise lie(f"{name} holds a nonzero weight where the block's global mask prunes")
+        self._weights_digests[block] = weights.digest
         return tensors
 
     # ------------------------------------------------------------------ durable records
@@ -648,6 +655,13 @@ class ParticipantRun:
                 self._secagg = None
         self._allocation_session = allocation
         vector = self._vector(block)
+        if context.published != self._published_view(block, allocation=allocation):
+            raise ContradictoryViewError(
+                f"the session of block {block} binds another view of what the coordinator published before "
+                "it (the OWL allocation, earlier blocks' global masks and weights) than this site fetched: "
+                "the coordinator shows sites different ones",
+                check="published-view",
+            )
         if self._secagg is not None:
             self._secagg.abort("the coordinator started another session")  # its secrets go now
         self._secagg = SecAggClient(
@@ -683,6 +697,26 @@ class ParticipantRun:
             len(task.members),
         )
         return lambda: self.client.advertise_keys(ref, advertisement)
+
+    def _published_view(self, block: int, *, allocation: bool) -> bytes:
+        """Return this site's view of what the coordinator published before a session of ``block``
+        (``privacy.secagg.published_view``): nothing before an OWL allocation session; before a block's
+        own session, the OWL allocation and every earlier block's global mask and, where the recipe reads
+        them, published weights, each as this site fetched and checked it (fetched now if not yet)."""
+        if allocation:
+            return NOTHING_PUBLISHED
+        assert self.recipe is not None
+        blocks = []
+        for earlier in range(block):
+            self._packed_mask(earlier)
+            weights = None
+            if self.recipe.reads_weights:
+                if earlier not in self._weights_digests:
+                    self._weights(earlier)
+                weights = self._weights_digests[earlier]
+            blocks.append((self._mask_digests[earlier], weights))
+        sparsities = self._owl_sparsities() if self.owl is not None else None
+        return published_view(allocation=sparsities, blocks=blocks)
 
     def _check_session_frame(
         self,

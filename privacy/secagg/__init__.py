@@ -26,12 +26,14 @@ from privacy.secagg.history import SessionHistory, keep_votes_digest
 from privacy.secagg.messages import require_sender, sender_of
 from privacy.secagg.parameters import (
     DEFAULT_CHUNK_COORDINATES,
+    NOTHING_PUBLISHED,
     PROTOCOL_VERSION,
     SessionContext,
     SessionParameters,
     check_threshold,
     default_threshold,
     minimum_threshold,
+    published_view,
     resolve_threshold,
     ring_bit_width,
     tolerated_colluders,
@@ -40,6 +42,7 @@ from privacy.secagg.server import AggregateResult, SecAggServer, ServerState
 
 __all__ = [
     "DEFAULT_CHUNK_COORDINATES",
+    "NOTHING_PUBLISHED",
     "PROTOCOL_VERSION",
     "AggregateResult",
     "AuthenticationError",
@@ -69,6 +72,7 @@ __all__ = [
     "keep_votes_digest",
     "default_threshold",
     "minimum_threshold",
+    "published_view",
     "require_sender",
     "resolve_threshold",
     "ring_bit_width",

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import secrets
 import struct
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field
 
 import numpy as np
@@ -14,11 +15,13 @@ from privacy.errors import PrivacyError
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Bound into every key derivation, signature and digest; bump on any wire or derivation change.
 
 2: mandatory session context, colluders and ring headroom in the parameter digest, self-seed and share
 commitments at ShareKeys, the consistency round (signed survivor set) before unmasking.
+3: the session context binds the participants' view of what the coordinator published before the session
+(:func:`published_view`).
 """
 
 DEFAULT_CHUNK_COORDINATES = 1 << 20
@@ -35,6 +38,8 @@ MAX_INPUT = (1 << 32) - 1
 NONCE_BYTES = 32
 MAX_RUN_ID_BYTES = 256
 _CONTEXT_LABEL = b"fedprune/secagg/context"
+_VIEW_LABEL = b"fedprune/secagg/published-view"
+VIEW_BYTES = 32
 
 
 def minimum_threshold(participants: int, *, colluders: int = 0) -> int:
@@ -136,9 +141,41 @@ def ring_lane_dtype(bit_width: int) -> np.dtype:
     return np.dtype("<u8")
 
 
+def published_view(
+    *, allocation: Sequence[float] | None = None, blocks: Sequence[tuple[bytes, bytes | None]] = ()
+) -> bytes:
+    """Return the digest of what the coordinator published before a session, as a session context binds it.
+
+    ``allocation``: an OWL run's per-block sparsities (None without OWL); ``blocks``: for each block before
+    the session's, in order, the SHA-256 of its global mask (bit-packed, as served) and of its published
+    weights (None where the run publishes none). The coordinator puts its own view in each session's
+    context; every participant computes its view from what it fetched and checked, and refuses a context
+    with another one. Participants that were shown different masks, weights or allocations therefore hold
+    different session parameters, whose digests their key advertisements sign and whose session ids key
+    their share envelopes: no session can sum their inputs together.
+    """
+    digest = hashlib.sha256(_VIEW_LABEL)
+    if allocation is None:
+        digest.update(b"\x00")
+    else:
+        values = [float(v) for v in allocation]
+        digest.update(b"\x01" + struct.pack(f">I{len(values)}d", len(values), *values))
+    digest.update(struct.pack(">I", len(blocks)))
+    for index, (mask, weights) in enumerate(blocks):
+        if len(mask) != VIEW_BYTES or (weights is not None and len(weights) != VIEW_BYTES):
+            raise PrivacyError(f"block {index}'s digests must be {VIEW_BYTES} bytes each")
+        digest.update(mask + (b"\x00" if weights is None else b"\x01" + weights))
+    return digest.digest()
+
+
+NOTHING_PUBLISHED = published_view()
+"""The view of a session before which nothing was published (the first block, an OWL allocation session)."""
+
+
 @dataclass(frozen=True)
 class SessionContext:
-    """What makes one session unique: run id, round, block and a fresh random nonce from the coordinator.
+    """What makes one session unique: run id, round, block and a fresh random nonce from the coordinator,
+    and the view (:func:`published_view`) of what the coordinator published before it.
 
     Bound into the parameter digest, hence into every advertisement's signature and the session id, so
     a key advertisement signed for one session is useless in any other, even of the same run and block.
@@ -148,6 +185,7 @@ class SessionContext:
     round: int
     block: int
     nonce: bytes
+    published: bytes = NOTHING_PUBLISHED
 
     def __post_init__(self) -> None:
         encoded = self.run_id.encode("utf-8")
@@ -159,11 +197,21 @@ class SessionContext:
             raise PrivacyError(f"block must be in [0, 2**32), got {self.block}")
         if len(self.nonce) != NONCE_BYTES:
             raise PrivacyError(f"nonce must be {NONCE_BYTES} bytes, got {len(self.nonce)}")
+        if len(self.published) != VIEW_BYTES:
+            raise PrivacyError(f"published view must be {VIEW_BYTES} bytes, got {len(self.published)}")
 
     @classmethod
-    def fresh(cls, *, run_id: str, round: int, block: int) -> SessionContext:
+    def fresh(
+        cls, *, run_id: str, round: int, block: int, published: bytes = NOTHING_PUBLISHED
+    ) -> SessionContext:
         """Return a context with a new 256-bit nonce from the OS CSPRNG (what a coordinator calls)."""
-        return cls(run_id=run_id, round=round, block=block, nonce=secrets.token_bytes(NONCE_BYTES))
+        return cls(
+            run_id=run_id,
+            round=round,
+            block=block,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+            published=published,
+        )
 
     def encode(self) -> bytes:
         """Return the canonical bytes of the context (what travels in `SessionParameters.context`)."""
@@ -174,6 +222,7 @@ class SessionContext:
             + run_id
             + struct.pack(">II", self.round, self.block)
             + self.nonce
+            + self.published
         )
 
     @classmethod
@@ -186,14 +235,21 @@ class SessionContext:
             )
         (length,) = struct.unpack(">H", data[label : label + 2])
         start = label + 2
-        if len(data) != start + length + 8 + NONCE_BYTES:
+        if len(data) != start + length + 8 + NONCE_BYTES + VIEW_BYTES:
             raise PrivacyError("context has the wrong length for an encoded SessionContext")
         try:
             run_id = data[start : start + length].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PrivacyError("context's run_id is not UTF-8") from exc
         round_index, block = struct.unpack(">II", data[start + length : start + length + 8])
-        return cls(run_id=run_id, round=round_index, block=block, nonce=data[start + length + 8 :])
+        nonce_at = start + length + 8
+        return cls(
+            run_id=run_id,
+            round=round_index,
+            block=block,
+            nonce=data[nonce_at : nonce_at + NONCE_BYTES],
+            published=data[nonce_at + NONCE_BYTES :],
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

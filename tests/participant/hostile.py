@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -24,16 +25,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from privacy.report import tolerated_colluders
 from privacy.secagg import (
+    NOTHING_PUBLISHED,
     SecAggClient,
     SecAggServer,
     SessionContext,
     SessionHistory,
     SessionParameters,
     minimum_threshold,
+    published_view,
 )
 from privacy.secagg.messages import MaskedInputChunk, UnmaskRequest
 from privacy.signing import raw_public_key
 from proto import convert
+from proto.domain import OWL_ALLOCATION_ROUND
 from proto.fedprune.v1 import service_pb2 as pb
 from proto.fedprune.v1 import service_pb2_grpc
 from pruning.adapters import decoder_blocks
@@ -70,6 +74,9 @@ class Session:
     """The unmask request names another survivor set than the one the site signed."""
     abort_after_advertise: bool = False
     """The coordinator aborts the run once the site advertised its keys (the site's process ends)."""
+    published: bytes | None = None
+    """The published view the session context binds (default: the script's own, as an honest
+    coordinator's: its OWL allocation and the masks it serves for the blocks before the session's)."""
 
 
 def members(*names: str, start: int = 1) -> tuple[tuple[str, int, str], ...]:
@@ -120,6 +127,11 @@ class HostileCoordinator:
         self.script = list(sessions)
         self.allocation: list[float] | None = None
         """What OwlAllocation answers (None: the call fails as before the allocation is decided)."""
+        self.masks: dict[int, bytes] = {
+            block: bytes(-(-VoteLayout.for_block(model, block).dimension // 8))
+            for block in range(len(decoder_blocks(model)))
+        }
+        """What BlockMask serves for each block (packed bits; default: nothing pruned)."""
         self.calls: list[tuple[str, int]] = []
         """(call, index of the session it answered) for every call the participant made."""
         self.sums: list[np.ndarray] = []
@@ -259,7 +271,24 @@ class HostileCoordinator:
             self._end()
 
     def block_mask(self, request: pb.BlockMaskRequest, *, max_bytes: int) -> list[pb.BlockMaskChunk]:
-        raise AssertionError("the scripted run never publishes masks")
+        with self._lock:
+            self.calls.append(("BlockMask", self._session))
+            block = int(request.block)
+            layout = VoteLayout.for_block(self.model, block)
+            mask = convert.block_mask_of(
+                block, self.masks[block], bit_count=layout.dimension, layout_fingerprint=layout.fingerprint()
+            )
+            return convert.block_mask_to_chunks(mask)
+
+    def published_view(self, block: int, *, allocation_session: bool = False) -> bytes:
+        """Return the view an honest coordinator binds in a session of ``block``: what it serves."""
+        if allocation_session:
+            return NOTHING_PUBLISHED
+        owl = self.run.HasField("owl") and self.allocation is not None
+        return published_view(
+            allocation=self.allocation if owl else None,
+            blocks=[(hashlib.sha256(self.masks[b]).digest(), None) for b in range(block)],
+        )
 
     def owl_allocation(self, request: pb.OwlAllocationRequest) -> pb.OwlAllocationReply:
         with self._lock:
@@ -318,6 +347,13 @@ class HostileCoordinator:
                 run_id=RUN_ID.hex(),
                 round=session.block if session.context_round is None else session.context_round,
                 block=session.block if session.context_block is None else session.context_block,
+                published=(
+                    self.published_view(
+                        session.block, allocation_session=session.context_round == OWL_ALLOCATION_ROUND
+                    )
+                    if session.published is None
+                    else session.published
+                ),
             ).encode(),
             chunk_coordinates=session.chunk_coordinates or run.chunk_coordinates,
             max_input=session.max_input or run.max_input,
@@ -386,3 +422,8 @@ class HostileServicer(service_pb2_grpc.CoordinatorServicer):
     def Unmask(self, request: Any, context: grpc.ServicerContext) -> pb.UnmaskReply:  # noqa: N802
         self.coordinator.unmask(request)
         return pb.UnmaskReply()
+
+    def BlockMask(
+        self, request: pb.BlockMaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BlockMaskChunk]:  # noqa: N802
+        yield from self.coordinator.block_mask(request, max_bytes=0)

@@ -10,6 +10,7 @@ and that it stopped (``CoordinatorLiedError`` naming the check, exit 1 for the d
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from participant.client import WireClient
 from participant.config import ParticipantConfig, parse_config
 from participant.run import CoordinatorLiedError, ParticipantRun, RunAbortedError
+from privacy.secagg import published_view
 from pruning.model_io import load_model
 from tests.participant.hostile import HostileCoordinator, Session, members
 
@@ -201,3 +203,27 @@ def test_identities_and_run_parameters_hold_across_a_restart_of_the_site(site: A
     _lied(restarted, "identity-changed")
     changed, _ = site([HONEST], keys=coordinator.keys, chunk_coordinates=512)
     _lied(changed, "run-parameters-changed")
+
+
+# ------------------------------------------------------ one view of what the coordinator published
+def test_a_site_fetches_earlier_masks_and_binds_them_before_a_later_block_s_session(site: Any) -> None:
+    participant, coordinator = site([HONEST, dataclasses.replace(HONEST, block=1)])
+    participant.run()
+    # One-shot votes do not read block 0's mask, yet the site checks it before block 1's session.
+    assert coordinator.sent("BlockMask") == [1]
+    assert coordinator.sent("Unmask") == [0, 1]
+
+
+def test_a_session_binding_another_mask_than_the_site_was_served_is_refused_before_anything_leaves(
+    site: Any,
+) -> None:
+    # The coordinator serves this site one global mask of block 0 and binds, in block 1's session, the
+    # view of another (the one the other sites were shown): the site takes no part in that session.
+    _, script = site([])
+    shown_to_others = bytearray(script.masks[0])
+    shown_to_others[0] ^= 0xFF
+    others_view = published_view(blocks=[(hashlib.sha256(bytes(shown_to_others)).digest(), None)])
+    participant, coordinator = site([HONEST, dataclasses.replace(HONEST, block=1, published=others_view)])
+    _lied(participant, "published-view")
+    assert coordinator.sent("AdvertiseKeys") == [0]  # nothing left the site for block 1
+    assert coordinator.sent("BlockMask") == [1]

@@ -18,6 +18,7 @@ from participant.client import WireClient
 from participant.config import parse_config
 from participant.errors import RunRefusedError
 from participant.run import CoordinatorLiedError, ParticipantRun
+from privacy.secagg import published_view
 from proto import convert
 from proto.domain import OWL_ALLOCATION_ROUND, OwlTerms
 from proto.fedprune.v1 import service_pb2 as pb
@@ -112,6 +113,21 @@ def test_a_lying_allocation_is_refused_before_anything_is_pruned_at_it(
     assert caught.value.check == "owl-allocation"
     assert coordinator.sent("AdvertiseKeys") == []  # nothing of block 0 left the site
     assert participant.records.owl_allocation(participant.run_id) is None
+
+
+def test_a_session_binding_another_allocation_than_the_site_was_served_is_refused(owl_site: Any) -> None:
+    # Each site checks the allocation it is served, but a coordinator could serve sites different valid
+    # ones; the block's session binds the allocation, so this site refuses one bound to the others'.
+    others = Session(
+        block=0, members=members(*FIVE), published=published_view(allocation=[0.47, 0.53], blocks=[])
+    )
+    participant, coordinator = owl_site([others])
+    coordinator.allocation = _honest(participant.model)
+    assert coordinator.allocation != [0.47, 0.53]
+    with pytest.raises(CoordinatorLiedError) as caught:
+        participant.run()
+    assert caught.value.check == "published-view"
+    assert coordinator.sent("AdvertiseKeys") == []  # nothing of block 0 left the site
 
 
 def test_an_allocation_session_after_pruning_began_is_refused(owl_site: Any) -> None:

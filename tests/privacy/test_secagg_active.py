@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.errors import PrivacyError, ProtocolAbort
 from privacy.secagg import (
+    NOTHING_PUBLISHED,
     AuthenticationError,
     ClientState,
     ContradictoryViewError,
@@ -36,6 +37,7 @@ from privacy.secagg import (
     aggregate_in_process,
     minimum_threshold,
     primitives,
+    published_view,
     require_sender,
     resolve_threshold,
     sender_of,
@@ -590,3 +592,66 @@ def test_a_tampered_envelope_is_refused_but_is_no_proof_against_the_coordinator(
     with pytest.raises(AuthenticationError) as caught:
         clients[1].receive_shares(forged)
     assert not isinstance(caught.value, CoordinatorMisbehaviour)
+
+
+def test_participants_shown_different_published_views_cannot_share_a_session() -> None:
+    # A coordinator that showed participant 3 another global mask than 1 and 2 (say, weights that scale
+    # 3's contribution up) binds each one's own view in its context, so each one's check passes. Their
+    # parameters then differ, so 3's advertisement is signed over another digest: the roster that would
+    # put them in one session is refused by 1 and 2 before they share anything, and the server's own check
+    # refuses 3's advertisement in 1 and 2's session.
+    view = primitives.sha256(b"mask of block 0 shown to participants 1 and 2")
+    other = primitives.sha256(b"mask of block 0 shown to participant 3")
+    nonce = bytes(range(32))
+
+    def with_view(published_mask: bytes) -> SessionParameters:
+        return dataclasses.replace(
+            parameters(3, 2),
+            context=SessionContext(
+                run_id="test-active",
+                round=1,
+                block=1,
+                nonce=nonce,
+                published=published_view(blocks=[(published_mask, None)]),
+            ).encode(),
+        )
+
+    shown, lied_to = with_view(view), with_view(other)
+    assert shown.digest() != lied_to.digest()
+    ids = identities(3)
+    clients, server = parties(shown, ids)
+    victim, _ = parties(lied_to, ids)
+    advertisements = [clients[1].advertise_keys(), clients[2].advertise_keys(), victim[3].advertise_keys()]
+    with pytest.raises(PrivacyError):
+        server.receive_advertisement(advertisements[2])
+    roster = Roster(advertisements=tuple(advertisements))
+    for p in (1, 2):
+        with pytest.raises(ForgedRelayError) as refused:
+            clients[p].share_keys(roster)
+        assert refused.value.check == "roster-advertisement-invalid"
+        assert clients[p].state is ClientState.ABORTED
+
+
+def test_the_published_view_binds_the_allocation_each_mask_and_weights_in_order() -> None:
+    a, b = primitives.sha256(b"a"), primitives.sha256(b"b")
+    views = [
+        published_view(),
+        published_view(allocation=[0.5, 0.5]),
+        published_view(allocation=[0.5, 0.5000001]),
+        published_view(blocks=[(a, None)]),
+        published_view(blocks=[(b, None)]),
+        published_view(blocks=[(a, b)]),
+        published_view(blocks=[(a, None), (b, None)]),
+        published_view(blocks=[(b, None), (a, None)]),
+        published_view(allocation=[0.5, 0.5], blocks=[(a, None)]),
+    ]
+    assert len(set(views)) == len(views)
+    assert views[0] == NOTHING_PUBLISHED
+    assert published_view(blocks=[(a, None)]) == published_view(blocks=[(a, None)])
+    with pytest.raises(PrivacyError, match="32 bytes"):
+        published_view(blocks=[(a[:16], None)])
+    # The context carries it exactly; an encoding without it (protocol version 2) is refused.
+    context = SessionContext(run_id="r", round=0, block=1, nonce=bytes(32), published=views[5])
+    assert SessionContext.decode(context.encode()) == context
+    with pytest.raises(PrivacyError, match="wrong length"):
+        SessionContext.decode(context.encode()[:-32])
