@@ -90,11 +90,12 @@ class ExactSum:
     def __init__(self) -> None:
         self._totals: dict[str, torch.Tensor] = {}
         self._magnitudes: dict[str, torch.Tensor] = {}
+        self._released: dict[str, torch.Tensor] = {}
         self._kind = StatisticKind.NONE
         self.records: dict[str, int] = {}
 
     def begin_block(self, *, block_index: int, kind: StatisticKind, sublayers: dict[str, int]) -> None:
-        self._totals, self._magnitudes = {}, {}
+        self._totals, self._magnitudes, self._released = {}, {}, {}
         self._kind = kind
         self.records = dict.fromkeys(sublayers, 0)
 
@@ -120,7 +121,12 @@ class ExactSum:
         return self._totals[name], self._magnitudes[name]
 
     def result(self, name: str) -> torch.Tensor:
+        if name in self._released:
+            return self._released[name]
         steps, magnitude = self._summed(name)
+        # The integer total goes as its float64 copy comes: a block's Gram matrices are not held twice.
+        self._totals.pop(name, None)
+        self._magnitudes.pop(name, None)
         largest = float(magnitude.max()) if magnitude.numel() else 0.0
         if not math.isfinite(largest):
             raise PruningInputError(
@@ -131,7 +137,10 @@ class ExactSum:
                 f"{name}: the calibration statistic reaches {largest:.4g}, beyond the {EXACT_LIMIT:.4g} an "
                 "exact sum holds (activations of this size are not a model's)"
             )
-        return steps.to(torch.float64) / float(1 << EXACT_FRACTION_BITS)
+        released = steps.to(torch.float64).div_(float(1 << EXACT_FRACTION_BITS))
+        del steps
+        self._released[name] = released
+        return released
 
 
 def _magnitude(kind: StatisticKind, contribution: torch.Tensor) -> torch.Tensor:
