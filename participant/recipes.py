@@ -146,9 +146,12 @@ class ParticipantRecipe(abc.ABC):
         """Block -> its vector as it will be (or was) sent; blocks a site never sends again are freed."""
         self.clipped_updates = 0
         """Weight updates clipped to the public fixed-point bound so far (FedSpaLLM; 0 in a healthy run)."""
-        self.reads_weights = False
-        """Whether the next block's vector is computed on the weights the coordinator publishes for a
-        finished block (``BlockWeights``), which then belong to the view a session binds."""
+
+    @property
+    def reads_weights(self) -> bool:
+        """Return whether the next block's vector is computed on the weights the coordinator publishes for
+        a finished block (``BlockWeights``), which then belong to the view a session binds."""
+        return False
 
     @staticmethod
     def max_input(participants: int) -> int:
@@ -403,9 +406,12 @@ class StatisticsIterative(ParticipantRecipe):
         self.kind = inputs.method.statistic
         self.reconstructs = self.kind is StatisticKind.GRAM
         """Whether the coordinator reconstructs each block's weights (SparseGPT), which the site then sets."""
-        self.reads_weights = self.reconstructs
         self.codec = StatisticCodec(signed=self.reconstructs)
         self._scoring = self._statistics()
+
+    @property
+    def reads_weights(self) -> bool:
+        return self.reconstructs
 
     @staticmethod
     def max_input(participants: int) -> int:

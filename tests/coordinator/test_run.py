@@ -38,7 +38,7 @@ from coordinator.run import CoordinatorRun, RunSummary, WaitTask
 from coordinator.servicer import CoordinatorServicer
 from participant.client import WireClient
 from participant.config import parse_config as parse_participant_config
-from participant.run import ParticipantRun
+from participant.run import CoordinatorLiedError, ParticipantRun
 from privacy.signing import raw_public_key
 from proto.fedprune.v1 import service_pb2 as pb
 from tests.coordinator.loopback import Loopback, LoopbackClient, LoopbackRpcError
@@ -229,6 +229,43 @@ def test_block_weights_are_refused_with_their_status_before_the_block_is_finishe
     assert status("site-a", BLOCKS) is grpc.StatusCode.INVALID_ARGUMENT  # no such block
     assert status("outsider") is grpc.StatusCode.PERMISSION_DENIED
     run.close()
+
+
+class _DoubledWeights(LoopbackClient):
+    """A coordinator that shows this site other valid weights: every published weight doubled (still finite,
+    still zero wherever the block's mask prunes, so each check of the weights themselves passes)."""
+
+    def block_weights(self, request: pb.BlockWeightsRequest, *, max_bytes: int) -> list[pb.BlockWeightsChunk]:
+        from safetensors.torch import load, save
+
+        from proto import convert
+
+        honest = convert.block_weights_from_chunks(
+            int(request.block), super().block_weights(request, max_bytes=max_bytes)
+        )
+        doubled = save({name: tensor * 2 for name, tensor in load(honest.data).items()})
+        return convert.block_weights_to_chunks(convert.block_weights_of(int(request.block), doubled))
+
+
+@pytest.mark.slow
+def test_a_site_shown_other_weights_than_the_others_takes_no_part_in_the_next_block(
+    federation: Callable[..., CoordinatorConfig],
+) -> None:
+    # The next block's session binds the digest of the weights the coordinator published; site-c fetched
+    # others, so its view differs and it refuses before its keys leave; the others finish without it.
+    config = federation(recipe="stats", method="sparsegpt", mode="iterative", threshold=2)
+    run = CoordinatorRun(config)
+    loopback = Loopback(CoordinatorServicer(run))
+    threads = Threads()
+    threads.start("coordinator", run.run)
+    _start_participants(threads, config, loopback, **{"site-c": _DoubledWeights(loopback, "site-c")})
+    threads.join()
+    lied = threads.errors.pop("site-c")
+    assert isinstance(lied, CoordinatorLiedError) and lied.check == "published-view", lied
+    assert not threads.errors, threads.errors
+    completed = run.state.completed_blocks()
+    assert completed[0].contributors == 3  # site-c's input is in block 0's sum only
+    assert [completed[block].contributors for block in range(1, BLOCKS)] == [2] * (BLOCKS - 1)
 
 
 def test_no_session_starts_before_min_participants_joined_and_latecomers_are_refused(
